@@ -1,0 +1,84 @@
+"""Cached probes of what this kernel supports, for clear NotSupportedErrors and test skips."""
+
+from __future__ import annotations
+
+import functools
+
+from ciliumlite.bpf._ffi import ffi, lib
+from ciliumlite.bpf.btf import kernel_enum
+from ciliumlite.bpf.errors import NotSupportedError
+
+PROG_TYPE_SCHED_CLS = 3
+PROG_TYPE_XDP = 6
+PROG_TYPE_CGROUP_SOCK_ADDR = 18
+MAP_TYPE_RINGBUF = 27
+
+
+def _helper(name: str) -> bool:
+    helper_id = kernel_enum("bpf_func_id").get(f"BPF_FUNC_{name}")
+    return helper_id is not None and lib.libbpf_probe_bpf_helper(PROG_TYPE_SCHED_CLS, helper_id, ffi.NULL) == 1
+
+
+@functools.cache
+def has_tcx() -> bool:
+    """tcx BPF links on tc ingress/egress (Linux 6.6+)."""
+    return "BPF_TCX_INGRESS" in kernel_enum("bpf_attach_type")
+
+
+@functools.cache
+def has_redirect_peer() -> bool:
+    """``bpf_redirect_peer`` from tc programs (Linux 5.10+)."""
+    return _helper("redirect_peer")
+
+
+@functools.cache
+def has_redirect_neigh() -> bool:
+    """``bpf_redirect_neigh`` from tc programs (Linux 5.10+)."""
+    return _helper("redirect_neigh")
+
+
+@functools.cache
+def has_ringbuf() -> bool:
+    """BPF ring buffer maps (Linux 5.8+)."""
+    return lib.libbpf_probe_bpf_map_type(MAP_TYPE_RINGBUF, ffi.NULL) == 1
+
+
+@functools.cache
+def has_cgroup_sock_addr() -> bool:
+    """cgroup connect4/sendmsg4/recvmsg4/getpeername4 hooks."""
+    return lib.libbpf_probe_bpf_prog_type(PROG_TYPE_CGROUP_SOCK_ADDR, ffi.NULL) == 1
+
+
+@functools.cache
+def has_batch_ops() -> bool:
+    """Batch map syscalls (Linux 5.6+)."""
+    return "BPF_MAP_LOOKUP_BATCH" in kernel_enum("bpf_cmd")
+
+
+@functools.cache
+def has_kernel_btf() -> bool:
+    """The kernel exposes its BTF, which CO-RE relocations need."""
+    return bool(kernel_enum("bpf_attach_type"))
+
+
+PROBES = {
+    "kernel_btf": has_kernel_btf,
+    "tcx": has_tcx,
+    "redirect_peer": has_redirect_peer,
+    "redirect_neigh": has_redirect_neigh,
+    "ringbuf": has_ringbuf,
+    "cgroup_sock_addr": has_cgroup_sock_addr,
+    "batch_ops": has_batch_ops,
+}
+
+
+def probe_all() -> dict[str, bool]:
+    """Every probe's result, by name."""
+    return {name: fn() for name, fn in PROBES.items()}
+
+
+def require(feature: str, what: str = "") -> None:
+    """Raise NotSupportedError unless the kernel has ``feature`` (a key of PROBES)."""
+    if not PROBES[feature]():
+        raise NotSupportedError(f"{what or 'this operation'} needs {feature}", feature=feature,
+                                hint="use a newer kernel (see docs/sdk.md for the minimum versions)")

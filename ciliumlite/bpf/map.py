@@ -1,0 +1,496 @@
+"""BPF maps with typed, dict-like access, batch operations and pinning."""
+
+from __future__ import annotations
+
+import errno
+import os
+import struct
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from enum import IntEnum, IntFlag
+from typing import Any, Generic, TypeVar, cast, overload
+
+from ciliumlite.bpf._ffi import ffi, lib, num_possible_cpus
+from ciliumlite.bpf.btf import Btf, StructInfo
+from ciliumlite.bpf.errors import BpfError, MapFullError, ValidationError, check, error_for
+from ciliumlite.bpf.record import Codec, check_layout, codec_for
+
+K = TypeVar("K")
+V = TypeVar("V")
+_MISSING: Any = object()
+
+
+class MapType(IntEnum):
+    """Kernel map types (``enum bpf_map_type``) ciliumlite knows by name."""
+
+    UNSPEC = 0
+    HASH = 1
+    ARRAY = 2
+    PROG_ARRAY = 3
+    PERF_EVENT_ARRAY = 4
+    PERCPU_HASH = 5
+    PERCPU_ARRAY = 6
+    STACK_TRACE = 7
+    CGROUP_ARRAY = 8
+    LRU_HASH = 9
+    LRU_PERCPU_HASH = 10
+    LPM_TRIE = 11
+    ARRAY_OF_MAPS = 12
+    HASH_OF_MAPS = 13
+    DEVMAP = 14
+    SOCKMAP = 15
+    CPUMAP = 16
+    XSKMAP = 17
+    SOCKHASH = 18
+    CGROUP_STORAGE = 19
+    REUSEPORT_SOCKARRAY = 20
+    PERCPU_CGROUP_STORAGE = 21
+    QUEUE = 22
+    STACK = 23
+    SK_STORAGE = 24
+    DEVMAP_HASH = 25
+    STRUCT_OPS = 26
+    RINGBUF = 27
+
+
+class UpdateFlags(IntFlag):
+    """Flags of map updates: ANY (create or replace), NOEXIST (create only), EXIST (replace only)."""
+
+    ANY = 0
+    NOEXIST = 1
+    EXIST = 2
+
+
+ANY, NOEXIST, EXIST = UpdateFlags.ANY, UpdateFlags.NOEXIST, UpdateFlags.EXIST
+_PERCPU = {MapType.PERCPU_HASH, MapType.PERCPU_ARRAY, MapType.LRU_PERCPU_HASH, MapType.PERCPU_CGROUP_STORAGE}
+_ARRAYS = {MapType.ARRAY, MapType.PERCPU_ARRAY, MapType.PROG_ARRAY, MapType.CGROUP_ARRAY}
+_BPF_MAP_INFO = struct.Struct("<IIIIII16sIIQQIII")
+
+
+@dataclass(frozen=True, slots=True)
+class MapInfo:
+    """What the kernel says about a map."""
+
+    name: str
+    type: MapType
+    key_size: int
+    value_size: int
+    max_entries: int
+    flags: int
+    id: int
+    btf_id: int = 0
+    btf_key_type_id: int = 0
+    btf_value_type_id: int = 0
+
+    @classmethod
+    def from_fd(cls, fd: int) -> MapInfo:
+        """Ask the kernel (BPF_OBJ_GET_INFO_BY_FD) about the map behind ``fd``."""
+        buf = ffi.new("char[]", 256)
+        n = ffi.new("__u32 *", 256)
+        check(lib.bpf_obj_get_info_by_fd(fd, buf, n), "get map info", f"fd {fd}")
+        (mtype, mid, ks, vs, me, flags, name, _ifi, _vmlinux, _dev, _ino, btf_id, bk,
+         bv) = _BPF_MAP_INFO.unpack_from(ffi.buffer(buf, 256))
+        try:
+            mt = MapType(mtype)
+        except ValueError:
+            mt = MapType.UNSPEC
+        return cls(name.rstrip(b"\0").decode(), mt, ks, vs, me, flags, mid, btf_id, bk, bv)
+
+
+class RawBytes:
+    """The codec of an untyped map: keys and values are ``bytes`` of the map's size."""
+
+    def __init__(self, size: int) -> None:
+        self.SIZE = size
+
+    def encode(self, value: Any) -> bytes:
+        """Accept bytes of exactly the right size."""
+        raw = bytes(value)
+        if len(raw) != self.SIZE:
+            raise ValidationError(f"expected {self.SIZE} bytes, got {len(raw)}")
+        return raw
+
+    def decode(self, raw: bytes | memoryview) -> bytes:
+        """Return the bytes as they are."""
+        return bytes(raw[: self.SIZE])
+
+
+class Map(Generic[K, V]):
+    """A BPF map. Typed with record classes or scalar kinds; untyped maps speak ``bytes``.
+
+    Get one from ``BpfObject.map(name, key=..., value=...)`` or ``Map.open_pinned(path, ...)``.
+    Per-CPU maps return one value per possible CPU (a list) and take either a list or one value
+    (written to every CPU).
+    """
+
+    def __init__(
+        self,
+        fd: int,
+        info: MapInfo,
+        *,
+        key: Any = None,
+        value: Any = None,
+        key_btf: StructInfo | None = None,
+        value_btf: StructInfo | None = None,
+        owns_fd: bool = False,
+        pin_path: str | None = None,
+    ) -> None:
+        self._fd = fd
+        self.info = info
+        self._owns_fd = owns_fd
+        self.pin_path = pin_path
+        self._key_btf, self._value_btf = key_btf, value_btf
+        self.key_codec: Codec = self._codec(key, info.key_size, key_btf, "key")
+        self.value_codec: Codec = self._codec(value, info.value_size, value_btf, "value")
+        self._percpu = info.type in _PERCPU
+        self._ncpus = num_possible_cpus() if self._percpu else 1
+        self._vstride = (info.value_size + 7) // 8 * 8 if self._percpu else info.value_size
+        self._kbuf = ffi.new("char[]", max(info.key_size, 8))
+        self._kbuf2 = ffi.new("char[]", max(info.key_size, 8))
+        self._vbuf = ffi.new("char[]", max(self._vstride * self._ncpus, 8))
+
+    def _codec(self, spec: Any, size: int, btf: StructInfo | None, what: str) -> Codec:
+        if spec is None:
+            return RawBytes(size)
+        codec = codec_for(spec)
+        if btf is not None:
+            check_layout(spec, btf, what=f"map {self.info.name} {what}")
+        elif codec.SIZE != size:
+            raise ValidationError(f"map {self.info.name}: {what} type is {codec.SIZE} bytes, map has {size}")
+        return codec
+
+    # -- identity --------------------------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        """The map's name (truncated to 15 characters by the kernel)."""
+        return self.info.name
+
+    @property
+    def fd(self) -> int:
+        """The map's file descriptor; valid until the map or its object is closed."""
+        if self._fd < 0:
+            raise BpfError("use map", errno.EBADF, target=self.info.name, hint="the map was closed")
+        return self._fd
+
+    @property
+    def type(self) -> MapType:
+        """The kernel map type."""
+        return self.info.type
+
+    @property
+    def max_entries(self) -> int:
+        """Capacity of the map."""
+        return self.info.max_entries
+
+    def typed(self, key: type[K] | Any, value: type[V] | Any) -> Map[K, V]:
+        """A view of this map with key and value types, checked against the map's BTF."""
+        return Map(self._fd, self.info, key=key, value=value, key_btf=self._key_btf, value_btf=self._value_btf,
+                   pin_path=self.pin_path)
+
+    def __repr__(self) -> str:
+        k = getattr(self.key_codec, "__name__", type(self.key_codec).__name__)
+        v = getattr(self.value_codec, "__name__", type(self.value_codec).__name__)
+        return (f"<Map {self.info.name} {self.info.type.name} {k}->{v} "
+                f"max_entries={self.info.max_entries} fd={self._fd}>")
+
+    # -- encoding --------------------------------------------------------------------------------------
+    def _key_ptr(self, key: K, buf: Any = None) -> Any:
+        buf = self._kbuf if buf is None else buf
+        raw = self.key_codec.encode(key)
+        ffi.memmove(buf, raw, len(raw))
+        return buf
+
+    def _value_ptr(self, value: Any) -> Any:
+        if self._percpu:
+            values = value if isinstance(value, list) else [value] * self._ncpus
+            if len(values) != self._ncpus:
+                raise ValidationError(f"map {self.name}: per-CPU value needs {self._ncpus} entries, got {len(values)}")
+            for i, v in enumerate(values):
+                raw = self.value_codec.encode(v)
+                ffi.memmove(self._vbuf + i * self._vstride, raw, len(raw))
+        else:
+            raw = self.value_codec.encode(value)
+            ffi.memmove(self._vbuf, raw, len(raw))
+        return self._vbuf
+
+    def _decode_value(self, buf: Any) -> Any:
+        mem = ffi.buffer(buf, self._vstride * self._ncpus)
+        if self._percpu:
+            return [self.value_codec.decode(mem[i * self._vstride:i * self._vstride + self.info.value_size])
+                    for i in range(self._ncpus)]
+        return self.value_codec.decode(mem[: self.info.value_size])
+
+    # -- single-element operations ---------------------------------------------------------------------
+    @overload
+    def get(self, key: K) -> V | None: ...
+    @overload
+    def get(self, key: K, default: Any) -> Any: ...
+
+    def get(self, key: K, default: Any = None) -> Any:
+        """The value for ``key``, or ``default`` when absent."""
+        rc = lib.bpf_map_lookup_elem(self.fd, self._key_ptr(key), self._vbuf)
+        if rc < 0:
+            if -rc == errno.ENOENT:
+                return default
+            raise error_for("lookup in map", -rc, self.name)
+        return self._decode_value(self._vbuf)
+
+    def __getitem__(self, key: K) -> V:
+        value = self.get(key, _MISSING)
+        if value is _MISSING:
+            raise KeyError(key)
+        return cast(V, value)
+
+    def __contains__(self, key: object) -> bool:
+        return self.get(cast(K, key), _MISSING) is not _MISSING
+
+    def set(self, key: K, value: V | list[V], flags: int = ANY) -> None:
+        """Create or replace (``flags``: ANY, NOEXIST, EXIST). A full map raises MapFullError."""
+        rc = lib.bpf_map_update_elem(self.fd, self._key_ptr(key), self._value_ptr(value), int(flags))
+        if rc < 0:
+            err = -rc
+            if err == errno.EEXIST:
+                raise BpfError("update map (NOEXIST)", err, target=f"{self.name} key {key!r}",
+                               hint="the key exists; update with ANY or EXIST to replace it")
+            if err == errno.ENOENT and flags & EXIST:
+                raise KeyError(key)
+            if err == errno.E2BIG:
+                raise MapFullError("update map", err, target=self.name,
+                                   hint=f"all {self.max_entries} entries are used: delete some or raise max_entries")
+            raise error_for("update map", err, self.name)
+
+    def __setitem__(self, key: K, value: V) -> None:
+        self.set(key, value)
+
+    def delete(self, key: K) -> None:
+        """Remove ``key``; KeyError when it is absent."""
+        rc = lib.bpf_map_delete_elem(self.fd, self._key_ptr(key))
+        if rc < 0:
+            if -rc == errno.ENOENT:
+                raise KeyError(key)
+            raise error_for("delete from map", -rc, self.name)
+
+    def __delitem__(self, key: K) -> None:
+        self.delete(key)
+
+    def pop(self, key: K, default: Any = _MISSING) -> Any:
+        """Remove ``key`` and return its value."""
+        value = self.get(key, _MISSING)
+        if value is _MISSING:
+            if default is _MISSING:
+                raise KeyError(key)
+            return default
+        self.delete(key)
+        return value
+
+    # -- iteration -------------------------------------------------------------------------------------
+    def _raw_keys(self) -> Iterator[bytes]:
+        if self.info.type in _ARRAYS:
+            for i in range(self.info.max_entries):
+                yield struct.pack("<I", i)
+            return
+        prev = ffi.NULL
+        cur, nxt = self._kbuf2, ffi.new("char[]", max(self.info.key_size, 8))
+        while True:
+            rc = lib.bpf_map_get_next_key(self.fd, prev, nxt)
+            if rc < 0:
+                if -rc == errno.ENOENT:
+                    return
+                raise error_for("iterate map", -rc, self.name)
+            raw = bytes(ffi.buffer(nxt, self.info.key_size))
+            yield raw
+            ffi.memmove(cur, raw, len(raw))
+            prev = cur
+
+    def keys(self) -> Iterator[K]:
+        """Every key (a snapshot-free walk: concurrent changes may be seen or missed)."""
+        for raw in self._raw_keys():
+            yield cast(K, self.key_codec.decode(raw))
+
+    def __iter__(self) -> Iterator[K]:
+        return self.keys()
+
+    def items(self) -> Iterator[tuple[K, V]]:
+        """Every (key, value) pair; uses batch lookups where the kernel supports them."""
+        try:
+            raw_keys, raw_values, n = self.lookup_batch_raw()
+        except BpfError as exc:
+            if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, 524):
+                raise
+            for k in self.keys():
+                v = self.get(k, _MISSING)
+                if v is not _MISSING:
+                    yield k, v
+            return
+        ks, vs = self.info.key_size, self._vstride * self._ncpus
+        for i in range(n):
+            kb = raw_keys[i * ks:(i + 1) * ks]
+            vb = ffi.from_buffer(raw_values[i * vs:(i + 1) * vs])
+            yield self.key_codec.decode(kb), self._decode_value(vb)
+
+    def values(self) -> Iterator[V]:
+        """Every value."""
+        for _, v in self.items():
+            yield v
+
+    def __len__(self) -> int:
+        if self.info.type in _ARRAYS:
+            return self.info.max_entries
+        return sum(1 for _ in self._raw_keys())
+
+    def clear(self) -> None:
+        """Delete every entry (arrays: zero every slot)."""
+        if self.info.type in _ARRAYS:
+            zero = ffi.new("char[]", max(self._vstride * self._ncpus, 8))
+            for raw in self._raw_keys():
+                check(lib.bpf_map_update_elem(self.fd, raw, zero, 0), "clear map", self.name)
+            return
+        keys = list(self._raw_keys())
+        for raw in keys:
+            rc = lib.bpf_map_delete_elem(self.fd, raw)
+            if rc < 0 and -rc != errno.ENOENT:
+                raise error_for("clear map", -rc, self.name)
+
+    # -- batch operations ------------------------------------------------------------------------------
+    def _pack_many(self, items: Sequence[Any] | bytes | bytearray | memoryview, codec: Codec, stride: int,
+                   what: str) -> tuple[Any, int]:
+        if isinstance(items, (bytes, bytearray, memoryview)):
+            buf = memoryview(items).cast("B")
+            if len(buf) % stride:
+                raise ValidationError(f"map {self.name}: {what} buffer of {len(buf)} bytes is not a multiple of {stride}")
+            return ffi.from_buffer(buf), len(buf) // stride
+        n = len(items)
+        out = bytearray(n * stride)
+        for i, item in enumerate(items):
+            if self._percpu and what == "values":
+                per = item if isinstance(item, list) else [item] * self._ncpus
+                for c, v in enumerate(per):
+                    raw = codec.encode(v)
+                    out[i * stride + c * self._vstride:i * stride + c * self._vstride + len(raw)] = raw
+            else:
+                raw = codec.encode(item)
+                out[i * stride:i * stride + len(raw)] = raw
+        return ffi.from_buffer(out), n
+
+    def update_batch(self, keys: Sequence[K] | bytes | bytearray | memoryview,
+                     values: Sequence[V] | bytes | bytearray | memoryview, flags: int = ANY) -> int:
+        """Write many entries in one syscall. ``keys``/``values`` are sequences or packed buffers.
+
+        Returns the number written. On failure the error says how many entries were applied first.
+        """
+        kptr, nk = self._pack_many(keys, self.key_codec, self.info.key_size, "keys")
+        vptr, nv = self._pack_many(values, self.value_codec, self._vstride * self._ncpus, "values")
+        if nk != nv:
+            raise ValidationError(f"map {self.name}: {nk} keys but {nv} values")
+        if nk == 0:
+            return 0
+        count = ffi.new("__u32 *", nk)
+        opts = ffi.new("struct bpf_map_batch_opts *", {"sz": ffi.sizeof("struct bpf_map_batch_opts"),
+                                                        "elem_flags": int(flags)})
+        rc = lib.bpf_map_update_batch(self.fd, kptr, vptr, count, opts)
+        if rc < 0:
+            err = -rc
+            cls = MapFullError if err in (errno.E2BIG, errno.ENOSPC) else BpfError
+            raise cls("update map (batch)", err, target=f"{self.name}: {count[0]} of {nk} entries applied")
+        return int(count[0])
+
+    def lookup_batch_raw(self, chunk: int = 4096) -> tuple[bytes, bytes, int]:
+        """All entries as packed buffers: (keys, values, count). Zero-copy friendly for numpy users."""
+        ks, vs = self.info.key_size, self._vstride * self._ncpus
+        keys_out, vals_out, total = bytearray(), bytearray(), 0
+        kbuf, vbuf = ffi.new("char[]", ks * chunk), ffi.new("char[]", vs * chunk)
+        token_in, token_out = ffi.new("char[]", max(ks, 8)), ffi.new("char[]", max(ks, 8))
+        opts = ffi.new("struct bpf_map_batch_opts *", {"sz": ffi.sizeof("struct bpf_map_batch_opts")})
+        first = True
+        while True:
+            count = ffi.new("__u32 *", chunk)
+            rc = lib.bpf_map_lookup_batch(self.fd, ffi.NULL if first else token_in, token_out, kbuf, vbuf,
+                                          count, opts)
+            done = rc < 0 and -rc == errno.ENOENT
+            if rc < 0 and not done:
+                raise BpfError("lookup map (batch)", -rc, target=self.name)
+            n = int(count[0])
+            keys_out += ffi.buffer(kbuf, n * ks)
+            vals_out += ffi.buffer(vbuf, n * vs)
+            total += n
+            if done:
+                return bytes(keys_out), bytes(vals_out), total
+            ffi.memmove(token_in, token_out, max(ks, 8))
+            first = False
+
+    def lookup_batch(self) -> list[tuple[K, V]]:
+        """All entries, decoded, fetched with batch syscalls."""
+        return list(self.items())
+
+    def delete_batch(self, keys: Sequence[K] | bytes | bytearray | memoryview) -> int:
+        """Delete many keys in one syscall; returns how many were deleted."""
+        kptr, nk = self._pack_many(keys, self.key_codec, self.info.key_size, "keys")
+        if nk == 0:
+            return 0
+        count = ffi.new("__u32 *", nk)
+        opts = ffi.new("struct bpf_map_batch_opts *", {"sz": ffi.sizeof("struct bpf_map_batch_opts")})
+        rc = lib.bpf_map_delete_batch(self.fd, kptr, count, opts)
+        if rc < 0:
+            raise BpfError("delete from map (batch)", -rc, target=f"{self.name}: {count[0]} of {nk} deleted")
+        return int(count[0])
+
+    # -- pinning and lifetime --------------------------------------------------------------------------
+    def pin(self, path: str) -> None:
+        """Pin the map at ``path`` on bpffs so it outlives this process."""
+        check(lib.bpf_obj_pin(self.fd, path.encode()), "pin map", f"{self.name} at {path}")
+        self.pin_path = path
+
+    def unpin(self) -> None:
+        """Remove the pin (the map lives on while anything else holds it)."""
+        if self.pin_path:
+            try:
+                os.unlink(self.pin_path)
+            except FileNotFoundError:
+                pass
+            self.pin_path = None
+
+    @classmethod
+    def open_pinned(cls, path: str, key: Any = None, value: Any = None) -> Map[Any, Any]:
+        """Open a map pinned at ``path``, checking key/value types against its BTF when it has any."""
+        fd = lib.bpf_obj_get(path.encode())
+        if fd < 0:
+            raise BpfError("open pinned map", -fd, target=path)
+        try:
+            info = MapInfo.from_fd(fd)
+            kb = vb = None
+            if info.btf_id and (key is not None or value is not None):
+                btf = Btf.from_kernel_id(info.btf_id)
+                if btf is not None:
+                    try:
+                        kb = btf.struct_info(info.btf_key_type_id) if info.btf_key_type_id else None
+                        vb = btf.struct_info(info.btf_value_type_id) if info.btf_value_type_id else None
+                    finally:
+                        btf.close()
+            return Map(fd, info, key=key, value=value, key_btf=kb, value_btf=vb, owns_fd=True, pin_path=path)
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def close(self) -> None:
+        """Release the fd if this handle owns it (maps of a BpfObject close with the object)."""
+        if self._owns_fd and self._fd >= 0:
+            os.close(self._fd)
+        self._fd = -1
+
+    def __enter__(self) -> Map[K, V]:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if getattr(self, "_owns_fd", False) and getattr(self, "_fd", -1) >= 0:
+            try:
+                os.close(self._fd)
+            except OSError:
+                pass
+
+    def update_many(self, entries: Iterable[tuple[K, V]], flags: int = ANY) -> int:
+        """Batch-update from (key, value) pairs."""
+        pairs = list(entries)
+        return self.update_batch([k for k, _ in pairs], [v for _, v in pairs], flags)

@@ -1,0 +1,89 @@
+"""Network namespaces as a parameter: resolve ``netns=`` and enter one for the calling thread.
+
+Some kernel interfaces take an ifindex that is looked up in the *calling thread's* network namespace
+(bpf link_create for tcx and XDP). ``entered(netns)`` switches only the current thread and always
+switches back, so one process can drive many namespaces.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+from collections.abc import Iterator
+from typing import Union
+
+from ciliumlite.bpf.errors import BpfError, ValidationError
+
+NETNS_RUN_DIR = "/var/run/netns"
+CLONE_NEWNET = 0x40000000
+
+#: A namespace: None (the caller's), a name under /var/run/netns, a path, or an open fd.
+NetnsRef = Union[str, int, None]
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def netns_path(netns: NetnsRef) -> str | None:
+    """The filesystem path of a namespace reference (None for the caller's namespace or an fd)."""
+    if netns is None or isinstance(netns, int):
+        return None
+    if "/" in netns:
+        return netns
+    if not netns:
+        raise ValidationError("empty network namespace name")
+    return os.path.join(NETNS_RUN_DIR, netns)
+
+
+def netns_name(netns: NetnsRef) -> str | None:
+    """The name pyroute2 expects for ``IPRoute(netns=...)``; None for the current namespace."""
+    if netns is None:
+        return None
+    if isinstance(netns, int):
+        return f"/proc/self/fd/{netns}"
+    return netns
+
+
+def _setns(fd: int, what: str) -> None:
+    if _libc.setns(fd, CLONE_NEWNET) != 0:
+        raise BpfError("setns", ctypes.get_errno(), target=what)
+
+
+@contextlib.contextmanager
+def entered(netns: NetnsRef) -> Iterator[None]:
+    """Run the body with the calling thread inside ``netns`` (no-op for None)."""
+    if netns is None:
+        yield
+        return
+    own = os.open(f"/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if isinstance(netns, int):
+            _setns(netns, f"netns fd {netns}")
+        else:
+            path = netns_path(netns)
+            assert path is not None
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError as exc:
+                raise ValidationError(f"network namespace {netns!r} does not exist ({path})") from exc
+            try:
+                _setns(fd, path)
+            finally:
+                os.close(fd)
+        try:
+            yield
+        finally:
+            _setns(own, "the original network namespace")
+    finally:
+        os.close(own)
+
+
+def netns_inode(netns: NetnsRef) -> int:
+    """The inode that identifies a namespace (to compare two references)."""
+    if netns is None:
+        return os.stat("/proc/thread-self/ns/net").st_ino
+    if isinstance(netns, int):
+        return os.fstat(netns).st_ino
+    path = netns_path(netns)
+    assert path is not None
+    return os.stat(path).st_ino
