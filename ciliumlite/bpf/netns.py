@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Union
 
 from ciliumlite.bpf.errors import BpfError, ValidationError
@@ -87,3 +87,52 @@ def netns_inode(netns: NetnsRef) -> int:
     path = netns_path(netns)
     assert path is not None
     return os.stat(path).st_ino
+
+
+def create(name: str) -> str:
+    """Create a named network namespace (bind-mounted under /var/run/netns) with ``lo`` up."""
+    from pyroute2 import IPRoute
+    from pyroute2 import netns as _pr_netns
+
+    if os.path.exists(os.path.join(NETNS_RUN_DIR, name)):
+        raise ValidationError(f"network namespace {name!r} exists already")
+    _pr_netns.create(name)
+    with IPRoute(netns=name) as ipr:
+        ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
+    return name
+
+
+def remove(name: str) -> None:
+    """Remove a named network namespace (no error if it is gone already)."""
+    from pyroute2 import netns as _pr_netns
+
+    if os.path.exists(os.path.join(NETNS_RUN_DIR, name)):
+        _pr_netns.remove(name)
+
+
+def list_all() -> list[str]:
+    """Names of the namespaces under /var/run/netns."""
+    try:
+        return sorted(os.listdir(NETNS_RUN_DIR))
+    except FileNotFoundError:
+        return []
+
+
+def preexec(netns: NetnsRef, cgroup: str | None = None) -> Callable[[], None]:
+    """A ``preexec_fn`` that joins ``cgroup`` (first: /sys/fs/cgroup is hidden in other netns views)
+    and then enters ``netns``; /sys stays the host's, unlike ``ip netns exec``."""
+    path = netns_path(netns)
+
+    def _enter() -> None:
+        if cgroup:
+            with open(os.path.join(cgroup, "cgroup.procs"), "w") as f:
+                f.write(str(os.getpid()))
+        if path:
+            fd = os.open(path, os.O_RDONLY)
+            if _libc.setns(fd, CLONE_NEWNET) != 0:
+                os._exit(127)
+            os.close(fd)
+        elif isinstance(netns, int):
+            _libc.setns(netns, CLONE_NEWNET)
+
+    return _enter

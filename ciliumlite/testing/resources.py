@@ -1,0 +1,133 @@
+"""The host resources a test can leave behind, and how to make and snapshot them."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from dataclasses import dataclass, field
+
+from ciliumlite.bpf import fs, inventory
+from ciliumlite.bpf import netns as nsmod
+
+RUN_ID = secrets.token_hex(2)
+_counter = 0
+
+
+def unique_name(prefix: str) -> str:
+    """A name unique to this run and call, e.g. ``cl3f2a-node-7`` (short: it may become an ifname)."""
+    global _counter
+    _counter += 1
+    return f"cl{RUN_ID}-{prefix}{_counter}"
+
+
+@dataclass(frozen=True)
+class VethPair:
+    """Two namespaces joined by a veth pair, each end up with an address from 10.0.0.0/24."""
+
+    ns_a: str
+    ns_b: str
+    dev_a: str = "veth-a"
+    dev_b: str = "veth-b"
+    ip_a: str = "10.0.0.1"
+    ip_b: str = "10.0.0.2"
+
+    @classmethod
+    def create(cls, prefix: str = "vp") -> VethPair:
+        """Make both namespaces and the pair; remove everything again if any step fails."""
+        from pyroute2 import IPRoute
+
+        pair = cls(unique_name(prefix + "a"), unique_name(prefix + "b"))
+        nsmod.create(pair.ns_a)
+        try:
+            nsmod.create(pair.ns_b)
+            with IPRoute(netns=pair.ns_a) as ipa:
+                ipa.link("add", ifname=pair.dev_a, kind="veth", peer={"ifname": pair.dev_b, "net_ns_fd": pair.ns_b})
+                ia = ipa.link_lookup(ifname=pair.dev_a)[0]
+                ipa.addr("add", index=ia, address=pair.ip_a, prefixlen=24)
+                ipa.link("set", index=ia, state="up")
+            with IPRoute(netns=pair.ns_b) as ipb:
+                ib = ipb.link_lookup(ifname=pair.dev_b)[0]
+                ipb.addr("add", index=ib, address=pair.ip_b, prefixlen=24)
+                ipb.link("set", index=ib, state="up")
+        except BaseException:
+            pair.remove()
+            raise
+        return pair
+
+    def remove(self) -> None:
+        """Delete both namespaces (the veth goes with them)."""
+        nsmod.remove(self.ns_a)
+        nsmod.remove(self.ns_b)
+
+
+def _bpffs_entries() -> set[str]:
+    out: set[str] = set()
+    for d, dirs, files in os.walk(fs.BPFFS):
+        for n in dirs + files:
+            p = os.path.join(d, n)
+            if p.count("/") <= 6 and not p.startswith(("/sys/fs/bpf/ip", "/sys/fs/bpf/tc", "/sys/fs/bpf/xdp")):
+                out.add(p)
+    return {p for p in out if not p.endswith((".debug",))}
+
+
+def _cgroups() -> set[str]:
+    try:
+        root = fs.cgroup2_root()
+    except Exception:
+        return set()
+    return {os.path.join(d, n) for d, ns, _ in os.walk(root) for n in ns}
+
+
+def _children() -> set[int]:
+    me, out = os.getpid(), set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    stat = f.read()
+                if int(stat.rsplit(")", 1)[1].split()[1]) == me:
+                    out.add(int(entry))
+            except (OSError, IndexError, ValueError):
+                continue
+    return out
+
+
+@dataclass
+class Snapshot:
+    """Namespaces, pins, cgroups, BPF programs and links, child processes and fds at one moment."""
+
+    netns: set[str] = field(default_factory=set)
+    pins: set[str] = field(default_factory=set)
+    cgroups: set[str] = field(default_factory=set)
+    progs: set[int] = field(default_factory=set)
+    links: set[int] = field(default_factory=set)
+    children: set[int] = field(default_factory=set)
+    fds: int = 0
+
+    @classmethod
+    def take(cls) -> Snapshot:
+        """Read the current state of the host."""
+        return cls(set(nsmod.list_all()), _bpffs_entries(), _cgroups(), inventory.prog_ids(),
+                   inventory.link_ids(), _children(), len(os.listdir("/proc/self/fd")))
+
+    def leaks_since(self, before: Snapshot, fd_slack: int = 0) -> list[str]:
+        """What exists now that did not exist in ``before``."""
+        out = []
+        for what in ("netns", "pins", "cgroups", "progs", "links", "children"):
+            new = getattr(self, what) - getattr(before, what)
+            if new:
+                out.append(f"{what}: {sorted(new)[:10]}")
+        if self.fds > before.fds + fd_slack:
+            out.append(f"fds: {before.fds} -> {self.fds}")
+        return out
+
+
+def leaks_after(before: Snapshot, *, settle_s: float = 3.0, fd_slack: int = 0) -> list[str]:
+    """Leaks compared with ``before``; waits a moment for the kernel's deferred frees of programs."""
+    deadline = time.monotonic() + settle_s
+    while True:
+        leaks = Snapshot.take().leaks_since(before, fd_slack)
+        if not leaks or time.monotonic() > deadline:
+            return leaks
+        time.sleep(0.1)
