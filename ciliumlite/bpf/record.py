@@ -96,7 +96,7 @@ IPV4 = Kind("ipv4", "4s", 4, 4, lambda a: a.packed, ipaddress.IPv4Address, _ipv4
 MAC = Kind("mac", "8s", 8, 8, lambda m: mac_to_bytes(m) + b"\0\0", mac_from_bytes, _mac)
 
 
-def Bytes(n: int) -> Kind:  # noqa: N802 - reads like a type in annotations
+def Bytes(n: int) -> Kind:
     """A fixed-size byte string (a ``char[n]`` or ``__u8[n]`` member)."""
     return Kind(f"u8[{n}]", f"{n}s", n, 1)
 
