@@ -1,0 +1,70 @@
+"""DatapathConfig: one node's settings, validated once, and how they become .rodata."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from ciliumlite.bpf.errors import ValidationError
+
+HostRouting = Literal["bpf", "legacy"]
+TcMode = Literal["auto", "tcx", "clsact"]
+PIN_BASE = "/sys/fs/bpf/ciliumlite"
+
+
+@dataclass(frozen=True)
+class DatapathConfig:
+    """Settings of one node's datapath (the Helm values of the seed, where they apply).
+
+    ``host_routing="bpf"`` routes pods with BPF (redirect_peer, proxy ARP in BPF);
+    ``"legacy"`` uses the kernel stack (per-pod routes and proxy_arp), with no BPF on the path.
+    """
+
+    node_name: str = "node"
+    pod_cidr: str = "10.244.0.0/24"
+    host_routing: HostRouting = "bpf"
+    mtu: int = 1500
+    tc_mode: TcMode = "auto"
+    pin_root: str = ""
+    node_ip: str = "0.0.0.0"
+    extra_rodata: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        try:
+            net = ipaddress.IPv4Network(self.pod_cidr)
+        except ValueError as exc:
+            raise ValidationError(f"pod_cidr {self.pod_cidr!r} is not an IPv4 network: {exc}") from exc
+        if net.prefixlen > 30:
+            raise ValidationError(f"pod_cidr {self.pod_cidr} is too small (needs at least a /30)")
+        if self.host_routing not in ("bpf", "legacy"):
+            raise ValidationError(f"host_routing must be 'bpf' or 'legacy', not {self.host_routing!r}")
+        if self.tc_mode not in ("auto", "tcx", "clsact"):
+            raise ValidationError(f"tc_mode must be auto, tcx or clsact, not {self.tc_mode!r}")
+        if not 576 <= self.mtu <= 65535:
+            raise ValidationError(f"mtu {self.mtu} is outside 576..65535")
+        try:
+            ipaddress.IPv4Address(self.node_ip)
+        except ValueError as exc:
+            raise ValidationError(f"node_ip {self.node_ip!r} is not an IPv4 address") from exc
+        if not self.node_name or "/" in self.node_name:
+            raise ValidationError(f"bad node name {self.node_name!r}")
+
+    @property
+    def network(self) -> ipaddress.IPv4Network:
+        """The pod CIDR as a network."""
+        return ipaddress.IPv4Network(self.pod_cidr)
+
+    @property
+    def gateway(self) -> ipaddress.IPv4Address:
+        """The pods' default gateway (the first address of the pod CIDR, like cilium_host's)."""
+        return self.network.network_address + 1
+
+    @property
+    def pin_dir(self) -> str:
+        """Where this node's maps are pinned."""
+        return self.pin_root or f"{PIN_BASE}/{self.node_name}"
+
+    def lxc_rodata(self) -> dict[str, Any]:
+        """.rodata of bpf_lxc.o."""
+        return {"enable_arp_responder": 1, **self.extra_rodata}

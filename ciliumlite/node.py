@@ -1,0 +1,259 @@
+"""Datapath: one node's eBPF datapath — its objects, pinned maps, endpoints and attachments."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import threading
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+from ciliumlite.bpf import BpfObject, Map, fs
+from ciliumlite.bpf.errors import CiliumliteError, ValidationError
+from ciliumlite.bpf.netns import NetnsRef
+from ciliumlite.datapath import devices, loader
+from ciliumlite.datapath.config import DatapathConfig
+from ciliumlite.datapath.reasons import Direction, Reason, describe
+from ciliumlite.datapath.records import EndpointInfo, EndpointKey, MetricsKey, MetricsValue
+from ciliumlite.endpoint import ENDPOINT_COLUMNS, Endpoint, configure_pod_side, identity_for, lxc_name
+
+
+@dataclass(frozen=True)
+class MetricRow:
+    """Packets and bytes counted for one reason and direction (summed over CPUs and source lines)."""
+
+    reason: int
+    direction: int
+    packets: int
+    bytes: int
+
+    @property
+    def reason_text(self) -> str:
+        """What the reason means, in words."""
+        return describe(self.reason)
+
+    @property
+    def is_drop(self) -> bool:
+        """True for drop reasons."""
+        return self.reason >= 130
+
+
+class Datapath:
+    """The datapath of one node. Drives the namespace ``netns`` (None: the caller's own).
+
+    >>> dp = Datapath(DatapathConfig(node_name="worker1", pod_cidr="10.244.1.0/24"), netns="lab-worker1")
+    ... # doctest: +SKIP
+    >>> ep = dp.add_endpoint("lab-worker1-client")  # doctest: +SKIP
+    """
+
+    def __init__(self, config: DatapathConfig, netns: NetnsRef = None) -> None:
+        self.config = config
+        self.netns = netns
+        self._lock = threading.RLock()
+        self._endpoints: dict[ipaddress.IPv4Address, Endpoint] = {}
+        self._next_id = 1
+        self.lxc: BpfObject | None = None
+        self.endpoint_map: Map[EndpointKey, EndpointInfo] | None = None
+        self.metrics_map: Map[MetricsKey, MetricsValue] | None = None
+        self._pin_dir: str | None = None
+        try:
+            devices.set_sysctl(netns, "net.ipv4.ip_forward", "1")
+            self._add_gateway_address()
+            if config.host_routing == "bpf":
+                self._pin_dir = fs.make_pin_dir(config.pin_dir.removeprefix(fs.BPFFS + "/"))
+                self.lxc = loader.load("bpf_lxc", self._pin_dir, config.lxc_rodata())
+                self.endpoint_map = self.lxc.map("cilium_lxc", EndpointKey, EndpointInfo)
+                self.metrics_map = self.lxc.map("cilium_metrics", MetricsKey, MetricsValue)
+        except BaseException:
+            self.close()
+            raise
+
+    # -- node addresses ------------------------------------------------------------------------------
+    def _add_gateway_address(self) -> None:
+        # The gateway address (cilium_host's in Cilium) lives on the node's lo: the node answers ARP
+        # for it in legacy mode and uses it as source for node-to-pod traffic in both modes.
+        with devices.iproute(self.netns) as ipr:
+            lo = devices.ifindex(ipr, "lo")
+            gw = str(self.config.gateway)
+            if lo is not None and not any(a.get_attr("IFA_ADDRESS") == gw for a in ipr.get_addr(index=lo)):
+                ipr.addr("add", index=lo, address=gw, prefixlen=32)
+
+    # -- endpoints -----------------------------------------------------------------------------------
+    def _allocate_ip(self) -> ipaddress.IPv4Address:
+        used = set(self._endpoints) | {self.config.gateway}
+        for host in self.config.network.hosts():
+            if host not in used:
+                return host
+        raise ValidationError(f"pod CIDR {self.config.pod_cidr} of {self.config.node_name} has no free address")
+
+    def _validate_ip(self, ip: str | ipaddress.IPv4Address | None) -> ipaddress.IPv4Address:
+        if ip is None:
+            return self._allocate_ip()
+        try:
+            addr = ipaddress.IPv4Address(ip)
+        except ValueError as exc:
+            raise ValidationError(f"endpoint IP {ip!r} is not an IPv4 address") from exc
+        net = self.config.network
+        if addr not in net:
+            raise ValidationError(f"endpoint IP {addr} is outside {self.config.node_name}'s pod CIDR {net}")
+        if addr in (net.network_address, net.broadcast_address, self.config.gateway):
+            raise ValidationError(f"endpoint IP {addr} is reserved in {net} (network, broadcast or gateway)")
+        if addr in self._endpoints:
+            raise ValidationError(f"endpoint IP {addr} is already used by {self._endpoints[addr].name}")
+        return addr
+
+    def add_endpoint(self, pod_netns: str, *, name: str | None = None, ip: str | ipaddress.IPv4Address | None = None,
+                     labels: dict[str, str] | None = None, identity: int | None = None, ifname: str | None = None,
+                     pod_ifname: str = "eth0", adopt: bool = False) -> Endpoint:
+        """Connect the pod namespace ``pod_netns`` to this node and program the datapath for it.
+
+        Creates the veth (``lxc…`` here, ``pod_ifname`` in the pod) unless ``adopt=True``, in which
+        case the existing host-side ``ifname`` and its peer ``pod_ifname`` are used and left in place
+        on removal. On any failure, everything done so far is undone and the datapath is unchanged.
+        """
+        with self._lock:
+            addr = self._validate_ip(ip)
+            labels = dict(labels or {"name": name or pod_netns})
+            ident = identity_for(labels) if identity is None else identity
+            if not 1 <= ident <= 0xFFFFFF:
+                raise ValidationError(f"identity {ident} is outside 1..16777215 (it travels in the VXLAN VNI)")
+            if adopt and not ifname:
+                raise ValidationError("adopt=True needs the host-side ifname of the existing veth")
+            host_if = ifname or lxc_name(pod_netns, addr)
+            if not os.path.exists(f"/var/run/netns/{pod_netns}") and "/" not in pod_netns:
+                raise ValidationError(f"pod network namespace {pod_netns!r} does not exist")
+            created = False
+            ep: Endpoint | None = None
+            try:
+                if not adopt:
+                    devices.create_veth(self.netns, host_if, pod_netns, pod_ifname, self.config.mtu)
+                    created = True
+                pod_mac = configure_pod_side(pod_netns, pod_ifname, addr, self.config.gateway, self.config.mtu)
+                with devices.iproute(self.netns) as ipr:
+                    idx = devices.ifindex(ipr, host_if)
+                    if idx is None:
+                        raise ValidationError(f"no device {host_if!r} in the node namespace to adopt")
+                    ipr.link("set", index=idx, state="up", mtu=self.config.mtu)
+                    node_mac = devices.link_mac(ipr, idx)
+                    ipr.route("replace", dst=f"{addr}/32", oif=idx, scope=253)
+                if self.config.host_routing == "legacy":
+                    devices.set_sysctl(self.netns, f"net.ipv4.conf.{host_if}.proxy_arp", "1")
+                ep = Endpoint(self._next_id, name or pod_netns, addr, pod_netns, host_if, idx, pod_mac, node_mac,
+                              ident, labels, adopted=adopt, _datapath=self)
+                if self.lxc is not None and self.endpoint_map is not None:
+                    self.endpoint_map.set(ep.key, ep.info)
+                    ep.link = self.lxc.program("cil_from_container").attach_tc(
+                        idx, "ingress", netns=self.netns, mode=self.config.tc_mode)
+            except BaseException:
+                if ep is not None:
+                    self._unprogram(ep)
+                if created:
+                    devices.delete_link(self.netns, host_if)
+                raise
+            self._endpoints[addr] = ep
+            self._next_id += 1
+            return ep
+
+    def _unprogram(self, ep: Endpoint) -> None:
+        if ep.link is not None:
+            ep.link.close()
+            ep.link = None
+        if self.endpoint_map is not None:
+            self.endpoint_map.pop(ep.key, None)
+
+    def remove_endpoint(self, ep: Endpoint | str | ipaddress.IPv4Address) -> None:
+        """Detach, delete the map entry, the route and (unless adopted) the veth."""
+        with self._lock:
+            target = ep if isinstance(ep, Endpoint) else self._endpoints.get(ipaddress.IPv4Address(ep))
+            if target is None or self._endpoints.get(target.ip) is not target:
+                raise ValidationError(f"no endpoint {ep!r} on {self.config.node_name}")
+            self._unprogram(target)
+            if target.adopted:
+                with devices.iproute(self.netns) as ipr:
+                    try:
+                        ipr.route("del", dst=f"{target.ip}/32", scope=253)
+                    except Exception:  # noqa: BLE001 - the route may be gone with the device
+                        pass
+            else:
+                devices.delete_link(self.netns, target.ifname)
+            del self._endpoints[target.ip]
+            target._datapath = None
+
+    def endpoints(self) -> list[Endpoint]:
+        """Endpoints of this node, by id (like ``cilium endpoint list``)."""
+        return sorted(self._endpoints.values(), key=lambda e: e.id)
+
+    def endpoint(self, ip: str | ipaddress.IPv4Address) -> Endpoint:
+        """The endpoint with this IP."""
+        try:
+            return self._endpoints[ipaddress.IPv4Address(ip)]
+        except (KeyError, ValueError):
+            raise ValidationError(f"no endpoint {ip} on {self.config.node_name}") from None
+
+    def bpf_endpoints(self) -> dict[EndpointKey, EndpointInfo]:
+        """The endpoint map as the kernel has it (like ``cilium bpf endpoint list``)."""
+        return dict(self.endpoint_map.items()) if self.endpoint_map is not None else {}
+
+    # -- counters ------------------------------------------------------------------------------------
+    def metrics(self) -> list[MetricRow]:
+        """Forwarded and dropped packets by reason and direction (empty in legacy mode)."""
+        if self.metrics_map is None:
+            return []
+        sums: dict[tuple[int, int], list[int]] = defaultdict(lambda: [0, 0])
+        for key, per_cpu in self.metrics_map.items():
+            acc = sums[(key.reason, key.dir)]
+            for v in per_cpu:  # type: ignore[attr-defined]
+                acc[0] += v.count
+                acc[1] += v.bytes
+        return [MetricRow(r, d, p, b) for (r, d), (p, b) in sorted(sums.items())]
+
+    def count(self, reason: Reason | int, direction: Direction | int | None = None) -> int:
+        """Packets counted for ``reason`` (in ``direction``, or all)."""
+        return sum(m.packets for m in self.metrics() if m.reason == reason and direction in (None, m.direction))
+
+    # -- lifetime ------------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Remove every endpoint this datapath made, detach everything, unpin its maps."""
+        errors: list[str] = []
+        for ep in list(self._endpoints.values()):
+            try:
+                self.remove_endpoint(ep)
+            except Exception as exc:  # noqa: BLE001 - keep tearing down, report at the end
+                errors.append(f"{ep.name}: {exc}")
+        if self.lxc is not None:
+            self.lxc.close()
+            self.lxc = None
+        self.endpoint_map = self.metrics_map = None
+        if self._pin_dir is not None:
+            fs.remove_pin_dir(self._pin_dir)
+            parent = os.path.dirname(self._pin_dir)
+            if parent != fs.BPFFS and not os.listdir(parent):
+                os.rmdir(parent)
+            self._pin_dir = None
+        if errors:
+            raise CiliumliteError("closing the datapath left errors: " + "; ".join(errors))
+
+    def __enter__(self) -> Datapath:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (f"<Datapath {self.config.node_name} {self.config.host_routing} pod_cidr={self.config.pod_cidr} "
+                f"endpoints={len(self._endpoints)}>")
+
+    def _repr_html_(self) -> str:
+        rows = "".join("<tr>" + "".join(f"<td>{v}</td>" for v in ep.as_row().values()) + "</tr>"
+                       for ep in self.endpoints())
+        head = "".join(f"<th>{k}</th>" for k in ENDPOINT_COLUMNS)
+        return (f"<b>Datapath {self.config.node_name}</b> ({self.config.host_routing} host routing, "
+                f"pod CIDR {self.config.pod_cidr})<table><tr>{head}</tr>{rows}</table>")
+
+    def status(self) -> dict[str, Any]:
+        """A summary like ``cilium status`` for this node."""
+        return {"node": self.config.node_name, "host_routing": self.config.host_routing.upper()
+                if self.config.host_routing == "bpf" else "Legacy", "pod_cidr": self.config.pod_cidr,
+                "endpoints": len(self._endpoints),
+                "programs": [f"{e.ifname}: {e.link.point}" for e in self.endpoints() if e.link is not None]}

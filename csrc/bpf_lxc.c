@@ -1,0 +1,197 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/* bpf_lxc.o - tc programs on the host side of a pod's veth pair (lxc*).
+ *
+ * ONE object per node, loaded once, attached to every pod's host-side veth
+ * (unlike Cilium, which compiles one bpf_lxc.o per endpoint). Node-wide
+ * configuration is .rodata, set by Python before load; everything about a
+ * particular pod comes from cilium_lxc. The program finds "its" endpoint by
+ * looking up the packet's source IP and checking that the endpoint's ifindex
+ * is the device the packet arrived on (ctx->ifindex).
+ *
+ * Programs
+ *   cil_from_container  SEC("tc"), tc ingress of every lxc* = packets leaving
+ *                       the pod. Proxy-ARP, anti-spoofing, same-node delivery
+ *                       with bpf_redirect_peer, everything else to the stack.
+ *
+ * Load-time configuration (.rodata)
+ *   name                  type    default  meaning
+ *   enable_arp_responder  __u8    1        1: answer the pod's ARP requests
+ *                                          with its lxc MAC (proxy-ARP) and
+ *                                          drop ARP whose sender IP/MAC is not
+ *                                          the pod's; 0: pass every ARP frame
+ *                                          to the stack untouched (Python must
+ *                                          then arrange proxy_arp on lxc*).
+ *   node_ipv4             __be32  0        node IPv4, network byte order
+ *                                          (config.h; not read here yet).
+ *
+ * Maps (maps.h, pinned by name)
+ *   cilium_lxc      HASH         endpoint_key -> endpoint_info   read
+ *   cilium_metrics  PERCPU_HASH  metrics_key  -> metrics_value  read/write
+ *
+ * ciliumlite is IPv4-only: IPv6 and every other non-IPv4/ARP ethertype is
+ * dropped with DROP_UNKNOWN_L3 (disable IPv6 in the pod, or its router
+ * solicitations and MLD reports will show up as such drops).
+ *
+ * All metrics here use direction METRIC_EGRESS (egress of the source pod,
+ * Cilium's convention for from-container).
+ */
+#include <linux/bpf.h>
+#include <linux/pkt_cls.h>
+#include <linux/if_ether.h>
+#include <linux/ip.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#include "ciliumlite/compiler.h"
+#include "ciliumlite/config.h"
+#include "ciliumlite/ctx.h"
+#include "ciliumlite/reasons.h"
+#include "ciliumlite/maps.h"
+#include "ciliumlite/metrics.h"
+#include "ciliumlite/drop.h"
+#include "ciliumlite/eth.h"
+#include "ciliumlite/ipv4.h"
+#include "ciliumlite/arp.h"
+#include "ciliumlite/l3.h"
+
+/* See the table above. */
+const volatile __u8 enable_arp_responder = 1;
+
+/* Hand the packet to the node's stack, counted as REASON_TO_STACK at the
+ * caller's line. A macro (statement expression) so the line is the caller's. */
+#define pass_to_stack(ctx)						\
+	({								\
+		update_metrics((ctx), METRIC_EGRESS, REASON_TO_STACK);	\
+		TC_ACT_OK;						\
+	})
+
+/* The endpoint that owns @ip4 and sits behind the device the packet came in
+ * on, or NULL (unknown IP, another pod's IP, or a host IP). */
+static __always_inline struct endpoint_info *
+lookup_source_endpoint(const struct __sk_buff *ctx, __be32 ip4)
+{
+	struct endpoint_info *ep = lookup_ip4_endpoint(ip4);
+
+	if (!ep || ep->ifindex != ctx->ifindex || (ep->flags & ENDPOINT_F_HOST))
+		return NULL;
+	return ep;
+}
+
+/* Proxy-ARP (Cilium tail_handle_arp). */
+static __always_inline int handle_arp(struct __sk_buff *ctx)
+{
+	struct arp_eth_ipv4 *arp;
+	struct endpoint_info *ep;
+	struct ethhdr *eth;
+	__u64 mac, node_mac;
+	__be32 sip, tip;
+	int ret;
+
+	if (!enable_arp_responder)
+		return pass_to_stack(ctx);
+
+	ret = arp_load(ctx, &eth, &arp);
+	if (ret)
+		return send_drop(ctx, ret, METRIC_EGRESS);
+
+	/* Replies (e.g. the pod answering the node) and other opcodes: let
+	 * the stack of the lxc device see them. */
+	if (arp->ar_op != bpf_htons(ARPOP_REQUEST))
+		return pass_to_stack(ctx);
+
+	sip = arp->ar_sip;
+	tip = arp->ar_tip;
+
+	/* RFC 5227 probe (sender IP 0.0.0.0): never answer it, or the pod
+	 * would see its own address as taken. */
+	if (sip == 0)
+		return pass_to_stack(ctx);
+
+	ep = lookup_source_endpoint(ctx, sip);
+	if (!ep)
+		return send_drop(ctx, DROP_INVALID_SIP, METRIC_EGRESS);
+	if (!eth_addr_eq_mac(eth->h_source, &ep->mac) ||
+	    !eth_addr_eq_mac(arp->ar_sha, &ep->mac))
+		return send_drop(ctx, DROP_INVALID_SMAC, METRIC_EGRESS);
+
+	/* Unicast to someone else's MAC: not ours to answer (Cilium passes
+	 * unknown ARP to the stack). */
+	if (!arp_dst_is_us(eth, &ep->node_mac))
+		return pass_to_stack(ctx);
+
+	/* Gratuitous ARP / duplicate address detection for the pod's own IP. */
+	if (tip == sip)
+		return pass_to_stack(ctx);
+
+	/* Every other target IP (the gateway, whatever it is) resolves to the
+	 * lxc MAC: all L3 forwarding happens here. */
+	mac = ep->mac;
+	node_mac = ep->node_mac;
+	arp_prepare_reply(eth, arp, &node_mac, &mac);
+	update_metrics(ctx, METRIC_EGRESS, REASON_ARP_REPLY);
+	/* Egress of the same lxc device = back into the pod. */
+	return bpf_redirect(ctx->ifindex, 0);
+}
+
+static __always_inline int handle_ipv4(struct __sk_buff *ctx)
+{
+	const __u32 l3_off = ETH_HLEN;
+	struct endpoint_info *ep;
+	struct ethhdr *eth;
+	struct iphdr *ip4;
+	__u32 hdr_len = 0;	/* IHL * 4; the L4 offset for later issues */
+	int ret;
+
+	ret = ipv4_validate(ctx, l3_off, &hdr_len);
+	if (ret)
+		return send_drop(ctx, ret, METRIC_EGRESS);
+
+	eth = ctx_data(ctx);
+	if ((void *)(eth + 1) > ctx_data_end(ctx))
+		return send_drop(ctx, DROP_INVALID, METRIC_EGRESS);
+	ip4 = ipv4_hdr(ctx, l3_off);
+	if (!ip4)
+		return send_drop(ctx, DROP_INVALID, METRIC_EGRESS);
+
+	/* Anti-spoofing: the source IP must be the pod behind this lxc, and
+	 * the source MAC that pod's eth0 MAC. */
+	ep = lookup_source_endpoint(ctx, ip4->saddr);
+	if (!ep)
+		return send_drop(ctx, DROP_INVALID_SIP, METRIC_EGRESS);
+	if (!eth_addr_eq_mac(eth->h_source, &ep->mac))
+		return send_drop(ctx, DROP_INVALID_SMAC, METRIC_EGRESS);
+
+	/* Destination: a pod on this node -> straight into it. */
+	ep = lookup_ip4_endpoint(ip4->daddr);
+	if (ep && !(ep->flags & ENDPOINT_F_HOST))
+		return ipv4_local_delivery(ctx, l3_off, ep, METRIC_EGRESS, false);
+
+	/* ---- Not a local pod. -------------------------------------------
+	 * Later issues insert here, in this order (Cilium §1.3 step 6):
+	 *   - tunnel: remote pod CIDR in cilium_tunnel_map -> encap (encap.h),
+	 *     gated by a rodata routing-mode knob;
+	 *   - native routing with BPF host routing: FIB lookup + redirect.
+	 * Until then: host IPs, remote pods and the world go to the stack. */
+	return pass_to_stack(ctx);
+}
+
+SEC("tc")
+int cil_from_container(struct __sk_buff *ctx)
+{
+	struct ethhdr *eth = eth_hdr(ctx);
+
+	if (!eth)
+		return send_drop(ctx, DROP_INVALID, METRIC_EGRESS);
+
+	switch (eth->h_proto) {
+	case bpf_htons(ETH_P_IP):
+		return handle_ipv4(ctx);
+	case bpf_htons(ETH_P_ARP):
+		return handle_arp(ctx);
+	default:
+		/* IPv6, VLAN, 802.3 length frames, ...: ciliumlite is IPv4-only. */
+		return send_drop(ctx, DROP_UNKNOWN_L3, METRIC_EGRESS);
+	}
+}
+
+char _license[] SEC("license") = "Dual BSD/GPL";
