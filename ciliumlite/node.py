@@ -173,7 +173,7 @@ class Datapath:
                 with devices.iproute(self.netns) as ipr:
                     try:
                         ipr.route("del", dst=f"{target.ip}/32", scope=253)
-                    except Exception:  # noqa: BLE001 - the route may be gone with the device
+                    except Exception:
                         pass
             else:
                 devices.delete_link(self.netns, target.ifname)
@@ -219,7 +219,7 @@ class Datapath:
         for ep in list(self._endpoints.values()):
             try:
                 self.remove_endpoint(ep)
-            except Exception as exc:  # noqa: BLE001 - keep tearing down, report at the end
+            except Exception as exc:
                 errors.append(f"{ep.name}: {exc}")
         if self.lxc is not None:
             self.lxc.close()

@@ -190,7 +190,7 @@ LIBBPF_VERSION: tuple[int, int] = (int(lib.libbpf_major_version()), int(lib.libb
 _LEVELS = (logging.WARNING, logging.INFO, logging.DEBUG)
 
 
-@ffi.callback("int(int, const char *, void *)")
+@ffi.callback("int(int, const char *, void *)")  # type: ignore[untyped-decorator]
 def _print(level: int, fmt: Any, ap: Any) -> int:
     # va_list decays to a pointer on x86-64 and arm64, so libc's vsnprintf can format it.
     buf = ffi.new("char[]", 4096)

@@ -16,7 +16,7 @@ MAP_TYPE_RINGBUF = 27
 
 def _helper(name: str) -> bool:
     helper_id = kernel_enum("bpf_func_id").get(f"BPF_FUNC_{name}")
-    return helper_id is not None and lib.libbpf_probe_bpf_helper(PROG_TYPE_SCHED_CLS, helper_id, ffi.NULL) == 1
+    return helper_id is not None and int(lib.libbpf_probe_bpf_helper(PROG_TYPE_SCHED_CLS, helper_id, ffi.NULL)) == 1
 
 
 @functools.cache
@@ -40,13 +40,13 @@ def has_redirect_neigh() -> bool:
 @functools.cache
 def has_ringbuf() -> bool:
     """BPF ring buffer maps (Linux 5.8+)."""
-    return lib.libbpf_probe_bpf_map_type(MAP_TYPE_RINGBUF, ffi.NULL) == 1
+    return int(lib.libbpf_probe_bpf_map_type(MAP_TYPE_RINGBUF, ffi.NULL)) == 1
 
 
 @functools.cache
 def has_cgroup_sock_addr() -> bool:
     """cgroup connect4/sendmsg4/recvmsg4/getpeername4 hooks."""
-    return lib.libbpf_probe_bpf_prog_type(PROG_TYPE_CGROUP_SOCK_ADDR, ffi.NULL) == 1
+    return int(lib.libbpf_probe_bpf_prog_type(PROG_TYPE_CGROUP_SOCK_ADDR, ffi.NULL)) == 1
 
 
 @functools.cache

@@ -216,8 +216,6 @@ class ClsactLink(Link):
                 except NetlinkError as exc:
                     if exc.code not in (errno.ENOENT, errno.ENODEV, errno.EINVAL):
                         raise
-        except (FileNotFoundError, OSError) as exc:
+        except OSError:
             # The namespace or device is gone, and the attachment went with it.
-            if isinstance(exc, BpfError):
-                raise
             _created_qdiscs.discard(self._ns_key)

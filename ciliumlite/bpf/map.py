@@ -155,7 +155,7 @@ class Map(Generic[K, V]):
         codec = codec_for(spec)
         if btf is not None:
             check_layout(spec, btf, what=f"map {self.info.name} {what}")
-        elif codec.SIZE != size:
+        elif size != codec.SIZE:
             raise ValidationError(f"map {self.info.name}: {what} type is {codec.SIZE} bytes, map has {size}")
         return codec
 
@@ -182,7 +182,7 @@ class Map(Generic[K, V]):
         """Capacity of the map."""
         return self.info.max_entries
 
-    def typed(self, key: type[K] | Any, value: type[V] | Any) -> Map[K, V]:
+    def typed(self, key: Any, value: Any) -> Map[Any, Any]:
         """A view of this map with key and value types, checked against the map's BTF."""
         return Map(self._fd, self.info, key=key, value=value, key_btf=self._key_btf, value_btf=self._value_btf,
                    pin_path=self.pin_path)

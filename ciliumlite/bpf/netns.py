@@ -11,7 +11,7 @@ import contextlib
 import ctypes
 import os
 from collections.abc import Callable, Iterator
-from typing import Union
+
 
 from ciliumlite.bpf.errors import BpfError, ValidationError
 
@@ -19,7 +19,7 @@ NETNS_RUN_DIR = "/var/run/netns"
 CLONE_NEWNET = 0x40000000
 
 #: A namespace: None (the caller's), a name under /var/run/netns, a path, or an open fd.
-NetnsRef = Union[str, int, None]
+NetnsRef = str | int | None
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -55,7 +55,7 @@ def entered(netns: NetnsRef) -> Iterator[None]:
     if netns is None:
         yield
         return
-    own = os.open(f"/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     try:
         if isinstance(netns, int):
             _setns(netns, f"netns fd {netns}")

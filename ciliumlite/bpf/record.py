@@ -15,6 +15,7 @@ with the BTF of the map it will be used on, so a drift between C and Python is c
 
 from __future__ import annotations
 
+import inspect
 import ipaddress
 import socket
 import struct
@@ -179,7 +180,7 @@ class Record:
             c_name, packed, size = cls.__dict__["_record_opts"]
         cls._record_opts = (c_name, packed, size)
         hints = typing.get_type_hints(cls, include_extras=True)
-        own = cls.__dict__.get("__annotations__", {})
+        own = inspect.get_annotations(cls)
         fields: list[FieldLayout] = []
         offset = 0
         max_align = 1
@@ -276,7 +277,7 @@ def check_layout(spec: Any, info: StructInfo, *, what: str) -> None:
     """Fail with a LayoutError unless ``spec`` matches the BTF type ``info`` (sizes, names, offsets)."""
     codec = codec_for(spec)
     label = getattr(spec, "__name__", repr(spec))
-    if codec.SIZE != info.size:
+    if info.size != codec.SIZE:
         raise LayoutError(f"{what}: {label} is {codec.SIZE} bytes but the C type {info.name or info.kind} "
                           f"is {info.size} bytes")
     if not (isinstance(spec, type) and issubclass(spec, Record)):

@@ -24,7 +24,7 @@ def main() -> None:
     print("ready", flush=True)
     while True:
         for key, _ in sel.select():
-            sock = key.fileobj
+            sock: socket.socket = key.fileobj  # type: ignore[assignment]
             if key.data == "tcp":
                 conn, peer = sock.accept()
                 conn.settimeout(2)

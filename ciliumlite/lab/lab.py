@@ -57,7 +57,7 @@ class EchoResult:
         server, seen = (parts[1], parts[2]) if len(parts) == 3 else ("", "")
         peer = tuple(raw["peer"]) if raw.get("peer") else None
         return cls(bool(raw.get("ok")), parts[0] if len(parts) == 3 else reply, server, seen,
-                   peer, str(raw.get("error", "")), raw.get("errno"), float(raw.get("seconds", 0.0)))  # type: ignore[arg-type]
+                   peer, str(raw.get("error", "")), raw.get("errno"), float(raw.get("seconds", 0.0)))
 
 
 class Pod:
@@ -145,7 +145,7 @@ class Node:
         self.index = index
         self.netns = nsmod.create(f"{lab.prefix}-{name}")
         self.cgroup: str | None = None
-        self.datapath: Datapath | None = None  # type: ignore[assignment]
+        self.datapath: Datapath | None = None
         self.pods: dict[str, Pod] = {}
         try:
             self.cgroup = fs.make_cgroup(f"{lab.prefix}-{name}")
@@ -241,7 +241,7 @@ class Lab:
         for node in reversed(list(self.nodes.values())):
             try:
                 node.close()
-            except Exception as exc:  # noqa: BLE001 - tear down the rest first
+            except Exception as exc:
                 errors.append(f"{node.name}: {exc}")
         self.nodes.clear()
         if errors:
