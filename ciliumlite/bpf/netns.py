@@ -12,7 +12,6 @@ import ctypes
 import os
 from collections.abc import Callable, Iterator
 
-
 from ciliumlite.bpf.errors import BpfError, ValidationError
 
 NETNS_RUN_DIR = "/var/run/netns"
