@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import threading
@@ -10,12 +11,22 @@ from dataclasses import dataclass
 from typing import Any
 
 from ciliumlite.bpf import BpfObject, Map, fs
-from ciliumlite.bpf.errors import CiliumliteError, ValidationError
+from ciliumlite.bpf.errors import CiliumliteError, NotSupportedError, ValidationError
+from ciliumlite.bpf.link import Link
 from ciliumlite.bpf.netns import NetnsRef
+from ciliumlite.bpf.program import resolve_ifindex
+from ciliumlite.cluster.store import NodeInfo
 from ciliumlite.datapath import devices, loader
-from ciliumlite.datapath.config import DatapathConfig
+from ciliumlite.datapath.config import VXLAN_PORT, DatapathConfig
 from ciliumlite.datapath.reasons import Direction, Reason, describe
-from ciliumlite.datapath.records import EndpointInfo, EndpointKey, MetricsKey, MetricsValue
+from ciliumlite.datapath.records import (
+    EndpointInfo,
+    EndpointKey,
+    MetricsKey,
+    MetricsValue,
+    TunnelKey,
+    TunnelValue,
+)
 from ciliumlite.endpoint import ENDPOINT_COLUMNS, Endpoint, configure_pod_side, identity_for, lxc_name
 
 
@@ -54,20 +65,87 @@ class Datapath:
         self._endpoints: dict[ipaddress.IPv4Address, Endpoint] = {}
         self._next_id = 1
         self.lxc: BpfObject | None = None
+        self.objects: dict[str, BpfObject] = {}
+        self.links: list[Link] = []
         self.endpoint_map: Map[EndpointKey, EndpointInfo] | None = None
         self.metrics_map: Map[MetricsKey, MetricsValue] | None = None
+        self.tunnel_map: Map[TunnelKey, TunnelValue] | None = None
+        self.remote_nodes: dict[str, NodeInfo] = {}
+        self.routes_managed_by_bgp = False
         self._pin_dir: str | None = None
         try:
             devices.set_sysctl(netns, "net.ipv4.ip_forward", "1")
             self._add_gateway_address()
-            if config.host_routing == "bpf":
-                self._pin_dir = fs.make_pin_dir(config.pin_dir.removeprefix(fs.BPFFS + "/"))
-                self.lxc = loader.load("bpf_lxc", self._pin_dir, config.lxc_rodata())
-                self.endpoint_map = self.lxc.map("cilium_lxc", EndpointKey, EndpointInfo)
-                self.metrics_map = self.lxc.map("cilium_metrics", MetricsKey, MetricsValue)
+            self._setup_routing()
         except BaseException:
             self.close()
             raise
+
+    def _setup_routing(self) -> None:
+        cfg = self.config
+        if cfg.routing == "vxlan" and cfg.host_routing == "legacy":
+            raise NotSupportedError("legacy host routing with a VXLAN overlay is not built", feature="bpf",
+                                    hint="use host_routing='bpf', or routing='native' for a legacy node")
+        tunnel_ifindex = native_ifindex = 0
+        if cfg.routing == "vxlan":
+            tunnel_ifindex = devices.create_vxlan(self.netns, cfg.tunnel_device, VXLAN_PORT, cfg.pod_mtu)
+        if cfg.routing != "none":
+            native_ifindex = resolve_ifindex(cfg.underlay_device, self.netns)[0]
+        if cfg.host_routing != "bpf":
+            return
+        self._pin_dir = fs.make_pin_dir(cfg.pin_dir.removeprefix(fs.BPFFS + "/"))
+        node_rodata = cfg.rodata(tunnel_ifindex=tunnel_ifindex, native_ifindex=native_ifindex)
+        self.lxc = self._load("bpf_lxc", node_rodata, {"enable_arp_responder": 1, **cfg.extra_rodata})
+        self.endpoint_map = self.lxc.map("cilium_lxc", EndpointKey, EndpointInfo)
+        self.metrics_map = self.lxc.map("cilium_metrics", MetricsKey, MetricsValue)
+        if cfg.routing == "vxlan":
+            overlay = self._load("bpf_overlay", node_rodata)
+            self.tunnel_map = self.lxc.map("cilium_tunnel_map", TunnelKey, TunnelValue)
+            self.links.append(overlay.program("cil_from_overlay").attach_tc(
+                tunnel_ifindex, "ingress", netns=self.netns, mode=cfg.tc_mode))
+        if cfg.routing != "none":
+            host = self._load("bpf_host", node_rodata)
+            self.links.append(host.program("cil_from_netdev").attach_tc(
+                native_ifindex, "ingress", netns=self.netns, mode=cfg.tc_mode))
+
+    def _load(self, name: str, node_rodata: dict[str, Any], extra: dict[str, Any] | None = None) -> BpfObject:
+        assert self._pin_dir is not None
+        obj = loader.load(name, self._pin_dir, extra, node_config=node_rodata)
+        self.objects[name] = obj
+        return obj
+
+    # -- other nodes ---------------------------------------------------------------------------------
+    def add_remote_node(self, node: NodeInfo) -> None:
+        """Reach ``node``'s pods: a tunnel map entry (vxlan) or a route via its address (native).
+
+        In native mode with BGP the routes come from bird, so nothing is written here.
+        """
+        with self._lock:
+            if self.config.routing == "vxlan" and self.tunnel_map is not None:
+                net = ipaddress.IPv4Network(node.pod_cidr)
+                self.tunnel_map.set(TunnelKey(ip4=net.network_address), TunnelValue(ip4=node.ip))
+            elif self.config.routing == "native" and not self.routes_managed_by_bgp:
+                with devices.iproute(self.netns) as ipr:
+                    ipr.route("replace", dst=node.pod_cidr, gateway=node.ip)
+            self.remote_nodes[node.name] = node
+
+    def remove_remote_node(self, node: NodeInfo) -> None:
+        """Forget ``node``: its tunnel entry or route goes; other nodes' traffic is untouched."""
+        with self._lock:
+            known = self.remote_nodes.pop(node.name, None)
+            if known is None:
+                return
+            if self.tunnel_map is not None:
+                self.tunnel_map.pop(TunnelKey(ip4=ipaddress.IPv4Network(known.pod_cidr).network_address), None)
+            elif self.config.routing == "native" and not self.routes_managed_by_bgp:
+                with devices.iproute(self.netns) as ipr, contextlib.suppress(Exception):
+                    ipr.route("del", dst=known.pod_cidr, gateway=known.ip)
+
+    def bpf_tunnels(self) -> dict[str, str]:
+        """The tunnel map: pod CIDR prefix -> remote node IP (like ``cilium bpf tunnel list``)."""
+        if self.tunnel_map is None:
+            return {}
+        return {str(k.ip4): str(v.ip4) for k, v in self.tunnel_map.items()}
 
     # -- node addresses ------------------------------------------------------------------------------
     def _add_gateway_address(self) -> None:
@@ -127,15 +205,16 @@ class Datapath:
             ep: Endpoint | None = None
             try:
                 if not adopt:
-                    devices.create_veth(self.netns, host_if, pod_netns, pod_ifname, self.config.mtu)
+                    devices.create_veth(self.netns, host_if, pod_netns, pod_ifname, self.config.pod_mtu)
                     created = True
-                pod_mac = configure_pod_side(pod_netns, pod_ifname, addr, self.config.gateway, self.config.mtu)
+                pod_mac = configure_pod_side(pod_netns, pod_ifname, addr, self.config.gateway, self.config.pod_mtu)
                 with devices.iproute(self.netns) as ipr:
                     idx = devices.ifindex(ipr, host_if)
                     if idx is None:
                         raise ValidationError(f"no device {host_if!r} in the node namespace to adopt")
-                    ipr.link("set", index=idx, state="up", mtu=self.config.mtu)
+                    ipr.link("set", index=idx, state="up")
                     node_mac = devices.link_mac(ipr, idx)
+                    ipr.link("set", index=idx, mtu=self.config.pod_mtu)
                     ipr.route("replace", dst=f"{addr}/32", oif=idx, scope=253)
                 if self.config.host_routing == "legacy":
                     devices.set_sysctl(self.netns, f"net.ipv4.conf.{host_if}.proxy_arp", "1")
@@ -221,10 +300,17 @@ class Datapath:
                 self.remove_endpoint(ep)
             except Exception as exc:
                 errors.append(f"{ep.name}: {exc}")
-        if self.lxc is not None:
-            self.lxc.close()
-            self.lxc = None
+        for link in self.links:
+            link.close()
+        self.links.clear()
+        for obj in self.objects.values():
+            obj.close()
+        self.objects.clear()
+        self.lxc = None
         self.endpoint_map = self.metrics_map = None
+        self.tunnel_map = None
+        if self.config.routing == "vxlan":
+            devices.delete_link(self.netns, self.config.tunnel_device)
         if self._pin_dir is not None:
             fs.remove_pin_dir(self._pin_dir)
             parent = os.path.dirname(self._pin_dir)
@@ -255,5 +341,6 @@ class Datapath:
         """A summary like ``cilium status`` for this node."""
         return {"node": self.config.node_name, "host_routing": self.config.host_routing.upper()
                 if self.config.host_routing == "bpf" else "Legacy", "pod_cidr": self.config.pod_cidr,
-                "endpoints": len(self._endpoints),
+                "endpoints": len(self._endpoints), "routing": self.config.routing,
+                "remote_nodes": sorted(self.remote_nodes),
                 "programs": [f"{e.ifname}: {e.link.point}" for e in self.endpoints() if e.link is not None]}

@@ -197,6 +197,7 @@ class Record:
                 offset = at[0].offset
             elif not packed:
                 offset = (offset + k.align - 1) // k.align * k.align
+            if not packed:
                 max_align = max(max_align, k.align)
             fields.append(FieldLayout(name, k, offset))
             offset += k.size

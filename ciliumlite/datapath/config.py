@@ -9,6 +9,10 @@ from typing import Any, Literal
 from ciliumlite.bpf.errors import ValidationError
 
 HostRouting = Literal["bpf", "legacy"]
+Routing = Literal["none", "vxlan", "native"]
+ROUTING_MODE = {"none": 0, "vxlan": 1, "native": 2}
+VXLAN_PORT = 8472
+VXLAN_OVERHEAD = 50
 TcMode = Literal["auto", "tcx", "clsact"]
 PIN_BASE = "/sys/fs/bpf/ciliumlite"
 
@@ -28,6 +32,10 @@ class DatapathConfig:
     tc_mode: TcMode = "auto"
     pin_root: str = ""
     node_ip: str = "0.0.0.0"
+    routing: Routing = "none"
+    underlay_device: str = "eth0"
+    native_routing_cidr: str = "10.244.0.0/16"
+    tunnel_device: str = "cilium_vxlan"
     extra_rodata: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -47,6 +55,14 @@ class DatapathConfig:
             ipaddress.IPv4Address(self.node_ip)
         except ValueError as exc:
             raise ValidationError(f"node_ip {self.node_ip!r} is not an IPv4 address") from exc
+        if self.routing not in ROUTING_MODE:
+            raise ValidationError(f"routing must be none, vxlan or native, not {self.routing!r}")
+        try:
+            ipaddress.IPv4Network(self.native_routing_cidr)
+        except ValueError as exc:
+            raise ValidationError(f"native_routing_cidr {self.native_routing_cidr!r}: {exc}") from exc
+        if self.routing != "none" and self.node_ip == "0.0.0.0":
+            raise ValidationError(f"routing={self.routing!r} needs the node's underlay address (node_ip)")
         if not self.node_name or "/" in self.node_name:
             raise ValidationError(f"bad node name {self.node_name!r}")
 
@@ -65,6 +81,29 @@ class DatapathConfig:
         """Where this node's maps are pinned."""
         return self.pin_root or f"{PIN_BASE}/{self.node_name}"
 
-    def lxc_rodata(self) -> dict[str, Any]:
+    @property
+    def pod_mtu(self) -> int:
+        """The pods' MTU: the underlay's, less the VXLAN overhead in tunnel mode."""
+        return self.mtu - VXLAN_OVERHEAD if self.routing == "vxlan" else self.mtu
+
+    def rodata(self, *, tunnel_ifindex: int = 0, native_ifindex: int = 0) -> dict[str, Any]:
+        """.rodata shared by every datapath object of this node (config.h)."""
+        native = ipaddress.IPv4Network(self.native_routing_cidr)
+        return {
+            "node_ipv4": _be32(ipaddress.IPv4Address(self.node_ip)),
+            "routing_mode": ROUTING_MODE[self.routing],
+            "tunnel_ifindex": tunnel_ifindex,
+            "native_ifindex": native_ifindex,
+            "native_cidr": _be32(native.network_address),
+            "native_cidr_mask": _be32(native.netmask),
+            "tunnel_prefix_mask": _be32(self.network.netmask),
+        }
+
+    def lxc_rodata(self, **ifindexes: int) -> dict[str, Any]:
         """.rodata of bpf_lxc.o."""
-        return {"enable_arp_responder": 1, **self.extra_rodata}
+        return {**self.rodata(**ifindexes), "enable_arp_responder": 1, **self.extra_rodata}
+
+
+def _be32(addr: ipaddress.IPv4Address) -> int:
+    # A __be32 read as a little-endian u32 by the .rodata writer: store the address bytes as they are.
+    return int.from_bytes(addr.packed, "little")

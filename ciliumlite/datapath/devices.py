@@ -68,6 +68,23 @@ def create_veth(node_ns: NetnsRef, host_if: str, pod_ns: str, pod_if: str, mtu: 
             raise BpfError("create veth", netlink_error(exc), target=f"{host_if} <-> {pod_ns}/{pod_if}") from exc
 
 
+def create_vxlan(netns: NetnsRef, ifname: str, port: int, mtu: int) -> int:
+    """A collect-metadata ("external") VXLAN device on ``port``, up; returns its ifindex."""
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    with iproute(netns) as ipr:
+        if ifindex(ipr, ifname) is None:
+            try:
+                ipr.link("add", ifname=ifname, kind="vxlan", vxlan_collect_metadata=1, vxlan_port=port,
+                         vxlan_learning=0, mtu=mtu)
+            except NetlinkError as exc:
+                raise BpfError("create vxlan device", netlink_error(exc), target=f"{ifname} in {netns}") from exc
+        idx = ifindex(ipr, ifname)
+        assert idx is not None
+        ipr.link("set", index=idx, state="up")
+        return idx
+
+
 def delete_link(netns: NetnsRef, ifname: str) -> None:
     """Delete a device if it exists (a veth takes its peer with it)."""
     from pyroute2.netlink.exceptions import NetlinkError

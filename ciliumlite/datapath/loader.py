@@ -25,6 +25,18 @@ def object_path(name: str) -> Path:
     return path
 
 
-def load(name: str, pin_root: str, config: Mapping[str, Any] | None = None) -> BpfObject:
-    """Open ``name``.o with maps pinned (and shared) under ``pin_root``, set .rodata, load."""
-    return BpfObject.load_file(object_path(name), config=config, pin_root=pin_root)
+def load(name: str, pin_root: str, config: Mapping[str, Any] | None = None,
+         node_config: Mapping[str, Any] | None = None) -> BpfObject:
+    """Open ``name``.o with maps pinned (and shared) under ``pin_root``, set .rodata, load.
+
+    ``config`` must name variables the object has; ``node_config`` is the node-wide set from
+    config.h, of which each object receives the variables it declares.
+    """
+    obj = BpfObject(object_path(name), pin_root=pin_root)
+    try:
+        obj.rodata.update({k: v for k, v in (node_config or {}).items() if k in obj.rodata})
+        obj.rodata.update(config or {})
+        return obj.load()
+    except BaseException:
+        obj.close()
+        raise

@@ -35,6 +35,24 @@ class EndpointInfo(Record, c_name="endpoint_info", size=48):
 
 
 @dataclass(frozen=True, slots=True)
+class TunnelKey(Record, c_name="tunnel_key", packed=True, size=20):
+    """Key of ``cilium_tunnel_map``: a remote node's pod CIDR (its network address)."""
+
+    ip4: Annotated[IPv4Address, IPV4]
+    family: Annotated[int, U8, At(16)] = FAMILY_IPV4
+    cluster_id: Annotated[int, U16, At(18)] = 0
+
+
+@dataclass(frozen=True, slots=True)
+class TunnelValue(Record, c_name="tunnel_value", size=20):
+    """Value of ``cilium_tunnel_map``: the remote node's underlay address."""
+
+    ip4: Annotated[IPv4Address, IPV4]
+    family: Annotated[int, U8, At(16)] = FAMILY_IPV4
+    key: Annotated[int, U8] = 0
+
+
+@dataclass(frozen=True, slots=True)
 class MetricsKey(Record, c_name="metrics_key", size=8):
     """Key of ``cilium_metrics``: reason, direction and the source line that counted."""
 

@@ -4,20 +4,71 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import re
 import secrets
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
 from ciliumlite.bpf import fs
 from ciliumlite.bpf import netns as nsmod
 from ciliumlite.bpf.errors import CiliumliteError, ValidationError
-from ciliumlite.datapath.config import DatapathConfig, HostRouting
+from ciliumlite.cluster import Cluster, NodeInfo
+from ciliumlite.datapath.config import DatapathConfig, HostRouting, Routing
 from ciliumlite.endpoint import Endpoint
 from ciliumlite.lab import procs
 from ciliumlite.node import Datapath
 
 CLUSTER_POD_CIDR = ipaddress.IPv4Network("10.244.0.0/16")
+UNDERLAY = ipaddress.IPv4Network("10.0.0.0/24")
+LEAF_IP = "10.0.0.254"
+LEAF_ASN = 65001
+FIRST_NODE_HOST = 11  # k8s-master is 10.0.0.11 in the seed
+FIRST_NODE_ASN = 65011
+
+
+class Fabric:
+    """The underlay: a namespace with a bridge (the leaf router at 10.0.0.254) joining every node."""
+
+    def __init__(self, lab: Lab) -> None:
+        from pyroute2 import IPRoute
+
+        self.lab = lab
+        self.netns = nsmod.create(f"{lab.prefix}-fabric")
+        try:
+            with IPRoute(netns=self.netns) as ipr:
+                ipr.link("add", ifname="br0", kind="bridge")
+                br = ipr.link_lookup(ifname="br0")[0]
+                ipr.addr("add", index=br, address=LEAF_IP, prefixlen=UNDERLAY.prefixlen)
+                ipr.link("set", index=br, state="up")
+            from ciliumlite.datapath.devices import set_sysctl
+
+            set_sysctl(self.netns, "net.ipv4.ip_forward", "1")
+        except BaseException:
+            nsmod.remove(self.netns)
+            raise
+
+    def connect(self, node_netns: str, index: int, node_ip: str, mtu: int = 1500) -> None:
+        """A veth from the node (``eth0``, ``node_ip``/24, default via the leaf) into the bridge."""
+        from pyroute2 import IPRoute
+
+        port = f"n{index}"
+        with IPRoute(netns=self.netns) as ipr:
+            ipr.link("add", ifname=port, kind="veth", mtu=mtu, peer={"ifname": "eth0", "net_ns_fd": node_netns,
+                                                                   "mtu": mtu})
+            idx = ipr.link_lookup(ifname=port)[0]
+            ipr.link("set", index=idx, master=ipr.link_lookup(ifname="br0")[0], state="up")
+        with IPRoute(netns=node_netns) as ipr:
+            idx = ipr.link_lookup(ifname="eth0")[0]
+            ipr.addr("add", index=idx, address=node_ip, prefixlen=UNDERLAY.prefixlen)
+            ipr.link("set", index=idx, state="up")
+            ipr.route("replace", dst="0.0.0.0/0", gateway=LEAF_IP)
+
+    def close(self) -> None:
+        """Remove the fabric namespace."""
+        nsmod.remove(self.netns)
 
 
 @dataclass(frozen=True)
@@ -147,7 +198,13 @@ class Node:
         self.cgroup: str | None = None
         self.datapath: Datapath | None = None
         self.pods: dict[str, Pod] = {}
+        self.ip: str | None = None
+        self.bird: Any = None
         try:
+            if config.get("routing", "none") != "none":
+                self.ip = str(UNDERLAY.network_address + FIRST_NODE_HOST + index)
+                lab.fabric_or_create().connect(self.netns, index, self.ip)
+                config.setdefault("node_ip", self.ip)
             self.cgroup = fs.make_cgroup(f"{lab.prefix}-{name}")
             cfg = DatapathConfig(node_name=f"{lab.prefix}-{name}", pod_cidr=pod_cidr, host_routing=host_routing,
                                  **config)
@@ -182,8 +239,17 @@ class Node:
         """Run a command in the node namespace (and cgroup)."""
         return procs.run(self.netns, argv, self.cgroup, timeout=timeout)
 
+    @property
+    def info(self) -> NodeInfo:
+        """This node as the cluster store records it."""
+        assert self.datapath is not None and self.ip is not None, f"{self.name} has no underlay"
+        return NodeInfo(self.name, self.ip, self.datapath.config.pod_cidr)
+
     def close(self) -> None:
         """Close the datapath, remove pods, the namespace and the cgroup."""
+        if self.bird is not None:
+            self.bird.stop()
+            self.bird = None
         if self.datapath is not None:
             self.datapath.close()
             self.datapath = None
@@ -199,6 +265,47 @@ class Node:
         return f"<Node {self.name} pods={list(self.pods)}>"
 
 
+class LabCluster:
+    """A Cluster whose nodes are lab nodes: ``cluster.node("worker1").add_pod("client")``."""
+
+    def __init__(self, lab: Lab, cluster: Cluster, nodes: list[Node]) -> None:
+        self.lab = lab
+        self.control = cluster
+        self.members = {n.name: n for n in nodes}
+
+    def node(self, name: str) -> Node:
+        """A member node by name."""
+        try:
+            return self.members[name]
+        except KeyError:
+            raise ValidationError(f"no node {name!r} in this cluster ({', '.join(self.members)})") from None
+
+    def add_node(self, name: str, **config: Any) -> Node:
+        """Add a node: every other node learns its pod CIDR (tunnel entry or route)."""
+        first = next(iter(self.members.values()), None)
+        routing = first.datapath.config.routing if first and first.datapath else "vxlan"
+        node = self.lab.add_node(name, routing=routing, **config)
+        assert node.datapath is not None
+        if first is not None and first.bird is not None:
+            node.datapath.routes_managed_by_bgp = True
+        self.control.join(node.info, node.datapath)
+        if first is not None and first.bird is not None:
+            self.lab._start_bgp([node])
+        self.members[name] = node
+        return node
+
+    def remove_node(self, name: str) -> None:
+        """Remove a node: its routes are withdrawn and its tunnel entries deleted on every other node."""
+        node = self.members.pop(name)
+        self.control.leave(name)
+        self.lab.remove_node(name)
+        del node
+
+    def nodes(self) -> list[Node]:
+        """The member nodes."""
+        return list(self.members.values())
+
+
 class Lab:
     """A throwaway cluster in network namespaces with a unique prefix; removed on exit (also on errors)."""
 
@@ -210,6 +317,60 @@ class Lab:
         self.host_routing = host_routing
         self.nodes: dict[str, Node] = {}
         self.processes = procs.ProcessGroup()
+        self.fabric: Fabric | None = None
+        self.clusters: list[Cluster] = []
+        self.leaf_bird: Any = None
+        self.workdir = tempfile.mkdtemp(prefix=f"{self.prefix}-")
+
+    def fabric_or_create(self) -> Fabric:
+        """The underlay fabric, made on first use."""
+        if self.fabric is None:
+            self.fabric = Fabric(self)
+        return self.fabric
+
+    def cluster(self, nodes: list[str], *, routing: Routing = "vxlan", bgp: bool | None = None,
+                store: Any = None, **config: Any) -> LabCluster:
+        """Nodes on a shared underlay that know about each other through a Cluster.
+
+        ``routing="native"`` uses BGP through bird (a leaf router at 10.0.0.254, AS 65001; node i
+        is 10.0.0.(11+i), AS 65011+i) unless ``bgp=False``, which installs static routes instead.
+        """
+        if routing not in ("vxlan", "native"):
+            raise ValidationError(f"routing must be 'vxlan' or 'native', not {routing!r}")
+        use_bgp = routing == "native" if bgp is None else bgp
+        cluster = Cluster(store)
+        self.clusters.append(cluster)
+        for name in nodes:
+            node = self.add_node(name, routing=routing, **config)
+            assert node.datapath is not None
+            node.datapath.routes_managed_by_bgp = use_bgp
+            cluster.join(node.info, node.datapath)
+        if use_bgp:
+            self._start_bgp([self.nodes[n] for n in nodes])
+        return LabCluster(self, cluster, [self.nodes[n] for n in nodes])
+
+    def _start_bgp(self, nodes: list[Node]) -> None:
+        from ciliumlite import bgp
+
+        fabric = self.fabric_or_create()
+        speakers = [n for n in self.nodes.values() if n.ip and (n.bird is not None or n in nodes)]
+        peers = tuple(bgp.BgpPeer(n.name.replace("-", "_"), n.ip or "", FIRST_NODE_ASN + n.index)
+                      for n in speakers)
+        leaf_cfg = bgp.leaf_config(LEAF_IP, LEAF_ASN, peers)
+        if self.leaf_bird is None:
+            self.leaf_bird = bgp.Bird(fabric.netns, leaf_cfg, os.path.join(self.workdir, "leaf"))
+            self.leaf_bird.start()
+        else:
+            self.leaf_bird.reload(leaf_cfg)
+        for n in nodes:
+            assert n.datapath is not None and n.ip is not None
+            cfg = bgp.BgpConfig(router_id=n.ip, asn=FIRST_NODE_ASN + n.index,
+                                peers=(bgp.BgpPeer("leaf", LEAF_IP, LEAF_ASN),),
+                                announce=(n.datapath.config.pod_cidr,))
+            n.bird = bgp.Bird(n.netns, cfg, os.path.join(self.workdir, n.name))
+            n.bird.start()
+        for n in nodes:
+            n.bird.wait_established(timeout=15)
 
     def add_node(self, name: str, *, pod_cidr: str | None = None, host_routing: HostRouting | None = None,
                  **config: Any) -> Node:
@@ -225,6 +386,10 @@ class Lab:
     def node(self, name: str) -> Node:
         """A node by name."""
         return self.nodes[name]
+
+    def remove_node(self, name: str) -> None:
+        """Close and remove one node (its bird, datapath, pods and namespace)."""
+        self.nodes.pop(name).close()
 
     def pods(self) -> list[Pod]:
         """Every pod of every node."""
@@ -244,6 +409,13 @@ class Lab:
             except Exception as exc:
                 errors.append(f"{node.name}: {exc}")
         self.nodes.clear()
+        if self.leaf_bird is not None:
+            self.leaf_bird.stop()
+            self.leaf_bird = None
+        if self.fabric is not None:
+            self.fabric.close()
+            self.fabric = None
+        shutil.rmtree(self.workdir, ignore_errors=True)
         if errors:
             raise CiliumliteError("lab teardown: " + "; ".join(errors))
 

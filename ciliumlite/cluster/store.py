@@ -1,0 +1,98 @@
+"""The cluster store: an interface, and the embedded in-process implementation used by default.
+
+A distributed store (etcd, the Kubernetes API) implements the same four methods; the Cluster never
+needs to know which one it talks to.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from ciliumlite.bpf.errors import ValidationError
+
+Event = Literal["upsert", "delete"]
+Watcher = Callable[[Event, "NodeInfo"], None]
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    """What the cluster knows of a node: its name, underlay address and pod CIDR."""
+
+    name: str
+    ip: str
+    pod_cidr: str
+
+    def __post_init__(self) -> None:
+        try:
+            ipaddress.IPv4Address(self.ip)
+            ipaddress.IPv4Network(self.pod_cidr)
+        except ValueError as exc:
+            raise ValidationError(f"node {self.name}: {exc}") from exc
+
+
+class ClusterStore(Protocol):
+    """Where node records live; watchers hear every change."""
+
+    def put_node(self, node: NodeInfo) -> None:
+        """Create or replace a node record."""
+
+    def delete_node(self, name: str) -> None:
+        """Remove a node record."""
+
+    def nodes(self) -> list[NodeInfo]:
+        """Every node record."""
+
+    def watch(self, callback: Watcher) -> Callable[[], None]:
+        """Call ``callback`` for every change from now on; returns a function that stops watching."""
+
+
+class InMemoryStore:
+    """The embedded store: a dict and synchronous callbacks, safe across threads."""
+
+    def __init__(self) -> None:
+        self._nodes: dict[str, NodeInfo] = {}
+        self._watchers: list[Watcher] = []
+        self._lock = threading.RLock()
+
+    def put_node(self, node: NodeInfo) -> None:
+        """Create or replace ``node`` and tell the watchers."""
+        with self._lock:
+            for other in self._nodes.values():
+                if other.name != node.name and (other.ip == node.ip or ipaddress.IPv4Network(other.pod_cidr)
+                                                .overlaps(ipaddress.IPv4Network(node.pod_cidr))):
+                    raise ValidationError(f"node {node.name} ({node.ip}, {node.pod_cidr}) clashes with "
+                                          f"{other.name} ({other.ip}, {other.pod_cidr})")
+            self._nodes[node.name] = node
+            watchers = list(self._watchers)
+        for w in watchers:
+            w("upsert", node)
+
+    def delete_node(self, name: str) -> None:
+        """Remove a node and tell the watchers (no-op when absent)."""
+        with self._lock:
+            node = self._nodes.pop(name, None)
+            watchers = list(self._watchers)
+        if node is not None:
+            for w in watchers:
+                w("delete", node)
+
+    def nodes(self) -> list[NodeInfo]:
+        """Every node record, by name."""
+        with self._lock:
+            return sorted(self._nodes.values(), key=lambda n: n.name)
+
+    def watch(self, callback: Watcher) -> Callable[[], None]:
+        """Subscribe to changes."""
+        with self._lock:
+            self._watchers.append(callback)
+
+        def stop() -> None:
+            with self._lock:
+                if callback in self._watchers:
+                    self._watchers.remove(callback)
+
+        return stop
