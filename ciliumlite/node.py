@@ -8,6 +8,7 @@ import os
 import threading
 from collections import defaultdict
 from dataclasses import dataclass
+from ipaddress import IPv4Address
 from typing import Any
 
 from ciliumlite.bpf import BpfObject, Map, fs
@@ -123,7 +124,7 @@ class Datapath:
         with self._lock:
             if self.config.routing == "vxlan" and self.tunnel_map is not None:
                 net = ipaddress.IPv4Network(node.pod_cidr)
-                self.tunnel_map.set(TunnelKey(ip4=net.network_address), TunnelValue(ip4=node.ip))
+                self.tunnel_map.set(TunnelKey(ip4=net.network_address), TunnelValue(ip4=IPv4Address(node.ip)))
             elif self.config.routing == "native" and not self.routes_managed_by_bgp:
                 with devices.iproute(self.netns) as ipr:
                     ipr.route("replace", dst=node.pod_cidr, gateway=node.ip)

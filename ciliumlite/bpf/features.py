@@ -6,7 +6,7 @@ import functools
 
 from ciliumlite.bpf._ffi import ffi, lib
 from ciliumlite.bpf.btf import kernel_enum
-from ciliumlite.bpf.errors import NotSupportedError
+from ciliumlite.bpf.errors import NotSupportedError, ValidationError
 
 PROG_TYPE_SCHED_CLS = 3
 PROG_TYPE_XDP = 6
@@ -79,6 +79,8 @@ def probe_all() -> dict[str, bool]:
 
 def require(feature: str, what: str = "") -> None:
     """Raise NotSupportedError unless the kernel has ``feature`` (a key of PROBES)."""
+    if feature not in PROBES:
+        raise ValidationError(f"unknown feature {feature!r}; one of {', '.join(PROBES)}")
     if not PROBES[feature]():
         raise NotSupportedError(f"{what or 'this operation'} needs {feature}", feature=feature,
                                 hint="use a newer kernel (see docs/sdk.md for the minimum versions)")

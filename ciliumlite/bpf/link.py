@@ -64,7 +64,9 @@ class Link:
         """Detach (unless pinned) and release."""
         raise NotImplementedError
 
-    detach = close
+    def detach(self) -> None:
+        """Same as ``close()``."""
+        self.close()
 
     def pin(self, path: str) -> None:
         """Keep the attachment past this process by pinning it at ``path``."""

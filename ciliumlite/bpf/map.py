@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import struct
+import weakref
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import IntEnum, IntFlag
@@ -139,6 +140,7 @@ class Map(Generic[K, V]):
         self.info = info
         self._owns_fd = owns_fd
         self.pin_path = pin_path
+        self._views: weakref.WeakSet[Map[Any, Any]] | None = None
         self._key_btf, self._value_btf = key_btf, value_btf
         self.key_codec: Codec = self._codec(key, info.key_size, key_btf, "key")
         self.value_codec: Codec = self._codec(value, info.value_size, value_btf, "value")
@@ -184,8 +186,12 @@ class Map(Generic[K, V]):
 
     def typed(self, key: Any, value: Any) -> Map[Any, Any]:
         """A view of this map with key and value types, checked against the map's BTF."""
-        return Map(self._fd, self.info, key=key, value=value, key_btf=self._key_btf, value_btf=self._value_btf,
-                   pin_path=self.pin_path)
+        view: Map[Any, Any] = Map(self._fd, self.info, key=key, value=value, key_btf=self._key_btf,
+                                  value_btf=self._value_btf, pin_path=self.pin_path)
+        if self._views is not None:
+            self._views.add(view)
+            view._views = self._views
+        return view
 
     def __repr__(self) -> str:
         k = getattr(self.key_codec, "__name__", type(self.key_codec).__name__)
@@ -254,6 +260,8 @@ class Map(Generic[K, V]):
                                hint="the key exists; update with ANY or EXIST to replace it")
             if err == errno.ENOENT and flags & EXIST:
                 raise KeyError(key)
+            if err == errno.E2BIG and self.info.type in _ARRAYS:
+                raise ValidationError(f"map {self.name}: index {key!r} is outside 0..{self.max_entries - 1}")
             if err == errno.E2BIG:
                 raise MapFullError("update map", err, target=self.name,
                                    hint=f"all {self.max_entries} entries are used: delete some or raise max_entries")
@@ -378,6 +386,9 @@ class Map(Generic[K, V]):
 
         Returns the number written. On failure the error says how many entries were applied first.
         """
+        if flags != ANY:
+            raise ValidationError(f"map {self.name}: batch updates take no NOEXIST/EXIST flag (the kernel "
+                                  "accepts only BPF_F_LOCK there); use set() per entry for those")
         kptr, nk = self._pack_many(keys, self.key_codec, self.info.key_size, "keys")
         vptr, nv = self._pack_many(values, self.value_codec, self._vstride * self._ncpus, "values")
         if nk != nv:
@@ -391,7 +402,8 @@ class Map(Generic[K, V]):
         if rc < 0:
             err = -rc
             cls = MapFullError if err in (errno.E2BIG, errno.ENOSPC) else BpfError
-            raise cls("update map (batch)", err, target=f"{self.name}: {count[0]} of {nk} entries applied")
+            applied = f"{count[0]} of {nk} entries applied" if count[0] < nk else "some entries may be applied"
+            raise cls("update map (batch)", err, target=f"{self.name}: {applied}")
         return int(count[0])
 
     def lookup_batch_raw(self, chunk: int = 4096) -> tuple[bytes, bytes, int]:
@@ -470,6 +482,10 @@ class Map(Generic[K, V]):
         except BaseException:
             os.close(fd)
             raise
+
+    def _invalidate(self) -> None:
+        # The owning object closed its fd: forget it so a reused fd number is never written to.
+        self._fd = -1
 
     def close(self) -> None:
         """Release the fd if this handle owns it (maps of a BpfObject close with the object)."""

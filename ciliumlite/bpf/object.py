@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import struct
+import weakref
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,9 @@ class Rodata(Mapping[str, Any]):
 
     def __len__(self) -> int:
         return len(self._vars)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._vars  # Mapping's default calls __getitem__, which raises ValidationError
 
     def _var(self, name: str) -> tuple[int, TypeInfo]:
         try:
@@ -162,7 +166,7 @@ class BpfObject:
                 self._map_handles[mname] = m
             m = lib.bpf_object__next_map(h, m)
         self.rodata = Rodata(self, rodata_handle, self._btf)
-        self._maps: dict[str, Map[Any, Any]] = {}
+        self._map_views: weakref.WeakSet[Map[Any, Any]] = weakref.WeakSet()
 
     @classmethod
     def open(cls, source: str | os.PathLike[str] | bytes, **kw: Any) -> BpfObject:
@@ -217,8 +221,11 @@ class BpfObject:
         fd = int(lib.bpf_map__fd(h))
         info = MapInfo.from_fd(fd)
         kb, vb = self._btf_of(lib.bpf_map__btf_key_type_id(h)), self._btf_of(lib.bpf_map__btf_value_type_id(h))
-        return Map(fd, info, key=key, value=value, key_btf=kb, value_btf=vb,
-                   pin_path=cstr(lib.bpf_map__pin_path(h)) or None)
+        m: Map[Any, Any] = Map(fd, info, key=key, value=value, key_btf=kb, value_btf=vb,
+                               pin_path=cstr(lib.bpf_map__pin_path(h)) or None)
+        m._views = self._map_views
+        self._map_views.add(m)
+        return m
 
     @property
     def maps(self) -> dict[str, Map[Any, Any]]:
@@ -236,6 +243,10 @@ class BpfObject:
     def close(self) -> None:
         """Release every fd of the object. Pinned maps stay pinned (they are shared state)."""
         if self._h != ffi.NULL:
+            for m in list(self._map_views):
+                m._invalidate()
+            for p in self.programs.values():
+                p._invalidate()
             lib.bpf_object__close(self._h)
             self._h = ffi.NULL
             self.loaded = False

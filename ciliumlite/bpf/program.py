@@ -140,9 +140,14 @@ class Program:
         self.section = cstr(lib.bpf_program__section_name(handle))
         self.object_name = object_name
 
+    def _invalidate(self) -> None:
+        self._h = None
+
     @property
     def fd(self) -> int:
         """The program fd (valid while its object is loaded and open)."""
+        if self._h is None:
+            raise BpfError("use program", errno.EBADF, target=self.name, hint="its BpfObject was closed")
         fd = int(lib.bpf_program__fd(self._h))
         if fd < 0:
             raise BpfError("use program", errno.EBADF, target=self.name,
@@ -152,6 +157,8 @@ class Program:
     @property
     def type(self) -> ProgType | int:
         """The program type libbpf derived from the section name."""
+        if self._h is None:
+            return ProgType.UNSPEC
         t = int(lib.bpf_program__type(self._h))
         try:
             return ProgType(t)
