@@ -10,9 +10,10 @@ CIDRs it learns from the leaf in its kernel (``proto bird``). ciliumlite drives 
 ...     bird.routes(protocol="leaf")
 ['10.244.2.0/24']
 
-``Bird`` starts ``bird -c CONF -s SOCK -P PIDFILE`` inside the namespace; bird daemonizes, so it is
-not our child: ``stop()`` ends exactly the pid bird wrote to *our* pidfile (checked against its
-command line) and waits until it is gone.
+``Bird`` starts ``bird -f -c CONF -s SOCK -P PIDFILE`` inside the namespace as a child of this
+process (or, with ``daemonize=True``, lets bird fork into the background as the seed's
+``systemctl`` setup does). ``stop()`` ends exactly the pid bird wrote to *our* pidfile (checked
+against its command line) and waits until it is gone.
 """
 
 from __future__ import annotations
@@ -369,6 +370,14 @@ def _proc_state(pid: int) -> str | None:
         return None
 
 
+def _tail(path: str, lines: int) -> str:
+    try:
+        with open(path, errors="replace") as f:
+            return "\n".join(f.read().splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
 def _socket_ready(path: str) -> bool:
     """bird answers on its control socket (greeting ``0001 BIRD x.y.z ready.``)."""
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -389,6 +398,7 @@ class _Files:
     socket: str
     pid: str
     log: str
+    out: str
     own_log: bool = True
     made_workdir: bool = False
     written: set[str] = field(default_factory=set)
@@ -398,28 +408,37 @@ class Bird:
     """One bird2 daemon in network namespace ``netns``, with its files in ``workdir``.
 
     Files: ``bird.conf`` (rendered from ``cfg``), ``bird.ctl`` (control socket), ``bird.pid``,
-    ``bird.log`` (or ``log_path``). ``stop()`` removes them (a ``log_path`` given by the caller is kept).
+    ``bird.log`` (or ``log_path``), ``bird.out`` (stdout/stderr). ``stop()`` removes them (a
+    ``log_path`` given by the caller is kept).
+
+    By default bird runs in the foreground (``bird -f``) as a child of this process: ``stop()`` reaps
+    it at once, and a bird someone forgot to stop shows up as a leaked child. ``daemonize=True`` runs
+    plain ``bird -c -s -P`` instead: bird forks, is reparented to PID 1, and ``stop()`` waits until
+    PID 1 has reaped it (about 1.5 s on the lab VM). Either way the pid comes from bird's pidfile and
+    only that pid is ever signalled, after checking that its command line names our control socket.
     """
 
     def __init__(self, netns: str, cfg: BgpConfig, workdir: str, *, log_path: str | None = None,
-                 start_timeout: float = 3.0) -> None:
+                 daemonize: bool = False, start_timeout: float = 3.0) -> None:
         if not isinstance(cfg, BgpConfig):
             raise ValidationError(f"expected a BgpConfig, not {cfg!r}")
         if not isinstance(netns, str) or not netns:
             raise ValidationError(f"netns must be a namespace name or path, not {netns!r}")
         self.netns = netns
         self.cfg = cfg
+        self.daemonize = daemonize
         self.start_timeout = start_timeout
         wd = os.path.abspath(workdir)
         self._f = _Files(wd, os.path.join(wd, "bird.conf"), os.path.join(wd, "bird.ctl"),
                          os.path.join(wd, "bird.pid"), os.path.abspath(log_path or os.path.join(wd, "bird.log")),
-                         own_log=log_path is None)
+                         os.path.join(wd, "bird.out"), own_log=log_path is None)
         if len(self._f.socket.encode()) > _SUN_PATH_MAX:
             raise ValidationError(f"workdir {wd!r} is too long: the control socket path must fit in "
                                   f"{_SUN_PATH_MAX} bytes")
         for path, what in ((self._f.config, "workdir"), (self._f.log, "log path")):
             _quoted(path, what)
         self._pid: int | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
 
     # -- paths and state
 
@@ -440,7 +459,7 @@ class Bird:
 
     @property
     def pid_path(self) -> str:
-        """The pidfile bird writes after daemonizing (and removes on a clean exit)."""
+        """The pidfile bird writes (and removes on a clean exit)."""
         return self._f.pid
 
     @property
@@ -456,11 +475,18 @@ class Bird:
     @property
     def running(self) -> bool:
         """The daemon we started is alive (not gone, not a zombie)."""
-        return self._pid is not None and _proc_state(self._pid) not in (None, "Z") and self._is_ours(self._pid)
+        if self._pid is None:
+            return False
+        if self._proc is not None and self._proc.poll() is not None:
+            return False
+        return _proc_state(self._pid) not in (None, "Z") and self._is_ours(self._pid)
 
     def _is_ours(self, pid: int) -> bool:
         argv = _cmdline(pid)
         return bool(argv) and os.path.basename(argv[0]).startswith("bird") and self._f.socket in argv
+
+    def _alive_and_ours(self, pid: int | None) -> bool:
+        return pid is not None and _proc_state(pid) not in (None, "Z") and self._is_ours(pid)
 
     def _pid_from_file(self) -> int | None:
         try:
@@ -471,11 +497,7 @@ class Bird:
 
     def log_tail(self, lines: int = 20) -> str:
         """The last lines of bird's log ('' if there is none)."""
-        try:
-            with open(self._f.log, errors="replace") as f:
-                return "\n".join(f.read().splitlines()[-lines:])
-        except OSError:
-            return ""
+        return _tail(self._f.log, lines)
 
     # -- files
 
@@ -501,15 +523,15 @@ class Bird:
 
     def _remove_leftovers(self) -> None:
         """A failed bird start leaves an empty pidfile and a dead control socket: remove them."""
-        pid = self._pid_from_file()
-        if pid is not None and _proc_state(pid) not in (None, "Z") and self._is_ours(pid):
+        if self._alive_and_ours(self._pid_from_file()):
             return
         for path in (self._f.pid, self._f.socket):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
 
     def _remove_files(self) -> None:
-        paths = {self._f.config, self._f.socket, self._f.pid, f"{self._f.config}.tmp"} | self._f.written
+        paths = {self._f.config, self._f.socket, self._f.pid, self._f.out, f"{self._f.config}.tmp"}
+        paths |= self._f.written
         if self._f.own_log:
             paths.add(self._f.log)
         for path in paths:
@@ -538,13 +560,20 @@ class Bird:
         text = render_bird_config(self.cfg, log_path=self._f.log)
         self._prepare_workdir()
         other = self._pid_from_file()
-        if other is not None and _proc_state(other) not in (None, "Z") and self._is_ours(other):
+        if self._alive_and_ours(other):
             raise BgpError(f"another bird (pid {other}) runs with workdir {self._f.workdir}; stop it first")
         self._remove_leftovers()
         self._write(self._f.config, text)
         argv = [bird, "-c", self._f.config, "-s", self._f.socket, "-P", self._f.pid]
+        if self.daemonize:
+            self._start_daemon(argv, text)
+        else:
+            self._start_child([*argv, "-f"], text)
+        return self
+
+    def _start_daemon(self, argv: list[str], text: str) -> None:
         try:
-            # bird parses the config, opens the log and socket, then forks: the parent exits at once.
+            # bird parses the config, opens its log and socket, then forks: the parent exits at once.
             r = subprocess.run(argv, preexec_fn=preexec(self.netns), capture_output=True, text=True,
                                timeout=10, stdin=subprocess.DEVNULL)
         except (OSError, subprocess.SubprocessError) as exc:
@@ -554,43 +583,75 @@ class Bird:
             self._remove_leftovers()
             raise BgpError(f"bird did not start in netns {self.netns} (exit status {r.returncode}); "
                            f"config {self._f.config}", output=_explain(r.stderr + r.stdout, text))
-        self._pid = self._wait_up(text)
-        return self
+        self._wait_up(text)
 
-    def _wait_up(self, text: str) -> int:
+    def _start_child(self, argv: list[str], text: str) -> None:
+        try:
+            with open(self._f.out, "wb") as out:
+                self._f.written.add(self._f.out)
+                self._proc = subprocess.Popen(argv, preexec_fn=preexec(self.netns), stdout=out,
+                                              stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        except (OSError, subprocess.SubprocessError) as exc:
+            self._remove_leftovers()
+            raise BgpError(f"cannot run {' '.join(argv)} in netns {self.netns}: {exc}") from exc
+        self._wait_up(text)
+
+    def _wait_up(self, text: str) -> None:
+        """Wait for the pidfile and the control socket; on failure end what was started and raise."""
         deadline = time.monotonic() + self.start_timeout
         pid: int | None = None
+        exited: int | None = None
         while True:
+            if self._proc is not None:
+                exited = self._proc.poll()
+                if exited is not None:
+                    break
             pid = self._pid_from_file()
             if pid is not None and self._is_ours(pid):
                 if _proc_state(pid) in (None, "Z"):
                     break
                 if _socket_ready(self._f.socket):
-                    return pid
+                    self._pid = pid
+                    return
             if time.monotonic() >= deadline:
                 break
             time.sleep(0.02)
-        detail = self.log_tail()
-        if pid is not None and self._is_ours(pid):
-            self._kill(pid)
+        said = "\n".join(filter(None, (_tail(self._f.out, 20), self.log_tail())))
+        if exited is not None:
+            what = f"bird did not start in netns {self.netns} (exit status {exited}); config {self._f.config}"
+        else:
+            what = (f"bird in netns {self.netns} did not come up within {self.start_timeout:g}s "
+                    f"(pidfile {self._f.pid}, socket {self._f.socket})")
+        self._kill(pid if pid is not None else (self._proc.pid if self._proc else None))
         self._remove_leftovers()
-        raise BgpError(f"bird in netns {self.netns} did not come up within {self.start_timeout:g}s "
-                       f"(pidfile {self._f.pid}, socket {self._f.socket})", output=_explain(detail, text))
+        raise BgpError(what, output=_explain(said, text))
 
-    def _kill(self, pid: int, timeout: float = 5.0) -> None:
+    def _kill(self, pid: int | None, timeout: float = 5.0) -> None:
         """SIGTERM (bird withdraws its routes and removes its kernel routes), then SIGKILL; wait until
-        the pid is gone. bird is reparented to PID 1, which reaps it, usually within a second."""
+        the pid is gone (our child: reaped here; a daemon: reaped by PID 1, usually within 1.5 s)."""
+        proc, self._proc = self._proc, None
+        if proc is not None:  # our child (bird -f): its pid is the one in the pidfile
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(3.0)
+            return
+        if pid is None:
+            return
         for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 3.0)):
-            if _proc_state(pid) in (None, "Z") or not self._is_ours(pid):
+            if not self._alive_and_ours(pid):
                 break
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
             deadline = time.monotonic() + wait
             while _proc_state(pid) not in (None, "Z") and time.monotonic() < deadline:
                 time.sleep(0.02)
-        if _proc_state(pid) not in (None, "Z") and self._is_ours(pid):
+        if self._alive_and_ours(pid):
             raise BgpError(f"bird (pid {pid}) in netns {self.netns} did not exit after SIGKILL")
-        # Ended; now give PID 1 a moment to reap it, so that the pid really is gone.
+        # It has ended; give PID 1 a moment to reap it, so that the pid really is gone.
         deadline = time.monotonic() + 5.0
         while _proc_state(pid) == "Z" and time.monotonic() < deadline:
             time.sleep(0.02)
@@ -600,7 +661,7 @@ class Bird:
         it is gone and remove the files in ``workdir``. Safe to call twice."""
         pid = self._pid if self._pid is not None else self._pid_from_file()
         try:
-            if pid is not None and self._is_ours(pid):
+            if self._proc is not None or (pid is not None and self._is_ours(pid)):
                 self._kill(pid)
         finally:
             self._pid = None
@@ -649,8 +710,7 @@ class Bird:
         self._write(self._f.config, text)
         try:
             reply = self.birdc("configure")
-            ok = any(line.strip().endswith(_RECONFIG_OK) for line in reply.splitlines())
-            if not ok:
+            if not any(line.strip().endswith(_RECONFIG_OK) for line in reply.splitlines()):
                 raise BgpError(f"birdc configure for {self.netns} did not reconfigure", output=reply)
         except BgpError as exc:
             self._write(self._f.config, previous)
@@ -694,4 +754,5 @@ class Bird:
 
     def __repr__(self) -> str:
         state = f"pid {self._pid}" if self._pid else "stopped"
-        return f"<Bird {self.netns} AS{self.cfg.asn} {self.cfg.router_id} {state}>"
+        mode = "daemon" if self.daemonize else "child"
+        return f"<Bird {self.netns} AS{self.cfg.asn} {self.cfg.router_id} {mode} {state}>"

@@ -245,7 +245,7 @@ class Datapath:
     def remove_endpoint(self, ep: Endpoint | str | ipaddress.IPv4Address) -> None:
         """Detach, delete the map entry, the route and (unless adopted) the veth."""
         with self._lock:
-            target = ep if isinstance(ep, Endpoint) else self._endpoints.get(ipaddress.IPv4Address(ep))
+            target = ep if isinstance(ep, Endpoint) else self.endpoint(ep)
             if target is None or self._endpoints.get(target.ip) is not target:
                 raise ValidationError(f"no endpoint {ep!r} on {self.config.node_name}")
             self._unprogram(target)

@@ -11,7 +11,20 @@
  * Programs
  *   cil_from_container  SEC("tc"), tc ingress of every lxc* = packets leaving
  *                       the pod. Proxy-ARP, anti-spoofing, same-node delivery
- *                       with bpf_redirect_peer, everything else to the stack.
+ *                       with bpf_redirect_peer; remote pods by VXLAN
+ *                       (routing_mode 1) or FIB lookup (routing_mode 2);
+ *                       everything else to the stack.
+ *
+ * IPv4 decision order (Cilium handle_ipv4_from_lxc, §1.3 step 6):
+ *   1. source must be the pod behind this lxc (IP and MAC), else drop;
+ *   2. daddr is a local pod          -> ipv4_local_delivery (redirect_peer);
+ *      daddr is a local host IP      -> stack;
+ *   3. routing_mode TUNNEL: cilium_tunnel_map[daddr & tunnel_prefix_mask]
+ *        found     -> encap_and_redirect(remote node, VNI = source sec_id);
+ *        not found -> stack;
+ *   4. routing_mode NATIVE: (daddr & native_cidr_mask) == native_cidr
+ *        -> fib_redirect_v4 (fib.h), else stack;
+ *   5. routing_mode NONE: stack.
  *
  * Load-time configuration (.rodata)
  *   name                  type    default  meaning
@@ -21,12 +34,14 @@
  *                                          the pod's; 0: pass every ARP frame
  *                                          to the stack untouched (Python must
  *                                          then arrange proxy_arp on lxc*).
- *   node_ipv4             __be32  0        node IPv4, network byte order
- *                                          (config.h; not read here yet).
+ *   routing_mode, tunnel_ifindex, native_ifindex, native_cidr,
+ *   native_cidr_mask, tunnel_prefix_mask, node_ipv4
+ *                                          node-wide, see config.h.
  *
  * Maps (maps.h, pinned by name)
- *   cilium_lxc      HASH         endpoint_key -> endpoint_info   read
- *   cilium_metrics  PERCPU_HASH  metrics_key  -> metrics_value  read/write
+ *   cilium_lxc         HASH         endpoint_key -> endpoint_info   read
+ *   cilium_tunnel_map  HASH         tunnel_key   -> tunnel_value    read
+ *   cilium_metrics     PERCPU_HASH  metrics_key  -> metrics_value  read/write
  *
  * ciliumlite is IPv4-only: IPv6 and every other non-IPv4/ARP ethertype is
  * dropped with DROP_UNKNOWN_L3 (disable IPv6 in the pod, or its router
@@ -53,17 +68,15 @@
 #include "ciliumlite/ipv4.h"
 #include "ciliumlite/arp.h"
 #include "ciliumlite/l3.h"
+#include "ciliumlite/encap.h"
+#include "ciliumlite/fib.h"
 
 /* See the table above. */
 const volatile __u8 enable_arp_responder = 1;
 
 /* Hand the packet to the node's stack, counted as REASON_TO_STACK at the
- * caller's line. A macro (statement expression) so the line is the caller's. */
-#define pass_to_stack(ctx)						\
-	({								\
-		update_metrics((ctx), METRIC_EGRESS, REASON_TO_STACK);	\
-		TC_ACT_OK;						\
-	})
+ * caller's line (metrics.h send_to_stack). */
+#define pass_to_stack(ctx)	send_to_stack((ctx), METRIC_EGRESS)
 
 /* The endpoint that owns @ip4 and sits behind the device the packet came in
  * on, or NULL (unknown IP, another pod's IP, or a host IP). */
@@ -140,6 +153,8 @@ static __always_inline int handle_ipv4(struct __sk_buff *ctx)
 	struct ethhdr *eth;
 	struct iphdr *ip4;
 	__u32 hdr_len = 0;	/* IHL * 4; the L4 offset for later issues */
+	__u32 src_sec_id;
+	__be32 daddr;
 	int ret;
 
 	ret = ipv4_validate(ctx, l3_off, &hdr_len);
@@ -160,18 +175,35 @@ static __always_inline int handle_ipv4(struct __sk_buff *ctx)
 		return send_drop(ctx, DROP_INVALID_SIP, METRIC_EGRESS);
 	if (!eth_addr_eq_mac(eth->h_source, &ep->mac))
 		return send_drop(ctx, DROP_INVALID_SMAC, METRIC_EGRESS);
+	src_sec_id = ep->sec_id;
+	daddr = ip4->daddr;
 
-	/* Destination: a pod on this node -> straight into it. */
-	ep = lookup_ip4_endpoint(ip4->daddr);
-	if (ep && !(ep->flags & ENDPOINT_F_HOST))
-		return ipv4_local_delivery(ctx, l3_off, ep, METRIC_EGRESS, false);
+	/* Destination: a pod on this node -> straight into it; one of the
+	 * node's own IPs -> the stack. */
+	ep = lookup_ip4_endpoint(daddr);
+	if (ep) {
+		if (!(ep->flags & ENDPOINT_F_HOST))
+			return ipv4_local_delivery(ctx, l3_off, ep, METRIC_EGRESS, false);
+		return pass_to_stack(ctx);
+	}
 
-	/* ---- Not a local pod. -------------------------------------------
-	 * Later issues insert here, in this order (Cilium §1.3 step 6):
-	 *   - tunnel: remote pod CIDR in cilium_tunnel_map -> encap (encap.h),
-	 *     gated by a rodata routing-mode knob;
-	 *   - native routing with BPF host routing: FIB lookup + redirect.
-	 * Until then: host IPs, remote pods and the world go to the stack. */
+	/* ---- Not local: remote pods, other nodes, the world. ------------
+	 * routing_mode is .rodata: the verifier prunes the other modes. */
+	if (routing_mode == ROUTING_MODE_TUNNEL) {
+		struct tunnel_value *tun;
+
+		tun = lookup_ip4_tunnel_endpoint(daddr, tunnel_prefix_mask);
+		if (tun)
+			return encap_and_redirect(ctx, tun->ip4, src_sec_id, METRIC_EGRESS);
+		/* Not a pod CIDR of a known node (Cilium: DROP_NO_TUNNEL_ENDPOINT
+		 * -> stack): the world, node IPs, ... */
+		return pass_to_stack(ctx);
+	}
+
+	if (routing_mode == ROUTING_MODE_NATIVE &&
+	    (daddr & native_cidr_mask) == native_cidr)
+		return fib_redirect_v4(ctx, l3_off, METRIC_EGRESS);
+
 	return pass_to_stack(ctx);
 }
 

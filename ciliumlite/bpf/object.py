@@ -48,6 +48,9 @@ class Rodata(Mapping[str, Any]):
     def __contains__(self, name: object) -> bool:
         return name in self._vars  # Mapping's default calls __getitem__, which raises ValidationError
 
+    def get(self, name: str, default: Any = None) -> Any:
+        return self[name] if name in self._vars else default  # same reason as __contains__
+
     def _var(self, name: str) -> tuple[int, TypeInfo]:
         try:
             return self._vars[name]

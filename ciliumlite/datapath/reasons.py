@@ -5,8 +5,8 @@ Every packet the datapath forwards or drops is counted in ``cilium_metrics`` und
 
 * :class:`Reason` -- the ``reason`` byte. Numbering is Cilium's: ``0..129`` are forward/statistics
   reasons (never drops), ``130..255`` are drops (the positive value of Cilium's ``DROP_*`` error
-  codes). ``TO_STACK`` and ``ARP_REPLY`` are ciliumlite additions in ``100..127``, a range Cilium
-  does not use for metrics.
+  codes). ``TO_STACK``, ``ARP_REPLY``, ``ENCAPSULATED`` and ``FIB_REDIRECT`` are ciliumlite
+  additions in ``100..127``, a range Cilium does not use for metrics.
 * :class:`Direction` -- the ``dir`` byte (Cilium's ``enum metric_dir``).
 * :data:`SOURCE_FILES` -- the ``file`` byte: which C source counted the packet.
 
@@ -43,6 +43,8 @@ class Reason(enum.IntEnum):
     FORWARDED = 0
     TO_STACK = 100
     ARP_REPLY = 101
+    ENCAPSULATED = 102
+    FIB_REDIRECT = 103
 
     # Drop reasons: Cilium's -DROP_* values, made positive.
     DROP_INVALID_SMAC = 130
@@ -103,6 +105,8 @@ _TEXT: Final[Mapping[Reason, str]] = MappingProxyType({
     Reason.FORWARDED: "Forwarded",
     Reason.TO_STACK: "Passed to the kernel stack",
     Reason.ARP_REPLY: "Proxy-ARP reply sent",
+    Reason.ENCAPSULATED: "Encapsulated to a remote node",
+    Reason.FIB_REDIRECT: "Routed by FIB lookup",
     Reason.DROP_INVALID_SMAC: "Invalid source mac",
     Reason.DROP_INVALID_DMAC: "Invalid destination mac",
     Reason.DROP_INVALID_SIP: "Invalid source ip",
@@ -154,6 +158,7 @@ SOURCE_FILES: Final[Mapping[int, str]] = MappingProxyType({
     110: "dsr.h",
     111: "encap.h",
     112: "trace.h",
+    113: "fib.h",
 })
 """The ``file`` byte of ``struct metrics_key`` -> C source name (``__cl_file_id`` in ``metrics.h``)."""
 

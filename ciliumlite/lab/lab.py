@@ -79,7 +79,13 @@ class PingResult:
     transmitted: int
     received: int
     rtt_avg_ms: float | None
+    errors: int = 0
     output: str = field(repr=False, default="")
+
+    @property
+    def too_big(self) -> bool:
+        """The packet was refused as larger than the path MTU (local error or frag-needed)."""
+        return "message too long" in self.output or "Frag needed" in self.output
 
     @property
     def ok(self) -> bool:
@@ -145,10 +151,10 @@ class Pod:
             argv[1:1] = ["-M", "do"]
         res = self.run(*argv, timeout=count * (interval + timeout) + 5)
         text = res.stdout + res.stderr
-        m = re.search(r"(\d+) packets transmitted, (\d+) received", text)
+        m = re.search(r"(\d+) packets transmitted, (\d+) received(?:, \+(\d+) errors)?", text)
         rtt = re.search(r"= [\d.]+/([\d.]+)/", text)
         return PingResult(dst, int(m.group(1)) if m else 0, int(m.group(2)) if m else 0,
-                          float(rtt.group(1)) if rtt else None, text)
+                          float(rtt.group(1)) if rtt else None, int(m.group(3) or 0) if m else 0, text)
 
     def ensure_echo_server(self, port: int) -> None:
         """Start the lab echo server (TCP and UDP) on ``port`` in this pod, once."""

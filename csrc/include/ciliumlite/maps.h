@@ -100,6 +100,53 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } cilium_metrics SEC(".maps");
 
+/* ---------------------------------------------------------------------------
+ * cilium_tunnel_map: remote pod CIDR -> remote node IP (VXLAN routing mode).
+ *
+ * Key = the destination masked with tunnel_prefix_mask (config.h), i.e. one
+ * entry per remote node's pod CIDR; all node pod CIDRs must have that size.
+ * Value = the remote node's underlay IPv4 (the outer destination). Read by
+ * cil_from_container when routing_mode == ROUTING_MODE_TUNNEL; written by
+ * Python only. Layout is Cilium's (bpf/lib/maps.h TUNNEL_MAP).
+ * ------------------------------------------------------------------------ */
+
+#define TUNNEL_ENDPOINT_MAP_SIZE	65536
+
+#define TUNNEL_KEY_IPV4		1	/* tunnel_key.family / tunnel_value.family */
+
+/* 20 bytes, packed. ip4 = pod CIDR network address, network byte order;
+ * pad*, pad, cluster_id = 0. */
+struct tunnel_key {
+	__be32	ip4;
+	__u32	pad1;
+	__u32	pad2;
+	__u32	pad3;
+	__u8	family;		/* TUNNEL_KEY_IPV4 */
+	__u8	pad;
+	__u16	cluster_id;	/* 0 */
+} __packed;
+
+/* 20 bytes. ip4 = remote node IPv4, network byte order; key (IPsec SPI in
+ * Cilium) and pad = 0. */
+struct tunnel_value {
+	__be32	ip4;
+	__u32	pad1;
+	__u32	pad2;
+	__u32	pad3;
+	__u8	family;		/* TUNNEL_KEY_IPV4 */
+	__u8	key;		/* 0 */
+	__u16	pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct tunnel_key);
+	__type(value, struct tunnel_value);
+	__uint(max_entries, TUNNEL_ENDPOINT_MAP_SIZE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} cilium_tunnel_map SEC(".maps");
+
 CL_STATIC_ASSERT(sizeof(struct endpoint_key) == 20, "endpoint_key must be 20 bytes");
 CL_STATIC_ASSERT(sizeof(struct endpoint_info) == 48, "endpoint_info must be 48 bytes");
 CL_STATIC_ASSERT(__builtin_offsetof(struct endpoint_info, mac) == 16, "endpoint_info.mac at 16");
@@ -107,6 +154,12 @@ CL_STATIC_ASSERT(__builtin_offsetof(struct endpoint_info, node_mac) == 24, "endp
 CL_STATIC_ASSERT(__builtin_offsetof(struct endpoint_info, sec_id) == 32, "endpoint_info.sec_id at 32");
 CL_STATIC_ASSERT(sizeof(struct metrics_key) == 8, "metrics_key must be 8 bytes");
 CL_STATIC_ASSERT(sizeof(struct metrics_value) == 16, "metrics_value must be 16 bytes");
+CL_STATIC_ASSERT(sizeof(struct tunnel_key) == 20, "tunnel_key must be 20 bytes");
+CL_STATIC_ASSERT(__builtin_offsetof(struct tunnel_key, family) == 16, "tunnel_key.family at 16");
+CL_STATIC_ASSERT(__builtin_offsetof(struct tunnel_key, cluster_id) == 18, "tunnel_key.cluster_id at 18");
+CL_STATIC_ASSERT(sizeof(struct tunnel_value) == 20, "tunnel_value must be 20 bytes");
+CL_STATIC_ASSERT(__builtin_offsetof(struct tunnel_value, family) == 16, "tunnel_value.family at 16");
+CL_STATIC_ASSERT(__builtin_offsetof(struct tunnel_value, key) == 17, "tunnel_value.key at 17");
 
 /* ---------------------------------------------------------------------------
  * Lookups.
@@ -120,6 +173,19 @@ static __always_inline struct endpoint_info *lookup_ip4_endpoint(__be32 ip4)
 	key.ip4 = ip4;
 	key.family = ENDPOINT_KEY_IPV4;
 	return bpf_map_lookup_elem(&cilium_lxc, &key);
+}
+
+/* Tunnel endpoint (remote node) for the pod CIDR holding @daddr (network
+ * byte order), or NULL. @prefix_mask: tunnel_prefix_mask (config.h), passed
+ * in so this header does not depend on config.h. */
+static __always_inline struct tunnel_value *
+lookup_ip4_tunnel_endpoint(__be32 daddr, __be32 prefix_mask)
+{
+	struct tunnel_key key = {};
+
+	key.ip4 = daddr & prefix_mask;
+	key.family = TUNNEL_KEY_IPV4;
+	return bpf_map_lookup_elem(&cilium_tunnel_map, &key);
 }
 
 #endif /* __CILIUMLITE_MAPS_H */

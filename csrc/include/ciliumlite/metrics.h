@@ -50,6 +50,7 @@ static __always_inline __u8 __cl_file_id(const char *const file_name)
 	__cl_file_case(110, "dsr.h");
 	__cl_file_case(111, "encap.h");
 	__cl_file_case(112, "trace.h");
+	__cl_file_case(113, "fib.h");
 	return 0;	/* unknown */
 }
 
@@ -86,5 +87,14 @@ __update_metrics(__u64 bytes, __u8 dir, __u8 reason, __u16 line, __u8 file)
 #define update_metrics(ctx, dir, reason)				\
 	__update_metrics(ctx_full_len(ctx), (dir), (reason),		\
 			 __MAGIC_LINE__, __MAGIC_FILE__)
+
+/* Hand the packet to the kernel stack untouched: count REASON_TO_STACK at the
+ * caller's line and evaluate to the "continue" verdict (TC_ACT_OK). A
+ * statement-expression macro so line and file are the caller's. */
+#define send_to_stack(ctx, dir)						\
+	({								\
+		update_metrics((ctx), (dir), REASON_TO_STACK);		\
+		ctx_act_ok(ctx);					\
+	})
 
 #endif /* __CILIUMLITE_METRICS_H */

@@ -28,6 +28,8 @@ enum cl_reason {
 	REASON_FORWARDED		= 0,	/* "Forwarded" (redirected to its destination by BPF) */
 	REASON_TO_STACK			= 100,	/* "Passed to the kernel stack" (ciliumlite) */
 	REASON_ARP_REPLY		= 101,	/* "Proxy-ARP reply sent" (ciliumlite) */
+	REASON_ENCAPSULATED		= 102,	/* "Encapsulated to a remote node" (ciliumlite) */
+	REASON_FIB_REDIRECT		= 103,	/* "Routed by FIB lookup" (ciliumlite) */
 
 	/* Drop reasons (Cilium's -DROP_* values, made positive). */
 	DROP_INVALID_SMAC		= 130,	/* "Invalid source mac" (unused in Cilium today) */

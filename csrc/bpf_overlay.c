@@ -1,0 +1,116 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/* bpf_overlay.o - tc program on the node's VXLAN device (cilium_vxlan).
+ *
+ * ONE object per node, loaded with the same pin root as bpf_lxc.o (maps are
+ * shared by name). Used in routing_mode TUNNEL.
+ *
+ * Programs
+ *   cil_from_overlay  SEC("tc"), tc ingress of cilium_vxlan = packets the
+ *                     kernel VXLAN device has just decapsulated (Cilium
+ *                     bpf_overlay.c cil_from_overlay).
+ *
+ * Decisions
+ *   - no tunnel metadata (bpf_skb_get_tunnel_key fails: not a collect-md
+ *     device, or the hook is not on a tunnel device)
+ *                                   -> drop DROP_NO_TUNNEL_KEY;
+ *   - ARP and every other non-IPv4 frame
+ *                                   -> stack untouched (TC_ACT_OK);
+ *   - malformed IPv4                -> drop DROP_INVALID;
+ *   - daddr is a local pod          -> ipv4_local_delivery(from_tunnel):
+ *                                      TTL-1, smac := lxc MAC, dmac := pod
+ *                                      MAC, pkt_type := PACKET_HOST,
+ *                                      bpf_redirect_peer(lxc);
+ *   - daddr is a local host IP      -> pkt_type := PACKET_HOST, stack;
+ *   - any other daddr               -> drop DROP_UNROUTABLE (nothing that is
+ *                                      not on this node should arrive here).
+ *
+ * The VNI (tunnel_id) is the sender's source security identity (encap.h).
+ * It is read here (src_identity) but not used yet: policy will consume it.
+ *
+ * Why PACKET_HOST: the inner frame's destination MAC is the *sender's* lxc
+ * MAC (MACs are not rewritten on encap), so after eth_type_trans() on the
+ * VXLAN device the skb is PACKET_OTHERHOST, which ip_rcv drops (reference
+ * §7.2; kernels >= 6.15 reset it in redirect_peer anyway).
+ *
+ * Load-time configuration (.rodata): only the shared config.h variables;
+ * none is read by this program.
+ *
+ * Maps (maps.h, pinned by name)
+ *   cilium_lxc      HASH         endpoint_key -> endpoint_info   read
+ *   cilium_metrics  PERCPU_HASH  metrics_key  -> metrics_value  read/write
+ *
+ * All metrics here use direction METRIC_INGRESS.
+ */
+#include <linux/bpf.h>
+#include <linux/pkt_cls.h>
+#include <linux/if_ether.h>
+#include <linux/if_packet.h>
+#include <linux/ip.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#include "ciliumlite/compiler.h"
+#include "ciliumlite/config.h"
+#include "ciliumlite/ctx.h"
+#include "ciliumlite/reasons.h"
+#include "ciliumlite/maps.h"
+#include "ciliumlite/metrics.h"
+#include "ciliumlite/drop.h"
+#include "ciliumlite/eth.h"
+#include "ciliumlite/ipv4.h"
+#include "ciliumlite/l3.h"
+#include "ciliumlite/encap.h"
+
+#define pass_to_stack(ctx)	send_to_stack((ctx), METRIC_INGRESS)
+
+static __always_inline int
+handle_ipv4(struct __sk_buff *ctx, __u32 src_identity __attribute__((unused)))
+{
+	const __u32 l3_off = ETH_HLEN;
+	struct endpoint_info *ep;
+	struct iphdr *ip4;
+	__u32 hdr_len = 0;
+	int ret;
+
+	ret = ipv4_validate(ctx, l3_off, &hdr_len);
+	if (ret)
+		return send_drop(ctx, ret, METRIC_INGRESS);
+	ip4 = ipv4_hdr(ctx, l3_off);
+	if (!ip4)
+		return send_drop(ctx, DROP_INVALID, METRIC_INGRESS);
+
+	/* TODO(policy): ingress policy for src_identity -> ep goes here. */
+	ep = lookup_ip4_endpoint(ip4->daddr);
+	if (!ep)
+		return send_drop(ctx, DROP_UNROUTABLE, METRIC_INGRESS);
+
+	if (ep->flags & ENDPOINT_F_HOST) {
+		if (bpf_skb_change_type(ctx, PACKET_HOST) < 0)
+			return send_drop(ctx, DROP_WRITE_ERROR, METRIC_INGRESS);
+		return pass_to_stack(ctx);
+	}
+
+	return ipv4_local_delivery(ctx, l3_off, ep, METRIC_INGRESS, true);
+}
+
+SEC("tc")
+int cil_from_overlay(struct __sk_buff *ctx)
+{
+	struct bpf_tunnel_key key = {};
+	struct ethhdr *eth;
+
+	if (bpf_skb_get_tunnel_key(ctx, &key, TUNNEL_KEY_SIZE, 0) < 0)
+		return send_drop(ctx, DROP_NO_TUNNEL_KEY, METRIC_INGRESS);
+
+	eth = eth_hdr(ctx);
+	if (!eth)
+		return send_drop(ctx, DROP_INVALID, METRIC_INGRESS);
+
+	if (eth->h_proto == bpf_htons(ETH_P_IP))
+		return handle_ipv4(ctx, key.tunnel_id);
+
+	/* ARP, IPv6, ...: not ours; the stack decides. */
+	return pass_to_stack(ctx);
+}
+
+char _license[] SEC("license") = "Dual BSD/GPL";
