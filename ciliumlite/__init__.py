@@ -16,10 +16,11 @@ from ciliumlite.bpf.errors import (
 from ciliumlite.datapath.config import DatapathConfig
 from ciliumlite.endpoint import Endpoint
 from ciliumlite.node import Datapath
+from ciliumlite.service import Backend, Frontend, Service
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "BpfError", "CiliumliteError", "Datapath", "DatapathConfig", "Endpoint", "LayoutError", "MapFullError",
+    "Backend", "BpfError", "CiliumliteError", "Datapath", "DatapathConfig", "Endpoint", "Frontend", "Service", "LayoutError", "MapFullError",
     "NotSupportedError", "ValidationError", "VerifierError", "__version__",
 ]

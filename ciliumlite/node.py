@@ -19,8 +19,17 @@ from ciliumlite.bpf.program import resolve_ifindex
 from ciliumlite.cluster.store import NodeInfo
 from ciliumlite.datapath import devices, loader
 from ciliumlite.datapath.config import VXLAN_PORT, DatapathConfig
+from ciliumlite.datapath.lb import FrontendRow, LbMaps
 from ciliumlite.datapath.reasons import Direction, Reason, describe
 from ciliumlite.datapath.records import (
+    SCOPE_EXTERNAL,
+    SCOPE_INTERNAL,
+    SVC_FLAG2_MAGLEV,
+    SVC_FLAG2_TWO_SCOPES,
+    SVC_FLAG_AFFINITY,
+    SVC_FLAG_EXT_LOCAL_SCOPE,
+    SVC_FLAG_NODEPORT,
+    SVC_FLAG_ROUTABLE,
     EndpointInfo,
     EndpointKey,
     MetricsKey,
@@ -29,6 +38,7 @@ from ciliumlite.datapath.records import (
     TunnelValue,
 )
 from ciliumlite.endpoint import ENDPOINT_COLUMNS, Endpoint, configure_pod_side, identity_for, lxc_name
+from ciliumlite.service import Service
 
 
 @dataclass(frozen=True)
@@ -59,9 +69,12 @@ class Datapath:
     >>> ep = dp.add_endpoint("lab-worker1-client")  # doctest: +SKIP
     """
 
-    def __init__(self, config: DatapathConfig, netns: NetnsRef = None) -> None:
+    def __init__(self, config: DatapathConfig, netns: NetnsRef = None, *, cgroup: str | None = None) -> None:
         self.config = config
         self.netns = netns
+        self.cgroup = cgroup
+        self.lb: LbMaps | None = None
+        self._services: dict[str, Service] = {}
         self._lock = threading.RLock()
         self._endpoints: dict[ipaddress.IPv4Address, Endpoint] = {}
         self._next_id = 1
@@ -141,6 +154,97 @@ class Datapath:
             elif self.config.routing == "native" and not self.routes_managed_by_bgp:
                 with devices.iproute(self.netns) as ipr, contextlib.suppress(Exception):
                     ipr.route("del", dst=known.pod_cidr, gateway=known.ip)
+
+    # -- services ------------------------------------------------------------------------------------
+    def _ensure_lb(self) -> LbMaps:
+        if self.lb is not None:
+            return self.lb
+        if not self.config.kube_proxy_replacement or self.config.host_routing != "bpf":
+            raise NotSupportedError("services need kube_proxy_replacement=True and host_routing='bpf'",
+                                    feature="kube-proxy replacement")
+        sock = self._load("bpf_sock", self.config.rodata())
+        if self.cgroup and self.config.socket_lb:
+            # Socket LB goes on the node's own cgroup, never the cgroup root.
+            for prog in ("cil_sock4_connect", "cil_sock4_sendmsg", "cil_sock4_recvmsg", "cil_sock4_getpeername"):
+                self.links.append(sock.program(prog).attach_cgroup(self.cgroup))
+        assert self._pin_dir is not None
+        self.lb = LbMaps(self._pin_dir, self.config.maglev_table_size)
+        return self.lb
+
+    def _rows_for(self, svc: Service) -> list[FrontendRow]:
+        proto = svc.frontend.proto_number
+        every = tuple((IPv4Address(b.ip), b.port) for b in svc.backends)
+        local = tuple(b for b in every if b[0] in self.config.network)
+        aff_flag = SVC_FLAG_AFFINITY if svc.session_affinity else 0
+        timeout = svc.affinity_timeout if svc.session_affinity else 0
+        rows = [FrontendRow(IPv4Address(svc.frontend.ip), svc.frontend.port, proto, SCOPE_EXTERNAL, aff_flag, 0,
+                            every, timeout)]
+        if svc.type == "NodePort" and svc.node_port is not None:
+            flags = SVC_FLAG_NODEPORT | SVC_FLAG_ROUTABLE | aff_flag
+            flags2 = SVC_FLAG2_MAGLEV if svc.maglev else 0
+            # The node's address for traffic from outside; 0.0.0.0 is the wildcard socket LB matches
+            # for connections to any local address (Cilium's surrogate frontend).
+            for addr in {IPv4Address(self.config.node_ip), IPv4Address("0.0.0.0")}:
+                if svc.external_traffic_policy == "Local":
+                    two = flags2 | SVC_FLAG2_TWO_SCOPES
+                    rows.append(FrontendRow(addr, svc.node_port, proto, SCOPE_EXTERNAL, flags | SVC_FLAG_EXT_LOCAL_SCOPE,
+                                            two, local, timeout, svc.maglev))
+                    rows.append(FrontendRow(addr, svc.node_port, proto, SCOPE_INTERNAL, flags | SVC_FLAG_EXT_LOCAL_SCOPE,
+                                            two, every, timeout, svc.maglev))
+                else:
+                    rows.append(FrontendRow(addr, svc.node_port, proto, SCOPE_EXTERNAL, flags, flags2, every, timeout,
+                                            svc.maglev))
+        return rows
+
+    def validate_service(self, svc: Service) -> None:
+        """Raise ValidationError if ``svc`` clashes with another service here (nothing is written)."""
+        if not isinstance(svc, Service):
+            raise ValidationError(f"expected a Service, got {type(svc).__name__}")
+        self._check_conflicts(svc)
+
+    def _check_conflicts(self, svc: Service) -> None:
+        for other in self._services.values():
+            if other.name == svc.name:
+                continue
+            if other.frontend == svc.frontend:
+                raise ValidationError(f"service {svc.name}: frontend {svc.frontend.ip}:{svc.frontend.port}/"
+                                      f"{svc.frontend.protocol} is already used by {other.name}")
+            if svc.node_port is not None and other.node_port == svc.node_port and \
+                    other.frontend.protocol == svc.frontend.protocol:
+                raise ValidationError(f"service {svc.name}: node port {svc.node_port}/{svc.frontend.protocol} "
+                                      f"is already taken by {other.name}")
+
+    def upsert_service(self, svc: Service) -> None:
+        """Create or update a service on this node (like a Service plus its EndpointSlice).
+
+        Validation happens before anything is written; a map failure keeps the previous state.
+        When it returns, no new connection goes to a backend that is no longer listed.
+        """
+        with self._lock:
+            self._check_conflicts(svc)
+            lb = self._ensure_lb()
+            lb.program(svc.name, self._rows_for(svc))
+            self._services[svc.name] = svc
+
+    def delete_service(self, name: str) -> None:
+        """Remove a service from this node."""
+        with self._lock:
+            if name not in self._services:
+                raise ValidationError(f"no service {name!r} on {self.config.node_name}")
+            if self.lb is not None:
+                self.lb.remove(name)
+            del self._services[name]
+
+    def services(self) -> list[dict[str, Any]]:
+        """The LB map rows as the kernel has them, like ``cilium bpf lb list``."""
+        return self.lb.dump() if self.lb is not None else []
+
+    def service(self, name: str) -> Service:
+        """A programmed service by name."""
+        try:
+            return self._services[name]
+        except KeyError:
+            raise ValidationError(f"no service {name!r} on {self.config.node_name}") from None
 
     def bpf_tunnels(self) -> dict[str, str]:
         """The tunnel map: pod CIDR prefix -> remote node IP (like ``cilium bpf tunnel list``)."""
@@ -301,6 +405,10 @@ class Datapath:
                 self.remove_endpoint(ep)
             except Exception as exc:
                 errors.append(f"{ep.name}: {exc}")
+        self._services.clear()
+        if self.lb is not None:
+            self.lb.close()
+            self.lb = None
         for link in self.links:
             link.close()
         self.links.clear()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from ciliumlite.cluster.store import ClusterStore, Event, InMemoryStore, NodeInfo
 
@@ -16,6 +16,15 @@ class RemoteNodeSink(Protocol):
 
     def remove_remote_node(self, node: NodeInfo) -> None:
         """Forget ``node``."""
+
+    def upsert_service(self, svc: Any) -> None:
+        """Program a service."""
+
+    def validate_service(self, svc: Any) -> None:
+        """Raise ValidationError if ``svc`` cannot be programmed here (nothing is written)."""
+
+    def delete_service(self, name: str) -> None:
+        """Remove a service."""
 
 
 class Cluster:
@@ -31,17 +40,23 @@ class Cluster:
 
     def join(self, info: NodeInfo, datapath: RemoteNodeSink) -> None:
         """Register a node: it learns every existing node, and every node learns it."""
-        def on_change(event: Event, node: NodeInfo) -> None:
-            if node.name == info.name:
+        def on_change(event: Event, obj: Any) -> None:
+            if event == "service-upsert":
+                datapath.upsert_service(obj)
+            elif event == "service-delete":
+                datapath.delete_service(obj.name)
+            elif obj.name == info.name:
                 return
-            if event == "upsert":
-                datapath.add_remote_node(node)
+            elif event == "upsert":
+                datapath.add_remote_node(obj)
             else:
-                datapath.remove_remote_node(node)
+                datapath.remove_remote_node(obj)
 
         for existing in self.store.nodes():
             if existing.name != info.name:
                 datapath.add_remote_node(existing)
+        for svc in self.store.services():
+            datapath.upsert_service(svc)
         stop = self.store.watch(on_change)
         self._members[info.name] = (datapath, stop)
         self.store.put_node(info)
@@ -56,3 +71,18 @@ class Cluster:
     def nodes(self) -> list[NodeInfo]:
         """Every node the cluster knows."""
         return self.store.nodes()
+
+    def upsert_service(self, svc: Any) -> None:
+        """Program ``svc`` on every node; it is validated against every node first, so a rejected
+        service changes no node."""
+        for datapath, _ in self._members.values():
+            datapath.validate_service(svc)
+        self.store.put_service(svc)
+
+    def delete_service(self, name: str) -> None:
+        """Remove a service from every node."""
+        self.store.delete_service(name)
+
+    def services(self) -> list[Any]:
+        """Every service the cluster knows."""
+        return self.store.services()

@@ -10,12 +10,13 @@ import ipaddress
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from ciliumlite.bpf.errors import ValidationError
 
-Event = Literal["upsert", "delete"]
-Watcher = Callable[[Event, "NodeInfo"], None]
+Event = Literal["upsert", "delete", "service-upsert", "service-delete"]
+#: Called with ("upsert" | "delete", NodeInfo) or ("service-upsert" | "service-delete", Service).
+Watcher = Callable[[Event, Any], None]
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,15 @@ class ClusterStore(Protocol):
     def nodes(self) -> list[NodeInfo]:
         """Every node record."""
 
+    def put_service(self, service: Any) -> None:
+        """Create or replace a service (a ``ciliumlite.Service``)."""
+
+    def delete_service(self, name: str) -> None:
+        """Remove a service."""
+
+    def services(self) -> list[Any]:
+        """Every service."""
+
     def watch(self, callback: Watcher) -> Callable[[], None]:
         """Call ``callback`` for every change from now on; returns a function that stops watching."""
 
@@ -55,6 +65,7 @@ class InMemoryStore:
 
     def __init__(self) -> None:
         self._nodes: dict[str, NodeInfo] = {}
+        self._services: dict[str, Any] = {}
         self._watchers: list[Watcher] = []
         self._lock = threading.RLock()
 
@@ -84,6 +95,28 @@ class InMemoryStore:
         """Every node record, by name."""
         with self._lock:
             return sorted(self._nodes.values(), key=lambda n: n.name)
+
+    def put_service(self, service: Any) -> None:
+        """Create or replace a service and tell the watchers."""
+        with self._lock:
+            self._services[service.name] = service
+            watchers = list(self._watchers)
+        for w in watchers:
+            w("service-upsert", service)
+
+    def delete_service(self, name: str) -> None:
+        """Remove a service and tell the watchers (no-op when absent)."""
+        with self._lock:
+            svc = self._services.pop(name, None)
+            watchers = list(self._watchers)
+        if svc is not None:
+            for w in watchers:
+                w("service-delete", svc)
+
+    def services(self) -> list[Any]:
+        """Every service, by name."""
+        with self._lock:
+            return [self._services[k] for k in sorted(self._services)]
 
     def watch(self, callback: Watcher) -> Callable[[], None]:
         """Subscribe to changes."""

@@ -10,6 +10,8 @@ from ciliumlite.bpf.errors import ValidationError
 
 HostRouting = Literal["bpf", "legacy"]
 Routing = Literal["none", "vxlan", "native"]
+LbMode = Literal["snat", "dsr", "hybrid"]
+LB_MODE = {"snat": 0, "dsr": 1, "hybrid": 2}
 ROUTING_MODE = {"none": 0, "vxlan": 1, "native": 2}
 VXLAN_PORT = 8472
 VXLAN_OVERHEAD = 50
@@ -36,6 +38,11 @@ class DatapathConfig:
     underlay_device: str = "eth0"
     native_routing_cidr: str = "10.244.0.0/16"
     tunnel_device: str = "cilium_vxlan"
+    kube_proxy_replacement: bool = True
+    socket_lb: bool = True
+    bpf_masquerade: bool = False
+    load_balancer_mode: LbMode = "snat"
+    maglev_table_size: int = 1021
     extra_rodata: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -55,6 +62,10 @@ class DatapathConfig:
             ipaddress.IPv4Address(self.node_ip)
         except ValueError as exc:
             raise ValidationError(f"node_ip {self.node_ip!r} is not an IPv4 address") from exc
+        if self.load_balancer_mode not in LB_MODE:
+            raise ValidationError(f"load_balancer_mode must be snat, dsr or hybrid, not {self.load_balancer_mode!r}")
+        if self.load_balancer_mode != "snat" and self.routing == "vxlan":
+            raise ValidationError("DSR needs native routing (as in Cilium: the IP-option dispatch cannot ride VXLAN)")
         if self.routing not in ROUTING_MODE:
             raise ValidationError(f"routing must be none, vxlan or native, not {self.routing!r}")
         try:
@@ -97,6 +108,14 @@ class DatapathConfig:
             "native_cidr": _be32(native.network_address),
             "native_cidr_mask": _be32(native.netmask),
             "tunnel_prefix_mask": _be32(self.network.netmask),
+            "pod_cidr": _be32(self.network.network_address),
+            "pod_cidr_mask": _be32(self.network.netmask),
+            "enable_socket_lb": int(self.kube_proxy_replacement and self.socket_lb),
+            "enable_per_packet_lb": int(self.kube_proxy_replacement),
+            "lb_mode": LB_MODE[self.load_balancer_mode],
+            "enable_masquerade": int(self.bpf_masquerade),
+            "maglev_table_size": self.maglev_table_size,
+            "native_mtu": self.mtu,
         }
 
     def lxc_rodata(self, **ifindexes: int) -> dict[str, Any]:

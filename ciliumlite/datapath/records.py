@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address
 from typing import Annotated
 
-from ciliumlite.bpf.record import IPV4, MAC, U8, U16, U32, U64, At, Record
+from ciliumlite.bpf.record import BE16, IPV4, MAC, U8, U16, U32, U64, At, Record
 
 FAMILY_IPV4 = 1
 ENDPOINT_F_HOST = 1
@@ -68,3 +68,102 @@ class MetricsValue(Record, c_name="metrics_value"):
 
     count: Annotated[int, U64]
     bytes: Annotated[int, U64]
+
+
+# -- load balancing (Cilium's LB4 maps) -------------------------------------------------------------------
+
+SVC_FLAG_EXTERNAL_IP = 0x01
+SVC_FLAG_NODEPORT = 0x02
+SVC_FLAG_EXT_LOCAL_SCOPE = 0x04
+SVC_FLAG_AFFINITY = 0x10
+SVC_FLAG_ROUTABLE = 0x40
+SVC_FLAG2_INT_LOCAL_SCOPE = 0x10
+SVC_FLAG2_TWO_SCOPES = 0x20
+SVC_FLAG2_MAGLEV = 0x80
+SCOPE_EXTERNAL, SCOPE_INTERNAL = 0, 1
+
+
+@dataclass(frozen=True, slots=True)
+class Lb4Key(Record, c_name="lb4_key", size=12):
+    """Key of ``cilium_lb4_services_v2``: frontend address, port, slot (0 = the frontend row)."""
+
+    address: Annotated[IPv4Address, IPV4]
+    dport: Annotated[int, BE16]
+    backend_slot: Annotated[int, U16] = 0
+    proto: Annotated[int, U8] = 6
+    scope: Annotated[int, U8] = SCOPE_EXTERNAL
+
+
+@dataclass(frozen=True, slots=True)
+class Lb4Service(Record, c_name="lb4_service", size=12):
+    """Value of ``cilium_lb4_services_v2``: slot 0 holds count/flags, slots 1..n a backend id each."""
+
+    backend_id: Annotated[int, U32] = 0
+    count: Annotated[int, U16] = 0
+    rev_nat_index: Annotated[int, BE16] = 0
+    flags: Annotated[int, U8] = 0
+    flags2: Annotated[int, U8] = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Lb4Backend(Record, c_name="lb4_backend", size=12):
+    """Value of ``cilium_lb4_backends_v3`` (keyed by a u32 backend id)."""
+
+    address: Annotated[IPv4Address, IPV4]
+    port: Annotated[int, BE16]
+    proto: Annotated[int, U8] = 6
+    flags: Annotated[int, U8] = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Lb4ReverseNat(Record, c_name="lb4_reverse_nat", packed=True, size=6):
+    """Value of ``cilium_lb4_reverse_nat``: the frontend a reply must appear to come from."""
+
+    address: Annotated[IPv4Address, IPV4]
+    port: Annotated[int, BE16]
+
+
+@dataclass(frozen=True, slots=True)
+class Lb4MaglevKey(Record, c_name="lb4_maglev_key", size=8):
+    """Key of ciliumlite's flat ``cilium_lb4_maglev``: (service, table index) -> backend id."""
+
+    rev_nat_index: Annotated[int, U16]
+    index: Annotated[int, U32, At(4)]
+
+
+@dataclass(frozen=True, slots=True)
+class Ipv4CtTuple(Record, c_name="ipv4_ct_tuple", packed=True, size=14):
+    """Conntrack / NAT key (Cilium's field naming quirk applies to CT entries, see ct.h)."""
+
+    daddr: Annotated[IPv4Address, IPV4]
+    saddr: Annotated[IPv4Address, IPV4]
+    dport: Annotated[int, BE16]
+    sport: Annotated[int, BE16]
+    nexthdr: Annotated[int, U8]
+    flags: Annotated[int, U8]
+
+
+@dataclass(frozen=True, slots=True)
+class CtEntry(Record, c_name="ct_entry", size=56):
+    """Conntrack value."""
+
+    backend_id: Annotated[int, U64, At(8)]
+    packets: Annotated[int, U64]
+    bytes: Annotated[int, U64]
+    lifetime: Annotated[int, U32]
+    flags: Annotated[int, U16]
+    rev_nat_index: Annotated[int, BE16]
+    ifindex: Annotated[int, U16]
+    tx_flags_seen: Annotated[int, U8]
+    rx_flags_seen: Annotated[int, U8]
+    src_sec_id: Annotated[int, U32]
+
+
+@dataclass(frozen=True, slots=True)
+class NatEntry(Record, c_name="ipv4_nat_entry", size=40):
+    """SNAT map value: the address and port to translate to."""
+
+    created: Annotated[int, U64]
+    needs_ct: Annotated[int, U64]
+    to_addr: Annotated[IPv4Address, IPV4, At(32)]
+    to_port: Annotated[int, BE16]

@@ -27,6 +27,9 @@ LEAF_IP = "10.0.0.254"
 LEAF_ASN = 65001
 FIRST_NODE_HOST = 11  # k8s-master is 10.0.0.11 in the seed
 FIRST_NODE_ASN = 65011
+WORLD = ipaddress.IPv4Network("203.0.113.0/24")  # documentation range: "the world"
+WORLD_GATEWAY = "203.0.113.1"
+WORLD_HOST = "203.0.113.10"
 
 
 class Fabric:
@@ -36,6 +39,7 @@ class Fabric:
         from pyroute2 import IPRoute
 
         self.lab = lab
+        self.outside_netns: list[str] = []
         self.netns = nsmod.create(f"{lab.prefix}-fabric")
         try:
             with IPRoute(netns=self.netns) as ipr:
@@ -66,8 +70,32 @@ class Fabric:
             ipr.link("set", index=idx, state="up")
             ipr.route("replace", dst="0.0.0.0/0", gateway=LEAF_IP)
 
+    def add_outside(self, name: str = "world") -> Host:
+        """A host outside the cluster (203.0.113.10, "the world") routed through the leaf."""
+        from pyroute2 import IPRoute
+
+        ns = nsmod.create(f"{self.lab.prefix}-{name}")
+        try:
+            with IPRoute(netns=self.netns) as ipr:
+                ipr.link("add", ifname="world", kind="veth", peer={"ifname": "eth0", "net_ns_fd": ns})
+                idx = ipr.link_lookup(ifname="world")[0]
+                ipr.addr("add", index=idx, address=WORLD_GATEWAY, prefixlen=WORLD.prefixlen)
+                ipr.link("set", index=idx, state="up")
+            with IPRoute(netns=ns) as ipr:
+                idx = ipr.link_lookup(ifname="eth0")[0]
+                ipr.addr("add", index=idx, address=WORLD_HOST, prefixlen=WORLD.prefixlen)
+                ipr.link("set", index=idx, state="up")
+                ipr.route("replace", dst="0.0.0.0/0", gateway=WORLD_GATEWAY)
+        except BaseException:
+            nsmod.remove(ns)
+            raise
+        self.outside_netns.append(ns)
+        return Host(self.lab, name, ns, WORLD_HOST, None)
+
     def close(self) -> None:
-        """Remove the fabric namespace."""
+        """Remove the fabric namespace and outside hosts."""
+        for ns in self.outside_netns:
+            nsmod.remove(ns)
         nsmod.remove(self.netns)
 
 
@@ -117,34 +145,35 @@ class EchoResult:
                    peer, str(raw.get("error", "")), raw.get("errno"), float(raw.get("seconds", 0.0)))
 
 
-class Pod:
-    """A pod: a network namespace joined to its node by a veth, with an endpoint in the datapath."""
+class Host:
+    """Something in a namespace that runs commands and talks to others: a pod, or the outside client."""
 
-    def __init__(self, node: Node, name: str, netns: str, endpoint: Endpoint) -> None:
-        self.node = node
+    def __init__(self, lab: Lab, name: str, netns: str, ip: str, cgroup: str | None) -> None:
+        self.lab = lab
         self.name = name
         self.netns = netns
-        self.endpoint = endpoint
+        self._ip = ip
+        self.cgroup = cgroup
         self._echo_ports: set[int] = set()
 
     @property
     def ip(self) -> str:
-        """The pod's IPv4 address."""
-        return str(self.endpoint.ip)
+        """The host's IPv4 address."""
+        return self._ip
 
     def run(self, *argv: str, timeout: float = 30.0) -> Any:
-        """Run a command in the pod (its netns and its node's cgroup)."""
-        return procs.run(self.netns, argv, self.node.cgroup, timeout=timeout)
+        """Run a command here (the namespace, and the node's cgroup for pods)."""
+        return procs.run(self.netns, argv, self.cgroup, timeout=timeout)
 
     def popen(self, *argv: str) -> Any:
-        """Start a long-running command in the pod; the lab ends it on close."""
-        return self.node.lab.processes.popen(self.netns, argv, self.node.cgroup)
+        """Start a long-running command here; the lab ends it on close."""
+        return self.lab.processes.popen(self.netns, argv, self.cgroup)
 
-    def ping(self, target: str | Pod, count: int = 3, *, size: int | None = None, dont_fragment: bool = False,
+    def ping(self, target: str | Host, count: int = 3, *, size: int | None = None, dont_fragment: bool = False,
              interval: float = 0.2, timeout: float = 2.0) -> PingResult:
         """Real ICMP echo from this pod; parsed results."""
-        dst = target.ip if isinstance(target, Pod) else str(target)
-        argv = ["ping", "-n", "-q", "-c", str(count), "-i", str(interval), "-W", str(timeout), dst]
+        dst = target.ip if isinstance(target, Host) else str(target)
+        argv = ["ping", "-n", "-c", str(count), "-i", str(interval), "-W", str(timeout), dst]
         if size is not None:
             argv[1:1] = ["-s", str(size)]
         if dont_fragment:
@@ -170,7 +199,7 @@ class Pod:
         self._echo_ports.add(port)
 
     def _echo(self, proto: str, ip: str, port: int, payload: str, timeout: float) -> EchoResult:
-        owner = self.node.lab.pod_by_ip(ip)
+        owner = self.lab.pod_by_ip(ip)
         if owner is not None:
             owner.ensure_echo_server(port)
         res = self.run(*procs.python_script(procs.PROBE, proto, ip, str(port), payload, str(timeout)),
@@ -180,13 +209,25 @@ class Pod:
         except (IndexError, ValueError):
             return EchoResult(False, error=f"probe failed: {res.stderr.strip()}")
 
-    def tcp_echo(self, ip: str | Pod, port: int = 80, payload: str = "hello", timeout: float = 3.0) -> EchoResult:
+    def tcp_echo(self, ip: str | Host, port: int = 80, payload: str = "hello", timeout: float = 3.0) -> EchoResult:
         """Connect, send ``payload``, read the echo (the server in a lab pod is started as needed)."""
-        return self._echo("tcp", ip.ip if isinstance(ip, Pod) else ip, port, payload, timeout)
+        return self._echo("tcp", ip.ip if isinstance(ip, Host) else ip, port, payload, timeout)
 
-    def udp_echo(self, ip: str | Pod, port: int = 80, payload: str = "hello", timeout: float = 3.0) -> EchoResult:
+    def udp_echo(self, ip: str | Host, port: int = 80, payload: str = "hello", timeout: float = 3.0) -> EchoResult:
         """One UDP datagram and its echo."""
-        return self._echo("udp", ip.ip if isinstance(ip, Pod) else ip, port, payload, timeout)
+        return self._echo("udp", ip.ip if isinstance(ip, Host) else ip, port, payload, timeout)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name} {self.ip}>"
+
+
+class Pod(Host):
+    """A pod: a network namespace joined to its node by a veth, with an endpoint in the datapath."""
+
+    def __init__(self, node: Node, name: str, netns: str, endpoint: Endpoint) -> None:
+        super().__init__(node.lab, name, netns, str(endpoint.ip), node.cgroup)
+        self.node = node
+        self.endpoint = endpoint
 
     def __repr__(self) -> str:
         return f"<Pod {self.name} {self.ip} on {self.node.name}>"
@@ -214,7 +255,7 @@ class Node:
             self.cgroup = fs.make_cgroup(f"{lab.prefix}-{name}")
             cfg = DatapathConfig(node_name=f"{lab.prefix}-{name}", pod_cidr=pod_cidr, host_routing=host_routing,
                                  **config)
-            self.datapath = Datapath(cfg, netns=self.netns)
+            self.datapath = Datapath(cfg, netns=self.netns, cgroup=self.cgroup)
         except BaseException:
             self.close()
             raise
@@ -311,6 +352,14 @@ class LabCluster:
         """The member nodes."""
         return list(self.members.values())
 
+    def upsert_service(self, svc: Any) -> None:
+        """Program a service on every node, like a Kubernetes Service plus EndpointSlice."""
+        self.control.upsert_service(svc)
+
+    def delete_service(self, name: str) -> None:
+        """Remove a service from every node."""
+        self.control.delete_service(name)
+
 
 class Lab:
     """A throwaway cluster in network namespaces with a unique prefix; removed on exit (also on errors)."""
@@ -326,6 +375,7 @@ class Lab:
         self.fabric: Fabric | None = None
         self.clusters: list[Cluster] = []
         self.leaf_bird: Any = None
+        self._outside: Host | None = None
         self.workdir = tempfile.mkdtemp(prefix=f"{self.prefix}-")
 
     def fabric_or_create(self) -> Fabric:
@@ -383,7 +433,7 @@ class Lab:
         """A node namespace with its own Datapath and pod CIDR (10.244.<index>.0/24 by default)."""
         if name in self.nodes:
             raise ValidationError(f"node {name!r} exists already")
-        index = len(self.nodes)
+        index = max((n.index for n in self.nodes.values()), default=-1) + 1  # never a live node's
         cidr = pod_cidr or str(list(CLUSTER_POD_CIDR.subnets(new_prefix=24))[index])
         node = Node(self, name, index, cidr, host_routing or self.host_routing, **config)
         self.nodes[name] = node
@@ -396,6 +446,12 @@ class Lab:
     def remove_node(self, name: str) -> None:
         """Close and remove one node (its bird, datapath, pods and namespace)."""
         self.nodes.pop(name).close()
+
+    def outside(self, name: str = "world") -> Host:
+        """An outside client (203.0.113.10) behind the leaf router, made on first use."""
+        if self._outside is None:
+            self._outside = self.fabric_or_create().add_outside(name)
+        return self._outside
 
     def pods(self) -> list[Pod]:
         """Every pod of every node."""
@@ -421,6 +477,7 @@ class Lab:
         if self.fabric is not None:
             self.fabric.close()
             self.fabric = None
+        self._outside = None
         shutil.rmtree(self.workdir, ignore_errors=True)
         if errors:
             raise CiliumliteError("lab teardown: " + "; ".join(errors))

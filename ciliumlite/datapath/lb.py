@@ -1,0 +1,213 @@
+"""Programming Cilium's LB4 maps for one node, ordered so readers never see a half-made service.
+
+Write order on upsert: backends, reverse NAT, backend slots (and Maglev table), then the frontend row
+(slot 0) whose ``count`` makes the new slots visible, then stale slots and unused backends go. A
+failure part-way re-writes the previous rows, so the service keeps its previous state.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from ipaddress import IPv4Address
+from typing import Any
+
+from ciliumlite.bpf import Map
+from ciliumlite.bpf.errors import MapFullError
+from ciliumlite.bpf.record import BE16, U32
+from ciliumlite.datapath import maglev
+from ciliumlite.datapath.records import (
+    Lb4Backend,
+    Lb4Key,
+    Lb4MaglevKey,
+    Lb4ReverseNat,
+    Lb4Service,
+)
+
+SERVICES_MAP = "cilium_lb4_services_v2"
+BACKENDS_MAP = "cilium_lb4_backends_v3"
+REVNAT_MAP = "cilium_lb4_reverse_nat"
+MAGLEV_MAP = "cilium_lb4_maglev"
+MAX_REVNAT = 0xFFFF
+
+
+@dataclass(frozen=True)
+class FrontendRow:
+    """One frontend row of the service map (one address, port, protocol and scope)."""
+
+    address: IPv4Address
+    port: int
+    proto: int
+    scope: int
+    flags: int
+    flags2: int
+    backends: tuple[tuple[IPv4Address, int], ...]
+    affinity_timeout: int = 0
+    maglev: bool = False
+
+    @property
+    def frontend(self) -> tuple[IPv4Address, int, int]:
+        """(address, port, proto): what one reverse-NAT index stands for."""
+        return (self.address, self.port, self.proto)
+
+    def key(self, slot: int = 0) -> Lb4Key:
+        """The service-map key of ``slot``."""
+        return Lb4Key(address=self.address, dport=self.port, backend_slot=slot, proto=self.proto, scope=self.scope)
+
+
+class LbMaps:
+    """The LB4 maps of one node, opened from their pins, and the ids ciliumlite allocated in them."""
+
+    def __init__(self, pin_dir: str, maglev_table_size: int = maglev.DEFAULT_TABLE_SIZE) -> None:
+        def pinned(name: str, key: Any, value: Any) -> Map[Any, Any]:
+            return Map.open_pinned(os.path.join(pin_dir, name), key, value)
+
+        self.services: Map[Lb4Key, Lb4Service] = pinned(SERVICES_MAP, Lb4Key, Lb4Service)
+        self.backends: Map[int, Lb4Backend] = pinned(BACKENDS_MAP, U32, Lb4Backend)
+        self.revnat: Map[int, Lb4ReverseNat] = pinned(REVNAT_MAP, BE16, Lb4ReverseNat)
+        self.maglev: Map[Lb4MaglevKey, int] = pinned(MAGLEV_MAP, Lb4MaglevKey, U32)
+        self.maglev_table_size = maglev_table_size
+        self._rows: dict[str, list[FrontendRow]] = {}
+        self._revnat_ids: dict[tuple[IPv4Address, int, int], int] = {}
+        self._backend_ids: dict[tuple[IPv4Address, int, int], int] = {}
+        self._backend_refs: dict[int, int] = {}
+        self._next_backend = 1
+
+    # -- ids ---------------------------------------------------------------------------------------
+    def revnat_id(self, frontend: tuple[IPv4Address, int, int]) -> int:
+        """The reverse-NAT index of a frontend, allocated on first use."""
+        rid = self._revnat_ids.get(frontend)
+        if rid is None:
+            used = set(self._revnat_ids.values())
+            rid = next((i for i in range(1, MAX_REVNAT + 1) if i not in used), 0)
+            if not rid:
+                raise MapFullError("allocate reverse NAT index", 28, target=f"{frontend}")
+            self._revnat_ids[frontend] = rid
+        return rid
+
+    def _backend_id(self, ip: IPv4Address, port: int, proto: int) -> tuple[int, bool]:
+        key = (ip, port, proto)
+        bid = self._backend_ids.get(key)
+        if bid is not None:
+            return bid, False
+        bid = self._next_backend
+        self._next_backend += 1
+        self._backend_ids[key] = bid
+        return bid, True
+
+    # -- program -----------------------------------------------------------------------------------
+    def program(self, service: str, rows: list[FrontendRow]) -> None:
+        """Make ``rows`` the service's frontend rows; on failure the previous rows stay in force."""
+        old = self._rows.get(service, [])
+        created: list[tuple[IPv4Address, int, int]] = []
+        try:
+            self._write(rows, created)
+        except BaseException:
+            for key in created:
+                bid = self._backend_ids.pop(key)
+                self.backends.pop(bid, None)
+            if old:
+                self._write(old, [])
+            self._drop_stale_rows(rows, old)
+            raise
+        self._drop_stale_rows(old, rows)
+        self._retain(service, old, rows)
+
+    def remove(self, service: str) -> None:
+        """Delete every row of ``service`` (frontend rows first, so no reader picks a slot)."""
+        old = self._rows.get(service, [])
+        self._drop_stale_rows(old, [])
+        self._retain(service, old, [])
+
+    def _write(self, rows: Iterable[FrontendRow], created: list[tuple[IPv4Address, int, int]]) -> None:
+        for row in rows:
+            ids = []
+            for ip, port in row.backends:
+                bid, new = self._backend_id(ip, port, row.proto)
+                if new:
+                    created.append((ip, port, row.proto))
+                    self.backends.set(bid, Lb4Backend(address=ip, port=port, proto=row.proto))
+                ids.append(bid)
+            rid = self.revnat_id(row.frontend)
+            self.revnat.set(rid, Lb4ReverseNat(address=row.address, port=row.port))
+            for slot, bid in enumerate(ids, start=1):
+                self.services.set(row.key(slot), Lb4Service(backend_id=bid, rev_nat_index=rid))
+            if row.maglev and ids:
+                owners = maglev.table([f"{ip}:{port}" for ip, port in row.backends], self.maglev_table_size)
+                keys = [Lb4MaglevKey(rev_nat_index=rid, index=i) for i in range(len(owners))]
+                self.maglev.update_batch(keys, [ids[o] for o in owners])
+            self.services.set(row.key(0), Lb4Service(backend_id=row.affinity_timeout, count=len(ids),
+                                                      rev_nat_index=rid, flags=row.flags, flags2=row.flags2))
+            old_count = self._old_count(row)
+            for slot in range(len(ids) + 1, old_count + 1):
+                self.services.pop(row.key(slot), None)
+
+    def _old_count(self, row: FrontendRow) -> int:
+        return max((len(r.backends) for rows in self._rows.values() for r in rows
+                    if r.key(0) == row.key(0)), default=0)
+
+    def _drop_stale_rows(self, old: list[FrontendRow], new: list[FrontendRow]) -> None:
+        keep = {r.key(0) for r in new}
+        for row in old:
+            if row.key(0) in keep:
+                continue
+            self.services.pop(row.key(0), None)
+            for slot in range(1, len(row.backends) + 1):
+                self.services.pop(row.key(slot), None)
+            if not any(r.frontend == row.frontend for r in new):
+                rid = self._revnat_ids.get(row.frontend)
+                if rid is not None and not self._frontend_used_elsewhere(row, old):
+                    self.revnat.pop(rid, None)
+                    if row.maglev:
+                        self.maglev.delete_batch([Lb4MaglevKey(rev_nat_index=rid, index=i)
+                                                  for i in range(self.maglev_table_size)])
+                    del self._revnat_ids[row.frontend]
+
+    def _frontend_used_elsewhere(self, row: FrontendRow, old: list[FrontendRow]) -> bool:
+        return any(r.frontend == row.frontend for rows in self._rows.values() if rows is not old for r in rows)
+
+    def _retain(self, service: str, old: list[FrontendRow], new: list[FrontendRow]) -> None:
+        for row in new:
+            for ip, port in row.backends:
+                bid = self._backend_ids[(ip, port, row.proto)]
+                self._backend_refs[bid] = self._backend_refs.get(bid, 0) + 1
+        for row in old:
+            for ip, port in row.backends:
+                bid = self._backend_ids[(ip, port, row.proto)]
+                self._backend_refs[bid] -= 1
+        for key, bid in list(self._backend_ids.items()):
+            if self._backend_refs.get(bid, 0) <= 0:
+                self._backend_refs.pop(bid, None)
+                del self._backend_ids[key]
+                self.backends.pop(bid, None)
+        if new:
+            self._rows[service] = list(new)
+        else:
+            self._rows.pop(service, None)
+
+    def rows(self) -> dict[str, list[FrontendRow]]:
+        """The rows ciliumlite wrote, by service name."""
+        return {k: list(v) for k, v in self._rows.items()}
+
+    def dump(self) -> list[dict[str, Any]]:
+        """The service map as the kernel has it, like ``cilium bpf lb list``."""
+        backends = dict(self.backends.items())
+        out = []
+        for key, svc in sorted(self.services.items(), key=lambda kv: (kv[0].address, kv[0].dport,
+                                                                         kv[0].scope, kv[0].backend_slot)):
+            if key.backend_slot == 0:
+                out.append({"frontend": f"{key.address}:{key.dport}", "proto": key.proto, "scope": key.scope,
+                            "slot": 0, "backend": f"0.0.0.0:0 ({svc.count} backends)", "rev_nat": svc.rev_nat_index,
+                            "flags": svc.flags, "flags2": svc.flags2})
+            else:
+                be = backends.get(svc.backend_id)
+                out.append({"frontend": f"{key.address}:{key.dport}", "proto": key.proto, "scope": key.scope,
+                            "slot": key.backend_slot, "backend": f"{be.address}:{be.port}" if be else "?",
+                            "backend_id": svc.backend_id, "rev_nat": svc.rev_nat_index})
+        return out
+
+    def close(self) -> None:
+        """Release the map fds."""
+        for m in (self.services, self.backends, self.revnat, self.maglev):
+            m.close()
