@@ -7,6 +7,7 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from ciliumlite.bpf.errors import ValidationError
 from ciliumlite.bpf.link import Link
 from ciliumlite.datapath import devices
 from ciliumlite.datapath.records import EndpointInfo, EndpointKey
@@ -87,7 +88,7 @@ def configure_pod_side(pod_netns: str, ifname: str, ip: ipaddress.IPv4Address, g
     with devices.iproute(pod_netns) as ipr:
         idx = devices.ifindex(ipr, ifname)
         if idx is None:
-            raise LookupError(f"no {ifname} in pod namespace {pod_netns}")
+            raise ValidationError(f"no {ifname} in pod namespace {pod_netns}")
         ipr.link("set", index=idx, state="up", mtu=mtu)
         lo = devices.ifindex(ipr, "lo")
         if lo is not None:

@@ -306,6 +306,13 @@ class Datapath:
             host_if = ifname or lxc_name(pod_netns, addr)
             if not os.path.exists(f"/var/run/netns/{pod_netns}") and "/" not in pod_netns:
                 raise ValidationError(f"pod network namespace {pod_netns!r} does not exist")
+            if adopt:
+                with devices.iproute(self.netns) as ipr:
+                    if devices.ifindex(ipr, host_if) is None:
+                        raise ValidationError(f"no device {host_if!r} in the node namespace to adopt")
+                with devices.iproute(pod_netns) as ipr:
+                    if devices.ifindex(ipr, pod_ifname) is None:
+                        raise ValidationError(f"no device {pod_ifname!r} in pod namespace {pod_netns} to adopt")
             created = False
             ep: Endpoint | None = None
             try:
@@ -321,6 +328,8 @@ class Datapath:
                     node_mac = devices.link_mac(ipr, idx)
                     ipr.link("set", index=idx, mtu=self.config.pod_mtu)
                     ipr.route("replace", dst=f"{addr}/32", oif=idx, scope=253)
+                # ciliumlite's datapath is IPv4-only: keep the host side quiet (no RS/MLD/NS into pods).
+                devices.set_sysctl(self.netns, f"net.ipv6.conf.{host_if}.disable_ipv6", "1")
                 if self.config.host_routing == "legacy":
                     devices.set_sysctl(self.netns, f"net.ipv4.conf.{host_if}.proxy_arp", "1")
                 ep = Endpoint(self._next_id, name or pod_netns, addr, pod_netns, host_if, idx, pod_mac, node_mac,
