@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 
-
 TEST_OBJECTS = Path(__file__).parent / "bpf" / "objects"
 
 

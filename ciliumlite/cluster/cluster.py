@@ -52,6 +52,7 @@ class Cluster:
             else:
                 datapath.remove_remote_node(obj)
 
+        self.store.put_node(info)  # validates first: a rejected node is subscribed to nothing
         for existing in self.store.nodes():
             if existing.name != info.name:
                 datapath.add_remote_node(existing)
@@ -59,7 +60,6 @@ class Cluster:
             datapath.upsert_service(svc)
         stop = self.store.watch(on_change)
         self._members[info.name] = (datapath, stop)
-        self.store.put_node(info)
 
     def leave(self, name: str) -> None:
         """Remove a node: every other node forgets it."""

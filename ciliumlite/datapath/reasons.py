@@ -5,8 +5,9 @@ Every packet the datapath forwards or drops is counted in ``cilium_metrics`` und
 
 * :class:`Reason` -- the ``reason`` byte. Numbering is Cilium's: ``0..129`` are forward/statistics
   reasons (never drops), ``130..255`` are drops (the positive value of Cilium's ``DROP_*`` error
-  codes). ``TO_STACK``, ``ARP_REPLY``, ``ENCAPSULATED`` and ``FIB_REDIRECT`` are ciliumlite
-  additions in ``100..127``, a range Cilium does not use for metrics.
+  codes). ``TO_STACK``, ``ARP_REPLY``, ``ENCAPSULATED``, ``FIB_REDIRECT``, the socket-LB reasons
+  ``LB_SOCK_*`` / ``LB_REVNAT_STALE`` (counted per socket operation, 0 bytes), ``TO_NETDEV`` and
+  ``NAT_EGRESS`` are ciliumlite additions in ``100..127``, a range Cilium does not use for metrics.
 * :class:`Direction` -- the ``dir`` byte (Cilium's ``enum metric_dir``).
 * :data:`SOURCE_FILES` -- the ``file`` byte: which C source counted the packet.
 
@@ -45,6 +46,12 @@ class Reason(enum.IntEnum):
     ARP_REPLY = 101
     ENCAPSULATED = 102
     FIB_REDIRECT = 103
+    LB_SOCK_XLATE = 104
+    LB_SOCK_REVXLATE = 105
+    LB_SOCK_REFUSED = 106
+    LB_REVNAT_STALE = 107
+    TO_NETDEV = 108
+    NAT_EGRESS = 109
 
     # Drop reasons: Cilium's -DROP_* values, made positive.
     DROP_INVALID_SMAC = 130
@@ -107,6 +114,12 @@ _TEXT: Final[Mapping[Reason, str]] = MappingProxyType({
     Reason.ARP_REPLY: "Proxy-ARP reply sent",
     Reason.ENCAPSULATED: "Encapsulated to a remote node",
     Reason.FIB_REDIRECT: "Routed by FIB lookup",
+    Reason.LB_SOCK_XLATE: "Socket LB: translated to a backend",
+    Reason.LB_SOCK_REVXLATE: "Socket LB: peer translated back to the service",
+    Reason.LB_SOCK_REFUSED: "Socket LB: service without backends, refused",
+    Reason.LB_REVNAT_STALE: "Socket LB: stale reverse entry removed",
+    Reason.TO_NETDEV: "Passed to the network device",
+    Reason.NAT_EGRESS: "Source translated on egress",
     Reason.DROP_INVALID_SMAC: "Invalid source mac",
     Reason.DROP_INVALID_DMAC: "Invalid destination mac",
     Reason.DROP_INVALID_SIP: "Invalid source ip",

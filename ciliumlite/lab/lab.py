@@ -6,7 +6,6 @@ import ipaddress
 import json
 import os
 import re
-import secrets
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from ciliumlite.cluster import Cluster, NodeInfo
 from ciliumlite.datapath.config import DatapathConfig, HostRouting, Routing
 from ciliumlite.endpoint import Endpoint
 from ciliumlite.lab import procs
+from ciliumlite.lab.naming import lab_prefix
 from ciliumlite.node import Datapath
 
 CLUSTER_POD_CIDR = ipaddress.IPv4Network("10.244.0.0/16")
@@ -368,7 +368,7 @@ class Lab:
         if not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,15}", name):
             raise ValidationError(f"lab name {name!r}: use 1-16 of a-z, 0-9 and '-'")
         self.name = name
-        self.prefix = f"cl{secrets.token_hex(2)}-{name}"
+        self.prefix = lab_prefix(name)
         self.host_routing = host_routing
         self.nodes: dict[str, Node] = {}
         self.processes = procs.ProcessGroup()

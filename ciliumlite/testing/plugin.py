@@ -36,7 +36,7 @@ def _skip_or_fail(reason: str) -> None:
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
     """Apply requires_root / requires_feature, and require root for bpf and integration tests."""
-    needs_root = any(item.iter_markers(name=n) for n in ("requires_root", "bpf", "integration"))
+    needs_root = any(item.get_closest_marker(n) for n in ("requires_root", "bpf", "integration"))
     if needs_root and os.geteuid() != 0:
         _skip_or_fail("needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN)")
     for mark in item.iter_markers(name="requires_feature"):
@@ -49,8 +49,8 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 def leak_check(request: pytest.FixtureRequest) -> Iterator[None]:
     """Fail a bpf/integration test that leaves a namespace, pin, cgroup, program, link, child or fd."""
     node = request.node
-    active = (any(node.iter_markers(name=n) for n in ("bpf", "integration"))
-              and not any(node.iter_markers(name="no_leak_check")) and os.geteuid() == 0)
+    active = (any(node.get_closest_marker(n) for n in ("bpf", "integration"))
+              and node.get_closest_marker("no_leak_check") is None and os.geteuid() == 0)
     if not active:
         yield
         return

@@ -3,22 +3,14 @@
 from __future__ import annotations
 
 import os
-import secrets
 import time
 from dataclasses import dataclass, field
 
 from ciliumlite.bpf import fs, inventory
 from ciliumlite.bpf import netns as nsmod
+from ciliumlite.lab.naming import RUN_ID, is_ours, unique_name
 
-RUN_ID = secrets.token_hex(2)
-_counter = 0
-
-
-def unique_name(prefix: str) -> str:
-    """A name unique to this run and call, e.g. ``cl3f2a-node-7`` (short: it may become an ifname)."""
-    global _counter
-    _counter += 1
-    return f"cl{RUN_ID}-{prefix}{_counter}"
+__all__ = ["RUN_ID", "Snapshot", "VethPair", "is_ours", "leaks_after", "unique_name"]
 
 
 @dataclass(frozen=True)
@@ -50,10 +42,22 @@ class VethPair:
                 ib = ipb.link_lookup(ifname=pair.dev_b)[0]
                 ipb.addr("add", index=ib, address=pair.ip_b, prefixlen=24)
                 ipb.link("set", index=ib, state="up")
+            pair._wait_up()
         except BaseException:
             pair.remove()
             raise
         return pair
+
+    def _wait_up(self, timeout: float = 5.0) -> None:
+        # A veth carries traffic only once both ends are operationally UP (the qdisc is active).
+        from pyroute2 import IPRoute
+
+        deadline = time.monotonic() + timeout
+        for ns, dev in ((self.ns_a, self.dev_a), (self.ns_b, self.dev_b)):
+            with IPRoute(netns=ns) as ipr:
+                idx = ipr.link_lookup(ifname=dev)[0]
+                while ipr.get_links(idx)[0].get_attr("IFLA_OPERSTATE") != "UP" and time.monotonic() < deadline:
+                    time.sleep(0.02)
 
     def remove(self) -> None:
         """Delete both namespaces (the veth goes with them)."""
@@ -108,7 +112,9 @@ class Snapshot:
     @classmethod
     def take(cls) -> Snapshot:
         """Read the current state of the host."""
-        return cls(set(nsmod.list_all()), _bpffs_entries(), _cgroups(), inventory.prog_ids(),
+        # Only names this process made count: other runs on the machine come and go.
+        return cls({n for n in nsmod.list_all() if is_ours(n)}, {p for p in _bpffs_entries() if is_ours(p)},
+                   {c for c in _cgroups() if is_ours(c)}, inventory.prog_ids(),
                    inventory.link_ids(), _children(), len(os.listdir("/proc/self/fd")))
 
     def leaks_since(self, before: Snapshot, fd_slack: int = 0) -> list[str]:

@@ -8,7 +8,7 @@ from ipaddress import IPv4Address
 from typing import Annotated
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ciliumlite.bpf import (
@@ -83,6 +83,9 @@ class Sized(Record, size=16):
     tag: Annotated[bytes, Bytes(3)]
 
 
+# No deadline: the suite runs next to kernel-heavy tests, and a slow example is not a wrong one.
+relaxed = settings(deadline=None, max_examples=100)
+
 ints_strategy = st.builds(Ints, **{name: st.integers(lo, hi) for name, (_, lo, hi) in INT_KINDS.items()})
 mac_strategy = st.binary(min_size=6, max_size=6).map(lambda b: ":".join(f"{x:02x}" for x in b))
 
@@ -95,6 +98,7 @@ def test_ints_layout_follows_c_alignment():
     assert Ints.C_NAME == "ints"
 
 
+@relaxed
 @given(ints_strategy)
 def test_ints_round_trip_and_match_hand_packed_bytes(rec: Ints):
     raw = rec.pack()
@@ -118,6 +122,7 @@ def test_int_kinds_at_their_bounds(name: str):
 
 
 @pytest.mark.parametrize("name", INT_KINDS)
+@relaxed
 @given(data=st.data())
 def test_int_kinds_round_trip_anywhere_in_range(name: str, data: st.DataObject):
     kind, lo, hi = INT_KINDS[name]
@@ -165,6 +170,7 @@ def test_be16_be32_are_network_order_on_the_wire():
     assert Scalar(U32).encode(0x01020304) == b"\x04\x03\x02\x01"
 
 
+@relaxed
 @given(st.integers(0, 0xFFFF), st.integers(0, 0xFFFFFFFF))
 def test_be_kinds_round_trip(v16: int, v32: int):
     assert Scalar(BE16).encode(v16) == v16.to_bytes(2, "big")
@@ -192,6 +198,7 @@ def test_wire_record_hand_written_bytes():
     assert Wire.unpack(expected) == rec
 
 
+@relaxed
 @given(st.integers(0, 2**32 - 1), st.integers(0, 0xFFFF), st.integers(0, 255), mac_strategy,
        st.integers(0, 2**32 - 1))
 def test_wire_record_round_trip(addr: int, port: int, proto: int, mac: str, seq: int):
@@ -224,6 +231,7 @@ def test_mac_rejects_non_macs(bad: object):
         Scalar(MAC).encode(bad)
 
 
+@relaxed
 @given(mac_strategy)
 def test_mac_scalar_round_trip(mac: str):
     raw = Scalar(MAC).encode(mac.upper())
@@ -262,6 +270,7 @@ def test_packed_has_no_padding():
     assert Packed.SIZE == 15
 
 
+@relaxed
 @given(st.integers(0, 255), st.integers(0, 2**32 - 1), st.integers(0, 0xFFFF), st.integers(0, 2**64 - 1))
 def test_packed_round_trip_against_hand_bytes(a: int, b: int, c: int, d: int):
     rec = Packed(a=a, b=b, c=c, d=d)

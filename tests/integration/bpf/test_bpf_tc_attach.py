@@ -64,7 +64,9 @@ def test_auto_mode_uses_tcx(veth_pair: VethPair, traffic: Any, load: Loader):
     with obj.program("tc_drop_udp_port").attach_tc(veth_pair.dev_a, netns=veth_pair.ns_a) as link:
         assert isinstance(link, FdLink) and link.point.kind == "tcx"
         assert traffic.udp(traffic.DROP_PORT) == 0
-    assert traffic.udp(traffic.DROP_PORT) == traffic.N
+        link.detach()  # the same as close()
+        assert link.closed
+        assert traffic.udp(traffic.DROP_PORT) == traffic.N
 
 
 def test_clsact_keeps_a_qdisc_it_did_not_create(veth_pair: VethPair, traffic: Any, load: Loader, ns_tools: Any):
