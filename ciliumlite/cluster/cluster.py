@@ -53,6 +53,9 @@ class Cluster:
                 datapath.remove_remote_node(obj)
 
         self.store.put_node(info)  # validates first: a rejected node is subscribed to nothing
+        previous = self._members.pop(info.name, None)
+        if previous is not None:  # the node re-joined (e.g. restarted): its old subscription goes
+            previous[1]()
         for existing in self.store.nodes():
             if existing.name != info.name:
                 datapath.add_remote_node(existing)

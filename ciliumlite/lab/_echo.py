@@ -29,7 +29,12 @@ def main() -> None:
                 conn, peer = sock.accept()
                 conn.settimeout(2)
                 try:
-                    data = conn.recv(65536)
+                    data = b""
+                    while len(data) < (1 << 24):  # the client half-closes when done
+                        chunk = conn.recv(65536)
+                        if not chunk:
+                            break
+                        data += chunk
                     conn.sendall(data + f"|{name}|{peer[0]}:{peer[1]}".encode())
                 except OSError:
                     pass

@@ -278,6 +278,7 @@ class Node:
     def remove_pod(self, name: str) -> None:
         """Remove a pod: its endpoint, then its namespace."""
         pod = self.pods.pop(name)
+        self.lab.processes.stop_in({pod.netns})
         assert self.datapath is not None
         self.datapath.remove_endpoint(pod.endpoint)
         nsmod.remove(pod.netns)
@@ -297,6 +298,7 @@ class Node:
         if self.bird is not None:
             self.bird.stop()
             self.bird = None
+        self.lab.processes.stop_in({self.netns, *(p.netns for p in self.pods.values())})
         if self.datapath is not None:
             self.datapath.close()
             self.datapath = None
@@ -335,7 +337,11 @@ class LabCluster:
         assert node.datapath is not None
         if first is not None and first.bird is not None:
             node.datapath.routes_managed_by_bgp = True
-        self.control.join(node.info, node.datapath)
+        try:
+            self.control.join(node.info, node.datapath)
+        except BaseException:
+            self.lab.remove_node(name)
+            raise
         if first is not None and first.bird is not None:
             self.lab._start_bgp([node])
         self.members[name] = node
@@ -345,8 +351,10 @@ class LabCluster:
         """Remove a node: its routes are withdrawn and its tunnel entries deleted on every other node."""
         node = self.members.pop(name)
         self.control.leave(name)
+        had_bgp = node.bird is not None
         self.lab.remove_node(name)
-        del node
+        if had_bgp and self.lab.leaf_bird is not None:
+            self.lab.leaf_bird.reload(self.lab._leaf_config())
 
     def nodes(self) -> list[Node]:
         """The member nodes."""
@@ -405,14 +413,19 @@ class Lab:
             self._start_bgp([self.nodes[n] for n in nodes])
         return LabCluster(self, cluster, [self.nodes[n] for n in nodes])
 
+    def _leaf_config(self, extra: list[Node] | None = None) -> Any:
+        from ciliumlite import bgp
+
+        speakers = [n for n in self.nodes.values() if n.ip and (n.bird is not None or n in (extra or []))]
+        peers = tuple(bgp.BgpPeer(n.name.replace("-", "_"), n.ip or "", FIRST_NODE_ASN + n.index)
+                      for n in speakers)
+        return bgp.leaf_config(LEAF_IP, LEAF_ASN, peers)
+
     def _start_bgp(self, nodes: list[Node]) -> None:
         from ciliumlite import bgp
 
         fabric = self.fabric_or_create()
-        speakers = [n for n in self.nodes.values() if n.ip and (n.bird is not None or n in nodes)]
-        peers = tuple(bgp.BgpPeer(n.name.replace("-", "_"), n.ip or "", FIRST_NODE_ASN + n.index)
-                      for n in speakers)
-        leaf_cfg = bgp.leaf_config(LEAF_IP, LEAF_ASN, peers)
+        leaf_cfg = self._leaf_config(extra=nodes)
         if self.leaf_bird is None:
             self.leaf_bird = bgp.Bird(fabric.netns, leaf_cfg, os.path.join(self.workdir, "leaf"))
             self.leaf_bird.start()

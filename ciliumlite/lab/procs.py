@@ -21,12 +21,14 @@ class ProcessGroup:
 
     def __init__(self) -> None:
         self._procs: list[subprocess.Popen[str]] = []
+        self._netns: dict[int, str] = {}
 
     def popen(self, netns: str, argv: Sequence[str], cgroup: str | None = None) -> subprocess.Popen[str]:
         """Start ``argv`` in ``netns`` (and ``cgroup``), stdout piped, tracked for cleanup."""
         proc = subprocess.Popen(list(argv), preexec_fn=preexec(netns, cgroup), stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
         self._procs.append(proc)
+        self._netns[proc.pid] = netns
         return proc
 
     def stop(self, proc: subprocess.Popen[str]) -> None:
@@ -39,6 +41,13 @@ class ProcessGroup:
         proc.communicate(timeout=5)
         if proc in self._procs:
             self._procs.remove(proc)
+        self._netns.pop(proc.pid, None)
+
+    def stop_in(self, namespaces: set[str]) -> None:
+        """End the processes started in any of ``namespaces``."""
+        for proc in list(self._procs):
+            if self._netns.get(proc.pid) in namespaces:
+                self.stop(proc)
 
     def stop_all(self) -> None:
         """End every process still running that this group started."""

@@ -38,7 +38,6 @@ NODES = ["k8s-master", "worker1", "worker3"]
 TAG = {"k8s-master": "m", "worker1": "w1", "worker3": "w3", "worker4": "w4"}
 PORT = 8080
 VXLAN_PORT = 8472
-ETH_P_IP = 0x0800
 
 
 @dataclass
@@ -120,14 +119,14 @@ def cross_node_pairs(t: Topo) -> list[tuple[Pod, Pod]]:
 SNIFF = r"""
 import json, select, socket, sys, time
 seconds, want = float(sys.argv[1]), int(sys.argv[2])
-s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0800))
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))  # ETH_P_ALL: bridge ports too
 print("ready", flush=True)
 out, end = [], time.monotonic() + seconds
 while len(out) < want and (left := end - time.monotonic()) > 0:
     if not select.select([s], [], [], left)[0]:
         break
     frame, addr = s.recvfrom(65535)
-    if addr[2] == 4:            # PACKET_OUTGOING: the same frame leaving another port
+    if addr[2] == 4 or frame[12:14] != b"\x08\x00":   # PACKET_OUTGOING (leaving another port), not IPv4
         continue
     ihl = (frame[14] & 15) * 4
     if frame[23] == 6 and 179 in (int.from_bytes(frame[14 + ihl:16 + ihl], "big"),
@@ -174,6 +173,29 @@ except KeyboardInterrupt:
 except Exception as exc:
     err = f"{type(exc).__name__}: {exc}"
 print(json.dumps({"ok": ok, "error": err}), flush=True)
+"""
+
+
+BULK_CLIENT = r"""
+import json, socket, sys, threading
+ip, port, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+data = bytes(i % 251 for i in range(size))
+s = socket.create_connection((ip, port), timeout=10)
+got, err = bytearray(), []
+
+def read():
+    try:
+        while chunk := s.recv(65536):
+            got.extend(chunk)
+    except OSError as exc:
+        err.append(f"{type(exc).__name__}: {exc}")
+
+reader = threading.Thread(target=read)
+reader.start()
+s.sendall(data)
+s.shutdown(socket.SHUT_WR)
+reader.join(30)
+print(json.dumps({"sent": size, "got": len(got), "same": bytes(got) == data, "error": "".join(err)}))
 """
 
 
@@ -258,12 +280,16 @@ def test_tcp_udp_across_nodes_both_ways(topo: Topo, proto: str) -> None:
 
 
 def test_tcp_bulk_transfer_across_nodes(topo: Topo) -> None:
-    # Segments far above the pod MTU (GSO/GRO) and payloads that need many of them.
+    # A megabyte each way over one connection: segments far above the pod MTU (GSO/GRO), many of them.
     src, dst = topo.pod("k8s-master", "b"), topo.pod("worker3", "b")
-    payload = "".join(chr(ord("a") + i % 26) for i in range(40000))
-    res = src.tcp_echo(dst, PORT, payload, timeout=5)
-    assert res.ok, res.error
-    assert res.reply == payload
+    server = started(dst.popen(sys.executable, "-c", TCP_SERVER, "9100"), "tcp server")
+    try:
+        res = src.run(sys.executable, "-c", BULK_CLIENT, dst.ip, "9100", str(1 << 20), timeout=60)
+    finally:
+        topo.lab.processes.stop(server)
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out == {"sent": 1 << 20, "got": 1 << 20, "same": True, "error": ""}, out
 
 
 # -- which path carried the packets --------------------------------------------------------------------------
@@ -273,6 +299,7 @@ def test_same_node_stays_on_redirect_peer(topo: Topo) -> None:
     n = 20
     assert a.ping(b, count=1).ok and b.ping(a, count=1).ok     # warm up ARP (that reply *is* sent by lxc)
     lxc_b, eth0_b = link_stats(node.netns, b.endpoint.ifname), link_stats(b.netns, "eth0")
+    arp = dp_count(node, Reason.ARP_REPLY, Direction.EGRESS)
     fwd = dp_count(node, Reason.FORWARDED, Direction.EGRESS)
     remote = dp_count(node, topo.egress_reason, Direction.EGRESS)
     res = a.ping(b, count=n, interval=0.02)
@@ -280,7 +307,10 @@ def test_same_node_stays_on_redirect_peer(topo: Topo) -> None:
     assert re.search(r"ttl=63\b", res.output), "same node: exactly one TTL decrement"
     tx = link_stats(node.netns, b.endpoint.ifname)["tx_packets"] - lxc_b["tx_packets"]
     assert link_stats(b.netns, "eth0")["rx_packets"] - eth0_b["rx_packets"] >= n
-    assert tx == 0, f"bpf_redirect_peer must bypass {b.endpoint.ifname}'s xmit, yet it sent {tx} packets"
+    # The only packets an lxc sends itself are proxy-ARP replies (a neighbour re-probe may fall into the
+    # window on a long-lived lab): anything beyond those means the pod traffic went through its xmit.
+    tx -= dp_count(node, Reason.ARP_REPLY, Direction.EGRESS) - arp
+    assert tx <= 0, f"bpf_redirect_peer must bypass {b.endpoint.ifname}'s xmit, yet it sent {tx} packets"
     assert dp_count(node, Reason.FORWARDED, Direction.EGRESS) - fwd >= 2 * n   # requests and replies
     assert dp_count(node, topo.egress_reason, Direction.EGRESS) == remote, "same-node traffic left the node"
 
@@ -291,12 +321,14 @@ def test_remote_delivery_bypasses_both_lxcs(topo: Topo) -> None:
     n = 20
     assert a.ping(b, count=1).ok
     before = {p.name: link_stats(p.node.netns, p.endpoint.ifname)["tx_packets"] for p in (a, b)}
+    arp = {p.name: dp_count(p.node, Reason.ARP_REPLY, Direction.EGRESS) for p in (a, b)}
     delivered = {p.name: dp_count(p.node, Reason.FORWARDED, Direction.INGRESS) for p in (a, b)}
     res = a.ping(b, count=n, interval=0.02)
     assert res.ok, res.output
     for p in (a, b):
         tx = link_stats(p.node.netns, p.endpoint.ifname)["tx_packets"] - before[p.name]
-        assert tx == 0, f"{topo.mode}: {p.endpoint.ifname} of {p.name} transmitted {tx} packets"
+        tx -= dp_count(p.node, Reason.ARP_REPLY, Direction.EGRESS) - arp[p.name]   # see the test above
+        assert tx <= 0, f"{topo.mode}: {p.endpoint.ifname} of {p.name} transmitted {tx} packets"
         assert dp_count(p.node, Reason.FORWARDED, Direction.INGRESS) - delivered[p.name] >= n
 
 
@@ -316,7 +348,7 @@ def test_underlay_capture(topo: Topo) -> None:
         if topo.mode == "vxlan":
             assert (outer.src, outer.dst, outer.proto) == (a_node.ip, b_node.ip, 17)
             udp_off = 14 + outer.hlen
-            sport, dport, _ulen, ucsum = struct.unpack_from("!HHHH", frame, udp_off)
+            _sport, dport, _ulen, ucsum = struct.unpack_from("!HHHH", frame, udp_off)
             assert dport == VXLAN_PORT
             assert ucsum == 0, "BPF_F_ZERO_CSUM_TX: the outer UDP checksum is left 0"
             assert outer.ttl == 64
@@ -337,7 +369,7 @@ def test_underlay_capture(topo: Topo) -> None:
 
 def test_no_vxlan_on_the_underlay_in_native_mode_and_no_plain_pod_ips_in_vxlan_mode(topo: Topo) -> None:
     src, dst = topo.pod("k8s-master", "b"), topo.pod("worker1", "b")
-    frames = capture(topo, 4, lambda: None if src.udp_echo(dst, PORT, "x").ok else pytest.fail("udp"))
+    frames = capture(topo, 2, lambda: None if src.udp_echo(dst, PORT, "x").ok else pytest.fail("udp"))
     assert len(frames) >= 2
     for _port, frame in frames:
         outer = ip4_at(frame, 14)
@@ -354,7 +386,6 @@ def test_dont_fragment_at_the_pod_mtu(topo: Topo) -> None:
     mtu = 1450 if topo.mode == "vxlan" else 1500
     a, b = topo.pod("worker1", "b"), topo.pod("k8s-master", "a")
     assert a.node.datapath is not None and a.node.datapath.config.pod_mtu == mtu
-    assert link_stats(a.netns, "eth0") is not None
     assert f"mtu {mtu} " in a.run("ip", "link", "show", "eth0").stdout
     for x, y in ((a, b), (b, a)):
         fits = x.ping(y, count=2, interval=0.05, size=mtu - 28, dont_fragment=True)
@@ -404,7 +435,7 @@ def _knows(node: Node, new: Node, mode: str) -> bool:
     return any(r.startswith(f"{cidr} via {new.ip} ") and "proto bird" in r for r in kernel_routes(node))
 
 
-def _forgot(node: Node, cidr: str, ip: str, mode: str) -> bool:
+def _forgot(node: Node, cidr: str, mode: str) -> bool:
     assert node.datapath is not None
     if mode == "vxlan":
         return cidr.split("/")[0] not in node.datapath.bpf_tunnels()
@@ -443,7 +474,7 @@ def test_node_add_and_remove_keeps_existing_flows(topo: Topo) -> None:
         assert "worker4" not in lab.nodes and "worker4" not in cl.members
         assert removed_ns not in nsmod.list_all()
         for n in others:
-            wait_for(f"{n.name} forgets {cidr} ({mode})", lambda n=n: _forgot(n, cidr, "10.0.0.14", mode))
+            wait_for(f"{n.name} forgets {cidr} ({mode})", lambda n=n: _forgot(n, cidr, mode))
         assert not ma.ping(p4.ip, count=1, timeout=1).ok
     finally:
         flow = json.loads(interrupt_and_collect(lab, client).strip().splitlines()[-1])

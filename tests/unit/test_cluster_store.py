@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 
 import pytest
 
@@ -17,12 +18,20 @@ W3 = NodeInfo("worker3", "10.0.0.13", "10.244.2.0/24")
 W4 = NodeInfo("worker4", "10.0.0.14", "10.244.3.0/24")
 
 
+@dataclass(frozen=True)
+class Svc:
+    name: str
+    frontend: str = "10.96.0.10:80"
+
+
 class Sink:
     """Stands in for a node's Datapath: records what the cluster tells it, in order."""
 
-    def __init__(self) -> None:
+    def __init__(self, refuse: str = "") -> None:
         self.events: list[tuple[str, str]] = []
         self.known: dict[str, NodeInfo] = {}
+        self.services: dict[str, Svc] = {}
+        self.refuse = refuse
 
     def add_remote_node(self, node: NodeInfo) -> None:
         self.events.append(("add", node.name))
@@ -31,6 +40,18 @@ class Sink:
     def remove_remote_node(self, node: NodeInfo) -> None:
         self.events.append(("remove", node.name))
         self.known.pop(node.name, None)
+
+    def validate_service(self, svc: Svc) -> None:
+        if svc.name == self.refuse:
+            raise ValidationError(f"cannot program {svc.name}")
+
+    def upsert_service(self, svc: Svc) -> None:
+        self.events.append(("svc", svc.name))
+        self.services[svc.name] = svc
+
+    def delete_service(self, name: str) -> None:
+        self.events.append(("svc-delete", name))
+        self.services.pop(name, None)
 
 
 class Recorder:
@@ -238,4 +259,47 @@ def test_rejected_join_leaves_no_subscription() -> None:
     with pytest.raises(ValidationError):
         c.join(NodeInfo("worker9", "10.0.0.99", MASTER.pod_cidr), rejected)
     c.join(W1, Sink())
-    assert rejected.known == {}, f"rejected node still programmed/updated: {rejected.events}"
+    c.leave("k8s-master")
+    assert rejected.events == [], "a rejected node must be told nothing, then or later"
+    assert [n.name for n in c.nodes()] == ["worker1"]
+
+
+def test_joining_twice_under_one_name_keeps_one_subscription() -> None:
+    c = Cluster()
+    c.join(MASTER, Sink())
+    old, new = Sink(), Sink()
+    c.join(W1, old)
+    c.join(NodeInfo("worker1", "10.0.0.42", W1.pod_cidr), new)   # the node restarted with a new address
+    c.leave("worker1")
+    before = list(old.events)
+    c.join(W3, Sink())
+    assert old.events == before, f"the replaced sink still hears about changes: {old.events[len(before):]}"
+
+
+# -- services through the cluster ----------------------------------------------------------------------
+def test_services_reach_every_member_and_late_joiners() -> None:
+    c = Cluster()
+    m, w1 = Sink(), Sink()
+    c.join(MASTER, m)
+    c.join(W1, w1)
+    c.upsert_service(Svc("dns"))
+    assert m.services == w1.services == {"dns": Svc("dns")}
+    late = Sink()
+    c.join(W3, late)
+    assert late.services == {"dns": Svc("dns")}
+    c.delete_service("dns")
+    assert m.services == w1.services == late.services == {}
+    c.delete_service("dns")                                  # absent: nobody is told
+    assert [e for e in late.events if e[0] == "svc-delete"] == [("svc-delete", "dns")]
+
+
+def test_service_refused_by_one_node_is_written_nowhere() -> None:
+    c = Cluster()
+    m, picky = Sink(), Sink(refuse="web")
+    c.join(MASTER, m)
+    c.join(W1, picky)
+    with pytest.raises(ValidationError, match="web"):
+        c.upsert_service(Svc("web"))
+    assert m.services == picky.services == {} and c.services() == []
+    c.upsert_service(Svc("dns"))
+    assert [s.name for s in c.services()] == ["dns"]
