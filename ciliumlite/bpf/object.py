@@ -12,7 +12,7 @@ from typing import Any
 
 from ciliumlite.bpf._ffi import cstr, ffi, lib
 from ciliumlite.bpf.btf import Btf, StructInfo, TypeInfo
-from ciliumlite.bpf.errors import BpfError, ValidationError, VerifierError
+from ciliumlite.bpf.errors import BpfError, ValidationError, VerifierError, check
 from ciliumlite.bpf.map import Map, MapInfo
 from ciliumlite.bpf.program import Program
 
@@ -200,6 +200,21 @@ class BpfObject:
             raise cls("load BPF object", -rc, target=self.path or self.name, verifier_log=log)
         self.loaded = True
         return self
+
+    def resize(self, map_name: str, max_entries: int) -> None:
+        """Set ``max_entries`` of a map before ``load()`` (e.g. size a hash for 100k entries).
+
+        A map reused from a pin keeps the size it was created with (load fails on a mismatch).
+        """
+        if self.loaded:
+            raise ValidationError(f"{self.name}: resize {map_name!r} before load(); a created map keeps its size")
+        h = self._map_handles.get(map_name)
+        if h is None:
+            raise ValidationError(f"{self.name}: no map {map_name!r} (has: {', '.join(self._map_handles)})")
+        if isinstance(max_entries, bool) or not isinstance(max_entries, int) or not 1 <= max_entries <= 0xFFFFFFFF:
+            raise ValidationError(f"{self.name}: max_entries of {map_name} must be an int in 1..4294967295, "
+                                  f"not {max_entries!r}")
+        check(lib.bpf_map__set_max_entries(h, max_entries), "resize map", f"{map_name} to {max_entries}")
 
     # -- access ----------------------------------------------------------------------------------------
     def program(self, name: str) -> Program:

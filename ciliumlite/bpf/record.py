@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import inspect
 import ipaddress
+import operator
 import socket
 import struct
 import typing
@@ -168,8 +169,10 @@ class Record:
     C_NAME: ClassVar[str] = ""
     LAYOUT: ClassVar[tuple[FieldLayout, ...]] = ()
     _struct: ClassVar[struct.Struct]
-    _packers: ClassVar[tuple[Callable[[Any], Any], ...]]
-    _unpackers: ClassVar[tuple[Callable[[Any], Any], ...]]
+    _names: ClassVar[tuple[str, ...]]
+    _getter: ClassVar[Callable[[Any], Any]]
+    _to_wire: ClassVar[tuple[tuple[int, Callable[[Any], Any]], ...]]
+    _from_wire: ClassVar[tuple[tuple[int, Callable[[Any], Any]], ...]]
     _coercers: ClassVar[tuple[tuple[str, Kind], ...]]
     _record_opts: ClassVar[tuple[str, bool, int]]
 
@@ -216,8 +219,14 @@ class Record:
         cls.C_NAME = c_name or cls.__name__
         cls.LAYOUT = tuple(fields)
         cls._struct = struct.Struct(fmt)
-        cls._packers = tuple(f.kind.to_wire for f in fields)
-        cls._unpackers = tuple(f.kind.from_wire for f in fields)
+        names = tuple(f.name for f in fields)
+        cls._names = names
+        getter = operator.attrgetter(*names) if len(names) > 1 else \
+            (lambda o: (getattr(o, names[0]),)) if names else (lambda o: ())
+        cls._getter = staticmethod(getter)
+        cls._to_wire = tuple((i, f.kind.to_wire) for i, f in enumerate(fields) if f.kind.to_wire is not _ident)
+        cls._from_wire = tuple((i, f.kind.from_wire) for i, f in enumerate(fields)
+                               if f.kind.from_wire is not _ident)
         cls._coercers = tuple((f.name, f.kind) for f in fields if f.kind.coerce is not _ident or f.kind.lo is not None)
 
     def __post_init__(self) -> None:
@@ -229,20 +238,32 @@ class Record:
                 _check_range(kind, value, f"{type(self).__name__}.{name}")
 
     # -- codec -----------------------------------------------------------------------------------------
+    def _wire_values(self) -> Any:
+        vals = type(self)._getter(self)
+        if self._to_wire:
+            vals = list(vals)
+            for i, fn in self._to_wire:
+                vals[i] = fn(vals[i])
+        return vals
+
     def pack(self) -> bytes:
         """The C bytes of this record."""
-        return self._struct.pack(*[p(getattr(self, f.name)) for p, f in zip(self._packers, self.LAYOUT, strict=True)])
+        return self._struct.pack(*self._wire_values())
 
     def pack_into(self, buf: Any, offset: int = 0) -> None:
         """Write the C bytes of this record into ``buf`` at ``offset``."""
-        self._struct.pack_into(buf, offset, *[p(getattr(self, f.name)) for p, f in zip(self._packers, self.LAYOUT,
-                                                                                      strict=True)])
+        self._struct.pack_into(buf, offset, *self._wire_values())
 
     @classmethod
     def unpack(cls, raw: bytes | memoryview, offset: int = 0) -> typing.Self:
-        """Decode a record from C bytes."""
-        vals = cls._struct.unpack_from(raw, offset)
-        return cls(**{f.name: u(v) for f, u, v in zip(cls.LAYOUT, cls._unpackers, vals, strict=True)})
+        """Decode a record from C bytes (trusted: the kernel's bytes skip the constructor's checks)."""
+        vals = list(cls._struct.unpack_from(raw, offset))
+        for i, fn in cls._from_wire:
+            vals[i] = fn(vals[i])
+        obj = object.__new__(cls)
+        for name, value in zip(cls._names, vals, strict=True):
+            object.__setattr__(obj, name, value)
+        return obj
 
     @classmethod
     def iter_unpack(cls, raw: bytes | memoryview) -> Iterator[typing.Self]:

@@ -1,0 +1,1 @@
+"""ciliumlite benchmarks: run with `python benchmarks/run.py` (see benchmarks/README.md)."""

@@ -1,0 +1,1 @@
+"""Benchmark suites: each public module defines `run(ctx) -> list[Measurement]`."""

@@ -1,0 +1,474 @@
+"""cross_node: pod on node n1 to pod on node n2 over seven datapaths, arms interleaved in one run.
+
+perf.md §1.1 (eBPF vs legacy host routing, node-to-node baseline), §7.1–7.3 (D1–D3, D5, D7);
+feasibility.md §3 (BPF VXLAN vs kernel VXLAN routing, the kernel-VXLAN recipe).
+
+Every arm is its own ``Lab``: two nodes (n1 10.0.0.11, n2 10.0.0.12 on ``eth0``, joined by the lab's
+fabric bridge) with one pod each; the client runs in n1's pod, the servers in n2's pod.
+
+1. ``1-floor``: node to node over the underlay, no pods involved (a legacy lab: no BPF, no rules);
+   client in n1's namespace, servers in n2's, talking to 10.0.0.12.
+2. ``2-bpf-native``: ciliumlite bpf host routing, ``routing="native"``, static routes (no BGP): FIB
+   lookup + ``redirect_neigh`` out of the pod, ``cil_from_netdev`` + ``redirect_peer`` in. Pod MTU 1500.
+3. ``3-bpf-vxlan``: ciliumlite bpf host routing, ``routing="vxlan"``: ``set_tunnel_key`` + redirect to
+   the collect-metadata vxlan device, ``cil_from_overlay`` + ``redirect_peer``. Pod MTU 1450.
+4. ``4-legacy-native``: ``host_routing="legacy"``, native routing: kernel forwarding, proxy ARP,
+   ``pod_cidr via node_ip`` routes. Pod MTU 1500.
+5. ``5-legacy-vxlan``: (4)'s lab with pod MTU 1450, plus a kernel VXLAN device per node (``vx0``,
+   external, dstport 8472, nolearning, MTU 1450) and the static routes replaced by
+   ``ip route replace <cidr> encap ip id 1 dst <node> via <cidr .1> dev vx0 onlink`` and a permanent
+   neighbour ``<cidr .1>`` -> the remote ``vx0`` MAC (feasibility.md §3). Outer UDP checksum 0 in
+   both VXLAN arms (the route encap sets no csum flag; ciliumlite passes ``BPF_F_ZERO_CSUM_TX``).
+6. ``6-legacy-native-kproxy``: (4) plus kube-proxy iptables rules for 10k ClusterIP services
+   (``host_routing.kube_proxy_rules``) in *both* node namespaces, so conntrack is on: the first
+   packet of every connection walks ``KUBE-SERVICES`` on n1 (forward) and on n2 (forward).
+7. ``7-legacy-vxlan-kproxy``: (5) plus the same rules in both nodes.
+
+Per arm and round, the three measurements of ``host_routing`` (its ``_Bench``): sockperf TCP
+ping-pong latency (half round trip), the connect/request/response/close rate of
+``benchmarks/tools/crr.c`` and iperf3 single-stream throughput, each ``SECONDS`` long; client pinned
+to one CPU, servers to the other. Every lab is built once; the rounds run the arms round-robin
+(start arm rotated each round); the first ``warmup`` rounds (shorter) are discarded. Ratios are
+paired per round.
+
+Goals (the brief): (2) within 10 % of (1) on latency and throughput; (3) no slower than (5);
+(2) and (3) at least 2× the connection rate of the kube-proxy arms (6) and (7).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from benchmarks.harness import Context, Measurement, Summary, fmt_ci, fmt_value, ratio
+from benchmarks.suites.host_routing import (
+    CRR,
+    CRR_P50,
+    CRR_P99,
+    LAT_AVG,
+    LAT_NOTE,
+    LAT_P50,
+    LAT_P99,
+    METRICS,
+    QUIET_BUSY,
+    TCP_COUNTERS,
+    TPUT,
+    _Arm,
+    _Bench,
+    _check,
+    _conntrack_stats,
+    _cpus,
+    _crr_binary,
+    _cv,
+    _info,
+    _kube_services_packets,
+    _tcp_snapshot,
+    _verdict,
+    _wait_quiet,
+    kube_proxy_rules,
+    mname,
+    rname,
+)
+from benchmarks.suites.host_routing import N_SERVICES as HR_N_SERVICES
+from ciliumlite.datapath import devices
+from ciliumlite.datapath.config import VXLAN_OVERHEAD, VXLAN_PORT
+from ciliumlite.lab import Lab, Node
+
+DESCRIPTION = ("cross-node pod-to-pod: node-to-node floor vs bpf native / bpf VXLAN vs legacy native / kernel "
+               "VXLAN, with and without kube-proxy (10k services) + conntrack; latency, connection rate, throughput")
+NEEDS_ROOT = True
+DEFAULT_REPEATS = 3          # timed rounds; 3 × 7 arms × ~8.3 s + warmup + setup ≈ 4 min (sockperf sleeps 2 s)
+
+# -- parameters ------------------------------------------------------------------------------------
+ARMS_ENV = "CILIUMLITE_BENCH_XN_ARMS"   # comma-separated subset of the arms (the floor always runs)
+SECONDS = 2.0                # per measurement (latency, CRR, iperf3) in timed rounds
+WARMUP_SECONDS = 1.0         # per measurement in warmup rounds (sockperf's -t takes whole seconds)
+QUICK_SECONDS = 1.0
+QUIET_WAIT_START_S = 60.0    # wait at most this long for a quiet machine before the first round,
+QUIET_WAIT_ROUND_S = 15.0    # ... and this long before each further round (a round takes ~1 min)
+BUSY_SAMPLE_S = 0.3
+NICE_ENV = "CILIUMLITE_BENCH_XN_NICE"   # niceness of the clients and servers (default -10; 0 = as started)
+DEFAULT_NICE = -10
+N_SERVICES = HR_N_SERVICES   # kube-proxy services per node (10k), from host_routing's rule generator
+UNDERLAY_MTU = 1500          # the lab fabric's veths
+KVX_DEV = "vx0"              # the kernel VXLAN arm's device (ciliumlite's own is cilium_vxlan)
+KVX_VNI = 1
+RESTORE_TIMEOUT_S = 300
+
+ARMS = ("1-floor", "2-bpf-native", "3-bpf-vxlan", "4-legacy-native", "5-legacy-vxlan",
+        "6-legacy-native-kproxy", "7-legacy-vxlan-kproxy")
+FLOOR, BPF_NAT, BPF_VX, LEG_NAT, LEG_VX, KP_NAT, KP_VX = ARMS
+TITLES = {
+    FLOOR: "(1) floor: node to node over the underlay",
+    BPF_NAT: "(2) bpf host routing, native routing",
+    BPF_VX: "(3) bpf host routing, VXLAN tunnel",
+    LEG_NAT: "(4) legacy host routing, native routing",
+    LEG_VX: "(5) legacy host routing, kernel VXLAN",
+    KP_NAT: f"(6) = (4) + kube-proxy {N_SERVICES // 1000}k services + conntrack",
+    KP_VX: f"(7) = (5) + kube-proxy {N_SERVICES // 1000}k services + conntrack",
+}
+
+
+@dataclass(frozen=True)
+class _Spec:
+    """How one arm's lab is built."""
+
+    lab: str                 # Lab name (≤ 16 chars)
+    host_routing: str        # "bpf" or "legacy"
+    routing: str             # lab.cluster(routing=...)
+    mtu: int                 # DatapathConfig.mtu: the pods get pod_mtu (mtu - 50 with routing="vxlan")
+    kernel_vxlan: bool = False
+    kube_proxy: bool = False
+    pods: bool = True
+
+
+SPECS: dict[str, _Spec] = {
+    FLOOR: _Spec("xn-floor", "legacy", "native", UNDERLAY_MTU, pods=False),
+    BPF_NAT: _Spec("xn-bpf-nat", "bpf", "native", UNDERLAY_MTU),
+    BPF_VX: _Spec("xn-bpf-vx", "bpf", "vxlan", UNDERLAY_MTU),
+    LEG_NAT: _Spec("xn-leg-nat", "legacy", "native", UNDERLAY_MTU),
+    LEG_VX: _Spec("xn-leg-vx", "legacy", "native", UNDERLAY_MTU - VXLAN_OVERHEAD, kernel_vxlan=True),
+    KP_NAT: _Spec("xn-kp-nat", "legacy", "native", UNDERLAY_MTU, kube_proxy=True),
+    KP_VX: _Spec("xn-kp-vx", "legacy", "native", UNDERLAY_MTU - VXLAN_OVERHEAD, kernel_vxlan=True,
+                 kube_proxy=True),
+}
+
+# Goals: (numerator arm, denominator arm, metric, op, threshold, source)
+GOALS: list[tuple[str, str, str, str, float, str]] = [
+    (BPF_NAT, FLOOR, LAT_AVG, "<=", 1.10, "brief: bpf native within 10 % of the floor on latency"),
+    (BPF_NAT, FLOOR, TPUT, ">=", 0.90, "brief: bpf native within 10 % of the floor on throughput"),
+    (BPF_VX, LEG_VX, LAT_AVG, "<=", 1.00, "brief: bpf tunnel no slower than kernel VXLAN (latency)"),
+    (BPF_VX, LEG_VX, CRR, ">=", 1.00, "brief: bpf tunnel no slower than kernel VXLAN (connection rate)"),
+    (BPF_VX, LEG_VX, TPUT, ">=", 1.00, "brief: bpf tunnel no slower than kernel VXLAN (throughput)"),
+    (BPF_NAT, KP_NAT, CRR, ">=", 2.0, "brief: bpf connection rate ≥ 2× kube-proxy (native)"),
+    (BPF_VX, KP_VX, CRR, ">=", 2.0, "brief: bpf connection rate ≥ 2× kube-proxy (VXLAN)"),
+    (BPF_NAT, KP_NAT, LAT_AVG, "<=", 0.80, "perf.md D1 (eBPF ÷ legacy + iptables/CT, latency)"),
+    (BPF_NAT, KP_NAT, CRR, ">=", 1.20, "perf.md D2 (eBPF ÷ legacy + iptables/CT, CRR)"),
+    (BPF_NAT, KP_NAT, TPUT, ">=", 1.05, "perf.md D3 (eBPF ÷ legacy + iptables/CT, STREAM)"),
+    (BPF_NAT, FLOOR, CRR, ">=", 0.85, "perf.md D5 (eBPF pod-to-pod ÷ node-to-node, CRR)"),
+    (BPF_VX, BPF_NAT, TPUT, ">=", 0.60, "perf.md D7 (VXLAN ÷ native, both eBPF, STREAM)"),
+    (BPF_VX, BPF_NAT, CRR, ">=", 0.85, "perf.md D7 (VXLAN ÷ native, both eBPF, CRR)"),
+]
+
+# Further paired ratios reported (besides every arm ÷ the floor and the goals).
+EXTRA_RATIOS: list[tuple[str, str, str]] = [
+    (BPF_VX, LEG_VX, LAT_P50),
+    (BPF_NAT, LEG_NAT, LAT_AVG), (BPF_NAT, LEG_NAT, CRR), (BPF_NAT, LEG_NAT, TPUT),
+    (BPF_VX, KP_VX, LAT_AVG), (BPF_VX, KP_VX, TPUT),
+    (LEG_VX, LEG_NAT, TPUT), (LEG_VX, LEG_NAT, CRR),
+    (KP_NAT, LEG_NAT, CRR), (KP_VX, LEG_VX, CRR),
+]
+
+
+# -- arms ------------------------------------------------------------------------------------------
+@dataclass
+class _Built:
+    """One arm: host_routing's ``_Arm`` (where the client and servers run) and its lab's nodes."""
+
+    spec: _Spec
+    arm: _Arm
+    nodes: list[Node]
+    device_packets: Callable[[], dict[str, int]] | None = None
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+def _nice() -> int:
+    return int(os.environ.get(NICE_ENV, str(DEFAULT_NICE)))
+
+
+def _niced(arm: _Arm, nice: int) -> _Arm:
+    """Run the arm's clients and servers under ``nice -n <nice>``: on a shared 2-vCPU VM other
+    processes otherwise preempt them mid-measurement (veth softirq work runs in their context too)."""
+    if nice == 0:
+        return arm
+    prefix = ("nice", "-n", str(nice))
+    client_run, server_run, server_popen = arm.client_run, arm.server_run, arm.server_popen
+
+    def c_run(*argv: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+        return client_run(*prefix, *argv, timeout=timeout)
+
+    def s_run(*argv: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+        return server_run(*prefix, *argv, timeout=timeout)
+
+    def s_popen(*argv: str) -> subprocess.Popen[str]:
+        return server_popen(*prefix, *argv)
+
+    arm.client_run, arm.server_run, arm.server_popen = c_run, s_run, s_popen
+    return arm
+
+
+def _build(stack: contextlib.ExitStack, key: str) -> _Built:
+    spec = SPECS[key]
+    lab = Lab(spec.lab, host_routing=spec.host_routing)  # type: ignore[arg-type]
+    stack.callback(lab.close)
+    cl = lab.cluster(["n1", "n2"], routing=spec.routing, bgp=False, mtu=spec.mtu)  # type: ignore[arg-type]
+    n1, n2 = cl.node("n1"), cl.node("n2")
+    nodes = [n1, n2]
+    if spec.kernel_vxlan:
+        _kernel_vxlan(nodes, spec.mtu)
+    if spec.pods:
+        a, b = n1.add_pod("a"), n2.add_pod("b")
+        arm = _Arm(key, b.ip, a.run, b.run, b.popen, lab.processes.stop, a.netns, b.netns, node=n2)
+    else:
+        assert n2.ip is not None
+
+        def popen(*argv: str) -> subprocess.Popen[str]:
+            return lab.processes.popen(n2.netns, argv, n2.cgroup)  # type: ignore[no-any-return]
+
+        arm = _Arm(key, n2.ip, n1.run, n2.run, popen, lab.processes.stop, n1.netns, n2.netns, node=n2)
+    built = _Built(spec, _niced(arm, _nice()), nodes)
+    dev = KVX_DEV if spec.kernel_vxlan else (n1.datapath.config.tunnel_device  # type: ignore[union-attr]
+                                              if spec.routing == "vxlan" else None)
+    if dev is not None:
+        built.device_packets = lambda: {n.name: _tx_packets(n, dev) for n in nodes}
+    return built
+
+
+def _kernel_vxlan(nodes: list[Node], mtu: int) -> None:
+    """feasibility.md §3's kernel VXLAN routing in place of the lab's ``pod_cidr via node_ip`` routes.
+
+    iproute2 (pyroute2 cannot build ``encap ip`` routes), run in each node namespace.
+    """
+    macs: dict[str, str] = {}
+    for n in nodes:
+        _check(n.run("ip", "link", "add", KVX_DEV, "type", "vxlan", "external", "dstport", str(VXLAN_PORT),
+                     "nolearning"), f"{n.name}: ip link add {KVX_DEV}")
+        _check(n.run("ip", "link", "set", KVX_DEV, "mtu", str(mtu), "up"), f"{n.name}: ip link set {KVX_DEV}")
+        link = json.loads(_check(n.run("ip", "-j", "link", "show", "dev", KVX_DEV), f"{n.name}: ip link show"))
+        macs[n.name] = link[0]["address"]
+    for n in nodes:
+        for r in nodes:
+            if r is n:
+                continue
+            assert r.datapath is not None and r.ip is not None
+            cidr, gw = r.datapath.config.pod_cidr, str(r.datapath.config.gateway)
+            _check(n.run("ip", "neigh", "replace", gw, "lladdr", macs[r.name], "dev", KVX_DEV, "nud", "permanent"),
+                   f"{n.name}: ip neigh replace {gw}")
+            _check(n.run("ip", "route", "replace", cidr, "encap", "ip", "id", str(KVX_VNI), "dst", r.ip,
+                         "via", gw, "dev", KVX_DEV, "onlink"), f"{n.name}: ip route replace {cidr} encap")
+
+
+def _tx_packets(node: Node, dev: str) -> int:
+    res = node.run("ip", "-j", "-s", "link", "show", "dev", dev, timeout=10)
+    if res.returncode != 0:
+        return -1
+    return int(json.loads(res.stdout)[0]["stats64"]["tx"]["packets"])
+
+
+def _load_kube_proxy(ctx: Context, built: list[_Built]) -> list[Measurement]:
+    """kube-proxy's rules (one ``iptables-restore``) into every node namespace of the kube-proxy arms."""
+    targets = [(b.arm.key, n) for b in built if b.spec.kube_proxy for n in b.nodes]
+    if not targets:
+        return []
+    text = kube_proxy_rules(N_SERVICES)
+    n_rules = sum(1 for line in text.splitlines() if line.startswith("-A "))
+    out: list[Measurement] = []
+    with tempfile.NamedTemporaryFile("w", prefix="cl-bench-xn-kp-", suffix=".rules") as rules:
+        rules.write(text)
+        rules.flush()
+        for key, node in targets:
+            t0 = time.perf_counter()
+            _check(node.run("iptables-restore", rules.name, timeout=RESTORE_TIMEOUT_S), "iptables-restore")
+            load_s = time.perf_counter() - t0
+            ctx.log(f"{key} {node.name}: {n_rules} kube-proxy rules for {N_SERVICES} services in {load_s:.1f} s")
+            out.append(_info(f"{key}: iptables-restore of {N_SERVICES} services on {node.name}", load_s, "s",
+                             group="setup", note=f"{n_rules} rules"))
+    return out
+
+
+def _selected_arms() -> list[str]:
+    env = os.environ.get(ARMS_ENV, "")
+    if not env.strip():
+        return list(ARMS)
+    want = {a.strip() for a in env.split(",") if a.strip()}
+    unknown = want - set(ARMS)
+    if unknown:
+        raise ValueError(f"{ARMS_ENV}: unknown arm(s) {sorted(unknown)}; have {', '.join(ARMS)}")
+    return [a for a in ARMS if a == FLOOR or a in want]
+
+
+# -- counters (perf.md §7.7) ---------------------------------------------------------------------------
+def _counters(built: dict[str, _Built], before: dict[str, dict[str, dict[str, int]]],
+              ct_before: dict[tuple[str, str], dict[str, int]],
+              dev_before: dict[str, dict[str, int]]) -> list[Measurement]:
+    out: list[Measurement] = []
+    for key, b in built.items():
+        arm = b.arm
+        after = _tcp_snapshot(arm)
+        for label, (side, counter) in TCP_COUNTERS.items():
+            out.append(_info(f"{key}: {label}", after[side].get(counter, 0) - before[key][side].get(counter, 0)))
+        for label, v in arm.counters.items():
+            note = f"last error: {arm.errors[-1]}" if label == "crr errors" and arm.errors else ""
+            out.append(_info(f"{key}: {label}", v, note=note))
+        if b.device_packets is not None:
+            now = b.device_packets()
+            dev = KVX_DEV if b.spec.kernel_vxlan else "cilium_vxlan"
+            for n, v in now.items():
+                out.append(_info(f"{key}: {dev} tx packets on {n}", v - dev_before[key].get(n, 0),
+                                 note="the path really is encapsulated"))
+        for n in b.nodes:
+            if b.spec.kube_proxy:
+                ct = _conntrack_stats(n)
+                ct0 = ct_before.get((key, n.name), {})
+                for k in ("drop", "early_drop", "insert_failed", "invalid"):
+                    if k in ct:
+                        out.append(_info(f"{key}: {n.name} conntrack {k}", ct[k] - ct0.get(k, 0)))
+                out.append(_info(f"{key}: {n.name} conntrack entries at the end", ct["count"],
+                                 note=f"nf_conntrack_max {ct['max']}"))
+                out.append(_info(f"{key}: {n.name} packets jumping PREROUTING -> KUBE-SERVICES",
+                                 _kube_services_packets(n), note="≈ connections: only first packets take nat"))
+            dp = n.datapath
+            if dp is not None and b.spec.host_routing == "bpf":
+                rows = dp.metrics()
+                out.append(_info(f"{key}: {n.name} datapath drops", sum(r.packets for r in rows if r.is_drop)))
+                out.append(_info(f"{key}: {n.name} datapath forwarded packets",
+                                 sum(r.packets for r in rows if not r.is_drop)))
+    return out
+
+
+# -- the suite ---------------------------------------------------------------------------------------
+def run(ctx: Context) -> list[Measurement]:
+    """Build the seven labs, run them interleaved, return per-arm medians, paired ratios and counters."""
+    for tool in ("sockperf", "iperf3", "iptables-restore", "iptables", "taskset", "ss", "ping", "ip"):
+        if shutil.which(tool) is None:
+            raise RuntimeError(f"cross_node needs {tool} (scripts/install-system-deps.sh)")
+    rounds = max(1, ctx.repeats)
+    selected = _selected_arms()
+    secs = QUICK_SECONDS if ctx.quick else SECONDS
+    client_cpu, server_cpu = _cpus()
+    ipt_version = subprocess.run(["iptables-restore", "--version"], capture_output=True, text=True,
+                                 timeout=10, check=False).stdout.strip()
+    ctx.params.update(arms=",".join(selected), rounds=rounds, warmup_rounds=ctx.warmup, seconds=secs,
+                      warmup_seconds=WARMUP_SECONDS, services=N_SERVICES, client_cpu=client_cpu,
+                      server_cpu=server_cpu, nice=_nice(), iptables=ipt_version, underlay_mtu=UNDERLAY_MTU,
+                      pod_mtu={k: SPECS[k].mtu - (VXLAN_OVERHEAD if SPECS[k].routing == "vxlan" else 0)
+                               for k in selected if SPECS[k].pods})
+    info: list[Measurement] = []
+
+    with contextlib.ExitStack() as stack:  # unwinds on any error: servers, labs, namespaces, temp files
+        bench = _Bench(stack.enter_context(_crr_binary()), client_cpu, server_cpu)
+        t_build = time.perf_counter()
+        built: dict[str, _Built] = {}
+        for key in selected:
+            built[key] = _build(stack, key)
+        ctx.log(f"built {len(built)} labs in {time.perf_counter() - t_build:.1f} s: {', '.join(built)}")
+        info += _load_kube_proxy(ctx, list(built.values()))
+
+        for b in built.values():
+            arm = b.arm
+            # CRR hygiene (perf.md §7.1): the client closes first and keeps TIME_WAIT
+            devices.set_sysctl(arm.client_ns, "net.ipv4.tcp_tw_reuse", "1")
+            devices.set_sysctl(arm.client_ns, "net.ipv4.ip_local_port_range", "1024 65535")
+            bench.start_servers(arm)
+            stack.callback(bench.stop_servers, arm)
+            ping = arm.client_run("ping", "-n", "-q", "-c", "1", "-W", "2", arm.server_ip, timeout=10)
+            if ping.returncode != 0:
+                raise RuntimeError(f"{arm.key}: {arm.server_ip} does not answer ping: {ping.stdout}{ping.stderr}")
+
+        busy_start = _wait_quiet(ctx, QUIET_WAIT_START_S)
+        busy: list[float] = []
+        before = {k: _tcp_snapshot(b.arm) for k, b in built.items()}
+        ct_before = {(k, n.name): _conntrack_stats(n) for k, b in built.items() if b.spec.kube_proxy
+                     for n in b.nodes}
+        dev_before = {k: b.device_packets() if b.device_packets else {} for k, b in built.items()}
+        order = list(built)
+        t_start = time.perf_counter()
+        for rnd in range(ctx.warmup + rounds):
+            warm = rnd < ctx.warmup
+            busy.append(busy_start if rnd == 0 else _wait_quiet(ctx, QUIET_WAIT_ROUND_S, BUSY_SAMPLE_S))
+            for key in order[rnd % len(order):] + order[:rnd % len(order)]:  # round-robin, start rotated
+                arm = built[key].arm
+                got = bench.measure(arm, WARMUP_SECONDS if warm else secs)
+                ctx.log(f"round {rnd + 1}/{ctx.warmup + rounds}{' (warmup)' if warm else ''} {key}: "
+                        f"latency {got[LAT_AVG]:.1f} us (p50 {got[LAT_P50]:.1f}), CRR {got[CRR]:,.0f}/s, "
+                        f"{got[TPUT]:.2f} Gbit/s")
+                if not warm:
+                    for m, v in got.items():
+                        arm.samples.setdefault(m, []).append(v)
+        ctx.log(f"measured in {time.perf_counter() - t_start:.0f} s")
+        info += _counters(built, before, ct_before, dev_before)
+        info.append(_info("background CPU busy before the run", busy_start * 100, "%", group="setup",
+                          note=f"waited for < {QUIET_BUSY:.0%} (at most {QUIET_WAIT_START_S:.0f} s)"))
+        info.append(_info("background CPU busy before each round, max", max(busy) * 100, "%", group="setup",
+                          note="sampled with our servers idle (other work on the machine), per round: "
+                               + ", ".join(f"{b * 100:.0f}" for b in busy)))
+
+    return _measurements({k: b.arm for k, b in built.items()}) + info
+
+
+def _measurements(arms: dict[str, _Arm]) -> list[Measurement]:
+    ms: list[Measurement] = []
+    for key, arm in arms.items():
+        for metric, (unit, kind) in METRICS.items():
+            note = LAT_NOTE if metric.startswith("latency") else ""
+            ms.append(Measurement.from_samples(mname(key, metric), arm.samples[metric], unit, group=key, note=note,
+                                               kind=kind))
+    floor = arms[FLOOR].samples
+    for key in ARMS[1:]:
+        if key in arms:
+            for metric in (LAT_AVG, LAT_P50, CRR, TPUT):
+                ms.append(ratio(rname(key, FLOOR, metric), arms[key].samples[metric], floor[metric], group="ratios"))
+    done = {(key, FLOOR, m) for key in arms for m in (LAT_AVG, LAT_P50, CRR, TPUT)}
+    for num, den, metric in [(n, d, m) for n, d, m, *_ in GOALS] + EXTRA_RATIOS:
+        if num in arms and den in arms and (num, den, metric) not in done:
+            done.add((num, den, metric))
+            ms.append(ratio(rname(num, den, metric), arms[num].samples[metric], arms[den].samples[metric],
+                            group="ratios"))
+    return ms
+
+
+# -- tables ------------------------------------------------------------------------------------------
+def summarize(ms: list[Measurement]) -> list[Summary]:
+    """Per-arm medians, ratios vs the floor, the goals, other ratios and the counters."""
+    by = {m.name: m for m in ms}
+
+    def cell(name: str) -> str:
+        m = by.get(name)
+        return "" if m is None else f"{fmt_value(m.median, m.unit)} ({_cv(m) or '-'})"
+
+    def rcell(name: str) -> str:
+        m = by.get(name)
+        return "" if m is None else f"{fmt_value(m.median, 'x')} {fmt_ci(m)}"
+
+    arms_rows = [[TITLES[a], cell(mname(a, LAT_AVG)), cell(mname(a, LAT_P50)), cell(mname(a, LAT_P99)),
+                  cell(mname(a, CRR)), cell(mname(a, CRR_P50)), cell(mname(a, CRR_P99)), cell(mname(a, TPUT))]
+                 for a in ARMS if mname(a, LAT_AVG) in by]
+    ratio_rows = [[TITLES[a], rcell(rname(a, FLOOR, LAT_AVG)), rcell(rname(a, FLOOR, LAT_P50)),
+                   rcell(rname(a, FLOOR, CRR)), rcell(rname(a, FLOOR, TPUT))]
+                  for a in ARMS[1:] if rname(a, FLOOR, LAT_AVG) in by]
+    goal_rows = []
+    for num, den, metric, op, thr, src in GOALS:
+        m = by.get(rname(num, den, metric))
+        if m is not None:
+            goal_rows.append([rname(num, den, metric), f"{fmt_value(m.median, 'x')} {fmt_ci(m)}", f"{op} {thr:g}",
+                              _verdict(m, op, thr), src])
+    extra = [by[rname(n, d, m)] for n, d, m in EXTRA_RATIOS if rname(n, d, m) in by]
+    out = [
+        Summary("per arm (median of rounds, CV in brackets; '!' = CV > 5 %)",
+                ["arm", "latency avg µs", "latency p50 µs", "latency p99 µs", "CRR conn/s", "CRR conn p50 µs",
+                 "CRR conn p99 µs", "iperf3 Gbit/s"], arms_rows,
+                note="latency: sockperf ping-pong, half round trip; CRR: connect + 1 B request + 1 B response + "
+                     "close, one client; iperf3: one stream. Client in n1's pod (floor: n1), servers in n2's; "
+                     "client and servers pinned to different CPUs. Pod MTU 1500 native, 1450 VXLAN."),
+        Summary("ratios vs the floor (1), paired per round, with bootstrap 95 % CI",
+                ["arm", "latency avg ÷ 1", "latency p50 ÷ 1", "CRR rate ÷ 1", "throughput ÷ 1"], ratio_rows,
+                note="latency ratio > 1 is slower; CRR and throughput ratio < 1 is slower."),
+        Summary("goals (the brief; perf.md §7.3 for reference)",
+                ["ratio", "median [95% CI]", "goal", "verdict", "source"], goal_rows),
+    ]
+    if extra:
+        out.append(Summary("other ratios", ["ratio", "median [95% CI]"],
+                           [[m.name, f"{fmt_value(m.median, 'x')} {fmt_ci(m)}"] for m in extra]))
+    counters = [m for m in ms if m.group in ("counters", "setup")]
+    if counters:
+        out.append(Summary("counters over the timed and warmup rounds, and setup", ["counter", "value", "note"],
+                           [[m.name, fmt_value(m.median, m.unit) if m.unit != "count" else f"{m.median:,.0f}", m.note]
+                            for m in counters]))
+    return out
