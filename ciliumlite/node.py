@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import ipaddress
 import os
 import threading
@@ -17,7 +18,7 @@ from ciliumlite.bpf.link import Link
 from ciliumlite.bpf.netns import NetnsRef
 from ciliumlite.bpf.program import resolve_ifindex
 from ciliumlite.cluster.store import NodeInfo
-from ciliumlite.datapath import devices, loader
+from ciliumlite.datapath import devices, loader, registry
 from ciliumlite.datapath.config import VXLAN_PORT, DatapathConfig
 from ciliumlite.datapath.lb import FrontendRow, LbMaps
 from ciliumlite.datapath.reasons import Direction, Reason, describe
@@ -75,6 +76,7 @@ class Datapath:
         self.cgroup = cgroup
         self.lb: LbMaps | None = None
         self._services: dict[str, Service] = {}
+        self._closing = False
         self._lock = threading.RLock()
         self._endpoints: dict[ipaddress.IPv4Address, Endpoint] = {}
         self._next_id = 1
@@ -91,9 +93,24 @@ class Datapath:
             devices.set_sysctl(netns, "net.ipv4.ip_forward", "1")
             self._add_gateway_address()
             self._setup_routing()
+            self._publish()
         except BaseException:
             self.close()
             raise
+
+    def _publish(self) -> None:
+        # Tell other processes (the CLI) about this datapath; BPF state itself lives in the pins.
+        if self._closing:
+            return
+        registry.publish(self.config.node_name, {
+            "node": self.config.node_name, "netns": self.netns, "pin_dir": self._pin_dir, "cgroup": self.cgroup,
+            "pid": os.getpid(), "config": dataclasses.asdict(self.config),
+            "endpoints": [e.as_row() for e in self.endpoints()],
+            "services": {n: dataclasses.asdict(s) for n, s in self._services.items()},
+            "remote_nodes": {n: dataclasses.asdict(i) for n, i in self.remote_nodes.items()},
+            "attachments": [{"program": lk.program, "where": str(lk.point)} for lk in self.links]
+            + [{"program": e.link.program, "where": str(e.link.point)} for e in self.endpoints() if e.link],
+        })
 
     def _setup_routing(self) -> None:
         cfg = self.config
@@ -142,6 +159,7 @@ class Datapath:
                 with devices.iproute(self.netns) as ipr:
                     ipr.route("replace", dst=node.pod_cidr, gateway=node.ip)
             self.remote_nodes[node.name] = node
+            self._publish()
 
     def remove_remote_node(self, node: NodeInfo) -> None:
         """Forget ``node``: its tunnel entry or route goes; other nodes' traffic is untouched."""
@@ -154,6 +172,7 @@ class Datapath:
             elif self.config.routing == "native" and not self.routes_managed_by_bgp:
                 with devices.iproute(self.netns) as ipr, contextlib.suppress(Exception):
                     ipr.route("del", dst=known.pod_cidr, gateway=known.ip)
+            self._publish()
 
     # -- services ------------------------------------------------------------------------------------
     def _ensure_lb(self) -> LbMaps:
@@ -225,6 +244,7 @@ class Datapath:
             lb = self._ensure_lb()
             lb.program(svc.name, self._rows_for(svc))
             self._services[svc.name] = svc
+            self._publish()
 
     def delete_service(self, name: str) -> None:
         """Remove a service from this node."""
@@ -234,6 +254,7 @@ class Datapath:
             if self.lb is not None:
                 self.lb.remove(name)
             del self._services[name]
+            self._publish()
 
     def services(self) -> list[dict[str, Any]]:
         """The LB map rows as the kernel has them, like ``cilium bpf lb list``."""
@@ -346,6 +367,7 @@ class Datapath:
                 raise
             self._endpoints[addr] = ep
             self._next_id += 1
+            self._publish()
             return ep
 
     def _unprogram(self, ep: Endpoint) -> None:
@@ -372,6 +394,7 @@ class Datapath:
                 devices.delete_link(self.netns, target.ifname)
             del self._endpoints[target.ip]
             target._datapath = None
+            self._publish()
 
     def endpoints(self) -> list[Endpoint]:
         """Endpoints of this node, by id (like ``cilium endpoint list``)."""
@@ -409,6 +432,8 @@ class Datapath:
     def close(self) -> None:
         """Remove every endpoint this datapath made, detach everything, unpin its maps."""
         errors: list[str] = []
+        self._closing = True
+        registry.withdraw(self.config.node_name)
         for ep in list(self._endpoints.values()):
             try:
                 self.remove_endpoint(ep)
