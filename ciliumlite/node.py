@@ -6,13 +6,14 @@ import contextlib
 import dataclasses
 import ipaddress
 import os
+import subprocess
 import threading
 from collections import defaultdict
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 from typing import Any
 
-from ciliumlite.bpf import BpfObject, Map, fs
+from ciliumlite.bpf import BE32, U8, BpfObject, Map, fs
 from ciliumlite.bpf.errors import CiliumliteError, NotSupportedError, ValidationError
 from ciliumlite.bpf.link import Link
 from ciliumlite.bpf.netns import NetnsRef
@@ -23,6 +24,7 @@ from ciliumlite.datapath.config import VXLAN_PORT, DatapathConfig
 from ciliumlite.datapath.lb import FrontendRow, LbMaps
 from ciliumlite.datapath.reasons import Direction, Reason, describe
 from ciliumlite.datapath.records import (
+    ENDPOINT_F_HOST,
     SCOPE_EXTERNAL,
     SCOPE_INTERNAL,
     SVC_FLAG2_MAGLEV,
@@ -40,6 +42,8 @@ from ciliumlite.datapath.records import (
 )
 from ciliumlite.endpoint import ENDPOINT_COLUMNS, Endpoint, configure_pod_side, identity_for, lxc_name
 from ciliumlite.service import Service
+
+HOST_IDENTITY = 1  # Cilium's reserved:host
 
 
 @dataclass(frozen=True)
@@ -86,6 +90,7 @@ class Datapath:
         self.endpoint_map: Map[EndpointKey, EndpointInfo] | None = None
         self.metrics_map: Map[MetricsKey, MetricsValue] | None = None
         self.tunnel_map: Map[TunnelKey, TunnelValue] | None = None
+        self.node_map: Map[int, int] | None = None
         self.remote_nodes: dict[str, NodeInfo] = {}
         self.routes_managed_by_bgp = False
         self._pin_dir: str | None = None
@@ -135,9 +140,19 @@ class Datapath:
             self.links.append(overlay.program("cil_from_overlay").attach_tc(
                 tunnel_ifindex, "ingress", netns=self.netns, mode=cfg.tc_mode))
         if cfg.routing != "none":
+            # The node's own addresses are endpoints with the HOST flag: traffic for them goes to the
+            # stack (e.g. replies to node-to-pod traffic arriving through the tunnel).
+            for host_ip in (cfg.gateway, IPv4Address(cfg.node_ip)):
+                self.endpoint_map.set(EndpointKey(ip4=host_ip), EndpointInfo(
+                    ifindex=0, lxc_id=0, flags=ENDPOINT_F_HOST, mac="00:00:00:00:00:00",
+                    node_mac="00:00:00:00:00:00", sec_id=HOST_IDENTITY))
             host = self._load("bpf_host", node_rodata)
+            self.node_map = self.lxc.map("cilium_node_map", BE32, U8)
+            self.node_map.set(int(IPv4Address(cfg.node_ip)), 1)
             self.links.append(host.program("cil_from_netdev").attach_tc(
                 native_ifindex, "ingress", netns=self.netns, mode=cfg.tc_mode))
+            self.links.append(host.program("cil_to_netdev").attach_tc(
+                native_ifindex, "egress", netns=self.netns, mode=cfg.tc_mode))
 
     def _load(self, name: str, node_rodata: dict[str, Any], extra: dict[str, Any] | None = None) -> BpfObject:
         assert self._pin_dir is not None
@@ -152,9 +167,12 @@ class Datapath:
         In native mode with BGP the routes come from bird, so nothing is written here.
         """
         with self._lock:
+            if self.node_map is not None:
+                self.node_map.set(int(IPv4Address(node.ip)), 1)
             if self.config.routing == "vxlan" and self.tunnel_map is not None:
                 net = ipaddress.IPv4Network(node.pod_cidr)
                 self.tunnel_map.set(TunnelKey(ip4=net.network_address), TunnelValue(ip4=IPv4Address(node.ip)))
+                self._host_tunnel_route(node, add=True)
             elif self.config.routing == "native" and not self.routes_managed_by_bgp:
                 with devices.iproute(self.netns) as ipr:
                     ipr.route("replace", dst=node.pod_cidr, gateway=node.ip)
@@ -167,8 +185,11 @@ class Datapath:
             known = self.remote_nodes.pop(node.name, None)
             if known is None:
                 return
+            if self.node_map is not None:
+                self.node_map.pop(int(IPv4Address(known.ip)), None)
             if self.tunnel_map is not None:
                 self.tunnel_map.pop(TunnelKey(ip4=ipaddress.IPv4Network(known.pod_cidr).network_address), None)
+                self._host_tunnel_route(known, add=False)
             elif self.config.routing == "native" and not self.routes_managed_by_bgp:
                 with devices.iproute(self.netns) as ipr, contextlib.suppress(Exception):
                     ipr.route("del", dst=known.pod_cidr, gateway=known.ip)
@@ -266,6 +287,26 @@ class Datapath:
             return self._services[name]
         except KeyError:
             raise ValidationError(f"no service {name!r} on {self.config.node_name}") from None
+
+    def _host_tunnel_route(self, node: NodeInfo, *, add: bool) -> None:
+        # Node-to-remote-pod traffic in tunnel mode: a kernel route that encapsulates through the
+        # collect-metadata device, sourced from our gateway address (a HOST entry on the far side
+        # hands replies to the stack). pyroute2 cannot build "encap ip" routes, hence iproute2.
+        remote_gw = str(ipaddress.IPv4Network(node.pod_cidr).network_address + 1)
+        ns = ["ip", "-n", str(self.netns)] if isinstance(self.netns, str) and "/" not in self.netns else ["ip"]
+        if add:
+            cmds = [[*ns, "neigh", "replace", remote_gw, "lladdr", "02:00:00:00:ff:ff", "dev",
+                     self.config.tunnel_device, "nud", "permanent"],
+                    [*ns, "route", "replace", node.pod_cidr, "encap", "ip", "id", str(HOST_IDENTITY), "dst", node.ip,
+                     "ttl", "64", "via", remote_gw, "dev", self.config.tunnel_device, "onlink",
+                     "src", str(self.config.gateway)]]
+        else:
+            cmds = [[*ns, "route", "del", node.pod_cidr, "dev", self.config.tunnel_device],
+                    [*ns, "neigh", "del", remote_gw, "dev", self.config.tunnel_device]]
+        for cmd in cmds:
+            res = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
+            if add and res.returncode != 0:
+                raise CiliumliteError(f"{' '.join(cmd)}: {res.stderr.strip()}")
 
     def bpf_tunnels(self) -> dict[str, str]:
         """The tunnel map: pod CIDR prefix -> remote node IP (like ``cilium bpf tunnel list``)."""
@@ -451,7 +492,7 @@ class Datapath:
         self.objects.clear()
         self.lxc = None
         self.endpoint_map = self.metrics_map = None
-        self.tunnel_map = None
+        self.tunnel_map = self.node_map = None
         if self.config.routing == "vxlan":
             devices.delete_link(self.netns, self.config.tunnel_device)
         if self._pin_dir is not None:

@@ -2,32 +2,74 @@
 /* bpf_host.o - tc programs on the node's underlay device (Cilium bpf_host.c).
  *
  * ONE object per node, loaded with the same pin root as bpf_lxc.o (maps are
- * shared by name). Needed in routing_mode NATIVE; harmless in the others.
+ * shared by name). Needed in routing_mode NATIVE and for NodePort services;
+ * harmless otherwise.
  *
  * Programs
  *   cil_from_netdev  SEC("tc"), tc ingress of the underlay device = packets
  *                    arriving at the node from the network.
+ *   cil_to_netdev    SEC("tc"), tc EGRESS of the underlay device: DSR reply
+ *                    rewrite, NodePort revDNAT for host-network backends,
+ *                    BPF masquerade (see to_netdev_ipv4 below). Counts every
+ *                    packet (REASON_TO_NETDEV / REASON_NAT_EGRESS / drop),
+ *                    direction METRIC_EGRESS.
  *
- * Decisions (Cilium handle_ipv4_cont with ENABLE_HOST_ROUTING)
- *   - IPv4, frame addressed to this host at L2 (pkt_type PACKET_HOST), valid
- *     header, daddr is a local pod -> ipv4_local_delivery: TTL-1,
- *     smac := lxc MAC, dmac := pod MAC, bpf_redirect_peer(lxc);
- *   - everything else (ARP, VXLAN UDP to the node, BGP, host IPs, unknown
- *     destinations, malformed or L2-misaddressed frames)
- *                                   -> stack untouched (TC_ACT_OK).
- *     The only drops are delivery failures of pod-bound packets inside
- *     ipv4_local_delivery (TTL exceeded, csum/write errors): a bug here must
- *     not cut the node off its underlay.
+ * cil_from_netdev decisions, in order (IPv4 frames addressed to this host
+ * at L2, pkt_type PACKET_HOST, valid header; everything else -> stack):
+ *   1. reverse SNAT: daddr == node_ipv4, TCP/UDP, dport in snat_port_min..max
+ *      and a TUPLE_F_IN entry in cilium_snat_v4_external -> daddr:dport :=
+ *      the original source (nat.h). Then
+ *        - the connection entry has CT_F_NODE_PORT (reply from a remote
+ *          NodePort backend): source := the frontend (revDNAT), FIB-route
+ *          back to the client (fib.h);
+ *        - else (a masqueraded pod connection): continue at 4.
+ *   2. service: {daddr, dport, proto} in cilium_lb4_services_v2, EXTERNAL
+ *      scope only (externalTrafficPolicy=Local: that row lists the node's
+ *      own backends):
+ *        - not SVC_FLAG_ROUTABLE (a ClusterIP)      -> drop DROP_IS_CLUSTER_IP
+ *        - count == 0                               -> drop DROP_NO_SERVICE
+ *        - backend (CT service entry / affinity / Maglev when
+ *          SVC_FLAG2_MAGLEV / random), DNAT, connection entry with
+ *          CT_F_NODE_PORT, then
+ *            local pod backend  -> ipv4_local_delivery (the reply is
+ *                                  revDNATed in cil_from_container);
+ *            node's own IP      -> stack;
+ *            remote backend, DSR (lb_mode DSR, or HYBRID and TCP; needs
+ *              routing_mode NATIVE): no connection entry; SYN / every UDP
+ *              datagram that would exceed native_mtu with the option ->
+ *              ICMP frag-needed back to the client (DROP_FRAG_NEEDED);
+ *              else DNAT, option (dsr.h), fib_redirect_v4;
+ *            remote backend, SNAT -> SNAT to node_ipv4:port (nat.h), then
+ *                                  VXLAN (routing_mode TUNNEL, VNI = WORLD
+ *                                  identity 2) or fib_redirect_v4.
+ *   3. daddr is a local pod: reverse-SNATed masquerade replies are
+ *      delivered at once; else (lb_mode != SNAT) DSR option handling on the
+ *      backend node (dsr.h dsr_ingress: trusted option -> CT_F_DSR_INTERNAL
+ *      entry + NAT OUT entry for the reply), reverse NAT of per-packet
+ *      service replies (lb.h), ipv4_local_delivery; anything else -> stack.
+ *   Frames this program cannot parse or that are not ours always go to the
+ *   stack: a bug here must not cut the node off its underlay.
  *
- * Load-time configuration (.rodata): only the shared config.h variables;
- * none is read yet.
+ * Load-time configuration (.rodata): config.h; read here: node_ipv4,
+ * routing_mode, tunnel_ifindex, tunnel_prefix_mask, native_ifindex,
+ * native_cidr(_mask), pod_cidr(_mask), lb_mode, native_mtu,
+ * enable_masquerade, snat_port_min/max, maglev_table_size, maglev_seed.
+ *
+ * Requirements for NodePort to remote backends: IPv4 forwarding on the
+ * underlay device (FIB lookups from its ingress), a route to every remote pod
+ * CIDR (native), node_ipv4 set.
  *
  * Maps (maps.h, pinned by name)
- *   cilium_lxc      HASH         endpoint_key -> endpoint_info   read
- *   cilium_metrics  PERCPU_HASH  metrics_key  -> metrics_value  read/write
+ *   cilium_lxc, cilium_tunnel_map            read
+ *   cilium_lb4_* (services, backends, maglev, revnat)   read
+ *   cilium_node_map                          read
+ *   cilium_lb4_affinity, cilium_ct4_global, cilium_ct_any4_global,
+ *   cilium_snat_v4_external                  read/write
+ *   cilium_metrics                           read/write
  *
  * All metrics here use direction METRIC_INGRESS. Every packet is counted
- * (REASON_TO_STACK / REASON_FORWARDED), underlay traffic included.
+ * (REASON_TO_STACK / REASON_FORWARDED / REASON_FIB_REDIRECT /
+ * REASON_ENCAPSULATED or a drop), underlay traffic included.
  */
 #include <linux/bpf.h>
 #include <linux/pkt_cls.h>
@@ -47,15 +89,106 @@
 #include "ciliumlite/eth.h"
 #include "ciliumlite/ipv4.h"
 #include "ciliumlite/l3.h"
+#include "ciliumlite/encap.h"
+#include "ciliumlite/fib.h"
+#include "ciliumlite/l4.h"
+#include "ciliumlite/ct.h"
+#include "ciliumlite/lb.h"
+#include "ciliumlite/nat.h"
+#include "ciliumlite/dsr.h"
+
+/* Cilium's reserved identity of traffic from outside the cluster. */
+#define WORLD_ID		2
 
 #define pass_to_stack(ctx)	send_to_stack((ctx), METRIC_INGRESS)
+
+/* cil_to_netdev: let the packet leave untouched, counted REASON_TO_NETDEV. */
+#define send_to_stack_egress(ctx)					\
+	({								\
+		update_metrics((ctx), METRIC_EGRESS, REASON_TO_NETDEV);	\
+		TC_ACT_OK;						\
+	})
+
+/* Forward a NodePort packet whose destination is now a remote backend (or,
+ * for replies, the outside client) out of the node. */
+static __always_inline int
+nodeport_fwd(struct __sk_buff *ctx, const struct pkt4 *p)
+{
+	if (routing_mode == ROUTING_MODE_TUNNEL) {
+		struct tunnel_value *tun;
+
+		tun = lookup_ip4_tunnel_endpoint(p->daddr, tunnel_prefix_mask);
+		if (tun)
+			return encap_and_redirect(ctx, tun->ip4, WORLD_ID, METRIC_INGRESS);
+	}
+	return fib_redirect_v4(ctx, p->l3_off, METRIC_INGRESS);
+}
+
+/* NodePort / LoadBalancer frontend hit (Cilium nodeport_lb4 +
+ * nodeport_svc_lb4). @svc is a copy of the row, count > 0. */
+static __always_inline int
+nodeport_lb4(struct __sk_buff *ctx, struct pkt4 *p, struct lb4_key *key,
+	     const struct lb4_service *svc)
+{
+	struct lb4_selected sel = {};
+	struct endpoint_info *ep;
+	__be32 svc_addr = p->daddr;
+	__be16 svc_port = p->dport;
+	int ret;
+
+	ret = lb4_local(ctx, key, svc, p, true, &sel);
+	if (ret)
+		return send_drop(ctx, ret, METRIC_INGRESS);
+
+	ep = lookup_ip4_endpoint(sel.address);
+	if (!ep && lb_dsr_for(p->proto)) {
+		/* Remote backend, DSR: DNAT only, frontend in an IP option
+		 * (SYN / every datagram), no connection entry here - the reply
+		 * goes straight from the backend node to the client. */
+		bool opt = dsr_needs_opt(p);
+
+		if (opt && dsr_too_big(ctx, p->l3_off))
+			return dsr_reply_icmp4(ctx, p, METRIC_INGRESS);
+		ret = pkt4_dnat(ctx, p, sel.address, sel.port);
+		if (!ret && opt)
+			ret = dsr_set_opt4(ctx, p, svc_addr, svc_port);
+		if (ret)
+			return send_drop(ctx, ret, METRIC_INGRESS);
+		return fib_redirect_v4(ctx, p->l3_off, METRIC_INGRESS);
+	}
+
+	ret = pkt4_dnat(ctx, p, sel.address, sel.port);
+	if (ret)
+		return send_drop(ctx, ret, METRIC_INGRESS);
+	ret = lb4_ct_conn(ctx, p, CT_F_NODE_PORT, sel.rev_nat_index, sel.backend_id, WORLD_ID);
+	if (ret)
+		return send_drop(ctx, ret, METRIC_INGRESS);
+
+	if (ep) {
+		if (ep->flags & ENDPOINT_F_HOST)
+			return pass_to_stack(ctx);
+		return ipv4_local_delivery(ctx, p->l3_off, ep, METRIC_INGRESS, false);
+	}
+
+	/* Remote backend, SNAT mode: the reply must come back through us. */
+	ret = snat_v4_apply(ctx, p, node_ipv4, true);
+	if (ret)
+		return send_drop(ctx, ret, METRIC_INGRESS);
+	return nodeport_fwd(ctx, p);
+}
 
 static __always_inline int handle_ipv4(struct __sk_buff *ctx)
 {
 	const __u32 l3_off = ETH_HLEN;
+	struct lb4_service *svc, svc_copy;
 	struct endpoint_info *ep;
+	struct lb4_key key = {};
+	struct pkt4 p = {};
 	struct iphdr *ip4;
 	__u32 hdr_len = 0;
+	bool snat_hit = false;
+	__be32 daddr;
+	int ret;
 
 	/* Not for us at L2 (another host's MAC on a shared segment): the
 	 * stack drops it; so do not deliver it either. */
@@ -65,21 +198,197 @@ static __always_inline int handle_ipv4(struct __sk_buff *ctx)
 	/* Malformed IPv4 is the stack's business on the underlay. */
 	if (ipv4_validate(ctx, l3_off, &hdr_len))
 		return pass_to_stack(ctx);
+	if (pkt4_extract(ctx, l3_off, hdr_len, &p))
+		return pass_to_stack(ctx);
+	if (!p.proto && enable_masquerade)
+		pkt4_extract_icmp_echo(ctx, &p);
+
+	if (p.proto) {
+		/* 1. Replies to connections we source-NATed. */
+		if (node_ipv4 && p.daddr == node_ipv4) {
+			__u16 ct_flags = 0;
+
+			ret = snat_v4_rev_nat(ctx, &p, &snat_hit);
+			if (ret)
+				return send_drop(ctx, ret, METRIC_INGRESS);
+			if (snat_hit) {
+				ret = lb4_rev_nat_reply(ctx, &p, 0, &ct_flags);
+				if (ret)
+					return send_drop(ctx, ret, METRIC_INGRESS);
+				if (ct_flags & CT_F_NODE_PORT)
+					return nodeport_fwd(ctx, &p);
+				/* Masqueraded pod connection: deliver below. */
+				goto deliver;
+			}
+		}
+
+		/* 2. NodePort / LoadBalancer frontends. */
+		key.address = p.daddr;
+		key.dport = p.dport;
+		key.proto = p.proto;
+		svc = lb4_lookup_service(&key, false);
+		if (svc) {
+			if (!(svc->flags & SVC_FLAG_ROUTABLE))
+				return send_drop(ctx, DROP_IS_CLUSTER_IP, METRIC_INGRESS);
+			svc_copy = *svc;
+			if (!svc_copy.count)
+				return send_drop(ctx, DROP_NO_SERVICE, METRIC_INGRESS);
+			return nodeport_lb4(ctx, &p, &key, &svc_copy);
+		}
+	}
+
+deliver:
 	ip4 = ipv4_hdr(ctx, l3_off);
 	if (!ip4)
 		return pass_to_stack(ctx);
-
-	/* ==== NodePort / LoadBalancer / DSR (later issue) ==================
-	 * nodeport_lb4() goes HERE, before the endpoint lookup: service
-	 * frontends (node IP:nodePort, LB IPs) are translated to a backend and
-	 * either delivered locally (fall through) or forwarded (fib.h / DSR).
-	 * ================================================================= */
-
-	ep = lookup_ip4_endpoint(ip4->daddr);
+	daddr = ip4->daddr;
+	ep = lookup_ip4_endpoint(daddr);
 	if (!ep || (ep->flags & ENDPOINT_F_HOST))
 		return pass_to_stack(ctx);
 
+	/* 3. DSR backend node: a trusted option installs the reverse NAT
+	 * that cil_to_netdev applies to the pod's replies. */
+	if (snat_hit)
+		return ipv4_local_delivery(ctx, l3_off, ep, METRIC_INGRESS, false);
+	if (lb_mode != LB_MODE_SNAT && p.proto && p.proto != IPPROTO_ICMP) {
+		ret = dsr_ingress(ctx, &p, hdr_len);
+		if (ret)
+			return send_drop(ctx, ret, METRIC_INGRESS);
+	}
+
+	/* Reply of a service connection this node translated (client pod
+	 * here, backend elsewhere): source back to the frontend. */
+	ret = lb4_rev_nat_at_delivery(ctx, l3_off, hdr_len);
+	if (ret)
+		return send_drop(ctx, ret, METRIC_INGRESS);
 	return ipv4_local_delivery(ctx, l3_off, ep, METRIC_INGRESS, false);
+}
+
+/* ---- cil_to_netdev ---------------------------------------------------- */
+
+/* Should pod traffic @p leave the cluster masqueraded (enable_masquerade)?
+ * Source in this node's pod CIDR; destination not in native_cidr (when one
+ * is set), not in the pod CIDR, not a cluster node (cilium_node_map). */
+static __always_inline bool masq_wanted(const struct pkt4 *p)
+{
+	__be32 daddr = p->daddr;
+
+	if (!enable_masquerade || !node_ipv4 || !pod_cidr_mask)
+		return false;
+	if ((p->saddr & pod_cidr_mask) != pod_cidr)
+		return false;
+	if ((daddr & pod_cidr_mask) == pod_cidr)
+		return false;
+	if (native_cidr_mask && (daddr & native_cidr_mask) == native_cidr)
+		return false;
+	return !bpf_map_lookup_elem(&cilium_node_map, &daddr);
+}
+
+/* Egress of the underlay (Cilium handle_nat_fwd / nodeport_rev_dnat_fwd_ipv4
+ * / snat_v4_nat):
+ *   1. the packet-order tuple has a TUPLE_F_OUT entry in
+ *      cilium_snat_v4_external -> source := to_addr:to_port: DSR replies on
+ *      the backend node (entry from dsr_ingress) and established masquerade
+ *      mappings (their CT entry is refreshed);
+ *   2. the reply of a NodePort connection to a host-network backend (CT
+ *      entry with CT_F_NODE_PORT) -> source := the frontend;
+ *   3. masq_wanted() (TCP, UDP, ICMP echo) -> new mapping to node_ipv4 with a
+ *      port from snat_port_min..max (nat.h), plus a connection entry (flags
+ *      0, rev_nat_index 0) for Python's NAT GC; exhaustion ->
+ *      DROP_NAT_NO_MAPPING;
+ *   4. everything else leaves untouched (REASON_TO_NETDEV).
+ * Translated packets count REASON_NAT_EGRESS. ICMP errors about masqueraded
+ * flows are not translated (no RELATED tracking). */
+static __always_inline int to_netdev_ipv4(struct __sk_buff *ctx)
+{
+	const __u32 l3_off = ETH_HLEN;
+	struct ipv4_nat_entry *e;
+	struct ipv4_ct_tuple t = {};
+	struct pkt4 p = {};
+	__u32 hdr_len = 0;
+	__be32 addr;
+	__be16 port;
+	int ret;
+
+	if (ipv4_validate(ctx, l3_off, &hdr_len))
+		return send_to_stack_egress(ctx);
+	if (pkt4_extract(ctx, l3_off, hdr_len, &p))
+		return send_to_stack_egress(ctx);
+	if (!p.proto && enable_masquerade)
+		pkt4_extract_icmp_echo(ctx, &p);
+	if (!p.proto)
+		return send_to_stack_egress(ctx);
+
+	nat_tuple(&t, p.saddr, p.daddr, p.sport, p.dport, p.proto, TUPLE_F_OUT);
+	e = snat_lookup(&t);
+	if (e) {
+		struct ct_entry *ce;
+		struct ipv4_ct_tuple ct = {};
+
+		addr = e->to_addr;
+		port = e->to_port;
+		/* Keep the connection entry alive for GC: reply direction of
+		 * a DSR connection, or original direction of a masqueraded
+		 * one. */
+		ct_tuple_reply(&ct, &p, TUPLE_F_OUT);
+		ce = ct_lookup(&ct);
+		if (ce && (ce->flags & CT_F_DSR_INTERNAL)) {
+			ct_update(ce, &ct, &p, CT_DIR_RX, ctx->len);
+		} else {
+			ct_tuple_orig(&ct, &p, TUPLE_F_OUT);
+			ce = ct_lookup(&ct);
+			if (ce)
+				ct_update(ce, &ct, &p, CT_DIR_TX, ctx->len);
+		}
+		ret = pkt4_snat(ctx, &p, addr, port);
+		if (ret)
+			return send_drop(ctx, ret, METRIC_EGRESS);
+		update_metrics(ctx, METRIC_EGRESS, REASON_NAT_EGRESS);
+		return TC_ACT_OK;
+	}
+
+	/* Reply of a NodePort connection whose backend is this node itself
+	 * (host network; nodeport_lb4 handed it to the stack): source back to
+	 * the frontend (Cilium nodeport_rev_dnat_fwd_ipv4). */
+	{
+		struct ipv4_ct_tuple ct = {};
+		struct ct_entry *ce;
+		__u16 ct_flags = 0;
+
+		ct_tuple_reply(&ct, &p, TUPLE_F_OUT);
+		ce = ct_lookup(&ct);
+		if (ce && (ce->flags & CT_F_NODE_PORT) && ce->rev_nat_index) {
+			ret = lb4_rev_nat_reply(ctx, &p, 0, &ct_flags);
+			if (ret)
+				return send_drop(ctx, ret, METRIC_EGRESS);
+			update_metrics(ctx, METRIC_EGRESS, REASON_NAT_EGRESS);
+			return TC_ACT_OK;
+		}
+	}
+
+	if (masq_wanted(&p)) {
+		struct ipv4_ct_tuple ct = {};
+
+		ct_tuple_orig(&ct, &p, TUPLE_F_OUT);
+		ret = ct_create(&ct, &p, ctx->len, 0, 0, 0, 0, ctx->ifindex);
+		if (!ret)
+			ret = snat_v4_apply(ctx, &p, node_ipv4, true);
+		if (ret)
+			return send_drop(ctx, ret, METRIC_EGRESS);
+		update_metrics(ctx, METRIC_EGRESS, REASON_NAT_EGRESS);
+		return TC_ACT_OK;
+	}
+	return send_to_stack_egress(ctx);
+}
+
+SEC("tc")
+int cil_to_netdev(struct __sk_buff *ctx)
+{
+	struct ethhdr *eth = eth_hdr(ctx);
+
+	if (eth && eth->h_proto == bpf_htons(ETH_P_IP))
+		return to_netdev_ipv4(ctx);
+	return send_to_stack_egress(ctx);
 }
 
 SEC("tc")

@@ -17,6 +17,22 @@
  *
  * IPv4 decision order (Cilium handle_ipv4_from_lxc, §1.3 step 6):
  *   1. source must be the pod behind this lxc (IP and MAC), else drop;
+ *   1b. services (TCP/UDP, not fragments; lb.h, ct.h):
+ *      - the packet is a reply of a translated connection (connection CT
+ *        entry with a rev_nat_index; this pod is the backend): source :=
+ *        frontend from cilium_lb4_reverse_nat; hairpin (CT_F_LB_LOOPBACK):
+ *        destination 169.254.42.1 := this pod. A NodePort reply
+ *        (CT_F_NODE_PORT) that nothing below claims is FIB-routed back to
+ *        the client instead of going to the stack;
+ *      - else daddr:dport is a frontend (internal scope for two-scope
+ *        services): count 0 -> ICMP port unreachable back into the pod
+ *        (counted DROP_NO_SERVICE; connect() gets ECONNREFUSED); else backend (CT
+ *        service entry pins it; affinity by client IP; random), DNAT, and
+ *        for a hairpin (backend == this pod) source := 169.254.42.1; a
+ *        connection CT entry drives the reverse NAT. A frontend hit means
+ *        socket LB did not translate the flow (raw socket, socket LB off),
+ *        so this happens whatever enable_per_packet_lb says;
+ *      then the steps below run on the translated destination;
  *   2. daddr is a local pod          -> ipv4_local_delivery (redirect_peer);
  *      daddr is a local host IP      -> stack;
  *   3. routing_mode TUNNEL: cilium_tunnel_map[daddr & tunnel_prefix_mask]
@@ -41,6 +57,8 @@
  * Maps (maps.h, pinned by name)
  *   cilium_lxc         HASH         endpoint_key -> endpoint_info   read
  *   cilium_tunnel_map  HASH         tunnel_key   -> tunnel_value    read
+ *   cilium_lb4_services_v2, _backends_v3, _reverse_nat              read
+ *   cilium_lb4_affinity, cilium_ct4_global, cilium_ct_any4_global   read/write
  *   cilium_metrics     PERCPU_HASH  metrics_key  -> metrics_value  read/write
  *
  * ciliumlite is IPv4-only: IPv6 and every other non-IPv4/ARP ethertype is
@@ -70,6 +88,10 @@
 #include "ciliumlite/l3.h"
 #include "ciliumlite/encap.h"
 #include "ciliumlite/fib.h"
+#include "ciliumlite/l4.h"
+#include "ciliumlite/ct.h"
+#include "ciliumlite/lb.h"
+#include "ciliumlite/icmp.h"
 
 /* See the table above. */
 const volatile __u8 enable_arp_responder = 1;
@@ -146,6 +168,51 @@ static __always_inline int handle_arp(struct __sk_buff *ctx)
 	return bpf_redirect(ctx->ifindex, 0);
 }
 
+/* Per-packet service translation (Cilium __per_packet_lb_svc_xlate_4 +
+ * lb4_local + lb4_xlate). @p is a TCP/UDP packet from a validated pod. If its
+ * daddr:dport is a frontend (internal scope for two-scope services), pick the
+ * backend (CT service entry, affinity by client IP, random), DNAT, and for a
+ * hairpin (the backend is the client itself) SNAT the source to
+ * 169.254.42.1; then create/refresh the connection entry that drives the
+ * reverse NAT of replies. Returns 0 (translated or not a service) or a DROP_*. */
+static __always_inline int
+lxc_svc_xlate(struct __sk_buff *ctx, struct pkt4 *p, __u32 src_sec_id)
+{
+	struct lb4_service *svc, svc_copy;
+	struct lb4_selected sel = {};
+	struct lb4_key key = {};
+	__u16 ct_flags = 0;
+	int ret;
+
+	key.address = p->daddr;
+	key.dport = p->dport;
+	key.proto = p->proto;
+	svc = lb4_lookup_service(&key, true);
+	if (!svc)
+		return 0;
+	/* A frontend hit means socket LB did not translate this flow (raw
+	 * socket, socket LB off or not attached): translate it here whatever
+	 * enable_per_packet_lb says. */
+	svc_copy = *svc;
+	if (!svc_copy.count)
+		return DROP_NO_SERVICE;
+
+	ret = lb4_local(ctx, &key, &svc_copy, p, false, &sel);
+	if (ret)
+		return ret;
+
+	if (sel.address == p->saddr) {
+		ct_flags |= CT_F_LB_LOOPBACK;
+		ret = pkt4_set_saddr(ctx, p, IPV4_LOOPBACK);
+		if (ret)
+			return ret;
+	}
+	ret = pkt4_dnat(ctx, p, sel.address, sel.port);
+	if (ret)
+		return ret;
+	return lb4_ct_conn(ctx, p, ct_flags, sel.rev_nat_index, sel.backend_id, src_sec_id);
+}
+
 static __always_inline int handle_ipv4(struct __sk_buff *ctx)
 {
 	const __u32 l3_off = ETH_HLEN;
@@ -154,6 +221,9 @@ static __always_inline int handle_ipv4(struct __sk_buff *ctx)
 	struct iphdr *ip4;
 	__u32 hdr_len = 0;	/* IHL * 4; the L4 offset for later issues */
 	__u32 src_sec_id;
+	struct pkt4 p = {};
+	__u16 ct_flags = 0;
+	bool nodeport_reply;
 	__be32 daddr;
 	int ret;
 
@@ -176,7 +246,39 @@ static __always_inline int handle_ipv4(struct __sk_buff *ctx)
 	if (!eth_addr_eq_mac(eth->h_source, &ep->mac))
 		return send_drop(ctx, DROP_INVALID_SMAC, METRIC_EGRESS);
 	src_sec_id = ep->sec_id;
-	daddr = ip4->daddr;
+
+	/* ---- Service translation (lb.h, ct.h) ---------------------------
+	 * 1. A reply of a translated connection (this pod is the backend):
+	 *    source := frontend (per-packet ClusterIP, NodePort to a local
+	 *    backend), and for a hairpin destination := this pod.
+	 * 2. Otherwise a packet to a frontend: DNAT to a backend. */
+	ret = pkt4_extract(ctx, l3_off, hdr_len, &p);
+	if (ret)
+		return send_drop(ctx, ret, METRIC_EGRESS);
+	if (p.proto) {
+		ret = lb4_rev_nat_reply(ctx, &p, 0, &ct_flags);
+		if (ret)
+			return send_drop(ctx, ret, METRIC_EGRESS);
+		if (!ct_flags) {
+			ret = lxc_svc_xlate(ctx, &p, src_sec_id);
+			/* No backend (the packet is still untranslated): ICMP
+			 * port unreachable back into the pod, so connect()
+			 * fails at once with ECONNREFUSED (Cilium's default
+			 * SERVICE_NO_BACKEND_RESPONSE=reject). */
+			if (ret == DROP_NO_SERVICE)
+				return icmp4_reply_unreach(ctx, &p, ICMP_PORT_UNREACH, 0,
+							   DROP_NO_SERVICE, METRIC_EGRESS);
+			if (ret)
+				return send_drop(ctx, ret, METRIC_EGRESS);
+		}
+		daddr = p.daddr;
+	} else {
+		daddr = ip4->daddr;
+	}
+	/* A NodePort reply goes back to an outside client: route it with the
+	 * FIB rather than the stack when nothing below claims it. */
+	nodeport_reply = (ct_flags & (CT_F_REVNAT_DONE | CT_F_NODE_PORT)) ==
+			 (CT_F_REVNAT_DONE | CT_F_NODE_PORT);
 
 	/* Destination: a pod on this node -> straight into it; one of the
 	 * node's own IPs -> the stack. */
@@ -197,11 +299,14 @@ static __always_inline int handle_ipv4(struct __sk_buff *ctx)
 			return encap_and_redirect(ctx, tun->ip4, src_sec_id, METRIC_EGRESS);
 		/* Not a pod CIDR of a known node (Cilium: DROP_NO_TUNNEL_ENDPOINT
 		 * -> stack): the world, node IPs, ... */
+		if (nodeport_reply)
+			return fib_redirect_v4(ctx, l3_off, METRIC_EGRESS);
 		return pass_to_stack(ctx);
 	}
 
-	if (routing_mode == ROUTING_MODE_NATIVE &&
-	    (daddr & native_cidr_mask) == native_cidr)
+	if (nodeport_reply ||
+	    (routing_mode == ROUTING_MODE_NATIVE &&
+	     (daddr & native_cidr_mask) == native_cidr))
 		return fib_redirect_v4(ctx, l3_off, METRIC_EGRESS);
 
 	return pass_to_stack(ctx);

@@ -16,7 +16,11 @@
  *   - ARP and every other non-IPv4 frame
  *                                   -> stack untouched (TC_ACT_OK);
  *   - malformed IPv4                -> drop DROP_INVALID;
- *   - daddr is a local pod          -> ipv4_local_delivery(from_tunnel):
+ *   - daddr is a local pod          -> reverse NAT if the packet is the
+ *                                      reply of a per-packet service
+ *                                      connection this node translated
+ *                                      (lb.h lb4_rev_nat_at_delivery), then
+ *                                      ipv4_local_delivery(from_tunnel):
  *                                      TTL-1, smac := lxc MAC, dmac := pod
  *                                      MAC, pkt_type := PACKET_HOST,
  *                                      bpf_redirect_peer(lxc);
@@ -60,6 +64,7 @@
 #include "ciliumlite/ipv4.h"
 #include "ciliumlite/l3.h"
 #include "ciliumlite/encap.h"
+#include "ciliumlite/lb.h"
 
 #define pass_to_stack(ctx)	send_to_stack((ctx), METRIC_INGRESS)
 
@@ -90,6 +95,11 @@ handle_ipv4(struct __sk_buff *ctx, __u32 src_identity __attribute__((unused)))
 		return pass_to_stack(ctx);
 	}
 
+	/* Reply of a service connection this node translated: source back to
+	 * the frontend before the client pod sees it. */
+	ret = lb4_rev_nat_at_delivery(ctx, l3_off, hdr_len);
+	if (ret)
+		return send_drop(ctx, ret, METRIC_INGRESS);
 	return ipv4_local_delivery(ctx, l3_off, ep, METRIC_INGRESS, true);
 }
 

@@ -172,6 +172,8 @@ SOURCE_FILES: Final[Mapping[int, str]] = MappingProxyType({
     111: "encap.h",
     112: "trace.h",
     113: "fib.h",
+    114: "l4.h",
+    115: "icmp.h",
 })
 """The ``file`` byte of ``struct metrics_key`` -> C source name (``__cl_file_id`` in ``metrics.h``)."""
 

@@ -103,6 +103,7 @@ class Lb4Service(Record, c_name="lb4_service", size=12):
     rev_nat_index: Annotated[int, BE16] = 0
     flags: Annotated[int, U8] = 0
     flags2: Annotated[int, U8] = 0
+    qcount: Annotated[int, U16] = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +114,8 @@ class Lb4Backend(Record, c_name="lb4_backend", size=12):
     port: Annotated[int, BE16]
     proto: Annotated[int, U8] = 6
     flags: Annotated[int, U8] = 0
+    cluster_id: Annotated[int, U16] = 0
+    zone: Annotated[int, U8] = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +160,8 @@ class CtEntry(Record, c_name="ct_entry", size=56):
     tx_flags_seen: Annotated[int, U8]
     rx_flags_seen: Annotated[int, U8]
     src_sec_id: Annotated[int, U32]
+    last_tx_report: Annotated[int, U32] = 0
+    last_rx_report: Annotated[int, U32] = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,15 +7,15 @@
  * disabled branches. Nothing here is per endpoint (that lives in maps).
  *
  * Every object that includes this header (bpf_lxc.o, bpf_overlay.o,
- * bpf_host.o) declares ALL of these variables in its own .rodata, whether it
- * reads them or not. Python should set the same values in every object of a
- * node.
+ * bpf_host.o, bpf_sock.o) declares ALL of these variables in its own
+ * .rodata, whether it reads them or not. Python should set the same values in
+ * every object of a node.
  *
  *   name                type    default        meaning
  *   ------------------  ------  -------------  ---------------------------------
- *   node_ipv4           __be32  0              node's primary IPv4 (SNAT / tunnel
- *                                              source / NodePort later; read by
- *                                              nothing yet)
+ *   node_ipv4           __be32  0              node's primary IPv4: NodePort SNAT
+ *                                              and masquerade source, socket LB
+ *                                              wildcard NodePort address
  *   routing_mode        __u8    0 (NONE)       where cil_from_container sends a
  *                                              packet that is not for a local
  *                                              endpoint: ROUTING_MODE_NONE (0) =
@@ -40,6 +40,37 @@
  *   tunnel_prefix_mask  __be32  255.255.255.0  netmask of one node's pod CIDR:
  *                                              cilium_tunnel_map keys are
  *                                              daddr & tunnel_prefix_mask
+ *   pod_cidr            __be32  0              this node's pod CIDR network ...
+ *   pod_cidr_mask       __be32  0              ... and netmask (masquerade source
+ *                                              match; 0/0 = masquerade nothing)
+ *
+ *   Load balancing / NAT (lb.h ct.h nat.h dsr.h):
+ *   enable_socket_lb    __u8    1              bpf_sock translates at connect/
+ *                                              sendmsg (only bpf_sock reads it)
+ *   enable_per_packet_lb __u8   0              cil_from_container: 1 = per-packet
+ *                                              LB is the primary E-W mechanism.
+ *                                              A packet whose daddr:dport IS a
+ *                                              frontend is translated either way
+ *                                              (socket LB did not see it: raw
+ *                                              socket, pre-existing socket, ...)
+ *   lb_mode             __u8    0 (SNAT)       NodePort to a remote backend:
+ *                                              LB_MODE_SNAT 0, LB_MODE_DSR 1,
+ *                                              LB_MODE_HYBRID 2 (DSR for TCP,
+ *                                              SNAT for UDP). DSR needs
+ *                                              routing_mode NATIVE (else SNAT)
+ *   nodeport_min        __u16   30000          NodePort range (socket LB wildcard
+ *   nodeport_max        __u16   32767          lookup for node IP / loopback)
+ *   enable_masquerade   __u8    0              cil_to_netdev SNATs pod traffic
+ *                                              leaving the cluster to node_ipv4
+ *   snat_port_min       __u16   32768          source ports for NodePort SNAT and
+ *   snat_port_max       __u16   65535          masquerade (Cilium: nodeport_max+1
+ *                                              .. 65535)
+ *   maglev_table_size   __u32   1021           M of cilium_lb4_maglev (prime)
+ *   maglev_seed         __u32   0              jhash seed of the Maglev index
+ *   native_mtu          __u32   1500           underlay MTU: DSR frag-needed check
+ *   host_netns_cookie   __u64   0              netns cookie of the node's host
+ *                                              netns (bpf_sock: loopback wildcard
+ *                                              only from there); 0 = init_net's
  *
  * Byte order: __be32 values are network order *in memory*. The bpf SDK writes
  * .rodata integers little-endian, so from Python pass
@@ -71,5 +102,25 @@ const volatile __u32 native_ifindex = 0;
 const volatile __be32 native_cidr = 0;
 const volatile __be32 native_cidr_mask = 0;
 const volatile __be32 tunnel_prefix_mask = bpf_htonl(0xffffff00);	/* /24 */
+const volatile __be32 pod_cidr = 0;
+const volatile __be32 pod_cidr_mask = 0;
+
+/* lb_mode values */
+#define LB_MODE_SNAT		0
+#define LB_MODE_DSR		1
+#define LB_MODE_HYBRID		2	/* DSR for TCP, SNAT for UDP */
+
+const volatile __u8 enable_socket_lb = 1;
+const volatile __u8 enable_per_packet_lb = 0;
+const volatile __u8 lb_mode = LB_MODE_SNAT;
+const volatile __u16 nodeport_min = 30000;
+const volatile __u16 nodeport_max = 32767;
+const volatile __u8 enable_masquerade = 0;
+const volatile __u16 snat_port_min = 32768;
+const volatile __u16 snat_port_max = 65535;
+const volatile __u32 maglev_table_size = 1021;
+const volatile __u32 maglev_seed = 0;
+const volatile __u32 native_mtu = 1500;
+const volatile __u64 host_netns_cookie = 0;
 
 #endif /* __CILIUMLITE_CONFIG_H */

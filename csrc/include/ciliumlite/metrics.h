@@ -51,6 +51,8 @@ static __always_inline __u8 __cl_file_id(const char *const file_name)
 	__cl_file_case(111, "encap.h");
 	__cl_file_case(112, "trace.h");
 	__cl_file_case(113, "fib.h");
+	__cl_file_case(114, "l4.h");
+	__cl_file_case(115, "icmp.h");
 	return 0;	/* unknown */
 }
 

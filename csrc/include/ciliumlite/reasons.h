@@ -30,6 +30,12 @@ enum cl_reason {
 	REASON_ARP_REPLY		= 101,	/* "Proxy-ARP reply sent" (ciliumlite) */
 	REASON_ENCAPSULATED		= 102,	/* "Encapsulated to a remote node" (ciliumlite) */
 	REASON_FIB_REDIRECT		= 103,	/* "Routed by FIB lookup" (ciliumlite) */
+	REASON_LB_SOCK_XLATE		= 104,	/* "Socket LB: translated to a backend" (ciliumlite) */
+	REASON_LB_SOCK_REVXLATE		= 105,	/* "Socket LB: peer translated back to the service" (ciliumlite) */
+	REASON_LB_SOCK_REFUSED		= 106,	/* "Socket LB: service without backends, refused" (ciliumlite) */
+	REASON_LB_REVNAT_STALE		= 107,	/* "Socket LB: stale reverse entry removed" (ciliumlite) */
+	REASON_TO_NETDEV		= 108,	/* "Passed to the network device" (ciliumlite) */
+	REASON_NAT_EGRESS		= 109,	/* "Source translated on egress" (ciliumlite) */
 
 	/* Drop reasons (Cilium's -DROP_* values, made positive). */
 	DROP_INVALID_SMAC		= 130,	/* "Invalid source mac" (unused in Cilium today) */
