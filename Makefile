@@ -60,7 +60,7 @@ demo: bootstrap
 
 bench: bootstrap
 	@if [ -f benchmarks/run.py ]; then \
-		$(PY) benchmarks/run.py $(BENCH_ARGS); \
+		$(PY) benchmarks/run.py $(BENCH_ARGS) && $(PY) docs/gen_benchmarks.py; \
 	else \
 		echo "make bench: benchmarks/run.py does not exist yet" >&2; exit 1; \
 	fi

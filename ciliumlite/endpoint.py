@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import html
 import ipaddress
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -76,8 +77,9 @@ class Endpoint:
                 "netns": self.pod_netns, "program": "attached" if self.link else "none"}
 
     def _repr_html_(self) -> str:
-        rows = "".join(f"<tr><th style='text-align:left'>{k}</th><td>{v}</td></tr>" for k, v in self.as_row().items())
-        return f"<table><caption>Endpoint {self.name}</caption>{rows}</table>"
+        rows = "".join(f"<tr><th style='text-align:left'>{k}</th><td>{html.escape(str(v))}</td></tr>"
+                       for k, v in self.as_row().items())
+        return f"<table><caption>Endpoint {html.escape(self.name)}</caption>{rows}</table>"
 
 
 def configure_pod_side(pod_netns: str, ifname: str, ip: ipaddress.IPv4Address, gateway: ipaddress.IPv4Address,

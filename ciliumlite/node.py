@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import html
 import ipaddress
 import os
 import subprocess
@@ -17,6 +18,7 @@ from ciliumlite.bpf import BE32, U8, BpfObject, Map, fs
 from ciliumlite.bpf.errors import CiliumliteError, NotSupportedError, ValidationError
 from ciliumlite.bpf.link import Link
 from ciliumlite.bpf.netns import NetnsRef
+from ciliumlite.bpf.offloop import public_methods_off_event_loop
 from ciliumlite.bpf.program import resolve_ifindex
 from ciliumlite.cluster.store import NodeInfo
 from ciliumlite.datapath import devices, loader, registry
@@ -66,6 +68,7 @@ class MetricRow:
         return self.reason >= 130
 
 
+@public_methods_off_event_loop
 class Datapath:
     """The datapath of one node. Drives the namespace ``netns`` (None: the caller's own).
 
@@ -515,10 +518,10 @@ class Datapath:
                 f"endpoints={len(self._endpoints)}>")
 
     def _repr_html_(self) -> str:
-        rows = "".join("<tr>" + "".join(f"<td>{v}</td>" for v in ep.as_row().values()) + "</tr>"
+        rows = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in ep.as_row().values()) + "</tr>"
                        for ep in self.endpoints())
         head = "".join(f"<th>{k}</th>" for k in ENDPOINT_COLUMNS)
-        return (f"<b>Datapath {self.config.node_name}</b> ({self.config.host_routing} host routing, "
+        return (f"<b>Datapath {html.escape(self.config.node_name)}</b> ({self.config.host_routing} host routing, "
                 f"pod CIDR {self.config.pod_cidr})<table><tr>{head}</tr>{rows}</table>")
 
     def status(self) -> dict[str, Any]:

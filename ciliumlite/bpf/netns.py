@@ -13,6 +13,7 @@ import os
 from collections.abc import Callable, Iterator
 
 from ciliumlite.bpf.errors import BpfError, ValidationError
+from ciliumlite.bpf.offloop import off_event_loop
 
 NETNS_RUN_DIR = "/var/run/netns"
 CLONE_NEWNET = 0x40000000
@@ -88,6 +89,7 @@ def netns_inode(netns: NetnsRef) -> int:
     return os.stat(path).st_ino
 
 
+@off_event_loop
 def create(name: str) -> str:
     """Create a named network namespace (bind-mounted under /var/run/netns) with ``lo`` up."""
     from pyroute2 import IPRoute
@@ -96,11 +98,16 @@ def create(name: str) -> str:
     if os.path.exists(os.path.join(NETNS_RUN_DIR, name)):
         raise ValidationError(f"network namespace {name!r} exists already")
     _pr_netns.create(name)
-    with IPRoute(netns=name) as ipr:
-        ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
+    try:
+        with IPRoute(netns=name) as ipr:
+            ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
+    except BaseException:
+        _pr_netns.remove(name)
+        raise
     return name
 
 
+@off_event_loop
 def remove(name: str) -> None:
     """Remove a named network namespace (no error if it is gone already)."""
     from pyroute2 import netns as _pr_netns

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import ipaddress
 import json
 import os
@@ -14,6 +15,7 @@ from typing import Any
 from ciliumlite.bpf import fs
 from ciliumlite.bpf import netns as nsmod
 from ciliumlite.bpf.errors import CiliumliteError, ValidationError
+from ciliumlite.bpf.offloop import public_methods_off_event_loop
 from ciliumlite.cluster import Cluster, NodeInfo
 from ciliumlite.datapath.config import DatapathConfig, HostRouting, Routing
 from ciliumlite.endpoint import Endpoint
@@ -32,6 +34,7 @@ WORLD_GATEWAY = "203.0.113.1"
 WORLD_HOST = "203.0.113.10"
 
 
+@public_methods_off_event_loop
 class Fabric:
     """The underlay: a namespace with a bridge (the leaf router at 10.0.0.254) joining every node."""
 
@@ -145,6 +148,7 @@ class EchoResult:
                    peer, str(raw.get("error", "")), raw.get("errno"), float(raw.get("seconds", 0.0)))
 
 
+@public_methods_off_event_loop
 class Host:
     """Something in a namespace that runs commands and talks to others: a pod, or the outside client."""
 
@@ -221,6 +225,7 @@ class Host:
         return f"<{type(self).__name__} {self.name} {self.ip}>"
 
 
+@public_methods_off_event_loop
 class Pod(Host):
     """A pod: a network namespace joined to its node by a veth, with an endpoint in the datapath."""
 
@@ -233,6 +238,7 @@ class Pod(Host):
         return f"<Pod {self.name} {self.ip} on {self.node.name}>"
 
 
+@public_methods_off_event_loop
 class Node:
     """A node: a network namespace, a child cgroup, and a Datapath."""
 
@@ -314,6 +320,7 @@ class Node:
         return f"<Node {self.name} pods={list(self.pods)}>"
 
 
+@public_methods_off_event_loop
 class LabCluster:
     """A Cluster whose nodes are lab nodes: ``cluster.node("worker1").add_pod("client")``."""
 
@@ -369,6 +376,7 @@ class LabCluster:
         self.control.delete_service(name)
 
 
+@public_methods_off_event_loop
 class Lab:
     """A throwaway cluster in network namespaces with a unique prefix; removed on exit (also on errors)."""
 
@@ -443,7 +451,7 @@ class Lab:
 
     def add_node(self, name: str, *, pod_cidr: str | None = None, host_routing: HostRouting | None = None,
                  **config: Any) -> Node:
-        """A node namespace with its own Datapath and pod CIDR (10.244.<index>.0/24 by default)."""
+        """A node namespace with its own Datapath and pod CIDR (``10.244.<index>.0/24`` by default)."""
         if name in self.nodes:
             raise ValidationError(f"node {name!r} exists already")
         index = max((n.index for n in self.nodes.values()), default=-1) + 1  # never a live node's
@@ -505,7 +513,8 @@ class Lab:
         return f"<Lab {self.prefix} nodes={list(self.nodes)}>"
 
     def _repr_html_(self) -> str:
-        rows = "".join(f"<tr><td>{n.name}</td><td>{n.netns}</td><td>{p.name}</td><td>{p.ip}</td></tr>"
+        rows = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in (n.name, n.netns, p.name, p.ip))
+                       + "</tr>"
                        for n in self.nodes.values() for p in n.pods.values())
         return (f"<b>Lab {self.prefix}</b><table><tr><th>node</th><th>netns</th><th>pod</th><th>ip</th></tr>"
                 f"{rows}</table>")
