@@ -1,4 +1,5 @@
-"""``ciliumlite``: the demo today; status and the bpf map listings grow here."""
+"""``ciliumlite``: the demo, and the inspection commands (status, endpoint/service/metrics, bpf map
+listings, bgp status; see :mod:`ciliumlite.cli.commands` and docs/cli.md)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,9 @@ import sys
 import typer
 from rich.console import Console
 from rich.table import Table
+
+from ciliumlite.cli.commands import Output, OutputOpt, register
+from ciliumlite.cli.connectivity import connectivity_test
 
 app = typer.Typer(help="Build and drive a Cilium-style eBPF datapath.", no_args_is_help=True,
                   add_completion=False)
@@ -63,11 +67,15 @@ def demo(keep: bool = typer.Option(False, "--keep", help="leave the last lab up 
 
 
 @app.command()
-def version() -> None:
+def version(output: OutputOpt = Output.table) -> None:
     """Print the version."""
     from ciliumlite import __version__
 
-    print(__version__)
+    print(json.dumps({"version": __version__}) if output is Output.json else __version__)
+
+
+register(app)
+app.command("connectivity-test")(connectivity_test)
 
 
 def main() -> None:

@@ -26,6 +26,7 @@ def publish(node_name: str, state: dict[str, Any]) -> None:
     d = run_dir()
     d.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=d, prefix=f".{node_name}.")
+    os.fchmod(fd, 0o644)  # readable by the CLI without root (the BPF maps still need it)
     with os.fdopen(fd, "w") as f:
         json.dump(state, f, indent=1, default=str)
     os.replace(tmp, d / f"{node_name}.json")

@@ -19,6 +19,7 @@ from ciliumlite.cli import app
 from ciliumlite.cli import format as fmt
 from ciliumlite.datapath.reasons import Direction, Reason
 from ciliumlite.datapath.records import (
+    ENDPOINT_F_HOST,
     SCOPE_INTERNAL,
     SVC_FLAG2_TWO_SCOPES,
     SVC_FLAG_EXT_LOCAL_SCOPE,
@@ -99,8 +100,13 @@ def test_bpf_endpoint_info_is_ciliums_column():
     assert rows[0]["ip"] == "10.244.0.2" and rows[0]["sec_id"] == 4141 and rows[0]["ifindex"] == 6
     assert rows[0]["info"].split() == ["id=1", "sec_id=4141", "flags=0x0000", "ifindex=6",
                                        "mac=aa:bb:cc:00:00:02", "nodemac=de:ab:c3:00:00:01"]
-    text = render(fmt.bpf_endpoint_table(rows))
-    assert "IP ADDRESS" in text and "LOCAL ENDPOINT INFO" in text
+    assert rows[0]["host"] is False
+    host = fmt.bpf_endpoint_rows(NODE, [(EndpointKey(ip4=IPv4Address("10.0.0.11")), EndpointInfo(
+        ifindex=0, lxc_id=0, flags=ENDPOINT_F_HOST, mac="00:00:00:00:00:00", node_mac="00:00:00:00:00:00",
+        sec_id=1))])
+    assert host[0]["host"] is True and host[0]["info"] == "(localhost)"
+    text = render(fmt.bpf_endpoint_table(rows + host))
+    assert "IP ADDRESS" in text and "LOCAL ENDPOINT INFO" in text and "(localhost)" in text
     assert "nodemac=de:ab:c3:00:00:01" in text  # ":ab:" is not an emoji code
 
 

@@ -1,0 +1,319 @@
+"""The inspection commands: ``status``, ``endpoint list``, ``service list``, ``metrics``, ``bpf … list``,
+``bgp status``. They read the datapath registry and the pinned maps (:mod:`ciliumlite.inspect`) and
+print through :mod:`ciliumlite.cli.format`; nothing here changes a datapath.
+
+Exit codes: 0 shown (notes about skipped datapaths or absent maps go to stderr), 1 nothing to show
+or a read failed (the message says what is missing).
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Annotated, TypeVar
+
+import typer
+from rich.console import Console, RenderableType
+from rich.text import Text
+
+from ciliumlite import inspect as ins
+from ciliumlite.bpf.errors import CiliumliteError
+from ciliumlite.cli import format as fmt
+from ciliumlite.inspect import InspectError, MapAbsent, PinsGone, RegisteredDatapath
+
+T = TypeVar("T")
+
+
+class Output(enum.StrEnum):
+    """How to print: a table for people, JSON for programs."""
+
+    table = "table"
+    json = "json"
+
+
+LabOpt = Annotated[str | None, typer.Option(
+    "--lab", metavar="PREFIX", help="only the datapaths of this lab (its prefix: node names are PREFIX-<node>)")]
+NodeOpt = Annotated[str | None, typer.Option(
+    "--node", metavar="NAME", help="only this node (full name, or the name inside --lab)")]
+OutputOpt = Annotated[Output, typer.Option("--output", "-o", help="table or json")]
+
+
+class Run:
+    """One command's output streams and outcome."""
+
+    def __init__(self, output: Output) -> None:
+        self.output = output
+        # Not a terminal (a pipe, a test): no wrapping or cropping of wide tables.
+        # Map contents are never markup or emoji codes ("[ClusterIP]", a MAC's ":ab:").
+        self.out = Console(highlight=False, markup=False, emoji=False,
+                           width=None if sys.stdout.isatty() else 400)
+        self.err = Console(stderr=True, highlight=False, markup=False, emoji=False)
+        self.failed = False
+
+    @property
+    def json(self) -> bool:
+        """``--output json``."""
+        return self.output is Output.json
+
+    def note(self, message: str) -> None:
+        """Something skipped or absent; the command still succeeds."""
+        self.err.print(Text.assemble(("note: ", "yellow"), message), soft_wrap=True)
+
+    def error(self, message: str) -> None:
+        """A failure; the command exits 1 at the end."""
+        self.err.print(Text.assemble(("Error: ", "bold red"), message), soft_wrap=True)
+        self.failed = True
+
+    def emit(self, rows: list[fmt.Row], render: Callable[[list[fmt.Row]], RenderableType]) -> None:
+        """Print rows as JSON or through ``render``."""
+        if self.json:
+            print(fmt.to_json(rows))
+        else:
+            self.out.print(render(rows))
+
+    def lines(self, lines: list[str]) -> None:
+        """Plain text lines (no markup)."""
+        for line in lines:
+            self.out.print(line, markup=False, soft_wrap=True)
+
+
+@contextmanager
+def _run(output: Output) -> Iterator[Run]:
+    run = Run(output)
+    try:
+        yield run
+    except CiliumliteError as exc:
+        run.error(str(exc))
+        raise typer.Exit(1) from None
+    if run.failed:
+        raise typer.Exit(1)
+
+
+def _select(run: Run, lab: str | None, node: str | None, *, pins: bool) -> list[RegisteredDatapath]:
+    if pins:
+        ins.require_root()
+        ins.require_bpffs()
+    reg = ins.load()
+    for n in reg.notes:
+        run.note(n)
+    chosen = ins.select(reg.entries, lab=lab, node=node, directory=reg.directory)
+    for dp in chosen:
+        if dp.pid is not None and not dp.process_alive:
+            run.note(f"{dp.node}: its process {dp.pid} is not running; showing what it left behind")
+    return chosen
+
+
+def _each(run: Run, dps: list[RegisteredDatapath], read: Callable[[RegisteredDatapath], T]) -> list[tuple[RegisteredDatapath, T]]:
+    """``read`` every datapath: absent maps and vanished pins are notes, other failures errors."""
+    out = []
+    gone = 0
+    for dp in dps:
+        try:
+            out.append((dp, read(dp)))
+        except PinsGone as exc:
+            run.note(str(exc))
+            gone += 1
+        except MapAbsent as exc:
+            run.note(str(exc))
+        except CiliumliteError as exc:
+            run.error(f"{dp.node}: {exc}")
+    if dps and gone == len(dps):
+        raise InspectError("every selected datapath stopped while it was being read")
+    return out
+
+
+# -- status ----------------------------------------------------------------------------------------------
+
+
+def status(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="add the config and every attachment")] = False,
+           lab: LabOpt = None, node: NodeOpt = None, output: OutputOpt = Output.table) -> None:
+    """Per node: kube-proxy replacement, routing, masquerading, LB mode, programs, map pressure (like cilium status).
+
+    Reads the registry and every map pinned in each node's pin directory (needs root).
+    """
+    with _run(output) as run:
+        dps = _select(run, lab, node, pins=True)
+        rows = [fmt.status_row(dp, maps, alive=dp.process_alive, verbose=verbose)
+                for dp, maps in _each(run, dps, ins.map_pressure)]
+        if run.json:
+            print(fmt.to_json(rows))
+            return
+        for i, row in enumerate(rows):
+            if i:
+                run.out.print()
+            run.lines(fmt.status_lines(row, verbose=verbose))
+
+
+# -- endpoints, services, tunnels ------------------------------------------------------------------------
+
+endpoint_app = typer.Typer(help="Endpoints (pods) as the datapaths registered them.", no_args_is_help=True)
+service_app = typer.Typer(help="Services as the datapaths registered them.", no_args_is_help=True)
+bpf_app = typer.Typer(help="The pinned BPF maps, as the kernel has them.", no_args_is_help=True)
+bpf_endpoint_app = typer.Typer(help="cilium_lxc: local endpoints.", no_args_is_help=True)
+bpf_lb_app = typer.Typer(help="cilium_lb4_services_v2 and cilium_lb4_backends_v3.", no_args_is_help=True)
+bpf_ct_app = typer.Typer(help="cilium_ct4_global and cilium_ct_any4_global: connection tracking.",
+                         no_args_is_help=True)
+bpf_nat_app = typer.Typer(help="cilium_snat_v4_external: source NAT mappings.", no_args_is_help=True)
+bpf_tunnel_app = typer.Typer(help="cilium_tunnel_map: remote pod CIDRs and their nodes.", no_args_is_help=True)
+bgp_app = typer.Typer(help="BGP (bird) of native-routing nodes.", no_args_is_help=True)
+
+
+@endpoint_app.command("list")
+def endpoint_list(lab: LabOpt = None, node: NodeOpt = None, output: OutputOpt = Output.table) -> None:
+    """ID, IDENTITY, IPv4, IFNAME, MAC, NODE of every endpoint (from the registry)."""
+    with _run(output) as run:
+        rows = fmt.endpoint_rows(_select(run, lab, node, pins=False))
+        run.emit(rows, fmt.endpoint_table)
+
+
+@bpf_endpoint_app.command("list")
+def bpf_endpoint_list(lab: LabOpt = None, node: NodeOpt = None, output: OutputOpt = Output.table) -> None:
+    """IP ADDRESS and LOCAL ENDPOINT INFO of every cilium_lxc entry."""
+    with _run(output) as run:
+        got = _each(run, _select(run, lab, node, pins=True), ins.bpf_endpoints)
+        run.emit([r for dp, entries in got for r in fmt.bpf_endpoint_rows(dp.node, entries)], fmt.bpf_endpoint_table)
+
+
+@bpf_tunnel_app.command("list")
+def bpf_tunnel_list(lab: LabOpt = None, node: NodeOpt = None, output: OutputOpt = Output.table) -> None:
+    """TUNNEL (a remote pod CIDR) and VALUE (its node's underlay address) of every cilium_tunnel_map entry."""
+    with _run(output) as run:
+        got = _each(run, _select(run, lab, node, pins=True), ins.tunnels)
+        run.emit([r for dp, entries in got for r in fmt.tunnel_rows(dp, entries)], fmt.tunnel_table)
+
+
+@bpf_lb_app.command("list")
+def bpf_lb_list(lab: LabOpt = None, node: NodeOpt = None, output: OutputOpt = Output.table) -> None:
+    """SERVICE ADDRESS and BACKEND ADDRESS (REVNAT_ID) (SLOT) of every service-map row."""
+    with _run(output) as run:
+        got = _each(run, _select(run, lab, node, pins=True), ins.lb_entries)
+        run.emit([r for dp, entries in got for r in fmt.lb_rows(dp.node, entries)], fmt.lb_table)
+
+
+@service_app.command("list")
+def service_list(lab: LabOpt = None, node: NodeOpt = None, output: OutputOpt = Output.table) -> None:
+    """ID, Frontend, Service Type, Backend of every service (from the registry; the ID is the
+    reverse-NAT index, read from the pinned map when that is possible)."""
+    with _run(output) as run:
+        rows = []
+        for dp in _select(run, lab, node, pins=False):
+            ids: dict[tuple[str, int], int] = {}
+            if dp.services and os.geteuid() == 0:
+                try:
+                    ids = ins.revnat_ids(dp)
+                except CiliumliteError as exc:
+                    run.note(f"{dp.node}: service IDs unknown ({exc})")
+            rows += fmt.service_rows(dp, ids)
+        run.emit(rows, fmt.service_table)
+
+
+# -- conntrack and NAT -----------------------------------------------------------------------------------
+
+
+@bpf_ct_app.command("list")
+def bpf_ct_list(lab: LabOpt = None, node: NodeOpt = None, output: OutputOpt = Output.table) -> None:
+    """Every conntrack entry (TCP: cilium_ct4_global, others: cilium_ct_any4_global), one line each."""
+    with _run(output) as run:
+        dps = _select(run, lab, node, pins=True)
+        now = ins.monotonic_seconds()
+        rows: list[fmt.Row] = []
+        for map_name in (ins.CT_TCP_MAP, ins.CT_ANY_MAP):
+            got = _each(run, dps, functools.partial(ins.ct_entries, map_name=map_name))
+            rows += [fmt.ct_row(dp.node, c.map, c.key, c.entry, now) for dp, entries in got for c in entries]
+        _flows(run, fmt.sort_flows(rows), fmt.ct_line)
+
+
+@bpf_nat_app.command("list")
+def bpf_nat_list(lab: LabOpt = None, node: NodeOpt = None, output: OutputOpt = Output.table) -> None:
+    """Every source-NAT entry of cilium_snat_v4_external (both halves of each mapping), one line each."""
+    with _run(output) as run:
+        got = _each(run, _select(run, lab, node, pins=True), ins.nat_entries)
+        now = ins.monotonic_seconds()
+        _flows(run, fmt.sort_flows([fmt.nat_row(dp.node, k, v, now) for dp, entries in got for k, v in entries]),
+               fmt.nat_line)
+
+
+def _flows(run: Run, rows: list[fmt.Row], line: Callable[[fmt.Row], str]) -> None:
+    if run.json:
+        print(fmt.to_json(rows))
+        return
+    node = None
+    for r in rows:
+        if r["node"] != node:
+            node = r["node"]
+            run.out.print(Text(f"# {node}", style="bold"))
+        run.lines([line(r)])
+    if not rows and not run.failed:
+        run.err.print("(no entries)")
+
+
+# -- metrics ---------------------------------------------------------------------------------------------
+
+
+def metrics(prometheus: Annotated[bool, typer.Option("--prometheus", help="Prometheus text exposition")] = False,
+            lab: LabOpt = None, node: NodeOpt = None, output: OutputOpt = Output.table) -> None:
+    """Packets and bytes forwarded and dropped, by reason and direction, summed over CPUs (cilium_metrics)."""
+    with _run(output) as run:
+        got = _each(run, _select(run, lab, node, pins=True), ins.metrics)
+        rows = [r for dp, ms in got for r in fmt.metric_rows(dp.node, ms)]
+        if prometheus:
+            sys.stdout.write(fmt.prometheus(rows))
+        else:
+            run.emit(rows, fmt.metric_table)
+
+
+# -- BGP -------------------------------------------------------------------------------------------------
+
+
+@bgp_app.command("status")
+def bgp_status(
+    socket: Annotated[list[str] | None, typer.Option(
+        "--socket", metavar="PATH",
+        help="bird's control socket (repeatable); a Lab keeps it at <lab.workdir>/<node>/bird.ctl")] = None,
+    all_protocols: Annotated[bool, typer.Option("--all", help="every protocol, not only BGP sessions")] = False,
+    output: OutputOpt = Output.table,
+) -> None:
+    """BGP sessions and their state, from 'birdc show protocols' of one or more bird daemons."""
+    from ciliumlite import bgp
+
+    with _run(output) as run:
+        if not socket:
+            raise InspectError("bgp status needs --socket PATH (bird's control socket): the datapath registry "
+                               "does not record it (Bird.socket_path; in a Lab <lab.workdir>/<node>/bird.ctl)")
+        rows: list[fmt.Row] = []
+        for sock in socket:
+            if not os.path.exists(sock):
+                run.error(f"no bird control socket at {sock}")
+                continue
+            birdc = bgp._binaries()[1]
+            try:
+                r = subprocess.run([birdc, "-s", sock, "show", "protocols"], capture_output=True, text=True,
+                                   timeout=10, stdin=subprocess.DEVNULL)
+            except (OSError, subprocess.SubprocessError) as exc:
+                run.error(f"birdc -s {sock}: {exc}")
+                continue
+            if r.returncode != 0:
+                run.error(f"birdc -s {sock} show protocols failed: {(r.stdout + r.stderr).strip()}")
+                continue
+            rows += fmt.bgp_rows(sock, bgp.parse_protocols(r.stdout), all_protocols=all_protocols)
+        run.emit(rows, fmt.bgp_table)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the inspection commands to the ``ciliumlite`` app."""
+    app.command()(status)
+    app.command()(metrics)
+    app.add_typer(endpoint_app, name="endpoint")
+    app.add_typer(service_app, name="service")
+    bpf_app.add_typer(bpf_endpoint_app, name="endpoint")
+    bpf_app.add_typer(bpf_lb_app, name="lb")
+    bpf_app.add_typer(bpf_ct_app, name="ct")
+    bpf_app.add_typer(bpf_nat_app, name="nat")
+    bpf_app.add_typer(bpf_tunnel_app, name="tunnel")
+    app.add_typer(bpf_app, name="bpf")
+    app.add_typer(bgp_app, name="bgp")
