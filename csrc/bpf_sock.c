@@ -18,9 +18,14 @@
  * Forward translation (connect4 / sendmsg4), for TCP and UDP only:
  *   1. key {user_ip4, user_port, proto = ctx->protocol}; scope EXT, then INT
  *      if the row has TWO_SCOPES (in-cluster clients see every backend).
- *   2. miss, port in nodeport_min..nodeport_max, and user_ip4 is node_ipv4 or
- *      (in the host netns only) 127.0.0.0/8: the wildcard frontend
- *      {0.0.0.0, port, proto} (Cilium's surrogate NodePort frontend).
+ *   2. miss, port in nodeport_min..nodeport_max, and user_ip4 is node_ipv4,
+ *      any cluster node IP (cilium_node_map; Cilium's include_remote_hosts),
+ *      or (in the host netns only) 127.0.0.0/8: the wildcard frontend
+ *      {0.0.0.0, port, proto} (Cilium's surrogate NodePort frontend), INT
+ *      scope for two-scope rows. So a NodePort of ANOTHER node is load
+ *      balanced at connect() from this node's rows: the connection goes
+ *      straight to the backend (with DSR, a reply to a client pod on the
+ *      backend's own node would otherwise never pass a cil_to_netdev).
  *   3. miss -> the socket is left alone.
  *   4. frontend with count == 0 -> the call fails at once with ECONNREFUSED
  *      (bpf_set_retval(-ECONNREFUSED) + reject; Cilium uses EHOSTUNREACH).
@@ -39,6 +44,8 @@
  * Load-time configuration (.rodata): config.h; read here: enable_socket_lb
  * (0 = every program returns "proceed" untouched), node_ipv4,
  * nodeport_min/max, host_netns_cookie.
+ *
+ * Also read: cilium_node_map (cluster node IPs, for the wildcard).
  *
  * Maps (maps.h, pinned by name)
  *   cilium_lb4_services_v2 / _backends_v3   read
@@ -106,7 +113,8 @@ sock4_lookup_service(struct bpf_sock_addr *ctx, struct lb4_key *key)
 	if (port < nodeport_min || port > nodeport_max)
 		return NULL;
 	if (!(node_ipv4 && key->address == node_ipv4) &&
-	    !(ipv4_is_loopback(key->address) && sock_in_hostns(ctx)))
+	    !(ipv4_is_loopback(key->address) && sock_in_hostns(ctx)) &&
+	    !bpf_map_lookup_elem(&cilium_node_map, &key->address))
 		return NULL;
 	key->address = 0;
 	return lb4_lookup_service(key, true);
