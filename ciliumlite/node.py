@@ -7,6 +7,7 @@ import dataclasses
 import html
 import ipaddress
 import os
+import socket
 import subprocess
 import threading
 from collections import defaultdict
@@ -17,7 +18,7 @@ from typing import Any
 from ciliumlite.bpf import BE32, U8, BpfObject, Map, fs
 from ciliumlite.bpf.errors import CiliumliteError, NotSupportedError, ValidationError
 from ciliumlite.bpf.link import Link
-from ciliumlite.bpf.netns import NetnsRef
+from ciliumlite.bpf.netns import NetnsRef, entered
 from ciliumlite.bpf.offloop import public_methods_off_event_loop
 from ciliumlite.bpf.program import resolve_ifindex
 from ciliumlite.cluster.store import NodeInfo
@@ -46,6 +47,15 @@ from ciliumlite.endpoint import ENDPOINT_COLUMNS, Endpoint, configure_pod_side, 
 from ciliumlite.service import Service
 
 HOST_IDENTITY = 1  # Cilium's reserved:host
+SO_NETNS_COOKIE = 71
+
+
+def netns_cookie(netns: NetnsRef) -> int:
+    """The kernel's cookie of a network namespace (what bpf_get_netns_cookie returns there)."""
+    with entered(netns):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    with sock:
+        return int.from_bytes(sock.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8), "little")
 
 
 @dataclass(frozen=True)
@@ -134,6 +144,8 @@ class Datapath:
             return
         self._pin_dir = fs.make_pin_dir(cfg.pin_dir.removeprefix(fs.BPFFS + "/"))
         node_rodata = cfg.rodata(tunnel_ifindex=tunnel_ifindex, native_ifindex=native_ifindex)
+        # Socket LB's loopback NodePort wildcard applies in the node's own namespace only.
+        node_rodata["host_netns_cookie"] = netns_cookie(self.netns)
         self.lxc = self._load("bpf_lxc", node_rodata, {"enable_arp_responder": 1, **cfg.extra_rodata})
         self.endpoint_map = self.lxc.map("cilium_lxc", EndpointKey, EndpointInfo)
         self.metrics_map = self.lxc.map("cilium_metrics", MetricsKey, MetricsValue)

@@ -18,6 +18,7 @@ from ciliumlite.bpf.errors import CiliumliteError, ValidationError
 from ciliumlite.bpf.offloop import public_methods_off_event_loop
 from ciliumlite.cluster import Cluster, NodeInfo
 from ciliumlite.datapath.config import DatapathConfig, HostRouting, Routing
+from ciliumlite.datapath.devices import set_sysctl
 from ciliumlite.endpoint import Endpoint
 from ciliumlite.lab import procs
 from ciliumlite.lab.naming import lab_prefix
@@ -258,6 +259,9 @@ class Node:
                 self.ip = str(UNDERLAY.network_address + FIRST_NODE_HOST + index)
                 lab.fabric_or_create().connect(self.netns, index, self.ip)
                 config.setdefault("node_ip", self.ip)
+            # SNAT and masquerade allocate ports from 32768..65535: keep the node's own
+            # ephemeral ports out of that range (what a Cilium node operator does too).
+            set_sysctl(self.netns, "net.ipv4.ip_local_port_range", "10000 29999")
             self.cgroup = fs.make_cgroup(f"{lab.prefix}-{name}")
             cfg = DatapathConfig(node_name=f"{lab.prefix}-{name}", pod_cidr=pod_cidr, host_routing=host_routing,
                                  **config)
