@@ -22,7 +22,7 @@ from ciliumlite.bpf.netns import NetnsRef, entered
 from ciliumlite.bpf.offloop import public_methods_off_event_loop
 from ciliumlite.bpf.program import resolve_ifindex
 from ciliumlite.cluster.store import NodeInfo
-from ciliumlite.datapath import devices, loader, registry
+from ciliumlite.datapath import devices, gc, loader, registry
 from ciliumlite.datapath.config import VXLAN_PORT, DatapathConfig
 from ciliumlite.datapath.lb import FrontendRow, LbMaps
 from ciliumlite.datapath.reasons import Direction, Reason, describe
@@ -36,10 +36,13 @@ from ciliumlite.datapath.records import (
     SVC_FLAG_EXT_LOCAL_SCOPE,
     SVC_FLAG_NODEPORT,
     SVC_FLAG_ROUTABLE,
+    CtEntry,
     EndpointInfo,
     EndpointKey,
+    Ipv4CtTuple,
     MetricsKey,
     MetricsValue,
+    NatEntry,
     TunnelKey,
     TunnelValue,
 )
@@ -322,6 +325,22 @@ class Datapath:
             res = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
             if add and res.returncode != 0:
                 raise CiliumliteError(f"{' '.join(cmd)}: {res.stderr.strip()}")
+
+    def conntrack(self) -> dict[Ipv4CtTuple, CtEntry]:
+        """Both CT maps (TCP and non-TCP) as the kernel has them, like ``cilium bpf ct list global``."""
+        return {k: v for m in self._ct_maps() for k, v in m.items()}
+
+    def _ct_maps(self) -> list[Map[Ipv4CtTuple, CtEntry]]:
+        if self.lxc is None:
+            return []
+        return [self.lxc.map(name, Ipv4CtTuple, CtEntry) for name in ("cilium_ct4_global", "cilium_ct_any4_global")
+                if name in self.lxc.map_names]
+
+    def gc_conntrack(self, *, at: int | None = None) -> gc.GcResult:
+        """Delete expired conntrack entries and stale NAT entries (run it periodically)."""
+        nat = self.lxc.map("cilium_snat_v4_external", Ipv4CtTuple, NatEntry) \
+            if self.lxc is not None and "cilium_snat_v4_external" in self.lxc.map_names else None
+        return gc.collect(list(self._ct_maps()), nat, at=at)
 
     def bpf_tunnels(self) -> dict[str, str]:
         """The tunnel map: pod CIDR prefix -> remote node IP (like ``cilium bpf tunnel list``)."""
