@@ -1,7 +1,10 @@
 """The demo: the seed's cluster in namespaces on this machine, each chapter proved live.
 
-Every step returns a ``StepResult`` with the evidence it saw; ``run_demo`` shows progress and
-always tears the lab down (also on Ctrl-C) unless ``keep=True``.
+One cluster is built like the seed's (``k8s-master``, ``worker1``, ``worker3`` behind a leaf router at
+10.0.0.254, pod CIDR 10.244.0.0/16, a ``client`` and a ``testappds`` pod on every node, a ClusterIP
+and a NodePort service, an outside client at 203.0.113.10). Chapters that need another routing or
+LB mode than the cluster's build a small lab of their own. Every chapter returns a ``StepResult``
+with the evidence it saw; labs are always torn down (also on Ctrl-C) unless ``keep=True``.
 """
 
 from __future__ import annotations
@@ -11,11 +14,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ciliumlite.datapath.config import LbMode, Routing
+from ciliumlite.datapath.dsr import DsrOption
 from ciliumlite.datapath.reasons import Reason
 from ciliumlite.lab import Lab, Pod
 from ciliumlite.lab.lab import LabCluster
+from ciliumlite.service import Backend, Frontend, Service
 
 NODES = ["k8s-master", "worker1", "worker3"]
+CLUSTER_IP = "10.96.0.10"
+NODE_PORT = 31000
 
 
 @dataclass
@@ -32,105 +40,238 @@ class StepResult:
         return {"title": self.title, "ok": self.ok, "evidence": self.evidence, "seconds": round(self.seconds, 3)}
 
 
+@dataclass
+class Demo:
+    """The main cluster and what the chapters share."""
+
+    lab: Lab
+    cluster: LabCluster
+    routing: Routing
+    lb_mode: LbMode
+    extra_labs: list[Lab] = field(default_factory=list)
+
+    def pods(self, role: str) -> list[Pod]:
+        """The pods named ``role`` on every node."""
+        return [n.pods[role] for n in self.cluster.nodes() if role in n.pods]
+
+    def small_cluster(self, name: str, routing: Routing, **config: Any) -> LabCluster:
+        """A 2-node lab for a chapter that needs another mode (closed with the demo)."""
+        lab = Lab(name)
+        self.extra_labs.append(lab)
+        return lab.cluster(["k8s-master", "worker1"], routing=routing, bgp=False, **config)
+
+
+def build(routing: Routing = "native", lb_mode: LbMode = "snat") -> Demo:
+    """The seed's cluster, services and outside client."""
+    lab = Lab("demo")
+    try:
+        cluster = lab.cluster(NODES, routing=routing, load_balancer_mode=lb_mode if routing == "native" else "snat",
+                              bpf_masquerade=True)
+        for node in cluster.nodes():
+            node.add_pod("client")
+            node.add_pod("testappds").ensure_echo_server(80)
+        backends = [Backend(p.ip, 80) for p in (n.pods["testappds"] for n in cluster.nodes())]
+        cluster.upsert_service(Service(name="testapp", frontend=Frontend(CLUSTER_IP, 80), backends=backends))
+        cluster.upsert_service(Service(name="testapp-np", frontend=Frontend("10.96.0.11", 80), type="NodePort",
+                                       node_port=NODE_PORT, backends=backends))
+        lab.outside()
+    except BaseException:
+        lab.close()
+        raise
+    return Demo(lab, cluster, routing, lb_mode)
+
+
 def _tx_packets(pod: Pod) -> int:
     from pyroute2 import IPRoute
 
     with IPRoute(netns=pod.node.netns) as ipr:
-        link = ipr.get_links(pod.endpoint.ifindex)[0]
-        return int(link.get_attr("IFLA_STATS64")["tx_packets"])
+        return int(ipr.get_links(pod.endpoint.ifindex)[0].get_attr("IFLA_STATS64")["tx_packets"])
 
 
-def step_host_routing(lab: Lab) -> StepResult:
-    """Chapter 2: same-node pods, bpf_redirect_peer bypasses the destination's lxc device."""
-    node = lab.add_node("worker-same")
-    client, test = node.add_pod("client"), node.add_pod("testappds")
+def step_status(demo: Demo) -> StepResult:
+    """Chapter 1: kube-proxy replacement status, like ``cilium status``."""
+    lines, ok = [], True
+    for node in demo.cluster.nodes():
+        assert node.datapath is not None
+        cfg = node.datapath.config
+        attached = len(node.datapath.links) + sum(1 for e in node.datapath.endpoints() if e.link)
+        ok = ok and cfg.kube_proxy_replacement and cfg.host_routing == "bpf" and attached > 0
+        lines.append(f"{node.name}: KubeProxyReplacement: {cfg.kube_proxy_replacement} · Host Routing: "
+                     f"{cfg.host_routing.upper()} · Routing: {cfg.routing} · Masquerading: "
+                     f"{'BPF' if cfg.bpf_masquerade else 'Disabled'} · LB: {cfg.load_balancer_mode} · "
+                     f"{attached} programs attached · {len(node.datapath.endpoints())} endpoints")
+    return StepResult("kube-proxy replacement status", ok, lines)
+
+
+def step_host_routing(demo: Demo) -> StepResult:
+    """Chapter 2: same-node pods; bpf_redirect_peer bypasses the destination's lxc device."""
+    node = demo.cluster.node("worker3")
+    client, test = node.pods["client"], node.pods["testappds"]
+    assert node.datapath is not None
+    fwd0 = node.datapath.count(Reason.FORWARDED)
     before = _tx_packets(test)
     ping = client.ping(test, count=5, interval=0.05)
-    after = _tx_packets(test)
-    assert node.datapath is not None
-    fwd = node.datapath.count(Reason.FORWARDED)
-    ok = ping.ok and after - before < ping.received
-    return StepResult("same-node host routing (redirect_peer)", ok, [
-        f"client {client.ip} -> testappds {test.ip}: {ping.received}/{ping.transmitted} replies, avg {ping.rtt_avg_ms} ms",
-        f"TX packets on testappds' lxc device moved by {after - before} (bypassed by bpf_redirect_peer)",
-        f"BPF forwarded {fwd} packets; ARP answered by BPF: {node.datapath.count(Reason.ARP_REPLY)}",
+    moved = _tx_packets(test) - before
+    fwd = node.datapath.count(Reason.FORWARDED) - fwd0
+    return StepResult("same-node host routing (redirect_peer)", ping.ok and moved < ping.received and fwd > 0, [
+        f"worker3: client {client.ip} -> testappds {test.ip}: {ping.received}/{ping.transmitted} replies, "
+        f"avg {ping.rtt_avg_ms} ms",
+        f"TX packets on testappds' lxc device moved by {moved} for {ping.received} echo requests "
+        "(bypassed by bpf_redirect_peer: tcpdump on that lxc sees nothing)",
+        f"BPF forwarded {fwd} packets; gateway ARP answered by BPF ({node.datapath.count(Reason.ARP_REPLY)} replies)",
     ])
 
 
-def _cross(cluster: LabCluster, title: str, extra: Callable[[LabCluster], list[str]]) -> StepResult:
-    client = cluster.node("worker3").add_pod("client")
-    server = cluster.node("worker1").add_pod("testappds")
+def _cross(cluster: LabCluster) -> tuple[Pod, Pod, list[str], bool]:
+    a, b = cluster.nodes()[-1], cluster.nodes()[-2]
+    client = a.pods.get("client") or a.add_pod("client")
+    server = b.pods.get("testappds") or b.add_pod("testappds")
     ping = client.ping(server, count=3, interval=0.05)
-    tcp = client.tcp_echo(server, 80)
-    udp = client.udp_echo(server, 53)
+    tcp, udp = client.tcp_echo(server, 80), client.udp_echo(server, 53)
     ok = ping.ok and tcp.ok and udp.ok
-    return StepResult(title, ok, [
-        f"worker3/client {client.ip} -> worker1/testappds {server.ip}: ping {ping.received}/{ping.transmitted}, "
-        f"TCP {'ok' if tcp.ok else tcp.error}, UDP {'ok' if udp.ok else udp.error}",
-        f"testappds saw the client as {tcp.seen_client} (no NAT between pods)",
-        *extra(cluster),
-    ])
+    return client, server, [
+        f"{a.name}/client {client.ip} -> {b.name}/testappds {server.ip}: ping {ping.received}/{ping.transmitted}, "
+        f"TCP {'ok' if tcp.ok else tcp.error}, UDP {'ok' if udp.ok else udp.error}; "
+        f"testappds saw {tcp.seen_client} (no NAT between pods)"], ok
 
 
-def step_vxlan(lab: Lab) -> StepResult:
+def step_vxlan(demo: Demo) -> StepResult:
     """Chapter 3: VXLAN overlay with the security identity in the VNI."""
-    cluster = lab.cluster(NODES, routing="vxlan")
+    cluster = demo.cluster if demo.routing == "vxlan" else demo.small_cluster("demo-vx", "vxlan")
+    lab = cluster.lab
+    assert lab.fabric is not None
+    sender = cluster.nodes()[-1]
+    with lab.capture(lab.fabric.netns, f"n{sender.index}", seconds=3) as cap:
+        client, _, lines, ok = _cross(cluster)
+    vnis = {int.from_bytes(f.raw[46:49], "big") for f in cap.frames
+            if f.proto == 17 and f.ports[1] == 8472 and f.src == sender.ip}
+    assert sender.datapath is not None
+    ok = ok and client.endpoint.identity in vnis
+    return StepResult("VXLAN overlay (identity in the VNI)", ok, [
+        *lines, f"tunnel map on {sender.name}: {sender.datapath.bpf_tunnels()}",
+        f"on the wire from {sender.ip}: UDP 8472, VNIs {sorted(vnis)}; client's security identity "
+        f"{client.endpoint.identity}", f"encapsulated by BPF: {sender.datapath.count(Reason.ENCAPSULATED)} packets; "
+        "MACs rewritten only at the end, by from-overlay on the receiving node"])
 
-    def extra(cl: LabCluster) -> list[str]:
-        dp = cl.node("worker3").datapath
-        assert dp is not None
-        client = cl.node("worker3").pods["client"]
-        return [f"tunnel map on worker3: {dp.bpf_tunnels()}",
-                f"client's identity (the VNI on the wire): {client.endpoint.identity}",
-                f"encapsulated by BPF on worker3: {dp.count(Reason.ENCAPSULATED)} packets"]
 
-    return _cross(cluster, "VXLAN overlay (identity in the VNI)", extra)
-
-
-def step_native(lab: Lab) -> StepResult:
+def step_native(demo: Demo) -> StepResult:
     """Chapter 4: native routing, pod CIDRs announced over BGP by bird."""
-    cluster = lab.cluster(NODES, routing="native")
+    if demo.routing == "native":
+        cluster = demo.cluster
+    else:
+        lab = Lab("demo-bgp")
+        demo.extra_labs.append(lab)
+        cluster = lab.cluster(["k8s-master", "worker1"], routing="native")
+    _, _, lines, ok = _cross(cluster)
+    node = cluster.nodes()[-1]
+    assert node.datapath is not None and node.bird is not None
+    sessions = [s for s in node.bird.status() if s.is_bgp]
+    routes = [r.strip() for r in node.run("ip", "route").stdout.splitlines() if "proto bird" in r]
+    ok = ok and all(s.established for s in sessions) and len(routes) == len(cluster.nodes()) - 1
+    return StepResult("native routing with BGP (bird)", ok, [
+        *lines, f"BGP on {node.name}: " + ", ".join(f"{s.name} {s.info or s.state}" for s in sessions),
+        *[f"route: {r}" for r in routes],
+        f"FIB-redirected by BPF (pod veth -> NIC): {node.datapath.count(Reason.FIB_REDIRECT)} packets"])
 
-    def extra(cl: LabCluster) -> list[str]:
-        node = cl.node("worker3")
-        assert node.datapath is not None
-        sessions = ", ".join(f"{s.name} {s.info or s.state}" for s in node.bird.status() if s.is_bgp)
-        routes = [line for line in node.run("ip", "route").stdout.splitlines() if "bird" in line]
-        return [f"BGP on worker3: {sessions}", *[f"route: {r}" for r in routes],
-                f"FIB-redirected by BPF on worker3: {node.datapath.count(Reason.FIB_REDIRECT)} packets"]
 
-    return _cross(cluster, "native routing with BGP (bird)", extra)
+def step_socket_lb(demo: Demo) -> StepResult:
+    """Chapter 5: socket LB: connect() to the ClusterIP is rewritten to a backend."""
+    node = demo.cluster.node("worker3")
+    client = node.pods["client"]
+    with demo.lab.capture(client.netns, "eth0", seconds=3) as cap:
+        answers = [client.tcp_echo(CLUSTER_IP, 80) for _ in range(6)]
+    servers = sorted({a.server for a in answers if a.ok})
+    peers = {a.peer for a in answers if a.peer is not None}
+    on_wire = {f.dst for f in cap.frames if f.outgoing}
+    ok = all(a.ok for a in answers) and peers == {(CLUSTER_IP, 80)} and CLUSTER_IP not in on_wire \
+        and len(answers) == 6
+    return StepResult("socket LB (connect-time translation)", ok, [
+        f"6 connections to {CLUSTER_IP}:80 from worker3/client answered by {servers}",
+        f"getpeername() in the client: {sorted(peers)} (the service, restored by getpeername4)",
+        f"destinations on the client's eth0: {sorted(on_wire)} — the ClusterIP never appears on the wire"])
 
 
-STEPS: list[tuple[str, Callable[[Lab], StepResult]]] = [
+def _nodeport(demo: Demo, mode: LbMode) -> tuple[bool, list[str]]:
+    cluster = demo.small_cluster(f"demo-{mode}", "native", load_balancer_mode=mode)
+    lab = cluster.lab
+    entry, far = cluster.node("k8s-master"), cluster.node("worker1")
+    backend = far.add_pod("testappds")
+    backend.ensure_echo_server(80)
+    cluster.upsert_service(Service(name="np", frontend=Frontend("10.96.0.20", 80), type="NodePort",
+                                   node_port=NODE_PORT, backends=[Backend(backend.ip, 80)]))
+    world = lab.outside()
+    assert lab.fabric is not None and entry.ip is not None
+    with lab.capture(lab.fabric.netns, f"n{far.index}", seconds=3) as cap:
+        res = world.tcp_echo(entry.ip, NODE_PORT)
+    replies_direct = [f for f in cap.frames if f.src == entry.ip and f.dst == world.ip and f.ports[0] == NODE_PORT]
+    options = [DsrOption.from_ipv4_header(f.ip_header) for f in cap.frames if len(f.ip_header) > 20]
+    lines = [f"outside {world.ip} -> NodePort {entry.ip}:{NODE_PORT} (backend on {far.name}): "
+             f"{'ok' if res.ok else res.error}; the backend saw the client as {res.seen_client}"]
+    if mode == "snat":
+        ok = res.ok and res.seen_client.startswith(entry.ip + ":") and not replies_direct
+        lines.append(f"replies go back through {entry.name} (the backend answered {entry.ip}); "
+                     f"{len(replies_direct)} replies left {far.name} for the client directly")
+    else:
+        opt = next((o for o in options if o is not None), None)
+        ok = res.ok and res.seen_client.startswith(world.ip + ":") and bool(replies_direct) and \
+            opt == DsrOption(entry.ip, NODE_PORT)
+        raw = opt.encode().hex(" ") if opt else "none"
+        lines += [f"SYN arriving at {far.name} carries the DSR option {raw} = {opt}",
+                  f"{len(replies_direct)} replies left {far.name} straight to {world.ip} with source "
+                  f"{entry.ip}:{NODE_PORT} (never through {entry.name})"]
+    return ok, lines
+
+
+def step_nodeport(demo: Demo) -> StepResult:
+    """Chapter 6: NodePort in SNAT and DSR mode: who relays the reply."""
+    ok, lines = True, []
+    for mode in ("snat", "dsr"):
+        m_ok, m_lines = _nodeport(demo, mode)
+        ok = ok and m_ok
+        lines += [f"[{mode.upper()}] {line}" for line in m_lines]
+    return StepResult("NodePort SNAT vs DSR", ok, lines)
+
+
+STEPS: list[tuple[str, Callable[[Demo], StepResult]]] = [
+    ("status", step_status),
     ("host-routing", step_host_routing),
     ("vxlan", step_vxlan),
     ("native", step_native),
+    ("socket-lb", step_socket_lb),
+    ("nodeport", step_nodeport),
 ]
 
 
-def run_demo(*, keep: bool = False, only: list[str] | None = None,
+def run_demo(*, routing: Routing = "native", lb_mode: LbMode = "snat", keep: bool = False,
+             only: list[str] | None = None,
              on_step: Callable[[str, StepResult | None], None] | None = None) -> tuple[list[StepResult], Lab | None]:
-    """Run the chapters (each in its own lab, torn down after it unless ``keep``)."""
-    results: list[StepResult] = []
-    kept: Lab | None = None
-    for name, fn in STEPS:
-        if only and name not in only:
-            continue
-        if on_step:
-            on_step(name, None)
-        lab = Lab(f"demo-{name[:6]}")
-        t0 = time.monotonic()
-        try:
-            res = fn(lab)
-        except Exception as exc:  # a failed chapter is reported, the others still run
-            res = StepResult(name, False, [f"{type(exc).__name__}: {exc}"])
-        res.seconds = time.monotonic() - t0
-        results.append(res)
-        if on_step:
-            on_step(name, res)
-        if keep:
-            kept = lab
-        else:
+    """Build the cluster, run the chapters, tear everything down (unless ``keep``: the main lab stays)."""
+    if on_step:
+        on_step("building the cluster", None)
+    t0 = time.monotonic()
+    demo = build(routing, lb_mode)
+    results = [StepResult("cluster built", True, [
+        f"{len(NODES)} nodes ({', '.join(NODES)}), {routing} routing, leaf 10.0.0.254, "
+        f"{sum(len(n.pods) for n in demo.cluster.nodes())} pods, services testapp ({CLUSTER_IP}:80) and "
+        f"testapp-np (NodePort {NODE_PORT}), outside client 203.0.113.10"], time.monotonic() - t0)]
+    try:
+        for name, fn in STEPS:
+            if only and name not in only:
+                continue
+            if on_step:
+                on_step(name, None)
+            t0 = time.monotonic()
+            try:
+                res = fn(demo)
+            except Exception as exc:  # a failed chapter is reported; the others still run
+                res = StepResult(name, False, [f"{type(exc).__name__}: {exc}"])
+            res.seconds = time.monotonic() - t0
+            results.append(res)
+            if on_step:
+                on_step(name, res)
+    finally:
+        for lab in demo.extra_labs:
             lab.close()
-    return results, kept
+        if not keep:
+            demo.lab.close()
+    return results, demo.lab if keep else None

@@ -17,7 +17,7 @@ from typing import Any
 
 from ciliumlite.bpf import BE32, U8, BpfObject, Map, fs
 from ciliumlite.bpf.errors import CiliumliteError, NotSupportedError, ValidationError
-from ciliumlite.bpf.link import Link
+from ciliumlite.bpf.link import FdLink, Link
 from ciliumlite.bpf.netns import NetnsRef, entered
 from ciliumlite.bpf.offloop import public_methods_off_event_loop
 from ciliumlite.bpf.program import resolve_ifindex
@@ -341,6 +341,21 @@ class Datapath:
         nat = self.lxc.map("cilium_snat_v4_external", Ipv4CtTuple, NatEntry) \
             if self.lxc is not None and "cilium_snat_v4_external" in self.lxc.map_names else None
         return gc.collect(list(self._ct_maps()), nat, at=at)
+
+    def pin_links(self) -> list[str]:
+        """Pin every BPF link under ``<pin dir>/links`` so the datapath outlives this process.
+
+        Classic tc (clsact) attachments outlive it anyway. Returns the pin paths.
+        """
+        assert self._pin_dir is not None, "legacy host routing has no links to pin"
+        os.makedirs(os.path.join(self._pin_dir, "links"), exist_ok=True)
+        paths = []
+        links = list(self.links) + [e.link for e in self.endpoints() if e.link is not None]
+        for i, link in enumerate(links):
+            if isinstance(link, FdLink) and link.pin_path is None:
+                link.pin(os.path.join(self._pin_dir, "links", f"{i}-{link.program}"))
+                paths.append(link.pin_path or "")
+        return paths
 
     def bpf_tunnels(self) -> dict[str, str]:
         """The tunnel map: pod CIDR prefix -> remote node IP (like ``cilium bpf tunnel list``)."""

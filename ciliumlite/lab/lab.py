@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +26,7 @@ from ciliumlite.lab.naming import lab_prefix
 from ciliumlite.node import Datapath
 
 CLUSTER_POD_CIDR = ipaddress.IPv4Network("10.244.0.0/16")
+MANIFEST_DIR = "/run/ciliumlite/labs"
 UNDERLAY = ipaddress.IPv4Network("10.0.0.0/24")
 LEAF_IP = "10.0.0.254"
 LEAF_ASN = 65001
@@ -123,6 +125,77 @@ class PingResult:
     def ok(self) -> bool:
         """Every echo request was answered."""
         return self.transmitted > 0 and self.received == self.transmitted
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One captured Ethernet frame carrying IPv4, with the fields people look at."""
+
+    raw: bytes
+    outgoing: bool
+
+    @property
+    def ip_header(self) -> bytes:
+        """The IPv4 header, options included."""
+        ihl = (self.raw[14] & 0x0F) * 4
+        return self.raw[14:14 + ihl]
+
+    @property
+    def src(self) -> str:
+        """IPv4 source."""
+        return str(ipaddress.IPv4Address(self.raw[26:30]))
+
+    @property
+    def dst(self) -> str:
+        """IPv4 destination."""
+        return str(ipaddress.IPv4Address(self.raw[30:34]))
+
+    @property
+    def proto(self) -> int:
+        """IP protocol number."""
+        return self.raw[23]
+
+    @property
+    def ports(self) -> tuple[int, int]:
+        """(source port, destination port) for TCP/UDP."""
+        off = 14 + (self.raw[14] & 0x0F) * 4
+        return int.from_bytes(self.raw[off:off + 2], "big"), int.from_bytes(self.raw[off + 2:off + 4], "big")
+
+    def __str__(self) -> str:
+        sp, dp = self.ports if self.proto in (6, 17) else (0, 0)
+        return f"{self.src}:{sp} -> {self.dst}:{dp} proto {self.proto}" + (" (IP options)" if len(self.ip_header) > 20
+                                                                                  else "")
+
+
+class Capture:
+    """Frames seen on one device while the ``with`` block ran (``Lab.capture``)."""
+
+    def __init__(self, lab: Lab, netns: str, ifname: str, seconds: float, max_frames: int) -> None:
+        self._lab = lab
+        self._seconds = seconds
+        self._proc = lab.processes.popen(netns, procs.python_script(procs.CAPTURE, ifname, str(seconds),
+                                                                    str(max_frames)))
+        ready = self._proc.stdout.readline() if self._proc.stdout else ""
+        if ready.strip() != "ready":
+            lab.processes.stop(self._proc)
+            raise CiliumliteError(f"capture on {ifname} in {netns} did not start: {ready!r}")
+        self.frames: list[Frame] = []
+
+    def __enter__(self) -> Capture:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        time.sleep(0.2)  # frames still in flight when the block ends
+        if self._proc.poll() is None:
+            self._proc.kill()
+        try:
+            out, _ = self._proc.communicate(timeout=5)
+        finally:
+            self._lab.processes.stop(self._proc)
+        for line in out.splitlines():
+            direction, _, hexdata = line.partition(" ")
+            if hexdata:
+                self.frames.append(Frame(bytes.fromhex(hexdata), direction == "out"))
 
 
 @dataclass(frozen=True)
@@ -472,6 +545,10 @@ class Lab:
         """Close and remove one node (its bird, datapath, pods and namespace)."""
         self.nodes.pop(name).close()
 
+    def capture(self, netns: str, ifname: str, *, seconds: float = 3.0, max_frames: int = 200) -> Capture:
+        """Capture IPv4 frames on ``ifname`` in ``netns`` for at most ``seconds`` (use as ``with``)."""
+        return Capture(self, netns, ifname, seconds, max_frames)
+
     def outside(self, name: str = "world") -> Host:
         """An outside client (203.0.113.10) behind the leaf router, made on first use."""
         if self._outside is None:
@@ -485,6 +562,31 @@ class Lab:
     def pod_by_ip(self, ip: str) -> Pod | None:
         """The lab pod that owns ``ip``."""
         return next((p for p in self.pods() if p.ip == ip), None)
+
+    def keep(self) -> str:
+        """Leave the lab running after this process exits; returns the manifest path.
+
+        BPF links are pinned, and a manifest lists what to remove later with
+        ``ciliumlite lab destroy <prefix>`` (namespaces, pins, cgroups, processes, files).
+        """
+        for node in self.nodes.values():
+            if node.datapath is not None and node.datapath.config.host_routing == "bpf":
+                node.datapath.pin_links()
+        birds = [b for b in [self.leaf_bird, *(n.bird for n in self.nodes.values())] if b is not None]
+        manifest = {
+            "prefix": self.prefix,
+            "netns": sorted(n for n in nsmod.list_all() if n.startswith(self.prefix + "-")),
+            "cgroups": [n.cgroup for n in self.nodes.values() if n.cgroup],
+            "pin_dirs": [n.datapath.config.pin_dir for n in self.nodes.values() if n.datapath is not None],
+            "nodes": [n.datapath.config.node_name for n in self.nodes.values() if n.datapath is not None],
+            "pids": [p.pid for p in self.processes.running()] + [b.pid for b in birds if b.pid],
+            "workdir": self.workdir,
+        }
+        os.makedirs(MANIFEST_DIR, exist_ok=True)
+        path = os.path.join(MANIFEST_DIR, f"{self.prefix}.json")
+        with open(path, "w") as f:
+            json.dump(manifest, f, indent=1)
+        return path
 
     def close(self) -> None:
         """Stop processes, close datapaths, remove every namespace and cgroup of the lab."""

@@ -14,6 +14,7 @@ from ciliumlite.bpf.netns import preexec
 HERE = Path(__file__).parent
 ECHO = str(HERE / "_echo.py")
 PROBE = str(HERE / "_probe.py")
+CAPTURE = str(HERE / "_capture.py")
 
 
 class ProcessGroup:
@@ -42,6 +43,10 @@ class ProcessGroup:
         if proc in self._procs:
             self._procs.remove(proc)
         self._netns.pop(proc.pid, None)
+
+    def running(self) -> list[subprocess.Popen[str]]:
+        """The processes of this group still running."""
+        return [p for p in self._procs if p.poll() is None]
 
     def stop_in(self, namespaces: set[str]) -> None:
         """End the processes started in any of ``namespaces``."""
