@@ -60,6 +60,8 @@ SNAT_MAP = "cilium_snat_v4_external"
 #: Maps bigger than this are counted with batch lookups (a key walk is one syscall per entry).
 BATCH_COUNT_THRESHOLD = 4096
 _HASHES = {MapType.HASH, MapType.LRU_HASH, MapType.PERCPU_HASH, MapType.LRU_PERCPU_HASH}
+#: Maps without keys to count (cilium_events, the datapath's ring buffer): shown with 0 entries.
+_KEYLESS = {MapType.RINGBUF}
 
 
 class InspectError(CiliumliteError):
@@ -320,6 +322,8 @@ class MapPressure:
 
 
 def _count(m: Map[Any, Any]) -> int:
+    if m.type in _KEYLESS:
+        return 0
     if m.type in _HASHES and m.max_entries > BATCH_COUNT_THRESHOLD:
         try:
             return m.lookup_batch_raw()[2]

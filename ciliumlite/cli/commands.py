@@ -1,6 +1,7 @@
 """The inspection commands: ``status``, ``endpoint list``, ``service list``, ``metrics``, ``bpf … list``,
-``bgp status``. They read the datapath registry and the pinned maps (:mod:`ciliumlite.inspect`) and
-print through :mod:`ciliumlite.cli.format`; nothing here changes a datapath.
+``bgp status``, ``monitor``. They read the datapath registry and the pinned maps
+(:mod:`ciliumlite.inspect`; ``monitor`` the ``cilium_events`` ring buffer, :mod:`ciliumlite.datapath.events`)
+and print through :mod:`ciliumlite.cli.format`; nothing here changes a datapath.
 
 Exit codes: 0 shown (notes about skipped datapaths or absent maps go to stderr), 1 nothing to show
 or a read failed (the message says what is missing).
@@ -10,9 +11,12 @@ from __future__ import annotations
 
 import enum
 import functools
+import json
 import os
+import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Annotated, TypeVar
@@ -22,8 +26,10 @@ from rich.console import Console, RenderableType
 from rich.text import Text
 
 from ciliumlite import inspect as ins
-from ciliumlite.bpf.errors import CiliumliteError
+from ciliumlite.bpf.errors import BpfError, CiliumliteError
 from ciliumlite.cli import format as fmt
+from ciliumlite.datapath import events as ev
+from ciliumlite.datapath.reasons import Reason
 from ciliumlite.inspect import InspectError, MapAbsent, PinsGone, RegisteredDatapath
 
 T = TypeVar("T")
@@ -267,6 +273,106 @@ def metrics(prometheus: Annotated[bool, typer.Option("--prometheus", help="Prome
             run.emit(rows, fmt.metric_table)
 
 
+# -- monitor ---------------------------------------------------------------------------------------------
+
+
+class EventKind(enum.StrEnum):
+    """Which datapath events ``monitor`` shows."""
+
+    drop = "drop"
+    trace = "trace"
+
+
+def _lost_events(run: Run, dps: list[RegisteredDatapath]) -> dict[str, dict[int, int]]:
+    """Per node: events the datapath did not send so far (cilium_metrics), by reason."""
+    out: dict[str, dict[int, int]] = {}
+    for dp, rows in _each(run, dps, ins.metrics):
+        out[dp.node] = {r: sum(m.packets for m in rows if m.reason == r)
+                        for r in (Reason.EVENT_LOST_RATE_LIMIT, Reason.EVENT_LOST_RING_FULL)}
+    return out
+
+
+def _open_monitors(run: Run, dps: list[RegisteredDatapath], types: set[str]) -> list[ev.Monitor]:
+    monitors: list[ev.Monitor] = []
+    try:
+        for dp in dps:
+            if not dp.pin_dir:
+                run.note(f"{dp.node}: no pinned maps (legacy host routing): no datapath events")
+                continue
+            try:
+                monitors.append(ev.Monitor(dp.pin_dir, types, node=dp.node))
+            except ev.EventsUnavailable as exc:
+                run.note(str(exc))
+                continue
+            except BpfError:
+                if not os.path.isdir(dp.pin_dir):
+                    run.note(str(PinsGone(dp.node, dp.pin_dir)))
+                    continue
+                raise
+            if "trace" in types and not dp.config.get("monitor_trace"):
+                run.note(f"{dp.node}: trace events are off in this datapath (they are chosen at load time: "
+                         "DatapathConfig(monitor_trace=True)); only drops will show")
+    except BaseException:
+        for m in monitors:
+            m.close()
+        raise
+    return monitors
+
+
+def monitor(
+    event_type: Annotated[list[EventKind] | None, typer.Option(
+        "--type", "-t", help="drop or trace (repeatable; default: both)")] = None,
+    lab: LabOpt = None, node: NodeOpt = None, output: OutputOpt = Output.table,
+    duration: Annotated[float | None, typer.Option(
+        "--duration", metavar="SECONDS", min=0.0, help="stop after SECONDS (default: run until Ctrl-C)")] = None,
+) -> None:
+    """Live datapath events, one line each like cilium monitor (drops always; traces when the datapath was
+    loaded with monitor_trace). Reads the cilium_events ring buffer of every selected datapath (needs root).
+
+    --output json prints one JSON object per event and line (JSON Lines), as they arrive.
+    """
+    with _run(output) as run:
+        dps = _select(run, lab, node, pins=True)
+        types = {t.value for t in event_type} if event_type else set(ev.EVENT_TYPES)
+        monitors = _open_monitors(run, dps, types)
+        stopped = threading.Event()
+        previous = None
+        try:
+            if not monitors:
+                raise InspectError("no selected datapath has an event ring buffer to read")
+            watched = [dp for dp in dps if any(m.node == dp.node for m in monitors)]
+            lost_before = _lost_events(run, watched)
+            names = {dp.node: fmt.endpoint_names(dp) for dp in watched}
+            if threading.current_thread() is threading.main_thread():
+                previous = signal.signal(signal.SIGTERM, lambda *_: stopped.set())
+            if not run.json:
+                run.err.print(f"Listening for {' and '.join(sorted(types))} events on {len(monitors)} datapath"
+                              f"{'s' if len(monitors) > 1 else ''} ({', '.join(m.node for m in monitors)})"
+                              + ("" if duration is not None else "; press Ctrl-C to quit"))
+            several = len(monitors) > 1
+            try:
+                for event in ev.watch(monitors, max_seconds=duration, stop=stopped.is_set):
+                    row = fmt.monitor_row(event, names.get(event.node))
+                    print(json.dumps(row) if run.json else fmt.monitor_line(row, with_node=several), flush=True)
+            except KeyboardInterrupt:
+                pass
+            except BrokenPipeError:  # `ciliumlite monitor | head`
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+                return
+            after = _lost_events(run, watched)
+            for n, counts in after.items():
+                gone = {r: c - lost_before.get(n, {}).get(r, 0) for r, c in counts.items()}
+                if any(gone.values()):
+                    run.note(f"{n}: {sum(gone.values())} events were not sent while monitoring "
+                             f"(rate limit: {gone[Reason.EVENT_LOST_RATE_LIMIT]}, ring buffer full: "
+                             f"{gone[Reason.EVENT_LOST_RING_FULL]}); see DatapathConfig.events_per_sec")
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+            for m in monitors:
+                m.close()
+
+
 # -- BGP -------------------------------------------------------------------------------------------------
 
 
@@ -308,6 +414,7 @@ def register(app: typer.Typer) -> None:
     """Add the inspection commands to the ``ciliumlite`` app."""
     app.command()(status)
     app.command()(metrics)
+    app.command()(monitor)
     app.add_typer(endpoint_app, name="endpoint")
     app.add_typer(service_app, name="service")
     bpf_app.add_typer(bpf_endpoint_app, name="endpoint")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import re
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, is_dataclass
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any
@@ -17,7 +17,8 @@ from typing import Any
 from rich import box
 from rich.table import Table
 
-from ciliumlite.datapath.reasons import Direction, describe, is_drop
+from ciliumlite.datapath.events import DropEvent, TraceEvent
+from ciliumlite.datapath.reasons import EVENT_LOST, Direction, describe, is_drop
 from ciliumlite.datapath.records import (
     ENDPOINT_F_HOST,
     SCOPE_INTERNAL,
@@ -330,6 +331,7 @@ _PROM_HELP = {
     "ciliumlite_forward_bytes_total": "Bytes forwarded by the datapath, by direction",
     "ciliumlite_drop_count_total": "Packets dropped by the datapath, by reason and direction",
     "ciliumlite_drop_bytes_total": "Bytes dropped by the datapath, by reason and direction",
+    "ciliumlite_events_lost_total": "Datapath events (ciliumlite monitor) not sent, by reason",
 }
 
 
@@ -338,7 +340,11 @@ def prometheus(rows: list[Row]) -> str:
     drops by reason and direction), with a ``node`` label so several datapaths never collide."""
     fwd: dict[tuple[str, ...], list[int]] = defaultdict(lambda: [0, 0])
     drop: dict[tuple[str, ...], list[int]] = defaultdict(lambda: [0, 0])
+    lost: dict[tuple[str, ...], int] = defaultdict(int)
     for r in rows:
+        if r["reason"] in EVENT_LOST:  # events not sent, not packets: not forwarded traffic
+            lost[(r["reason_text"], r["node"])] += r["packets"]
+            continue
         acc = drop[(r["reason_text"], r["direction"], r["node"])] if r["drop"] else fwd[(r["direction"], r["node"])]
         acc[0] += r["packets"]
         acc[1] += r["bytes"]
@@ -350,6 +356,10 @@ def prometheus(rows: list[Row]) -> str:
             for key, values in sorted(source.items()):
                 names = ("direction", "node") if kind == "forward" else ("reason", "direction", "node")
                 out.append(f"{name}{_labels(**dict(zip(names, key, strict=True)))} {values[which]}")
+    if lost:
+        name = "ciliumlite_events_lost_total"
+        out += [f"# HELP {name} {_PROM_HELP[name]}", f"# TYPE {name} counter"]
+        out += [f"{name}{_labels(reason=reason, node=node)} {n}" for (reason, node), n in sorted(lost.items())]
     return "\n".join(out) + "\n"
 
 
@@ -450,6 +460,36 @@ def status_lines(row: Row, *, verbose: bool = False) -> list[str]:
         out.append("  Config:")
         out += [f"    {k} = {v!r}" for k, v in sorted(row.get("config", {}).items())]
     return out
+
+
+# -- monitor ---------------------------------------------------------------------------------------------
+
+
+def endpoint_names(dp: RegisteredDatapath) -> dict[int, Row]:
+    """ifindex (of the pod's host-side veth) -> the registry's endpoint row, for naming event devices."""
+    out: dict[int, Row] = {}
+    for ep in dp.endpoints:
+        ifindex = ep.get("ifindex")
+        if isinstance(ifindex, int) and ifindex > 0:
+            out[ifindex] = ep
+    return out
+
+
+def monitor_row(ev: DropEvent | TraceEvent, endpoints: Mapping[int, Row] | None = None) -> Row:
+    """One event as ``monitor --output json`` prints it: the decoded fields, plus the endpoint (pod)
+    whose lxc device ``ifindex`` / ``dst_ifindex`` is, when the registry knows it."""
+    row = ev.as_dict()
+    for field, ifindex in (("", ev.ifindex), ("dst_", getattr(ev, "dst_ifindex", 0))):
+        ep = (endpoints or {}).get(ifindex) if ifindex else None
+        if ep is not None:
+            row[f"{field}ifname"] = ep.get("ifname")
+            row[f"{field}endpoint"] = {"id": ep.get("id"), "name": ep.get("name"), "ipv4": ep.get("ipv4")}
+    return row
+
+
+def monitor_line(row: Row, *, with_node: bool = False) -> str:
+    """The event's ``cilium monitor``-style line (prefixed with its node when several are watched)."""
+    return (f"[{row['node']}] " if with_node else "") + str(row["summary"])
 
 
 # -- BGP -------------------------------------------------------------------------------------------------

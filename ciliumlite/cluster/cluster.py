@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from ciliumlite.bpf.errors import ValidationError
 from ciliumlite.cluster.store import ClusterStore, Event, InMemoryStore, NodeInfo
 
 
@@ -44,7 +46,8 @@ class Cluster:
             if event == "service-upsert":
                 datapath.upsert_service(obj)
             elif event == "service-delete":
-                datapath.delete_service(obj.name)
+                with contextlib.suppress(ValidationError):  # a node that never got it
+                    datapath.delete_service(obj.name)
             elif obj.name == info.name:
                 return
             elif event == "upsert":
@@ -80,7 +83,16 @@ class Cluster:
         service changes no node."""
         for datapath, _ in self._members.values():
             datapath.validate_service(svc)
-        self.store.put_service(svc)
+        previous = next((s for s in self.store.services() if s.name == svc.name), None)
+        try:
+            self.store.put_service(svc)
+        except BaseException:
+            # A node failed part-way (e.g. a full map): put every node back where it was.
+            if previous is not None:
+                self.store.put_service(previous)
+            else:
+                self.store.delete_service(svc.name)
+            raise
 
     def delete_service(self, name: str) -> None:
         """Remove a service from every node."""

@@ -25,6 +25,13 @@ class DatapathConfig:
 
     ``host_routing="bpf"`` routes pods with BPF (redirect_peer, proxy ARP in BPF);
     ``"legacy"`` uses the kernel stack (per-pod routes and proxy_arp), with no BPF on the path.
+
+    Monitoring (``ciliumlite monitor``, :mod:`ciliumlite.datapath.events`): every object sends drop
+    events (``monitor_drops``); ``monitor_trace=True`` adds trace events at every forward decision.
+    Both are .rodata, fixed at load: the verifier removes the trace call sites when it is off, so
+    turning it on means a new Datapath. ``events_per_sec`` rate-limits events per CPU (burst = the
+    rate; 0 = no limit); what the limit or a full ring buffer holds back is counted in
+    ``cilium_metrics`` as ``EVENT_LOST_RATE_LIMIT`` / ``EVENT_LOST_RING_FULL``.
     """
 
     node_name: str = "node"
@@ -43,6 +50,9 @@ class DatapathConfig:
     bpf_masquerade: bool = False
     load_balancer_mode: LbMode = "snat"
     maglev_table_size: int = 1021
+    monitor_drops: bool = True
+    monitor_trace: bool = False
+    events_per_sec: int = 1000
     extra_rodata: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -66,6 +76,11 @@ class DatapathConfig:
             raise ValidationError(f"load_balancer_mode must be snat, dsr or hybrid, not {self.load_balancer_mode!r}")
         if self.load_balancer_mode != "snat" and self.routing == "vxlan":
             raise ValidationError("DSR needs native routing (as in Cilium: the IP-option dispatch cannot ride VXLAN)")
+        from ciliumlite.datapath.maglev import is_prime
+
+        if isinstance(self.maglev_table_size, bool) or not isinstance(self.maglev_table_size, int) or \
+                self.maglev_table_size < 3 or not is_prime(self.maglev_table_size):
+            raise ValidationError(f"maglev_table_size {self.maglev_table_size!r} must be a prime >= 3")
         if self.routing not in ROUTING_MODE:
             raise ValidationError(f"routing must be none, vxlan or native, not {self.routing!r}")
         try:
@@ -74,6 +89,10 @@ class DatapathConfig:
             raise ValidationError(f"native_routing_cidr {self.native_routing_cidr!r}: {exc}") from exc
         if self.routing != "none" and self.node_ip == "0.0.0.0":
             raise ValidationError(f"routing={self.routing!r} needs the node's underlay address (node_ip)")
+        if isinstance(self.events_per_sec, bool) or not isinstance(self.events_per_sec, int) \
+                or not 0 <= self.events_per_sec <= 0xFFFFFFFF:
+            raise ValidationError(f"events_per_sec must be an int in 0..4294967295 (0 = no limit), "
+                                  f"not {self.events_per_sec!r}")
         if not self.node_name or "/" in self.node_name:
             raise ValidationError(f"bad node name {self.node_name!r}")
 
@@ -116,6 +135,9 @@ class DatapathConfig:
             "enable_masquerade": int(self.bpf_masquerade),
             "maglev_table_size": self.maglev_table_size,
             "native_mtu": self.mtu,
+            "drop_events": int(self.monitor_drops),
+            "trace_events": int(self.monitor_trace),
+            "events_per_sec": self.events_per_sec,
         }
 
     def lxc_rodata(self, **ifindexes: int) -> dict[str, Any]:

@@ -42,10 +42,16 @@ class DsrOption:
     address: str
     port: int
 
+    def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "address", str(ipaddress.IPv4Address(self.address)))
+        except ValueError as exc:
+            raise ValidationError(f"DSR option: {self.address!r} is not an IPv4 address") from exc
+        if isinstance(self.port, bool) or not isinstance(self.port, int) or not 1 <= self.port <= 65535:
+            raise ValidationError(f"DSR option: port {self.port!r} is outside 1..65535")
+
     def encode(self) -> bytes:
         """The 8 option bytes."""
-        if not 1 <= self.port <= 65535:
-            raise ValidationError(f"DSR option: port {self.port} is outside 1..65535")
         return bytes(DSR_OPTION.build({"port": self.port, "address": int(ipaddress.IPv4Address(self.address))}))
 
     @classmethod
@@ -55,7 +61,7 @@ class DsrOption:
             parsed: Any = DSR_OPTION.parse(raw[:OPT_LEN])
         except Exception as exc:  # construct raises several error types
             raise ValidationError(f"not a DSR option: {raw[:OPT_LEN].hex(' ')}") from exc
-        return cls(str(ipaddress.IPv4Address(parsed.address)), int(parsed.port))
+        return cls(str(ipaddress.IPv4Address(parsed.address)), int(parsed.port))  # port 0: ValidationError
 
     @classmethod
     def from_ipv4_header(cls, header: bytes) -> DsrOption | None:

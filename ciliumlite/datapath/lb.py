@@ -47,9 +47,9 @@ class FrontendRow:
     maglev: bool = False
 
     @property
-    def frontend(self) -> tuple[IPv4Address, int, int]:
-        """(address, port, proto): what one reverse-NAT index stands for."""
-        return (self.address, self.port, self.proto)
+    def frontend(self) -> tuple[IPv4Address, int, int, int]:
+        """(address, port, proto, scope): what one reverse-NAT index (and Maglev table) stands for."""
+        return (self.address, self.port, self.proto, self.scope)
 
     def key(self, slot: int = 0) -> Lb4Key:
         """The service-map key of ``slot``."""
@@ -69,13 +69,13 @@ class LbMaps:
         self.maglev: Map[Lb4MaglevKey, int] = pinned(MAGLEV_MAP, Lb4MaglevKey, U32)
         self.maglev_table_size = maglev_table_size
         self._rows: dict[str, list[FrontendRow]] = {}
-        self._revnat_ids: dict[tuple[IPv4Address, int, int], int] = {}
+        self._revnat_ids: dict[tuple[IPv4Address, int, int, int], int] = {}
         self._backend_ids: dict[tuple[IPv4Address, int, int], int] = {}
         self._backend_refs: dict[int, int] = {}
         self._next_backend = 1
 
     # -- ids ---------------------------------------------------------------------------------------
-    def revnat_id(self, frontend: tuple[IPv4Address, int, int]) -> int:
+    def revnat_id(self, frontend: tuple[IPv4Address, int, int, int]) -> int:
         """The reverse-NAT index of a frontend, allocated on first use."""
         rid = self._revnat_ids.get(frontend)
         if rid is None:
@@ -104,6 +104,12 @@ class LbMaps:
         try:
             self._write(rows, created)
         except BaseException:
+            old_counts = {r.key(0): len(r.backends) for r in old}
+            for row in rows:  # slots a grown row wrote beyond its previous count
+                for slot in range(old_counts.get(row.key(0), 0) + 1, len(row.backends) + 1):
+                    self.services.pop(row.key(slot), None)
+                if row.maglev and row.frontend not in {r.frontend for r in old}:
+                    self._drop_maglev(row)
             for key in created:
                 bid = self._backend_ids.pop(key)
                 self.backends.pop(bid, None)
@@ -160,9 +166,15 @@ class LbMaps:
                 if rid is not None and not self._frontend_used_elsewhere(row, old):
                     self.revnat.pop(rid, None)
                     if row.maglev:
-                        self.maglev.delete_batch([Lb4MaglevKey(rev_nat_index=rid, index=i)
-                                                  for i in range(self.maglev_table_size)])
+                        self._drop_maglev(row)
                     del self._revnat_ids[row.frontend]
+
+    def _drop_maglev(self, row: FrontendRow) -> None:
+        rid = self._revnat_ids.get(row.frontend)
+        if rid is None:
+            return
+        for i in range(self.maglev_table_size):  # some may never have been written
+            self.maglev.pop(Lb4MaglevKey(rev_nat_index=rid, index=i), None)
 
     def _frontend_used_elsewhere(self, row: FrontendRow, old: list[FrontendRow]) -> bool:
         return any(r.frontend == row.frontend for rows in self._rows.values() if rows is not old for r in rows)

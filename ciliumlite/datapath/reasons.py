@@ -7,7 +7,9 @@ Every packet the datapath forwards or drops is counted in ``cilium_metrics`` und
   reasons (never drops), ``130..255`` are drops (the positive value of Cilium's ``DROP_*`` error
   codes). ``TO_STACK``, ``ARP_REPLY``, ``ENCAPSULATED``, ``FIB_REDIRECT``, the socket-LB reasons
   ``LB_SOCK_*`` / ``LB_REVNAT_STALE`` (counted per socket operation, 0 bytes), ``TO_NETDEV`` and
-  ``NAT_EGRESS`` are ciliumlite additions in ``100..127``, a range Cilium does not use for metrics.
+  ``NAT_EGRESS`` are ciliumlite additions in ``100..127``, a range Cilium does not use for metrics, and
+  so are ``EVENT_LOST_RATE_LIMIT`` / ``EVENT_LOST_RING_FULL``: a datapath event (``ciliumlite monitor``)
+  that was not sent, counted besides the packet's own reason (so they are not packets).
 * :class:`Direction` -- the ``dir`` byte (Cilium's ``enum metric_dir``).
 * :data:`SOURCE_FILES` -- the ``file`` byte: which C source counted the packet.
 
@@ -25,6 +27,7 @@ from typing import Final
 
 __all__ = [
     "DROP_MIN",
+    "EVENT_LOST",
     "SOURCE_FILES",
     "Direction",
     "Reason",
@@ -52,6 +55,8 @@ class Reason(enum.IntEnum):
     LB_REVNAT_STALE = 107
     TO_NETDEV = 108
     NAT_EGRESS = 109
+    EVENT_LOST_RATE_LIMIT = 110
+    EVENT_LOST_RING_FULL = 111
 
     # Drop reasons: Cilium's -DROP_* values, made positive.
     DROP_INVALID_SMAC = 130
@@ -97,6 +102,11 @@ class Reason(enum.IntEnum):
         return _TEXT[self]
 
 
+EVENT_LOST: Final = frozenset({Reason.EVENT_LOST_RATE_LIMIT, Reason.EVENT_LOST_RING_FULL})
+"""Reasons that count datapath events not sent (not packets: a metrics consumer should not add them
+to the forwarded totals)."""
+
+
 class Direction(enum.IntEnum):
     """The ``dir`` byte of ``struct metrics_key`` (``enum cl_metric_dir`` in ``reasons.h``)."""
 
@@ -120,6 +130,8 @@ _TEXT: Final[Mapping[Reason, str]] = MappingProxyType({
     Reason.LB_REVNAT_STALE: "Socket LB: stale reverse entry removed",
     Reason.TO_NETDEV: "Passed to the network device",
     Reason.NAT_EGRESS: "Source translated on egress",
+    Reason.EVENT_LOST_RATE_LIMIT: "Event lost (rate limit)",
+    Reason.EVENT_LOST_RING_FULL: "Event lost (ring buffer full)",
     Reason.DROP_INVALID_SMAC: "Invalid source mac",
     Reason.DROP_INVALID_DMAC: "Invalid destination mac",
     Reason.DROP_INVALID_SIP: "Invalid source ip",

@@ -64,6 +64,15 @@ EXPECTED: dict[str, list[str]] = {
         r"kernel route: 10\.244\.1\.0/24 via 10\.0\.0\.12 dev eth0",
         r"node-a/client 10\.244\.0\.\d+ -> node-b/server 10\.244\.1\.\d+: ping 3/3, TCP ok",
     ],
+    "services.py": [
+        r"^client 10\.244\.0\.\d+ -> 10\.96\.0\.10:80 \(socket LB\): answered by web-[ab], "
+        r"getpeername\(\) = 10\.96\.0\.10:80, backend saw 10\.244\.0\.\d+$",
+        r"socket LB on node-a: [1-9]\d* connect\(\) translated, [1-9]\d* getpeername\(\)/recvmsg\(\) translated back; "
+        r"conntrack entries with the ClusterIP: 0",
+        r"world 203\.0\.113\.10 -> node-a 10\.0\.0\.11:30080: answered by web-b on node-b, backend saw 10\.0\.0\.11 ",
+        r"world 203\.0\.113\.10 -> node-b 10\.0\.0\.12:30080: answered by web-b on node-b, backend saw 203\.0\.113\.10 ",
+        r"node-a NAT OUT 203\.0\.113\.10:\d+ -> 10\.244\.1\.\d+:8080 XLATE_SRC 10\.0\.0\.11:\d+",
+    ],
     "endpoint_adopt.py": [
         r"endpoint 2 adopted: 10\.244\.7\.20 on veth-adopt \(.*program attached, adopted True\)",
         r"ping made-by-datapath -> adopted: ok; adopted -> made-by-datapath: ok",
