@@ -220,7 +220,7 @@ class Datapath:
         if not self.config.kube_proxy_replacement or self.config.host_routing != "bpf":
             raise NotSupportedError("services need kube_proxy_replacement=True and host_routing='bpf'",
                                     feature="kube-proxy replacement")
-        sock = self._load("bpf_sock", self.config.rodata())
+        sock = self._load("bpf_sock", {**self.config.rodata(), "host_netns_cookie": netns_cookie(self.netns)})
         if self.cgroup and self.config.socket_lb:
             # Socket LB goes on the node's own cgroup, never the cgroup root.
             for prog in ("cil_sock4_connect", "cil_sock4_sendmsg", "cil_sock4_recvmsg", "cil_sock4_getpeername"):

@@ -345,10 +345,10 @@ def monitor(
             names = {dp.node: fmt.endpoint_names(dp) for dp in watched}
             if threading.current_thread() is threading.main_thread():
                 previous = signal.signal(signal.SIGTERM, lambda *_: stopped.set())
-            if not run.json:
-                run.err.print(f"Listening for {' and '.join(sorted(types))} events on {len(monitors)} datapath"
-                              f"{'s' if len(monitors) > 1 else ''} ({', '.join(m.node for m in monitors)})"
-                              + ("" if duration is not None else "; press Ctrl-C to quit"))
+            # On stderr in both modes: a script can wait for it before it makes traffic.
+            run.err.print(f"Listening for {' and '.join(sorted(types))} events on {len(monitors)} datapath"
+                          f"{'s' if len(monitors) > 1 else ''} ({', '.join(m.node for m in monitors)})"
+                          + ("" if duration is not None else "; press Ctrl-C to quit"), soft_wrap=True)
             several = len(monitors) > 1
             try:
                 for event in ev.watch(monitors, max_seconds=duration, stop=stopped.is_set):

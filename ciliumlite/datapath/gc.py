@@ -1,8 +1,9 @@
 """Conntrack and NAT garbage collection (Cilium's agent does this; the BPF side never deletes).
 
 CT entries carry their expiry in CLOCK_MONOTONIC seconds (``ct.h``); expired ones go. NAT entries
-carry only their creation time (``nat.h``): those older than the longest CT lifetime go, since no
-live connection can still need them. LRU maps also evict on their own under pressure.
+carry only their creation time (``nat.h``): one goes when it is older than the longest CT lifetime
+*and* no live CT entry shares either of its endpoints (address and port) — so a long-lived DSR or
+masqueraded connection keeps its translation. LRU maps also evict on their own under pressure.
 """
 
 from __future__ import annotations
@@ -37,13 +38,19 @@ def collect(ct_maps: list[Map[Any, Any]], nat_map: Map[Any, Any] | None, *, at: 
     """Delete expired CT entries and stale NAT entries; ``at`` overrides the current time."""
     t = now() if at is None else at
     ct_deleted = ct_kept = 0
+    live: set[tuple[Any, int]] = set()
     for ct in ct_maps:
-        stale = [k for k, v in ct.items() if v.lifetime < t]
+        entries = list(ct.items())
+        stale = [k for k, v in entries if v.lifetime < t]
         ct_deleted += ct.delete_batch(stale) if stale else 0
+        for k, v in entries:
+            if v.lifetime >= t:
+                live.update(((k.daddr, k.sport), (k.saddr, k.dport), (k.daddr, k.dport), (k.saddr, k.sport)))
         ct_kept += len(ct)
     nat_deleted = nat_kept = 0
     if nat_map is not None:
-        stale = [k for k, v in nat_map.items() if v.created + nat_max_age < t]
+        stale = [k for k, v in nat_map.items() if v.created + nat_max_age < t
+                 and (k.saddr, k.sport) not in live and (k.daddr, k.dport) not in live]
         nat_deleted = nat_map.delete_batch(stale) if stale else 0
         nat_kept = len(nat_map)
     return GcResult(ct_deleted, ct_kept, nat_deleted, nat_kept)

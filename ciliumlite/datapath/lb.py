@@ -18,17 +18,21 @@ from ciliumlite.bpf.errors import MapFullError
 from ciliumlite.bpf.record import BE16, U32
 from ciliumlite.datapath import maglev
 from ciliumlite.datapath.records import (
+    SVC_FLAG_AFFINITY,
+    Lb4AffinityKey,
     Lb4Backend,
     Lb4Key,
     Lb4MaglevKey,
     Lb4ReverseNat,
     Lb4Service,
+    LbAffinityVal,
 )
 
 SERVICES_MAP = "cilium_lb4_services_v2"
 BACKENDS_MAP = "cilium_lb4_backends_v3"
 REVNAT_MAP = "cilium_lb4_reverse_nat"
 MAGLEV_MAP = "cilium_lb4_maglev"
+AFFINITY_MAP = "cilium_lb4_affinity"
 MAX_REVNAT = 0xFFFF
 
 
@@ -67,6 +71,7 @@ class LbMaps:
         self.backends: Map[int, Lb4Backend] = pinned(BACKENDS_MAP, U32, Lb4Backend)
         self.revnat: Map[int, Lb4ReverseNat] = pinned(REVNAT_MAP, BE16, Lb4ReverseNat)
         self.maglev: Map[Lb4MaglevKey, int] = pinned(MAGLEV_MAP, Lb4MaglevKey, U32)
+        self.affinity: Map[Lb4AffinityKey, LbAffinityVal] = pinned(AFFINITY_MAP, Lb4AffinityKey, LbAffinityVal)
         self.maglev_table_size = maglev_table_size
         self._rows: dict[str, list[FrontendRow]] = {}
         self._revnat_ids: dict[tuple[IPv4Address, int, int, int], int] = {}
@@ -119,6 +124,7 @@ class LbMaps:
             raise
         self._drop_stale_rows(old, rows)
         self._retain(service, old, rows)
+        self._drop_stale_affinity(rows)
 
     def remove(self, service: str) -> None:
         """Delete every row of ``service`` (frontend rows first, so no reader picks a slot)."""
@@ -168,6 +174,21 @@ class LbMaps:
                     if row.maglev:
                         self._drop_maglev(row)
                     del self._revnat_ids[row.frontend]
+
+    def _drop_stale_affinity(self, rows: list[FrontendRow]) -> None:
+        # A client stuck to a backend the service no longer lists must pick again (Cilium's
+        # affinity-match map serves the same purpose).
+        allowed: dict[int, set[int]] = {}
+        for row in rows:
+            if row.flags & SVC_FLAG_AFFINITY:
+                rid = self._revnat_ids[row.frontend]
+                allowed[rid] = {self._backend_ids[(ip, port, row.proto)] for ip, port in row.backends}
+        if not allowed:
+            return
+        stale = [k for k, v in self.affinity.items() if k.rev_nat_id in allowed
+                 and v.backend_id not in allowed[k.rev_nat_id]]
+        for key in stale:
+            self.affinity.pop(key, None)
 
     def _drop_maglev(self, row: FrontendRow) -> None:
         rid = self._revnat_ids.get(row.frontend)
@@ -221,5 +242,5 @@ class LbMaps:
 
     def close(self) -> None:
         """Release the map fds."""
-        for m in (self.services, self.backends, self.revnat, self.maglev):
+        for m in (self.services, self.backends, self.revnat, self.maglev, self.affinity):
             m.close()

@@ -172,3 +172,20 @@ class NatEntry(Record, c_name="ipv4_nat_entry", size=40):
     needs_ct: Annotated[int, U64]
     to_addr: Annotated[IPv4Address, IPV4, At(32)]
     to_port: Annotated[int, BE16]
+
+
+@dataclass(frozen=True, slots=True)
+class Lb4AffinityKey(Record, c_name="lb4_affinity_key", size=16):
+    """Key of ``cilium_lb4_affinity``: a client (IPv4 or netns cookie) and a service."""
+
+    client_id: Annotated[int, U64]
+    rev_nat_id: Annotated[int, BE16]
+    netns_cookie: Annotated[int, U8] = 0
+
+
+@dataclass(frozen=True, slots=True)
+class LbAffinityVal(Record, c_name="lb_affinity_val", size=16):
+    """Value of ``cilium_lb4_affinity``: the backend a client sticks to, and when it was last used."""
+
+    last_used: Annotated[int, U64]
+    backend_id: Annotated[int, U32]
