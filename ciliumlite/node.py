@@ -149,6 +149,7 @@ class Datapath:
         node_rodata = cfg.rodata(tunnel_ifindex=tunnel_ifindex, native_ifindex=native_ifindex)
         # Socket LB's loopback NodePort wildcard applies in the node's own namespace only.
         node_rodata["host_netns_cookie"] = netns_cookie(self.netns)
+        node_rodata.update(cfg.extra_rodata)  # each object takes the names it declares
         self.lxc = self._load("bpf_lxc", node_rodata, {"enable_arp_responder": 1, **cfg.extra_rodata})
         self.endpoint_map = self.lxc.map("cilium_lxc", EndpointKey, EndpointInfo)
         self.metrics_map = self.lxc.map("cilium_metrics", MetricsKey, MetricsValue)

@@ -66,6 +66,7 @@
  *   cilium_lb4_affinity, cilium_ct4_global, cilium_ct_any4_global,
  *   cilium_snat_v4_external                  read/write
  *   cilium_metrics                           read/write
+ *   cilium_events                            write (drop/trace events, trace.h)
  *
  * All metrics here use direction METRIC_INGRESS. Every packet is counted
  * (REASON_TO_STACK / REASON_FORWARDED / REASON_FIB_REDIRECT /
@@ -86,6 +87,7 @@
 #include "ciliumlite/maps.h"
 #include "ciliumlite/metrics.h"
 #include "ciliumlite/drop.h"
+#include "ciliumlite/trace.h"
 #include "ciliumlite/eth.h"
 #include "ciliumlite/ipv4.h"
 #include "ciliumlite/l3.h"
@@ -106,6 +108,17 @@
 #define send_to_stack_egress(ctx)					\
 	({								\
 		update_metrics((ctx), METRIC_EGRESS, REASON_TO_NETDEV);	\
+		send_trace_notify((ctx), TRACE_TO_NETWORK, REASON_TO_NETDEV,	\
+				  METRIC_EGRESS, 0);			\
+		TC_ACT_OK;						\
+	})
+
+/* cil_to_netdev: the packet leaves translated, counted REASON_NAT_EGRESS. */
+#define send_nat_egress(ctx)						\
+	({								\
+		update_metrics((ctx), METRIC_EGRESS, REASON_NAT_EGRESS);	\
+		send_trace_notify((ctx), TRACE_TO_NETWORK, REASON_NAT_EGRESS,	\
+				  METRIC_EGRESS, 0);			\
 		TC_ACT_OK;						\
 	})
 
@@ -343,8 +356,7 @@ static __always_inline int to_netdev_ipv4(struct __sk_buff *ctx)
 		ret = pkt4_snat(ctx, &p, addr, port);
 		if (ret)
 			return send_drop(ctx, ret, METRIC_EGRESS);
-		update_metrics(ctx, METRIC_EGRESS, REASON_NAT_EGRESS);
-		return TC_ACT_OK;
+		return send_nat_egress(ctx);
 	}
 
 	/* Reply of a NodePort connection whose backend is this node itself
@@ -361,8 +373,7 @@ static __always_inline int to_netdev_ipv4(struct __sk_buff *ctx)
 			ret = lb4_rev_nat_reply(ctx, &p, 0, &ct_flags);
 			if (ret)
 				return send_drop(ctx, ret, METRIC_EGRESS);
-			update_metrics(ctx, METRIC_EGRESS, REASON_NAT_EGRESS);
-			return TC_ACT_OK;
+			return send_nat_egress(ctx);
 		}
 	}
 
@@ -375,8 +386,7 @@ static __always_inline int to_netdev_ipv4(struct __sk_buff *ctx)
 			ret = snat_v4_apply(ctx, &p, node_ipv4, true);
 		if (ret)
 			return send_drop(ctx, ret, METRIC_EGRESS);
-		update_metrics(ctx, METRIC_EGRESS, REASON_NAT_EGRESS);
-		return TC_ACT_OK;
+		return send_nat_egress(ctx);
 	}
 	return send_to_stack_egress(ctx);
 }
@@ -394,8 +404,11 @@ int cil_to_netdev(struct __sk_buff *ctx)
 SEC("tc")
 int cil_from_netdev(struct __sk_buff *ctx)
 {
-	struct ethhdr *eth = eth_hdr(ctx);
+	struct ethhdr *eth;
 
+	send_trace_notify(ctx, TRACE_FROM_NETWORK, 0, METRIC_INGRESS, 0);
+
+	eth = eth_hdr(ctx);
 	if (!eth)
 		return pass_to_stack(ctx);
 

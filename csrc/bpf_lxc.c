@@ -60,6 +60,7 @@
  *   cilium_lb4_services_v2, _backends_v3, _reverse_nat              read
  *   cilium_lb4_affinity, cilium_ct4_global, cilium_ct_any4_global   read/write
  *   cilium_metrics     PERCPU_HASH  metrics_key  -> metrics_value  read/write
+ *   cilium_events      RINGBUF      drop/trace events (trace.h)    write
  *
  * ciliumlite is IPv4-only: IPv6 and every other non-IPv4/ARP ethertype is
  * dropped with DROP_UNKNOWN_L3 (disable IPv6 in the pod, or its router
@@ -82,6 +83,7 @@
 #include "ciliumlite/maps.h"
 #include "ciliumlite/metrics.h"
 #include "ciliumlite/drop.h"
+#include "ciliumlite/trace.h"
 #include "ciliumlite/eth.h"
 #include "ciliumlite/ipv4.h"
 #include "ciliumlite/arp.h"
@@ -164,6 +166,7 @@ static __always_inline int handle_arp(struct __sk_buff *ctx)
 	node_mac = ep->node_mac;
 	arp_prepare_reply(eth, arp, &node_mac, &mac);
 	update_metrics(ctx, METRIC_EGRESS, REASON_ARP_REPLY);
+	send_trace_notify(ctx, TRACE_ARP_REPLY, REASON_ARP_REPLY, METRIC_EGRESS, ctx->ifindex);
 	/* Egress of the same lxc device = back into the pod. */
 	return bpf_redirect(ctx->ifindex, 0);
 }
@@ -315,8 +318,11 @@ static __always_inline int handle_ipv4(struct __sk_buff *ctx)
 SEC("tc")
 int cil_from_container(struct __sk_buff *ctx)
 {
-	struct ethhdr *eth = eth_hdr(ctx);
+	struct ethhdr *eth;
 
+	send_trace_notify(ctx, TRACE_FROM_LXC, 0, METRIC_EGRESS, 0);
+
+	eth = eth_hdr(ctx);
 	if (!eth)
 		return send_drop(ctx, DROP_INVALID, METRIC_EGRESS);
 

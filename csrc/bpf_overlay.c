@@ -42,6 +42,7 @@
  * Maps (maps.h, pinned by name)
  *   cilium_lxc      HASH         endpoint_key -> endpoint_info   read
  *   cilium_metrics  PERCPU_HASH  metrics_key  -> metrics_value  read/write
+ *   cilium_events   RINGBUF      drop/trace events (trace.h)    write
  *
  * All metrics here use direction METRIC_INGRESS.
  */
@@ -60,6 +61,7 @@
 #include "ciliumlite/maps.h"
 #include "ciliumlite/metrics.h"
 #include "ciliumlite/drop.h"
+#include "ciliumlite/trace.h"
 #include "ciliumlite/eth.h"
 #include "ciliumlite/ipv4.h"
 #include "ciliumlite/l3.h"
@@ -108,6 +110,8 @@ int cil_from_overlay(struct __sk_buff *ctx)
 {
 	struct bpf_tunnel_key key = {};
 	struct ethhdr *eth;
+
+	send_trace_notify(ctx, TRACE_FROM_OVERLAY, 0, METRIC_INGRESS, 0);
 
 	if (bpf_skb_get_tunnel_key(ctx, &key, TUNNEL_KEY_SIZE, 0) < 0)
 		return send_drop(ctx, DROP_NO_TUNNEL_KEY, METRIC_INGRESS);

@@ -309,7 +309,8 @@ def _open_monitors(run: Run, dps: list[RegisteredDatapath], types: set[str]) -> 
                     run.note(str(PinsGone(dp.node, dp.pin_dir)))
                     continue
                 raise
-            if "trace" in types and not dp.config.get("monitor_trace"):
+            extra = dp.config.get("extra_rodata") or {}
+            if "trace" in types and not (dp.config.get("monitor_trace") or extra.get("trace_events")):
                 run.note(f"{dp.node}: trace events are off in this datapath (they are chosen at load time: "
                          "DatapathConfig(monitor_trace=True)); only drops will show")
     except BaseException:
@@ -326,7 +327,7 @@ def monitor(
     duration: Annotated[float | None, typer.Option(
         "--duration", metavar="SECONDS", min=0.0, help="stop after SECONDS (default: run until Ctrl-C)")] = None,
 ) -> None:
-    """Live datapath events, one line each like cilium monitor (drops always; traces when the datapath was
+    """Live datapath events, one line each like cilium monitor (drops by default; traces when the datapath was
     loaded with monitor_trace). Reads the cilium_events ring buffer of every selected datapath (needs root).
 
     --output json prints one JSON object per event and line (JSON Lines), as they arrive.

@@ -18,7 +18,7 @@ no reader keeps up). Monitoring never changes a verdict.
 >>> with Monitor("/sys/fs/bpf/ciliumlite/node1", types={"drop"}) as mon:   # doctest: +SKIP
 ...     for ev in mon.events(max_seconds=3):
 ...         print(ev.describe())
-xx drop (Invalid source ip) flow 0x0 to endpoint 0, ifindex 5, file bpf_lxc.c:247, 10.244.0.99:40000 -> 10.244.0.3:7777 UDP
+xx drop (Invalid source ip) flow 0x0 to endpoint 0, ifindex 5, file bpf_lxc.c:248, 10.244.0.99:40000 -> 10.244.0.3:7777 UDP
 
 A ring buffer has a single consumer position: run one reader per datapath at a time (two readers
 each see only part of the events).
@@ -200,7 +200,7 @@ class Event:
 
     @property
     def source(self) -> str:
-        """``file:line`` of the call site, as Cilium prints it (``"bpf_lxc.c:247"``)."""
+        """``file:line`` of the call site, as Cilium prints it (``"bpf_lxc.c:248"``)."""
         return f"{self.file}:{self.line}"
 
     @property
@@ -262,7 +262,7 @@ class DropEvent(Event):
     type: Literal["drop", "trace"] = "drop"
 
     def describe(self, ifnames: Mapping[int, str] | None = None) -> str:
-        """``xx drop (Invalid source ip) flow 0x0 to endpoint 0, ifindex 5, file bpf_lxc.c:247, …``"""
+        """``xx drop (Invalid source ip) flow 0x0 to endpoint 0, ifindex 5, file bpf_lxc.c:248, …``"""
         return (f"xx drop ({self.reason_text}) flow 0x0 to endpoint 0, ifindex "
                 f"{_ifindex_text(self.ifindex, ifnames)}, file {self.source}, {self.flow_text()}")
 

@@ -320,7 +320,7 @@ def service(lb: LbMaps, name: str, addr: str, port: int, backends: list[tuple[st
     rows += [FrontendRow(IPv4Address(a), NODE_PORT, proto, SCOPE_EXTERNAL, SVC_FLAG_NODEPORT | SVC_FLAG_ROUTABLE, 0,
                          bes) for a in extra_rows]
     lb.program(name, rows)
-    return lb.revnat_id((IPv4Address(addr), port, proto))
+    return lb.revnat_id((IPv4Address(addr), port, proto, SCOPE_EXTERNAL))
 
 
 def backend_id(lb: LbMaps, addr: str, port: int) -> int:

@@ -72,6 +72,19 @@
  *                                              netns (bpf_sock: loopback wildcard
  *                                              only from there); 0 = init_net's
  *
+ *   Monitoring (trace.h, ring buffer cilium_events):
+ *   drop_events         __u8    1              every send_drop() sends a
+ *                                              drop_notify event
+ *   trace_events        __u8    0              trace_notify events at every
+ *                                              forward decision and program
+ *                                              entry; 0 = the verifier removes
+ *                                              them (set at load time only:
+ *                                              DatapathConfig(monitor_trace=True))
+ *   events_per_sec      __u32   1000           token bucket per CPU for both
+ *                                              kinds (burst = the rate); 0 =
+ *                                              no limit. Over the limit: counted
+ *                                              REASON_EVENT_LOST_RATE_LIMIT
+ *
  * Byte order: __be32 values are network order *in memory*. The bpf SDK writes
  * .rodata integers little-endian, so from Python pass
  *     int.from_bytes(ipaddress.IPv4Address(a).packed, "little")
@@ -122,5 +135,9 @@ const volatile __u32 maglev_table_size = 1021;
 const volatile __u32 maglev_seed = 0;
 const volatile __u32 native_mtu = 1500;
 const volatile __u64 host_netns_cookie = 0;
+
+const volatile __u8 drop_events = 1;
+const volatile __u8 trace_events = 0;
+const volatile __u32 events_per_sec = 1000;
 
 #endif /* __CILIUMLITE_CONFIG_H */

@@ -37,6 +37,7 @@
 #include "drop.h"
 #include "metrics.h"
 #include "reasons.h"
+#include "trace.h"
 
 #define TUNNEL_TTL		64
 #define TUNNEL_MAX_VNI		0xffffff
@@ -70,6 +71,7 @@ encap_and_redirect(struct __sk_buff *ctx, __be32 remote_node, __u32 sec_identity
 		return send_drop(ctx, DROP_WRITE_ERROR, dir);
 
 	update_metrics(ctx, dir, REASON_ENCAPSULATED);
+	send_trace_notify(ctx, TRACE_TO_OVERLAY, REASON_ENCAPSULATED, dir, tunnel_ifindex);
 	return bpf_redirect(tunnel_ifindex, 0);
 }
 

@@ -53,6 +53,7 @@
 #include "ipv4.h"
 #include "metrics.h"
 #include "reasons.h"
+#include "trace.h"
 
 #ifndef AF_INET
 # define AF_INET	2	/* <sys/socket.h> does not build for -target bpf */
@@ -116,6 +117,7 @@ fib_redirect_v4(struct __sk_buff *ctx, __u32 l3_off, __u8 dir)
 		};
 
 		update_metrics(ctx, dir, REASON_FIB_REDIRECT);
+		send_trace_notify(ctx, TRACE_FIB, REASON_FIB_REDIRECT, dir, oif);
 		return bpf_redirect_neigh(oif, &nh, sizeof(nh), 0);
 	}
 
@@ -128,6 +130,7 @@ fib_redirect_v4(struct __sk_buff *ctx, __u32 l3_off, __u8 dir)
 	__builtin_memcpy(eth->h_source, fib.smac, ETH_ALEN);
 
 	update_metrics(ctx, dir, REASON_FIB_REDIRECT);
+	send_trace_notify(ctx, TRACE_FIB, REASON_FIB_REDIRECT, dir, oif);
 	return bpf_redirect(oif, 0);
 }
 

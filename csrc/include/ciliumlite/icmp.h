@@ -8,7 +8,8 @@
  *   Ethernet (MACs swapped) | IPv4 {src = p's destination, dst = p's source,
  *   TTL 64} | ICMP type 3 code @code (mtu field = @mtu for code 4) |
  *   p's 20-byte IP header | p's first 8 L4 bytes
- * (70 bytes), counts @reason (a DROP_*: the original packet is consumed) and
+ * (70 bytes), counts @reason (a DROP_*: the original packet is consumed; its
+ * drop event is sent with the packet as it came in) and
  * sends it back out of the device it arrived on (bpf_redirect to
  * ctx->ifindex: from a tc ingress hook that is the sender's side - back into
  * the pod from an lxc, back to the network from the underlay). Packets with
@@ -34,6 +35,7 @@
 #include "metrics.h"
 #include "l4.h"
 #include "reasons.h"
+#include "trace.h"
 
 /* <linux/icmp.h> pulls in glibc's <sys/socket.h> (no -target bpf build). */
 #define ICMP_DEST_UNREACH	3
@@ -70,6 +72,9 @@ icmp4_reply_unreach(struct __sk_buff *ctx, const struct pkt4 *p, __u8 code, __u3
 		return send_drop(ctx, DROP_INVALID, dir);
 	if (r.orig.ihl != 5)
 		return send_drop(ctx, reason, dir);
+	/* The packet is consumed: its drop event shows it as it came in
+	 * (a failure below sends a second one with its own reason). */
+	send_drop_notify(ctx, reason, dir);
 
 	r.ip.version = 4;
 	r.ip.ihl = 5;

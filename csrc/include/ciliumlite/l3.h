@@ -6,7 +6,7 @@
  * cil_from_overlay / cil_from_netdev (remote -> pod):
  *
  *   TTL - 1 (incremental csum), smac := ep->node_mac, dmac := ep->mac,
- *   count REASON_FORWARDED, bpf_redirect_peer(ep->ifindex)
+ *   count REASON_FORWARDED, trace "redirect-peer", bpf_redirect_peer(ep->ifindex)
  *
  * bpf_redirect_peer() moves the skb from the *ingress* hook straight to the
  * ingress of the veth peer (the pod's eth0 in the pod netns) without a
@@ -30,6 +30,7 @@
 #include "maps.h"
 #include "metrics.h"
 #include "reasons.h"
+#include "trace.h"
 
 /* Deliver the IPv4 packet (header at @l3_off, already ipv4_validate()d) to the
  * local endpoint @ep. @dir is the metrics direction of the calling program.
@@ -70,6 +71,7 @@ ipv4_local_delivery(struct __sk_buff *ctx, __u32 l3_off,
 		return send_drop(ctx, DROP_WRITE_ERROR, dir);
 
 	update_metrics(ctx, dir, REASON_FORWARDED);
+	send_trace_notify(ctx, TRACE_TO_LXC, REASON_FORWARDED, dir, ifindex);
 	return bpf_redirect_peer(ifindex, 0);
 }
 

@@ -429,6 +429,39 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } cilium_node_map SEC(".maps");
 
+/* ===========================================================================
+ * Datapath events (trace.h; `ciliumlite monitor`).
+ * ======================================================================== */
+
+#define EVENTS_RING_SIZE	(256 * 1024)	/* bytes; a power of 2, page aligned */
+
+/* cilium_events: drop and trace events (struct drop_notify / trace_notify,
+ * trace.h, 120 bytes each). Written by every tc program, read by Python
+ * (ciliumlite/datapath/events.py) with the libbpf ring buffer reader. A
+ * RINGBUF has no key or value type; the record layout is trace.h's. */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, EVENTS_RING_SIZE);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} cilium_events SEC(".maps");
+
+/* 16 bytes. Value of cilium_events_ratelimit: one CPU's token bucket.
+ * last_ns in bpf_ktime_get_ns() time; tokens <= events_per_sec. */
+struct events_bucket {
+	__u64	last_ns;
+	__u64	tokens;
+};
+
+/* cilium_events_ratelimit: the per-CPU token bucket checked before every
+ * event (key 0 only). Pinned, so all objects of a node share one budget. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, struct events_bucket);
+	__uint(max_entries, 1);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} cilium_events_ratelimit SEC(".maps");
+
 CL_STATIC_ASSERT(sizeof(struct endpoint_key) == 20, "endpoint_key must be 20 bytes");
 CL_STATIC_ASSERT(sizeof(struct endpoint_info) == 48, "endpoint_info must be 48 bytes");
 CL_STATIC_ASSERT(__builtin_offsetof(struct endpoint_info, mac) == 16, "endpoint_info.mac at 16");
@@ -460,6 +493,7 @@ CL_STATIC_ASSERT(__builtin_offsetof(struct ct_entry, rev_nat_index) == 38, "ct_e
 CL_STATIC_ASSERT(__builtin_offsetof(struct ct_entry, src_sec_id) == 44, "ct_entry.src_sec_id at 44");
 CL_STATIC_ASSERT(sizeof(struct ipv4_nat_entry) == 40, "ipv4_nat_entry must be 40 bytes");
 CL_STATIC_ASSERT(__builtin_offsetof(struct ipv4_nat_entry, to_addr) == 32, "ipv4_nat_entry.to_addr at 32");
+CL_STATIC_ASSERT(sizeof(struct events_bucket) == 16, "events_bucket must be 16 bytes");
 
 /* ---------------------------------------------------------------------------
  * Lookups.

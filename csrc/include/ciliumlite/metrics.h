@@ -90,13 +90,6 @@ __update_metrics(__u64 bytes, __u8 dir, __u8 reason, __u16 line, __u8 file)
 	__update_metrics(ctx_full_len(ctx), (dir), (reason),		\
 			 __MAGIC_LINE__, __MAGIC_FILE__)
 
-/* Hand the packet to the kernel stack untouched: count REASON_TO_STACK at the
- * caller's line and evaluate to the "continue" verdict (TC_ACT_OK). A
- * statement-expression macro so line and file are the caller's. */
-#define send_to_stack(ctx, dir)						\
-	({								\
-		update_metrics((ctx), (dir), REASON_TO_STACK);		\
-		ctx_act_ok(ctx);					\
-	})
+/* send_to_stack(ctx, dir) lives in trace.h (it also sends a trace event). */
 
 #endif /* __CILIUMLITE_METRICS_H */

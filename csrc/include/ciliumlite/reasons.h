@@ -36,6 +36,10 @@ enum cl_reason {
 	REASON_LB_REVNAT_STALE		= 107,	/* "Socket LB: stale reverse entry removed" (ciliumlite) */
 	REASON_TO_NETDEV		= 108,	/* "Passed to the network device" (ciliumlite) */
 	REASON_NAT_EGRESS		= 109,	/* "Source translated on egress" (ciliumlite) */
+	/* Monitoring (trace.h): an event was not sent; the packet is counted
+	 * under its own reason as well. Not packets: never a drop. */
+	REASON_EVENT_LOST_RATE_LIMIT	= 110,	/* "Event lost (rate limit)" (ciliumlite) */
+	REASON_EVENT_LOST_RING_FULL	= 111,	/* "Event lost (ring buffer full)" (ciliumlite) */
 
 	/* Drop reasons (Cilium's -DROP_* values, made positive). */
 	DROP_INVALID_SMAC		= 130,	/* "Invalid source mac" (unused in Cilium today) */
