@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import html
 import ipaddress
+import json
 import os
 import socket
 import subprocess
@@ -97,6 +98,7 @@ class Datapath:
         self.lb: LbMaps | None = None
         self._services: dict[str, Service] = {}
         self._closing = False
+        self._service_cache: dict[str, tuple[Service, str]] = {}
         self._lock = threading.RLock()
         self._endpoints: dict[ipaddress.IPv4Address, Endpoint] = {}
         self._next_id = 1
@@ -119,6 +121,14 @@ class Datapath:
             self.close()
             raise
 
+    def _service_json(self, svc: Service) -> str:
+        # Rendering every service on every change would make N updates cost O(N^2): cache the text.
+        cached = self._service_cache.get(svc.name)
+        if cached is None or cached[0] is not svc:
+            cached = (svc, json.dumps(dataclasses.asdict(svc), default=str))
+            self._service_cache[svc.name] = cached
+        return cached[1]
+
     def _publish(self) -> None:
         # Tell other processes (the CLI) about this datapath; BPF state itself lives in the pins.
         if self._closing:
@@ -127,11 +137,12 @@ class Datapath:
             "node": self.config.node_name, "netns": self.netns, "pin_dir": self._pin_dir, "cgroup": self.cgroup,
             "pid": os.getpid(), "config": dataclasses.asdict(self.config),
             "endpoints": [e.as_row() for e in self.endpoints()],
-            "services": {n: dataclasses.asdict(s) for n, s in self._services.items()},
+
             "remote_nodes": {n: dataclasses.asdict(i) for n, i in self.remote_nodes.items()},
             "attachments": [{"program": lk.program, "where": str(lk.point)} for lk in self.links]
             + [{"program": e.link.program, "where": str(e.link.point)} for e in self.endpoints() if e.link],
-        })
+        }, raw={"services": "{" + ",".join(f"{json.dumps(n)}: {self._service_json(s)}"
+                                           for n, s in self._services.items()) + "}"})
 
     def _setup_routing(self) -> None:
         cfg = self.config
@@ -294,6 +305,7 @@ class Datapath:
             if self.lb is not None:
                 self.lb.remove(name)
             del self._services[name]
+            self._service_cache.pop(name, None)
             self._publish()
 
     def services(self) -> list[dict[str, Any]]:

@@ -78,18 +78,29 @@ class LbMaps:
         self._backend_ids: dict[tuple[IPv4Address, int, int], int] = {}
         self._backend_refs: dict[int, int] = {}
         self._next_backend = 1
+        self._next_revnat = 1
+        self._free_revnat: list[int] = []
+        self._slot_counts: dict[Lb4Key, int] = {}  # frontend row -> backends written
+        self._frontend_users: dict[tuple[IPv4Address, int, int, int], int] = {}
 
     # -- ids ---------------------------------------------------------------------------------------
     def revnat_id(self, frontend: tuple[IPv4Address, int, int, int]) -> int:
         """The reverse-NAT index of a frontend, allocated on first use."""
         rid = self._revnat_ids.get(frontend)
         if rid is None:
-            used = set(self._revnat_ids.values())
-            rid = next((i for i in range(1, MAX_REVNAT + 1) if i not in used), 0)
-            if not rid:
+            if self._free_revnat:
+                rid = self._free_revnat.pop()
+            elif self._next_revnat <= MAX_REVNAT:
+                rid, self._next_revnat = self._next_revnat, self._next_revnat + 1
+            else:
                 raise MapFullError("allocate reverse NAT index", 28, target=f"{frontend}")
             self._revnat_ids[frontend] = rid
         return rid
+
+    def _release_revnat(self, frontend: tuple[IPv4Address, int, int, int]) -> None:
+        rid = self._revnat_ids.pop(frontend, None)
+        if rid is not None:
+            self._free_revnat.append(rid)
 
     def _backend_id(self, ip: IPv4Address, port: int, proto: int) -> tuple[int, bool]:
         key = (ip, port, proto)
@@ -156,8 +167,7 @@ class LbMaps:
                 self.services.pop(row.key(slot), None)
 
     def _old_count(self, row: FrontendRow) -> int:
-        return max((len(r.backends) for rows in self._rows.values() for r in rows
-                    if r.key(0) == row.key(0)), default=0)
+        return self._slot_counts.get(row.key(0), 0)
 
     def _drop_stale_rows(self, old: list[FrontendRow], new: list[FrontendRow]) -> None:
         keep = {r.key(0) for r in new}
@@ -173,7 +183,7 @@ class LbMaps:
                     self.revnat.pop(rid, None)
                     if row.maglev:
                         self._drop_maglev(row)
-                    del self._revnat_ids[row.frontend]
+                    self._release_revnat(row.frontend)
 
     def _drop_stale_affinity(self, rows: list[FrontendRow]) -> None:
         # A client stuck to a backend the service no longer lists must pick again (Cilium's
@@ -198,18 +208,33 @@ class LbMaps:
             self.maglev.pop(Lb4MaglevKey(rev_nat_index=rid, index=i), None)
 
     def _frontend_used_elsewhere(self, row: FrontendRow, old: list[FrontendRow]) -> bool:
-        return any(r.frontend == row.frontend for rows in self._rows.values() if rows is not old for r in rows)
+        mine = sum(1 for r in old if r.frontend == row.frontend) > 0
+        return self._frontend_users.get(row.frontend, 0) > (1 if mine else 0)
 
     def _retain(self, service: str, old: list[FrontendRow], new: list[FrontendRow]) -> None:
+        # Only the backends and frontends of this service's rows change: O(size of the service).
+        touched: set[tuple[IPv4Address, int, int]] = set()
         for row in new:
+            self._slot_counts[row.key(0)] = len(row.backends)
+            self._frontend_users[row.frontend] = self._frontend_users.get(row.frontend, 0) + 1
             for ip, port in row.backends:
                 bid = self._backend_ids[(ip, port, row.proto)]
                 self._backend_refs[bid] = self._backend_refs.get(bid, 0) + 1
+        new_keys = {r.key(0) for r in new}
         for row in old:
+            if row.key(0) not in new_keys:
+                self._slot_counts.pop(row.key(0), None)
+            users = self._frontend_users.get(row.frontend, 0) - 1
+            if users > 0:
+                self._frontend_users[row.frontend] = users
+            else:
+                self._frontend_users.pop(row.frontend, None)
             for ip, port in row.backends:
                 bid = self._backend_ids[(ip, port, row.proto)]
                 self._backend_refs[bid] -= 1
-        for key, bid in list(self._backend_ids.items()):
+                touched.add((ip, port, row.proto))
+        for key in touched:
+            bid = self._backend_ids[key]
             if self._backend_refs.get(bid, 0) <= 0:
                 self._backend_refs.pop(bid, None)
                 del self._backend_ids[key]

@@ -21,14 +21,18 @@ def run_dir() -> Path:
     return Path(os.environ.get(RUN_DIR_ENV, DEFAULT_RUN_DIR))
 
 
-def publish(node_name: str, state: dict[str, Any]) -> None:
-    """Write (replace) the state of one datapath."""
+def publish(node_name: str, state: dict[str, Any], raw: dict[str, str] | None = None) -> None:
+    """Write (replace) the state of one datapath. ``raw`` adds fields already rendered as JSON text
+    (large, rarely-changing parts such as the services, cached by the caller)."""
     d = run_dir()
     d.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(state, default=str)
+    if raw:
+        text = text[:-1] + "".join(f", {json.dumps(k)}: {v}" for k, v in raw.items()) + "}"
     fd, tmp = tempfile.mkstemp(dir=d, prefix=f".{node_name}.")
     os.fchmod(fd, 0o644)  # readable by the CLI without root (the BPF maps still need it)
     with os.fdopen(fd, "w") as f:
-        json.dump(state, f, indent=1, default=str)
+        f.write(text)
     os.replace(tmp, d / f"{node_name}.json")
 
 
