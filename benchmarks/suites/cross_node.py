@@ -20,14 +20,14 @@ fabric bridge) with one pod each; the client runs in n1's pod, the servers in n2
    neighbour ``<cidr .1>`` -> the remote ``vx0`` MAC (feasibility.md §3). Outer UDP checksum 0 in
    both VXLAN arms (the route encap sets no csum flag; ciliumlite passes ``BPF_F_ZERO_CSUM_TX``).
 6. ``6-legacy-native-kproxy``: (4) plus kube-proxy iptables rules for 10k ClusterIP services
-   (``host_routing.kube_proxy_rules``) in *both* node namespaces, so conntrack is on: the first
+   (``_netbench.kube_proxy_rules``) in *both* node namespaces, so conntrack is on: the first
    packet of every connection walks ``KUBE-SERVICES`` (10k rules) in n1's and in n2's PREROUTING.
 7. ``7-legacy-vxlan-kproxy``: (5) plus the same rules in both nodes; here the outer UDP flows are new
    conntrack entries too (the VXLAN source port follows the inner flow): each node walks the chain
    for the inner SYN and the peer's outer UDP in PREROUTING and for its own outer UDP in OUTPUT,
    so ~6 walks per connection against (6)'s 2.
 
-Per arm and round, the three measurements of ``host_routing`` (its ``_Bench``): sockperf TCP
+Per arm and round, the three measurements of ``host_routing`` (``_netbench.Bench``): sockperf TCP
 ping-pong latency (half round trip), the connect/request/response/close rate of
 ``benchmarks/tools/crr.c`` and iperf3 single-stream throughput, each ``SECONDS`` long; client pinned
 to one CPU, servers to the other, both under ``nice -n -10`` (shared VM). Every lab is built once;
@@ -52,7 +52,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from benchmarks.harness import Context, Measurement, Summary, fmt_ci, fmt_value, ratio
-from benchmarks.suites.host_routing import (
+from benchmarks.suites._netbench import (
     CRR,
     CRR_P50,
     CRR_P99,
@@ -64,24 +64,24 @@ from benchmarks.suites.host_routing import (
     QUIET_BUSY,
     TCP_COUNTERS,
     TPUT,
-    _Arm,
-    _Bench,
-    _check,
-    _conntrack_stats,
-    _cpu_busy,
-    _cpus,
-    _crr_binary,
-    _cv,
-    _info,
-    _kube_services_packets,
-    _tcp_snapshot,
-    _verdict,
-    _wait_quiet,
+    Bench,
+    NetArm,
+    check_run,
+    client_server_cpus,
+    conntrack_stats,
+    count_rules,
+    cpu_busy,
+    crr_binary,
+    cv_text,
+    info,
     kube_proxy_rules,
+    kube_services_packets,
     mname,
     rname,
+    tcp_snapshot,
+    verdict,
+    wait_quiet,
 )
-from benchmarks.suites.host_routing import N_SERVICES as HR_N_SERVICES
 from ciliumlite.datapath import devices
 from ciliumlite.datapath.config import VXLAN_OVERHEAD, VXLAN_PORT
 from ciliumlite.lab import Lab, Node, procs
@@ -102,7 +102,7 @@ QUIET_WAIT_TOTAL_S = 60.0    # ... and this long in all after the start (keeps a
 BUSY_SAMPLE_S = 0.3
 NICE_ENV = "CILIUMLITE_BENCH_XN_NICE"   # niceness of the clients and servers (default -10; 0 = as started)
 DEFAULT_NICE = -10
-N_SERVICES = HR_N_SERVICES   # kube-proxy services per node (10k), from host_routing's rule generator
+N_SERVICES = 10_000          # kube-proxy services per node (2 endpoints each: _netbench.kube_proxy_rules)
 UNDERLAY_MTU = 1500          # the lab fabric's veths
 KVX_DEV = "vx0"              # the kernel VXLAN arm's device (ciliumlite's own is cilium_vxlan)
 KVX_VNI = 1
@@ -177,10 +177,10 @@ EXTRA_RATIOS: list[tuple[str, str, str]] = [
 # -- arms ------------------------------------------------------------------------------------------
 @dataclass
 class _Built:
-    """One arm: host_routing's ``_Arm`` (where the client and servers run) and its lab's nodes."""
+    """One arm: a ``_netbench.NetArm`` (where the client and servers run) and its lab's nodes."""
 
     spec: _Spec
-    arm: _Arm
+    arm: NetArm
     nodes: list[Node]
     device_packets: Callable[[], dict[str, int]] | None = None
     extra: dict[str, float] = field(default_factory=dict)
@@ -190,7 +190,7 @@ def _nice() -> int:
     return int(os.environ.get(NICE_ENV, str(DEFAULT_NICE)))
 
 
-def _niced(arm: _Arm, nice: int) -> _Arm:
+def _niced(arm: NetArm, nice: int) -> NetArm:
     """Run the arm's clients and servers under ``nice -n <nice>``: on a shared 2-vCPU VM other
     processes otherwise preempt them mid-measurement (veth softirq work runs in their context too)."""
     if nice == 0:
@@ -222,14 +222,14 @@ def _build(stack: contextlib.ExitStack, key: str) -> _Built:
         _kernel_vxlan(nodes, spec.mtu)
     if spec.pods:
         a, b = n1.add_pod("a"), n2.add_pod("b")
-        arm = _Arm(key, b.ip, a.run, b.run, b.popen, lab.processes.stop, a.netns, b.netns, node=n2)
+        arm = NetArm(key, b.ip, a.run, b.run, b.popen, lab.processes.stop, a.netns, b.netns, node=n2)
     else:
         assert n2.ip is not None
 
         def popen(*argv: str) -> subprocess.Popen[str]:
             return lab.processes.popen(n2.netns, argv, n2.cgroup)  # type: ignore[no-any-return]
 
-        arm = _Arm(key, n2.ip, n1.run, n2.run, popen, lab.processes.stop, n1.netns, n2.netns, node=n2)
+        arm = NetArm(key, n2.ip, n1.run, n2.run, popen, lab.processes.stop, n1.netns, n2.netns, node=n2)
     built = _Built(spec, _niced(arm, _nice()), nodes)
     dev = KVX_DEV if spec.kernel_vxlan else (n1.datapath.config.tunnel_device  # type: ignore[union-attr]
                                               if spec.routing == "vxlan" else None)
@@ -245,10 +245,10 @@ def _kernel_vxlan(nodes: list[Node], mtu: int) -> None:
     """
     macs: dict[str, str] = {}
     for n in nodes:
-        _check(n.run("ip", "link", "add", KVX_DEV, "type", "vxlan", "external", "dstport", str(VXLAN_PORT),
-                     "nolearning"), f"{n.name}: ip link add {KVX_DEV}")
-        _check(n.run("ip", "link", "set", KVX_DEV, "mtu", str(mtu), "up"), f"{n.name}: ip link set {KVX_DEV}")
-        link = json.loads(_check(n.run("ip", "-j", "link", "show", "dev", KVX_DEV), f"{n.name}: ip link show"))
+        check_run(n.run("ip", "link", "add", KVX_DEV, "type", "vxlan", "external", "dstport", str(VXLAN_PORT),
+                        "nolearning"), f"{n.name}: ip link add {KVX_DEV}")
+        check_run(n.run("ip", "link", "set", KVX_DEV, "mtu", str(mtu), "up"), f"{n.name}: ip link set {KVX_DEV}")
+        link = json.loads(check_run(n.run("ip", "-j", "link", "show", "dev", KVX_DEV), f"{n.name}: ip link show"))
         macs[n.name] = link[0]["address"]
     for n in nodes:
         for r in nodes:
@@ -256,10 +256,10 @@ def _kernel_vxlan(nodes: list[Node], mtu: int) -> None:
                 continue
             assert r.datapath is not None and r.ip is not None
             cidr, gw = r.datapath.config.pod_cidr, str(r.datapath.config.gateway)
-            _check(n.run("ip", "neigh", "replace", gw, "lladdr", macs[r.name], "dev", KVX_DEV, "nud", "permanent"),
-                   f"{n.name}: ip neigh replace {gw}")
-            _check(n.run("ip", "route", "replace", cidr, "encap", "ip", "id", str(KVX_VNI), "dst", r.ip,
-                         "via", gw, "dev", KVX_DEV, "onlink"), f"{n.name}: ip route replace {cidr} encap")
+            check_run(n.run("ip", "neigh", "replace", gw, "lladdr", macs[r.name], "dev", KVX_DEV, "nud", "permanent"),
+                      f"{n.name}: ip neigh replace {gw}")
+            check_run(n.run("ip", "route", "replace", cidr, "encap", "ip", "id", str(KVX_VNI), "dst", r.ip,
+                            "via", gw, "dev", KVX_DEV, "onlink"), f"{n.name}: ip route replace {cidr} encap")
 
 
 def _tx_packets(node: Node, dev: str) -> int:
@@ -275,7 +275,7 @@ def _load_kube_proxy(ctx: Context, built: list[_Built]) -> list[Measurement]:
     if not targets:
         return []
     text = kube_proxy_rules(N_SERVICES)
-    n_rules = sum(1 for line in text.splitlines() if line.startswith("-A "))
+    n_rules = count_rules(text)
     out: list[Measurement] = []
     with tempfile.NamedTemporaryFile("w", prefix="cl-bench-xn-kp-", suffix=".rules") as rules:
         rules.write(text)
@@ -296,9 +296,9 @@ def _load_kube_proxy(ctx: Context, built: list[_Built]) -> list[Measurement]:
         ctx.log(f"{n_rules} kube-proxy rules for {N_SERVICES} services into {len(targets)} node namespaces "
                 f"(in parallel) in {time.perf_counter() - t_all:.1f} s")
     for (key, node), load_s in zip(targets, times, strict=True):
-        out.append(_info(f"{key}: iptables-restore of {N_SERVICES} services on {node.name}", load_s, "s",
-                         group="setup", note=f"{n_rules} rules; {len(targets)} restores in parallel, "
-                                                     "time until this one was done"))
+        out.append(info(f"{key}: iptables-restore of {N_SERVICES} services on {node.name}", load_s, "s",
+                        group="setup", note=f"{n_rules} rules; {len(targets)} restores in parallel, "
+                                            "time until this one was done"))
     return out
 
 
@@ -320,35 +320,35 @@ def _counters(built: dict[str, _Built], before: dict[str, dict[str, dict[str, in
     out: list[Measurement] = []
     for key, b in built.items():
         arm = b.arm
-        after = _tcp_snapshot(arm)
+        after = tcp_snapshot(arm)
         for label, (side, counter) in TCP_COUNTERS.items():
-            out.append(_info(f"{key}: {label}", after[side].get(counter, 0) - before[key][side].get(counter, 0)))
+            out.append(info(f"{key}: {label}", after[side].get(counter, 0) - before[key][side].get(counter, 0)))
         for label, v in arm.counters.items():
             note = f"last error: {arm.errors[-1]}" if label == "crr errors" and arm.errors else ""
-            out.append(_info(f"{key}: {label}", v, note=note))
+            out.append(info(f"{key}: {label}", v, note=note))
         if b.device_packets is not None:
             now = b.device_packets()
             dev = KVX_DEV if b.spec.kernel_vxlan else "cilium_vxlan"
             for n, v in now.items():
-                out.append(_info(f"{key}: {dev} tx packets on {n}", v - dev_before[key].get(n, 0),
-                                 note="the path really is encapsulated"))
+                out.append(info(f"{key}: {dev} tx packets on {n}", v - dev_before[key].get(n, 0),
+                                note="the path really is encapsulated"))
         for n in b.nodes:
             if b.spec.kube_proxy:
-                ct = _conntrack_stats(n)
+                ct = conntrack_stats(n)
                 ct0 = ct_before.get((key, n.name), {})
                 for k in ("drop", "early_drop", "insert_failed", "invalid"):
                     if k in ct:
-                        out.append(_info(f"{key}: {n.name} conntrack {k}", ct[k] - ct0.get(k, 0)))
-                out.append(_info(f"{key}: {n.name} conntrack entries at the end", ct["count"],
-                                 note=f"nf_conntrack_max {ct['max']}"))
-                out.append(_info(f"{key}: {n.name} packets jumping PREROUTING -> KUBE-SERVICES",
-                                 _kube_services_packets(n), note="≈ connections: only first packets take nat"))
+                        out.append(info(f"{key}: {n.name} conntrack {k}", ct[k] - ct0.get(k, 0)))
+                out.append(info(f"{key}: {n.name} conntrack entries at the end", ct["count"],
+                                note=f"nf_conntrack_max {ct['max']}"))
+                out.append(info(f"{key}: {n.name} packets jumping PREROUTING -> KUBE-SERVICES",
+                                kube_services_packets(n), note="≈ connections: only first packets take nat"))
             dp = n.datapath
             if dp is not None and b.spec.host_routing == "bpf":
                 rows = dp.metrics()
-                out.append(_info(f"{key}: {n.name} datapath drops", sum(r.packets for r in rows if r.is_drop)))
-                out.append(_info(f"{key}: {n.name} datapath forwarded packets",
-                                 sum(r.packets for r in rows if not r.is_drop)))
+                out.append(info(f"{key}: {n.name} datapath drops", sum(r.packets for r in rows if r.is_drop)))
+                out.append(info(f"{key}: {n.name} datapath forwarded packets",
+                                sum(r.packets for r in rows if not r.is_drop)))
     return out
 
 
@@ -361,7 +361,7 @@ def run(ctx: Context) -> list[Measurement]:
     rounds = max(1, ctx.repeats)
     selected = _selected_arms()
     secs = QUICK_SECONDS if ctx.quick else SECONDS
-    client_cpu, server_cpu = _cpus()
+    client_cpu, server_cpu = client_server_cpus()
     ipt_version = subprocess.run(["iptables-restore", "--version"], capture_output=True, text=True,
                                  timeout=10, check=False).stdout.strip()
     ctx.params.update(arms=",".join(selected), rounds=rounds, warmup_rounds=ctx.warmup, seconds=secs,
@@ -369,16 +369,16 @@ def run(ctx: Context) -> list[Measurement]:
                       server_cpu=server_cpu, nice=_nice(), iptables=ipt_version, underlay_mtu=UNDERLAY_MTU,
                       pod_mtu={k: SPECS[k].mtu - (VXLAN_OVERHEAD if SPECS[k].routing == "vxlan" else 0)
                                for k in selected if SPECS[k].pods})
-    info: list[Measurement] = []
+    setup: list[Measurement] = []
 
     with contextlib.ExitStack() as stack:  # unwinds on any error: servers, labs, namespaces, temp files
-        bench = _Bench(stack.enter_context(_crr_binary()), client_cpu, server_cpu)
+        bench = Bench(stack.enter_context(crr_binary()), client_cpu, server_cpu)
         t_build = time.perf_counter()
         built: dict[str, _Built] = {}
         for key in selected:
             built[key] = _build(stack, key)
         ctx.log(f"built {len(built)} labs in {time.perf_counter() - t_build:.1f} s: {', '.join(built)}")
-        info += _load_kube_proxy(ctx, list(built.values()))
+        setup += _load_kube_proxy(ctx, list(built.values()))
 
         for b in built.values():
             arm = b.arm
@@ -391,11 +391,11 @@ def run(ctx: Context) -> list[Measurement]:
             if ping.returncode != 0:
                 raise RuntimeError(f"{arm.key}: {arm.server_ip} does not answer ping: {ping.stdout}{ping.stderr}")
 
-        busy_start = _wait_quiet(ctx, QUIET_WAIT_START_S)
+        busy_start = wait_quiet(ctx, QUIET_WAIT_START_S)
         busy: dict[str, list[float]] = {k: [] for k in built}
         wait_left = QUIET_WAIT_TOTAL_S
-        before = {k: _tcp_snapshot(b.arm) for k, b in built.items()}
-        ct_before = {(k, n.name): _conntrack_stats(n) for k, b in built.items() if b.spec.kube_proxy
+        before = {k: tcp_snapshot(b.arm) for k, b in built.items()}
+        ct_before = {(k, n.name): conntrack_stats(n) for k, b in built.items() if b.spec.kube_proxy
                      for n in b.nodes}
         dev_before = {k: b.device_packets() if b.device_packets else {} for k, b in built.items()}
         order = list(built)
@@ -408,10 +408,10 @@ def run(ctx: Context) -> list[Measurement]:
                     busy[key].append(busy_start)
                 elif wait_left > 0:  # bounded wait for other work to pass (perf.md §7.1 wants an idle machine)
                     t_wait = time.monotonic()
-                    busy[key].append(_wait_quiet(ctx, min(QUIET_WAIT_ARM_S, wait_left), BUSY_SAMPLE_S))
+                    busy[key].append(wait_quiet(ctx, min(QUIET_WAIT_ARM_S, wait_left), BUSY_SAMPLE_S))
                     wait_left -= time.monotonic() - t_wait
                 else:
-                    busy[key].append(_cpu_busy(BUSY_SAMPLE_S))
+                    busy[key].append(cpu_busy(BUSY_SAMPLE_S))
                 got = bench.measure(arm, WARMUP_SECONDS if warm else secs)
                 ctx.log(f"round {rnd + 1}/{ctx.warmup + rounds}{' (warmup)' if warm else ''} {key}: "
                         f"latency {got[LAT_AVG]:.1f} us (p50 {got[LAT_P50]:.1f}), CRR {got[CRR]:,.0f}/s, "
@@ -420,21 +420,21 @@ def run(ctx: Context) -> list[Measurement]:
                     for m, v in got.items():
                         arm.samples.setdefault(m, []).append(v)
         ctx.log(f"measured in {time.perf_counter() - t_start:.0f} s")
-        info += _counters(built, before, ct_before, dev_before)
-        info.append(_info("background CPU busy before the run", busy_start * 100, "%", group="setup",
+        setup += _counters(built, before, ct_before, dev_before)
+        setup.append(info("background CPU busy before the run", busy_start * 100, "%", group="setup",
                           note=f"waited for < {QUIET_BUSY:.0%} (at most {QUIET_WAIT_START_S:.0f} s)"))
-        info.append(_info("waited for a quiet machine after the start", QUIET_WAIT_TOTAL_S - wait_left, "s",
+        setup.append(info("waited for a quiet machine after the start", QUIET_WAIT_TOTAL_S - wait_left, "s",
                           group="setup", note=f"at most {QUIET_WAIT_ARM_S:.0f} s per arm, "
                                               f"{QUIET_WAIT_TOTAL_S:.0f} s in all"))
         for key, bs in busy.items():
-            info.append(_info(f"{key}: background CPU busy before its measurements, max", max(bs) * 100, "%",
+            setup.append(info(f"{key}: background CPU busy before its measurements, max", max(bs) * 100, "%",
                               group="setup", note="sampled with our servers idle (other work on the machine), "
                                                   "per round incl. warmup: " + ", ".join(f"{b * 100:.0f}" for b in bs)))
 
-    return _measurements({k: b.arm for k, b in built.items()}) + info
+    return _measurements({k: b.arm for k, b in built.items()}) + setup
 
 
-def _measurements(arms: dict[str, _Arm]) -> list[Measurement]:
+def _measurements(arms: dict[str, NetArm]) -> list[Measurement]:
     ms: list[Measurement] = []
     for key, arm in arms.items():
         for metric, (unit, kind) in METRICS.items():
@@ -462,7 +462,7 @@ def summarize(ms: list[Measurement]) -> list[Summary]:
 
     def cell(name: str) -> str:
         m = by.get(name)
-        return "" if m is None else f"{fmt_value(m.median, m.unit)} ({_cv(m) or '-'})"
+        return "" if m is None else f"{fmt_value(m.median, m.unit)} ({cv_text(m) or '-'})"
 
     def rcell(name: str) -> str:
         m = by.get(name)
@@ -479,7 +479,7 @@ def summarize(ms: list[Measurement]) -> list[Summary]:
         m = by.get(rname(num, den, metric))
         if m is not None:
             goal_rows.append([rname(num, den, metric), f"{fmt_value(m.median, 'x')} {fmt_ci(m)}", f"{op} {thr:g}",
-                              _verdict(m, op, thr), src])
+                              verdict(m, op, thr), src])
     extra = [by[rname(n, d, m)] for n, d, m in EXTRA_RATIOS if rname(n, d, m) in by]
     out = [
         Summary("per arm (median of rounds, CV in brackets; '!' = CV > 5 %)",
