@@ -39,7 +39,14 @@ class ProcessGroup:
                 os.kill(proc.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        proc.communicate(timeout=5)
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass  # not reaped yet (e.g. a stalled kernel teardown): never block the lab's cleanup
+        # Close the pipes without reading them to EOF: a grandchild may still hold them open.
+        for pipe in (proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
         if proc in self._procs:
             self._procs.remove(proc)
         self._netns.pop(proc.pid, None)
