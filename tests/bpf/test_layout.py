@@ -8,24 +8,12 @@ from pathlib import Path
 from typing import Annotated
 
 import pytest
+from prog_records import HashKey as GoodKey
+from prog_records import HashValue as GoodValue
 
 from ciliumlite.bpf import U8, U16, U32, U64, At, BpfObject, LayoutError, Record
 
 pytestmark = pytest.mark.bpf
-
-
-@dataclass(frozen=True, slots=True)
-class GoodKey(Record, c_name="test_key"):
-    a: Annotated[int, U32]
-    b: Annotated[int, U16]
-    c: Annotated[int, U8]  # the C member `pad` needs no field
-
-
-@dataclass(frozen=True, slots=True)
-class GoodValue(Record, c_name="test_value"):
-    x: Annotated[int, U64]
-    y: Annotated[int, U32]
-    z: Annotated[int, U32]
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,14 +10,13 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import pytest
+from prog_records import HashKey, HashValue
 
 from ciliumlite.bpf import (
     ANY,
     EXIST,
     IPV4,
     NOEXIST,
-    U8,
-    U16,
     U32,
     U64,
     BpfError,
@@ -30,20 +29,6 @@ from ciliumlite.bpf import (
 )
 
 pytestmark = pytest.mark.bpf
-
-
-@dataclass(frozen=True, slots=True)
-class HashKey(Record, c_name="test_key"):
-    a: Annotated[int, U32]
-    b: Annotated[int, U16]
-    c: Annotated[int, U8]
-
-
-@dataclass(frozen=True, slots=True)
-class HashValue(Record, c_name="test_value"):
-    x: Annotated[int, U64]
-    y: Annotated[int, U32]
-    z: Annotated[int, U32]
 
 
 @dataclass(frozen=True, slots=True)
