@@ -27,7 +27,7 @@ from ciliumlite.bpf import fs
 from ciliumlite.bpf.errors import NotSupportedError
 from ciliumlite.datapath import registry
 from ciliumlite.datapath.reasons import Direction, Reason
-from ciliumlite.lab.lab import Lab, LabCluster, Pod
+from ciliumlite.lab import Lab, LabCluster, Pod
 from ciliumlite.testing.resources import unique_name
 
 pytestmark = pytest.mark.integration

@@ -15,7 +15,7 @@ from ciliumlite.bpf import netns as nsmod
 from ciliumlite.bpf.errors import ValidationError
 from ciliumlite.datapath.config import PIN_BASE
 from ciliumlite.datapath.reasons import Direction, Reason
-from ciliumlite.lab.lab import Lab, Node
+from ciliumlite.lab import Lab, Node
 
 pytestmark = pytest.mark.integration
 

@@ -36,7 +36,7 @@ from packets import (
 from pyroute2 import IPRoute
 
 from ciliumlite.datapath.reasons import Reason
-from ciliumlite.lab.lab import Lab, Pod
+from ciliumlite.lab import Lab, Pod
 
 pytestmark = pytest.mark.integration
 

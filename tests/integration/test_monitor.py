@@ -29,7 +29,7 @@ import pytest
 from packets import IPPROTO_UDP, icmp_echo, ipv4, pod_python, udp
 
 from ciliumlite.datapath.reasons import Reason
-from ciliumlite.lab.lab import Lab, Pod
+from ciliumlite.lab import Lab, Pod
 
 pytestmark = pytest.mark.integration
 

@@ -30,7 +30,7 @@ from pyroute2 import IPRoute
 
 from ciliumlite.bpf import netns as nsmod
 from ciliumlite.datapath.reasons import Direction, Reason
-from ciliumlite.lab.lab import Lab, LabCluster, Node, Pod
+from ciliumlite.lab import Lab, LabCluster, Node, Pod
 
 pytestmark = pytest.mark.integration
 

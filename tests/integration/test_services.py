@@ -33,8 +33,7 @@ import pytest
 from ciliumlite.bpf.errors import BpfError, MapFullError, ValidationError
 from ciliumlite.datapath import maglev
 from ciliumlite.datapath.reasons import Reason
-from ciliumlite.lab import Lab
-from ciliumlite.lab.lab import Host, LabCluster, Node, Pod
+from ciliumlite.lab import Host, Lab, LabCluster, Node, Pod
 from ciliumlite.service import Backend, Frontend, Service
 
 pytestmark = pytest.mark.integration

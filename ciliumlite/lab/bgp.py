@@ -1,0 +1,128 @@
+"""BGP in a lab: bird as the leaf router in the fabric, and a bird speaker on every BGP node.
+
+The leaf is AS 65001 at 10.0.0.254; node *i* (10.0.0.(11+i)) is AS 65011+i, peers with the leaf
+only and announces its pod CIDR. ``Lab.bgp`` is the one :class:`LabBgp` of a lab.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from ciliumlite.bpf.offloop import public_methods_off_event_loop
+from ciliumlite.lab.fabric import LEAF_IP
+
+if TYPE_CHECKING:
+    from ciliumlite.bgp import BgpConfig, Bird
+    from ciliumlite.lab.lab import Lab
+    from ciliumlite.lab.node import Node
+
+LEAF_ASN = 65001
+FIRST_NODE_ASN = 65011
+ESTABLISH_TIMEOUT = 15.0  # seconds for each speaker's session to the leaf to come up
+
+
+def node_asn(node: Node) -> int:
+    """The AS number of a lab node: 65011 + its index."""
+    return FIRST_NODE_ASN + node.index
+
+
+@public_methods_off_event_loop
+class LabBgp:
+    """The BGP of one lab: the leaf router's bird (``leaf``) and the nodes' speakers (``node.bird``).
+
+    ``ciliumlite.bgp`` (bird2) is imported on first use, so a lab without BGP never needs it.
+    """
+
+    def __init__(self, lab: Lab) -> None:
+        self._lab = lab
+        self._leaf: Bird | None = None
+
+    @property
+    def leaf(self) -> Bird | None:
+        """The leaf router's bird in the fabric namespace, or None before :meth:`start`."""
+        return self._leaf
+
+    def prepare(self, node: Node) -> None:
+        """Mark ``node`` as getting its routes to other nodes' pod CIDRs from BGP.
+
+        Call it before the node joins its cluster, so that joining installs no static routes.
+        """
+        assert node.datapath is not None, f"{node.name} has no datapath"
+        # TODO(redesign): a DatapathConfig(bgp_asn=..., bgp_peers=...) replaces this flag, and the
+        # Datapath runs the node's bird itself (start_speaker/stop_speaker then go).
+        node.datapath.routes_managed_by_bgp = True
+
+    def leaf_config(self, extra: Iterable[Node] = ()) -> BgpConfig:
+        """The leaf's config: one peer per lab node with a speaker, and per node in ``extra``.
+
+        Raises :class:`ValidationError` for a node name that is no bird symbol even with ``-`` as ``_``.
+        """
+        from ciliumlite import bgp
+
+        wanted = list(extra)
+        speakers = [n for n in self._lab.nodes.values() if n.ip and (n.bird is not None or n in wanted)]
+        peers = tuple(bgp.BgpPeer(n.name.replace("-", "_"), n.ip or "", node_asn(n)) for n in speakers)
+        return bgp.leaf_config(LEAF_IP, LEAF_ASN, peers)
+
+    def start(self, nodes: list[Node]) -> None:
+        """Peer ``nodes`` (already on the underlay) with the leaf and wait until every session is up.
+
+        Starts the leaf (in the fabric, made if need be) on first use and reloads it with the new
+        peers after that, starts each node's speaker, then waits up to 15 s for each. Raises
+        ``BgpError`` if bird rejects a config or a session is not Established in time,
+        ``NotSupportedError`` if bird2 is not installed; speakers started by then stay on their
+        nodes (closing the node stops them).
+        """
+        from ciliumlite import bgp
+
+        fabric = self._lab.fabric_or_create()
+        leaf_cfg = self.leaf_config(extra=nodes)
+        if self._leaf is None:
+            self._leaf = bgp.Bird(fabric.netns, leaf_cfg, os.path.join(self._lab.workdir, "leaf"))
+            self._leaf.start()
+        else:
+            self._leaf.reload(leaf_cfg)
+        speakers = [self.start_speaker(n) for n in nodes]
+        for speaker in speakers:
+            speaker.wait_established(timeout=ESTABLISH_TIMEOUT)
+
+    def start_speaker(self, node: Node) -> Bird:
+        """Start ``node``'s bird (peer: the leaf; announces the pod CIDR) as ``node.bird``, without waiting
+        for its session. Raises as ``Bird.start``."""
+        from ciliumlite import bgp
+
+        assert node.datapath is not None and node.ip is not None, f"{node.name} is not on the underlay"
+        cfg = bgp.BgpConfig(router_id=node.ip, asn=node_asn(node), peers=(bgp.BgpPeer("leaf", LEAF_IP, LEAF_ASN),),
+                            announce=(node.datapath.config.pod_cidr,))
+        node.bird = bgp.Bird(node.netns, cfg, os.path.join(self._lab.workdir, node.name))
+        node.bird.start()
+        return node.bird
+
+    def stop_speaker(self, node: Node) -> None:
+        """Stop ``node``'s bird, if it runs one; the leaf keeps the peer until :meth:`reload`.
+
+        Raises what ``Bird.stop`` raises.
+        """
+        if node.bird is not None:
+            node.bird.stop()
+            node.bird = None
+
+    def reload(self) -> None:
+        """Give the leaf the peers of the nodes that still run a speaker (after one has gone).
+
+        No-op before :meth:`start`; raises ``BgpError`` if bird rejects the config (it keeps the old one).
+        """
+        if self._leaf is not None:
+            self._leaf.reload(self.leaf_config())
+
+    def birds(self) -> list[Bird]:
+        """Every bird of the lab: the leaf first, then each node's speaker in node order."""
+        return [b for b in [self._leaf, *(n.bird for n in self._lab.nodes.values())] if b is not None]
+
+    def close(self) -> None:
+        """Stop the leaf (the speakers stop with their nodes). Raises what ``Bird.stop`` raises."""
+        if self._leaf is not None:
+            self._leaf.stop()
+            self._leaf = None

@@ -1,0 +1,79 @@
+"""A Cluster whose members are lab nodes (``Lab.cluster``): nodes join and leave it, services span it."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ciliumlite.bpf.errors import ValidationError
+from ciliumlite.bpf.offloop import public_methods_off_event_loop
+from ciliumlite.cluster import Cluster
+from ciliumlite.lab.node import Node
+
+if TYPE_CHECKING:
+    from ciliumlite.lab.lab import Lab
+
+
+@public_methods_off_event_loop
+class LabCluster:
+    """A Cluster whose nodes are lab nodes: ``cluster.node("worker1").add_pod("client")``."""
+
+    def __init__(self, lab: Lab, cluster: Cluster, nodes: list[Node]) -> None:
+        self.lab = lab
+        self.control = cluster
+        self.members = {n.name: n for n in nodes}
+
+    def node(self, name: str) -> Node:
+        """A member node by name. Raises :class:`ValidationError` for a node not in this cluster."""
+        try:
+            return self.members[name]
+        except KeyError:
+            raise ValidationError(f"no node {name!r} in this cluster ({', '.join(self.members)})") from None
+
+    def add_node(self, name: str, **config: Any) -> Node:
+        """Add a node: every other node learns its pod CIDR (tunnel entry or route).
+
+        It gets the routing of the first member, and a BGP speaker if that one has one. Raises as
+        :meth:`Lab.add_node` and ``Cluster.join`` (the node is removed again then), and as
+        :meth:`LabBgp.start` (the node stays a member of the cluster store then).
+        """
+        first = next(iter(self.members.values()), None)
+        routing = first.datapath.config.routing if first and first.datapath else "vxlan"
+        bgp = first is not None and first.bird is not None
+        node = self.lab.add_node(name, routing=routing, **config)
+        assert node.datapath is not None
+        if bgp:
+            self.lab.bgp.prepare(node)
+        try:
+            self.control.join(node.info, node.datapath)
+        except BaseException:
+            self.lab.remove_node(name)
+            raise
+        if bgp:
+            self.lab.bgp.start([node])
+        self.members[name] = node
+        return node
+
+    def remove_node(self, name: str) -> None:
+        """Remove a node: its routes are withdrawn and its tunnel entries deleted on every other node.
+
+        Raises ``KeyError`` for a node not in this cluster, and what closing the node or reloading
+        the leaf raises.
+        """
+        node = self.members.pop(name)
+        self.control.leave(name)
+        had_bgp = node.bird is not None
+        self.lab.remove_node(name)
+        if had_bgp:  # the leaf drops the session to the node that has gone
+            self.lab.bgp.reload()
+
+    def nodes(self) -> list[Node]:
+        """The member nodes."""
+        return list(self.members.values())
+
+    def upsert_service(self, svc: Any) -> None:
+        """Program a service on every node, like a Kubernetes Service plus EndpointSlice."""
+        self.control.upsert_service(svc)
+
+    def delete_service(self, name: str) -> None:
+        """Remove a service from every node."""
+        self.control.delete_service(name)
