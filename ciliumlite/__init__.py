@@ -15,12 +15,13 @@ from ciliumlite.bpf.errors import (
 )
 from ciliumlite.datapath.config import DatapathConfig
 from ciliumlite.endpoint import Endpoint
-from ciliumlite.node import Datapath
+from ciliumlite.node import Datapath, Tunnel
 from ciliumlite.service import Backend, Frontend, Service
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Backend", "BpfError", "CiliumliteError", "Datapath", "DatapathConfig", "Endpoint", "Frontend", "Service", "LayoutError", "MapFullError",
+    "Backend", "BpfError", "CiliumliteError", "Datapath", "DatapathConfig", "Endpoint", "Frontend", "LayoutError",
+    "MapFullError", "Service", "Tunnel",
     "NotSupportedError", "ValidationError", "VerifierError", "__version__",
 ]

@@ -94,7 +94,7 @@ def step_status(demo: Demo) -> StepResult:
     for node in demo.cluster.nodes():
         assert node.datapath is not None
         cfg = node.datapath.config
-        attached = len(node.datapath.links) + sum(1 for e in node.datapath.endpoints() if e.link)
+        attached = len(node.datapath.attachments())
         ok = ok and cfg.kube_proxy_replacement and cfg.host_routing == "bpf" and attached > 0
         lines.append(f"{node.name}: KubeProxyReplacement: {cfg.kube_proxy_replacement} · Host Routing: "
                      f"{cfg.host_routing.upper()} · Routing: {cfg.routing} · Masquerading: "
@@ -148,7 +148,7 @@ def step_vxlan(demo: Demo) -> StepResult:
     assert sender.datapath is not None
     ok = ok and client.endpoint.identity in vnis
     return StepResult("VXLAN overlay (identity in the VNI)", ok, [
-        *lines, f"tunnel map on {sender.name}: {sender.datapath.bpf_tunnels()}",
+        *lines, f"tunnel map on {sender.name}: {sender.datapath.tunnel.entries() if sender.datapath.tunnel else {}}",
         f"on the wire from {sender.ip}: UDP 8472, VNIs {sorted(vnis)}; client's security identity "
         f"{client.endpoint.identity}", f"encapsulated by BPF: {sender.datapath.count(Reason.ENCAPSULATED)} packets; "
         "MACs rewritten only at the end, by from-overlay on the receiving node"])

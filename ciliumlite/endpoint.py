@@ -1,4 +1,7 @@
-"""Endpoints: a pod's veth, addresses, routes, endpoint-map entry and attached program."""
+"""Endpoint: one pod as the datapath sees it (a value), its identity and its lxc device name.
+
+The work of adding and removing one is :mod:`ciliumlite.node.endpoints`.
+"""
 
 from __future__ import annotations
 
@@ -6,15 +9,10 @@ import hashlib
 import html
 import ipaddress
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from ciliumlite.bpf.errors import ValidationError
 from ciliumlite.bpf.link import Link
-from ciliumlite.datapath import devices
 from ciliumlite.datapath.records import EndpointInfo, EndpointKey
-
-if TYPE_CHECKING:
-    from ciliumlite.node import Datapath
 
 #: Cilium's first cluster-local identity; identities below it are reserved (host, world, ...).
 MIN_IDENTITY = 256
@@ -52,7 +50,6 @@ class Endpoint:
     labels: dict[str, str] = field(default_factory=dict)
     adopted: bool = False
     link: Link | None = field(default=None, repr=False)
-    _datapath: Datapath | None = field(default=None, repr=False)
 
     @property
     def key(self) -> EndpointKey:
@@ -65,11 +62,6 @@ class Endpoint:
         return EndpointInfo(ifindex=self.ifindex, lxc_id=self.id, flags=0, mac=self.mac,
                             node_mac=self.node_mac, sec_id=self.identity)
 
-    def remove(self) -> None:
-        """Undo everything adding the endpoint did (program, map entry, routes, veth unless adopted)."""
-        if self._datapath is not None:
-            self._datapath.remove_endpoint(self)
-
     def as_row(self) -> dict[str, Any]:
         """A flat dict for tables and JSON."""
         return {"id": self.id, "name": self.name, "ipv4": str(self.ip), "identity": self.identity,
@@ -80,23 +72,3 @@ class Endpoint:
         rows = "".join(f"<tr><th style='text-align:left'>{k}</th><td>{html.escape(str(v))}</td></tr>"
                        for k, v in self.as_row().items())
         return f"<table><caption>Endpoint {html.escape(self.name)}</caption>{rows}</table>"
-
-
-def configure_pod_side(pod_netns: str, ifname: str, ip: ipaddress.IPv4Address, gateway: ipaddress.IPv4Address,
-                       mtu: int) -> str:
-    """Address /32, link-scope route to the gateway, default via it; IPv6 off. Returns the pod MAC."""
-    devices.set_sysctl(pod_netns, "net.ipv6.conf.all.disable_ipv6", "1")
-    devices.set_sysctl(pod_netns, "net.ipv6.conf.default.disable_ipv6", "1")
-    with devices.iproute(pod_netns) as ipr:
-        idx = devices.ifindex(ipr, ifname)
-        if idx is None:
-            raise ValidationError(f"no {ifname} in pod namespace {pod_netns}")
-        ipr.link("set", index=idx, state="up", mtu=mtu)
-        lo = devices.ifindex(ipr, "lo")
-        if lo is not None:
-            ipr.link("set", index=lo, state="up")
-        if not any(a.get_attr("IFA_ADDRESS") == str(ip) for a in ipr.get_addr(index=idx)):
-            ipr.addr("add", index=idx, address=str(ip), prefixlen=32)
-        ipr.route("replace", dst=f"{gateway}/32", oif=idx, scope=253)
-        ipr.route("replace", dst="0.0.0.0/0", gateway=str(gateway), oif=idx)
-        return devices.link_mac(ipr, idx)

@@ -15,18 +15,16 @@ import errno
 import json
 import os
 import time
-from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from ciliumlite.bpf import Map, MapType, fs
 from ciliumlite.bpf.errors import BpfError, CiliumliteError, LayoutError
-from ciliumlite.bpf.record import BE16, U32
-from ciliumlite.datapath import registry
-from ciliumlite.datapath.lb import BACKENDS_MAP, REVNAT_MAP, SERVICES_MAP
+from ciliumlite.datapath import maps, registry
+from ciliumlite.datapath.maps import MetricRow
 from ciliumlite.datapath.records import (
     CtEntry,
     EndpointInfo,
@@ -34,15 +32,14 @@ from ciliumlite.datapath.records import (
     Ipv4CtTuple,
     Lb4Backend,
     Lb4Key,
-    Lb4ReverseNat,
     Lb4Service,
-    MetricsKey,
-    MetricsValue,
     NatEntry,
     TunnelKey,
     TunnelValue,
 )
-from ciliumlite.node import MetricRow
+
+K = TypeVar("K")
+V = TypeVar("V")
 
 __all__ = [
     "CT_ANY_MAP", "CT_TCP_MAP", "LXC_MAP", "METRICS_MAP", "SNAT_MAP", "TUNNEL_MAP",
@@ -51,12 +48,12 @@ __all__ = [
     "monotonic_seconds", "nat_entries", "require_bpffs", "require_root", "revnat_ids", "select", "tunnels",
 ]
 
-LXC_MAP = "cilium_lxc"
-METRICS_MAP = "cilium_metrics"
-TUNNEL_MAP = "cilium_tunnel_map"
-CT_TCP_MAP = "cilium_ct4_global"
-CT_ANY_MAP = "cilium_ct_any4_global"
-SNAT_MAP = "cilium_snat_v4_external"
+LXC_MAP = maps.LXC.name
+METRICS_MAP = maps.METRICS.name
+TUNNEL_MAP = maps.TUNNEL.name
+CT_TCP_MAP = maps.CT_TCP.name
+CT_ANY_MAP = maps.CT_ANY.name
+SNAT_MAP = maps.SNAT.name
 #: Maps bigger than this are counted with batch lookups (a key walk is one syscall per entry).
 BATCH_COUNT_THRESHOLD = 4096
 _HASHES = {MapType.HASH, MapType.LRU_HASH, MapType.PERCPU_HASH, MapType.LRU_PERCPU_HASH}
@@ -217,12 +214,12 @@ def require_bpffs() -> None:
 
 
 @contextmanager
-def _pinned(dp: RegisteredDatapath, name: str, key: Any = None, value: Any = None) -> Iterator[Map[Any, Any]]:
+def _pinned(dp: RegisteredDatapath, spec: maps.MapSpec[K, V]) -> Iterator[Map[K, V]]:
+    name = spec.name
     if not dp.pin_dir:
         raise MapAbsent(dp.node, name, "no pinned maps: legacy host routing")
-    path = os.path.join(dp.pin_dir, name)
     try:
-        m = Map.open_pinned(path, key, value)
+        m = spec.from_pins(dp.pin_dir)
     except BpfError as exc:
         if exc.errno != errno.ENOENT:
             raise
@@ -240,26 +237,20 @@ def _pinned(dp: RegisteredDatapath, name: str, key: Any = None, value: Any = Non
 
 def bpf_endpoints(dp: RegisteredDatapath) -> list[tuple[EndpointKey, EndpointInfo]]:
     """``cilium_lxc`` as the kernel has it, sorted by address."""
-    with _pinned(dp, LXC_MAP, EndpointKey, EndpointInfo) as m:
+    with _pinned(dp, maps.LXC) as m:
         return sorted(m.items(), key=lambda kv: kv[0].ip4)
 
 
 def tunnels(dp: RegisteredDatapath) -> list[tuple[TunnelKey, TunnelValue]]:
     """``cilium_tunnel_map``: remote pod CIDR -> remote node address, sorted by prefix."""
-    with _pinned(dp, TUNNEL_MAP, TunnelKey, TunnelValue) as m:
+    with _pinned(dp, maps.TUNNEL) as m:
         return sorted(m.items(), key=lambda kv: kv[0].ip4)
 
 
 def metrics(dp: RegisteredDatapath) -> list[MetricRow]:
     """``cilium_metrics`` summed over CPUs and source lines, by (reason, direction)."""
-    sums: dict[tuple[int, int], list[int]] = defaultdict(lambda: [0, 0])
-    with _pinned(dp, METRICS_MAP, MetricsKey, MetricsValue) as m:
-        for key, per_cpu in m.items():
-            acc = sums[(key.reason, key.dir)]
-            for v in per_cpu:
-                acc[0] += v.count
-                acc[1] += v.bytes
-    return [MetricRow(r, d, p, b) for (r, d), (p, b) in sorted(sums.items())]
+    with _pinned(dp, maps.METRICS) as m:
+        return maps.sum_metrics(m)
 
 
 @dataclass(frozen=True)
@@ -273,7 +264,7 @@ class LbEntry:
 
 def lb_entries(dp: RegisteredDatapath) -> list[LbEntry]:
     """The LB4 service map joined with the backend map, like ``cilium bpf lb list``."""
-    with _pinned(dp, SERVICES_MAP, Lb4Key, Lb4Service) as svcs, _pinned(dp, BACKENDS_MAP, U32, Lb4Backend) as bes:
+    with _pinned(dp, maps.LB_SERVICES) as svcs, _pinned(dp, maps.LB_BACKENDS) as bes:
         backends: dict[int, Lb4Backend] = dict(bes.items())
         rows = [LbEntry(k, v, backends.get(v.backend_id) if k.backend_slot else None) for k, v in svcs.items()]
     return sorted(rows, key=lambda r: (r.key.address, r.key.dport, r.key.proto, r.key.scope, r.key.backend_slot))
@@ -281,7 +272,7 @@ def lb_entries(dp: RegisteredDatapath) -> list[LbEntry]:
 
 def revnat_ids(dp: RegisteredDatapath) -> dict[tuple[str, int], int]:
     """``cilium_lb4_reverse_nat`` inverted: frontend (address, port) -> reverse-NAT index (Cilium's service ID)."""
-    with _pinned(dp, REVNAT_MAP, BE16, Lb4ReverseNat) as m:
+    with _pinned(dp, maps.LB_REVNAT) as m:
         return {(str(v.address), v.port): k for k, v in m.items()}
 
 
@@ -296,13 +287,16 @@ class CtRow:
 
 def ct_entries(dp: RegisteredDatapath, map_name: str = CT_TCP_MAP) -> list[CtRow]:
     """A conntrack map (``cilium_ct4_global`` for TCP, ``cilium_ct_any4_global`` for the rest)."""
-    with _pinned(dp, map_name, Ipv4CtTuple, CtEntry) as m:
+    spec = {maps.CT_TCP.name: maps.CT_TCP, maps.CT_ANY.name: maps.CT_ANY}.get(map_name)
+    if spec is None:
+        raise InspectError(f"{map_name} is not a conntrack map (use {CT_TCP_MAP} or {CT_ANY_MAP})")
+    with _pinned(dp, spec) as m:
         return [CtRow(map_name, k, v) for k, v in m.items()]
 
 
 def nat_entries(dp: RegisteredDatapath) -> list[tuple[Ipv4CtTuple, NatEntry]]:
     """``cilium_snat_v4_external``: both halves (OUT and IN) of every source-NAT mapping."""
-    with _pinned(dp, SNAT_MAP, Ipv4CtTuple, NatEntry) as m:
+    with _pinned(dp, maps.SNAT) as m:
         return list(m.items())
 
 

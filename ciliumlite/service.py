@@ -7,12 +7,13 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from ciliumlite.bpf.errors import ValidationError
+from ciliumlite.datapath.config import NODEPORT_MAX, NODEPORT_MIN
 
 Protocol = Literal["TCP", "UDP"]
 ServiceType = Literal["ClusterIP", "NodePort"]
 TrafficPolicy = Literal["Cluster", "Local"]
 PROTO_NUMBERS = {"TCP": 6, "UDP": 17}
-NODEPORT_RANGE = (30000, 32767)
+NODEPORT_RANGE = (NODEPORT_MIN, NODEPORT_MAX)
 #: The most backends one service may hold (slots per frontend row).
 MAX_BACKENDS = 1024
 

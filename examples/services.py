@@ -26,7 +26,6 @@ import sys
 
 from ciliumlite import Backend, Frontend, Service
 from ciliumlite.datapath.reasons import Reason
-from ciliumlite.datapath.records import Ipv4CtTuple, NatEntry
 from ciliumlite.lab import Lab
 
 PORT = 8080
@@ -71,7 +70,7 @@ def main() -> int:
             print(f"world {world.ip} -> {node.name} {node.ip}:30080: answered by {r.server or r.error} on {b.name}, "
                   f"backend saw {saw or '-'} ({why})")
 
-        nat = a.datapath.lxc.map("cilium_snat_v4_external", Ipv4CtTuple, NatEntry) if a.datapath.lxc else None
+        nat = a.datapath.maps.snat if a.datapath.maps else None
         for key, val in sorted((nat.items() if nat else []), key=lambda kv: kv[0].flags):
             kind = "IN " if key.flags & 1 else "OUT"
             what = "XLATE_DST" if key.flags & 1 else "XLATE_SRC"

@@ -26,7 +26,7 @@ def main() -> int:
 
         for node, dp in ((a, a.datapath), (b, b.datapath)):
             # The other node's pod CIDR -> its underlay address: where to send the VXLAN packet.
-            print(f"{node.name}: underlay {node.ip}, pod CIDR {dp.config.pod_cidr}, tunnel map {dp.bpf_tunnels()}")
+            print(f"{node.name}: underlay {node.ip}, pod CIDR {dp.config.pod_cidr}, tunnel map {dp.tunnel.entries()}")
 
         ping = client.ping(server, count=3, interval=0.05)
         tcp = client.tcp_echo(server, 80)

@@ -39,7 +39,7 @@ from ciliumlite.datapath.records import (
     TunnelValue,
 )
 from ciliumlite.inspect import LbEntry, MapPressure, RegisteredDatapath
-from ciliumlite.node import MetricRow
+from ciliumlite.datapath.maps import MetricRow
 
 Row = dict[str, Any]
 

@@ -1,12 +1,14 @@
-"""DatapathConfig: one node's settings, validated once, and how they become .rodata."""
+"""DatapathConfig: one node's settings, validated once, and NodeRodata: how they become .rodata."""
 
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
+from ciliumlite.bgp import ASN_MAX, BgpPeer
 from ciliumlite.bpf.errors import ValidationError
+from ciliumlite.bpf.program import TcMode
 
 HostRouting = Literal["bpf", "legacy"]
 Routing = Literal["none", "vxlan", "native"]
@@ -15,8 +17,12 @@ LB_MODE = {"snat": 0, "dsr": 1, "hybrid": 2}
 ROUTING_MODE = {"none": 0, "vxlan": 1, "native": 2}
 VXLAN_PORT = 8472
 VXLAN_OVERHEAD = 50
-TcMode = Literal["auto", "tcx", "clsact"]
 PIN_BASE = "/sys/fs/bpf/ciliumlite"
+RUN_BASE = "/run/ciliumlite"
+#: config.h's defaults for the NodePort range and the SNAT source ports (lab nodes keep their
+#: ephemeral ports below SNAT_PORT_MIN so a masqueraded flow never collides with a local socket).
+NODEPORT_MIN, NODEPORT_MAX = 30000, 32767
+SNAT_PORT_MIN, SNAT_PORT_MAX = 32768, 65535
 
 
 @dataclass(frozen=True)
@@ -32,6 +38,13 @@ class DatapathConfig:
     turning it on means a new Datapath. ``events_per_sec`` rate-limits events per CPU (burst = the
     rate; 0 = no limit); what the limit or a full ring buffer holds back is counted in
     ``cilium_metrics`` as ``EVENT_LOST_RATE_LIMIT`` / ``EVENT_LOST_RING_FULL``.
+
+    How remote pods are reached (:mod:`ciliumlite.node.routing`) follows ``routing``:
+    ``"vxlan"`` tunnels through ``tunnel_device``; ``"native"`` routes the underlay, with a static
+    route per remote node (Cilium's auto-direct-node-routes) or, when ``bgp_asn`` is set, routes
+    learnt over BGP: the datapath runs the node's bird, announcing its pod CIDR to ``bgp_peers``.
+    ``extra_rodata`` overrides config.h globals or sets an object's own knobs by name; a name no
+    object of the node declares is refused when the datapath loads.
     """
 
     node_name: str = "node"
@@ -40,6 +53,7 @@ class DatapathConfig:
     mtu: int = 1500
     tc_mode: TcMode = "auto"
     pin_root: str = ""
+    state_dir: str = ""
     node_ip: str = "0.0.0.0"
     routing: Routing = "none"
     underlay_device: str = "eth0"
@@ -53,6 +67,8 @@ class DatapathConfig:
     monitor_drops: bool = True
     monitor_trace: bool = False
     events_per_sec: int = 1000
+    bgp_asn: int | None = None
+    bgp_peers: tuple[BgpPeer, ...] = ()
     extra_rodata: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -93,6 +109,17 @@ class DatapathConfig:
                 or not 0 <= self.events_per_sec <= 0xFFFFFFFF:
             raise ValidationError(f"events_per_sec must be an int in 0..4294967295 (0 = no limit), "
                                   f"not {self.events_per_sec!r}")
+        if self.bgp_asn is not None:
+            if self.routing != "native":
+                raise ValidationError(f"bgp_asn needs routing='native' (routes learnt over BGP), not {self.routing!r}")
+            if isinstance(self.bgp_asn, bool) or not isinstance(self.bgp_asn, int) or not 1 <= self.bgp_asn <= ASN_MAX:
+                raise ValidationError(f"bgp_asn {self.bgp_asn!r} is outside 1..{ASN_MAX}")
+            if not self.bgp_peers:
+                raise ValidationError("bgp_asn is set but bgp_peers is empty: name the router(s) to peer with")
+        elif self.bgp_peers:
+            raise ValidationError("bgp_peers needs bgp_asn (this node's AS number)")
+        if not all(isinstance(p, BgpPeer) for p in self.bgp_peers):
+            raise ValidationError("bgp_peers must be a tuple of ciliumlite.bgp.BgpPeer")
         if not self.node_name or "/" in self.node_name:
             raise ValidationError(f"bad node name {self.node_name!r}")
 
@@ -112,37 +139,93 @@ class DatapathConfig:
         return self.pin_root or f"{PIN_BASE}/{self.node_name}"
 
     @property
+    def run_dir(self) -> str:
+        """Where this node's runtime files live (bird's config and socket; later the agent's)."""
+        return self.state_dir or f"{RUN_BASE}/{self.node_name}"
+
+    @property
     def pod_mtu(self) -> int:
         """The pods' MTU: the underlay's, less the VXLAN overhead in tunnel mode."""
         return self.mtu - VXLAN_OVERHEAD if self.routing == "vxlan" else self.mtu
 
-    def rodata(self, *, tunnel_ifindex: int = 0, native_ifindex: int = 0) -> dict[str, Any]:
-        """.rodata shared by every datapath object of this node (config.h)."""
-        native = ipaddress.IPv4Network(self.native_routing_cidr)
-        return {
-            "node_ipv4": _be32(ipaddress.IPv4Address(self.node_ip)),
-            "routing_mode": ROUTING_MODE[self.routing],
-            "tunnel_ifindex": tunnel_ifindex,
-            "native_ifindex": native_ifindex,
-            "native_cidr": _be32(native.network_address),
-            "native_cidr_mask": _be32(native.netmask),
-            "tunnel_prefix_mask": _be32(self.network.netmask),
-            "pod_cidr": _be32(self.network.network_address),
-            "pod_cidr_mask": _be32(self.network.netmask),
-            "enable_socket_lb": int(self.kube_proxy_replacement and self.socket_lb),
-            "enable_per_packet_lb": int(self.kube_proxy_replacement),
-            "lb_mode": LB_MODE[self.load_balancer_mode],
-            "enable_masquerade": int(self.bpf_masquerade),
-            "maglev_table_size": self.maglev_table_size,
-            "native_mtu": self.mtu,
-            "drop_events": int(self.monitor_drops),
-            "trace_events": int(self.monitor_trace),
-            "events_per_sec": self.events_per_sec,
-        }
+    def node_rodata(self, *, tunnel_ifindex: int = 0, native_ifindex: int = 0,
+                    host_netns_cookie: int = 0) -> NodeRodata:
+        """The .rodata every object of this node shares, once the node's devices are known.
 
-    def lxc_rodata(self, **ifindexes: int) -> dict[str, Any]:
-        """.rodata of bpf_lxc.o."""
-        return {**self.rodata(**ifindexes), "enable_arp_responder": 1, **self.extra_rodata}
+        ``tunnel_ifindex``/``native_ifindex`` are the VXLAN and underlay devices (0: none) and
+        ``host_netns_cookie`` the node namespace's cookie (socket LB's loopback NodePort). Raises
+        :class:`ValidationError` if an ifindex or the cookie is out of range.
+        """
+        native = ipaddress.IPv4Network(self.native_routing_cidr)
+        for what, value, bits in (("tunnel_ifindex", tunnel_ifindex, 32), ("native_ifindex", native_ifindex, 32),
+                                  ("host_netns_cookie", host_netns_cookie, 64)):
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 1 << bits:
+                raise ValidationError(f"{what} {value!r} is not a u{bits}")
+        return NodeRodata(
+            node_ipv4=_be32(ipaddress.IPv4Address(self.node_ip)),
+            routing_mode=ROUTING_MODE[self.routing],
+            tunnel_ifindex=tunnel_ifindex,
+            native_ifindex=native_ifindex,
+            native_cidr=_be32(native.network_address),
+            native_cidr_mask=_be32(native.netmask),
+            tunnel_prefix_mask=_be32(self.network.netmask),
+            pod_cidr=_be32(self.network.network_address),
+            pod_cidr_mask=_be32(self.network.netmask),
+            enable_socket_lb=int(self.kube_proxy_replacement and self.socket_lb),
+            enable_per_packet_lb=int(self.kube_proxy_replacement),
+            lb_mode=LB_MODE[self.load_balancer_mode],
+            enable_masquerade=int(self.bpf_masquerade),
+            maglev_table_size=self.maglev_table_size,
+            native_mtu=self.mtu,
+            host_netns_cookie=host_netns_cookie,
+            drop_events=int(self.monitor_drops),
+            trace_events=int(self.monitor_trace),
+            events_per_sec=self.events_per_sec,
+            overrides=tuple(sorted(self.extra_rodata.items())),
+        )
+
+
+@dataclass(frozen=True)
+class NodeRodata:
+    """The ``.rodata`` shared by every datapath object of one node: config.h's globals, by name.
+
+    Built once per node by :meth:`DatapathConfig.node_rodata` (after the node's ifindexes and netns
+    cookie are known) and applied to each object by :mod:`ciliumlite.datapath.loader`, so every
+    object of a node sees the same values (config.h's rule). Each field is a ``const volatile``
+    global that every object declares; ``tests/unit/test_node_rodata.py`` checks that against the
+    objects' BTF. ``overrides`` (from ``DatapathConfig.extra_rodata``) are applied last, to the
+    objects that declare each name.
+    """
+
+    node_ipv4: int
+    routing_mode: int
+    tunnel_ifindex: int
+    native_ifindex: int
+    native_cidr: int
+    native_cidr_mask: int
+    tunnel_prefix_mask: int
+    pod_cidr: int
+    pod_cidr_mask: int
+    enable_socket_lb: int
+    enable_per_packet_lb: int
+    lb_mode: int
+    enable_masquerade: int
+    maglev_table_size: int
+    native_mtu: int
+    host_netns_cookie: int
+    drop_events: int
+    trace_events: int
+    events_per_sec: int
+    nodeport_min: int = NODEPORT_MIN
+    nodeport_max: int = NODEPORT_MAX
+    snat_port_min: int = SNAT_PORT_MIN
+    snat_port_max: int = SNAT_PORT_MAX
+    maglev_seed: int = 0
+    overrides: tuple[tuple[str, Any], ...] = ()
+
+    def globals(self) -> dict[str, Any]:
+        """The config.h globals by name (without the overrides)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "overrides"}
 
 
 def _be32(addr: ipaddress.IPv4Address) -> int:

@@ -40,6 +40,7 @@ from typing import Any, Final, Literal
 from ciliumlite.bpf.errors import BpfError, CiliumliteError, ValidationError
 from ciliumlite.bpf.map import Map
 from ciliumlite.bpf.ringbuf import RingBuffer
+from ciliumlite.datapath import maps
 from ciliumlite.datapath.reasons import Direction, Reason, describe, source_file
 
 __all__ = [
@@ -48,9 +49,9 @@ __all__ = [
     "TracePoint", "decode", "watch",
 ]
 
-EVENTS_MAP: Final = "cilium_events"
+EVENTS_MAP: Final = maps.EVENTS_NAME
 """The pinned ring buffer (``maps.h``)."""
-RATELIMIT_MAP: Final = "cilium_events_ratelimit"
+RATELIMIT_MAP: Final = maps.EVENTS_RATELIMIT_NAME
 """The per-CPU token buckets of the event rate limit (``maps.h``)."""
 EVENT_SIZE: Final = 120
 """Bytes of one ``struct drop_notify`` / ``struct trace_notify``."""

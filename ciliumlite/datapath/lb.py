@@ -7,7 +7,6 @@ failure part-way re-writes the previous rows, so the service keeps its previous 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from ipaddress import IPv4Address
@@ -15,8 +14,7 @@ from typing import Any
 
 from ciliumlite.bpf import Map
 from ciliumlite.bpf.errors import MapFullError
-from ciliumlite.bpf.record import BE16, U32
-from ciliumlite.datapath import maglev
+from ciliumlite.datapath import maglev, maps
 from ciliumlite.datapath.records import (
     SVC_FLAG_AFFINITY,
     Lb4AffinityKey,
@@ -28,11 +26,11 @@ from ciliumlite.datapath.records import (
     LbAffinityVal,
 )
 
-SERVICES_MAP = "cilium_lb4_services_v2"
-BACKENDS_MAP = "cilium_lb4_backends_v3"
-REVNAT_MAP = "cilium_lb4_reverse_nat"
-MAGLEV_MAP = "cilium_lb4_maglev"
-AFFINITY_MAP = "cilium_lb4_affinity"
+SERVICES_MAP = maps.LB_SERVICES.name
+BACKENDS_MAP = maps.LB_BACKENDS.name
+REVNAT_MAP = maps.LB_REVNAT.name
+MAGLEV_MAP = maps.LB_MAGLEV.name
+AFFINITY_MAP = maps.LB_AFFINITY.name
 MAX_REVNAT = 0xFFFF
 
 
@@ -64,14 +62,11 @@ class LbMaps:
     """The LB4 maps of one node, opened from their pins, and the ids ciliumlite allocated in them."""
 
     def __init__(self, pin_dir: str, maglev_table_size: int = maglev.DEFAULT_TABLE_SIZE) -> None:
-        def pinned(name: str, key: Any, value: Any) -> Map[Any, Any]:
-            return Map.open_pinned(os.path.join(pin_dir, name), key, value)
-
-        self.services: Map[Lb4Key, Lb4Service] = pinned(SERVICES_MAP, Lb4Key, Lb4Service)
-        self.backends: Map[int, Lb4Backend] = pinned(BACKENDS_MAP, U32, Lb4Backend)
-        self.revnat: Map[int, Lb4ReverseNat] = pinned(REVNAT_MAP, BE16, Lb4ReverseNat)
-        self.maglev: Map[Lb4MaglevKey, int] = pinned(MAGLEV_MAP, Lb4MaglevKey, U32)
-        self.affinity: Map[Lb4AffinityKey, LbAffinityVal] = pinned(AFFINITY_MAP, Lb4AffinityKey, LbAffinityVal)
+        self.services: Map[Lb4Key, Lb4Service] = maps.LB_SERVICES.from_pins(pin_dir)
+        self.backends: Map[int, Lb4Backend] = maps.LB_BACKENDS.from_pins(pin_dir)
+        self.revnat: Map[int, Lb4ReverseNat] = maps.LB_REVNAT.from_pins(pin_dir)
+        self.maglev: Map[Lb4MaglevKey, int] = maps.LB_MAGLEV.from_pins(pin_dir)
+        self.affinity: Map[Lb4AffinityKey, LbAffinityVal] = maps.LB_AFFINITY.from_pins(pin_dir)
         self.maglev_table_size = maglev_table_size
         self._rows: dict[str, list[FrontendRow]] = {}
         self._revnat_ids: dict[tuple[IPv4Address, int, int, int], int] = {}
@@ -243,6 +238,10 @@ class LbMaps:
             self._rows[service] = list(new)
         else:
             self._rows.pop(service, None)
+
+    def revnat_ids(self) -> dict[tuple[IPv4Address, int, int, int], int]:
+        """The reverse-NAT ids allocated now, by frontend (address, port, proto, scope)."""
+        return dict(self._revnat_ids)
 
     def rows(self) -> dict[str, list[FrontendRow]]:
         """The rows ciliumlite wrote, by service name."""

@@ -1,21 +1,37 @@
-"""Find the compiled datapath objects and load them with a node's pin directory and config."""
+"""Find the compiled datapath objects and load each with its node's ``.rodata`` and pins.
+
+One function per object, as Cilium's ``pkg/datapath/loader`` has one file per object:
+:func:`load_lxc`, :func:`load_host`, :func:`load_overlay` and :func:`load_sock`. Each applies the
+node's :class:`~ciliumlite.datapath.config.NodeRodata` (every config.h global, which every object
+must declare), then the object's own knobs, then the node's overrides that the object declares.
+Nothing is filtered silently: a config.h global the object lacks is a :class:`LayoutError` (the
+object is from another build), and an override no object of the datapath declares is a
+:class:`ValidationError` (a misspelt knob), raised before anything is loaded.
+"""
 
 from __future__ import annotations
 
+import functools
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from ciliumlite.bpf import BpfObject
-from ciliumlite.bpf.errors import NotSupportedError
+from ciliumlite.bpf.errors import LayoutError, NotSupportedError, ValidationError
+from ciliumlite.datapath.config import NodeRodata
 
 OBJECTS_ENV = "CILIUMLITE_OBJECTS"
+#: The datapath's objects, by the name of their ``.o``.
+OBJECTS = ("bpf_lxc", "bpf_host", "bpf_overlay", "bpf_sock")
 
 
 def object_path(name: str) -> Path:
-    """Path of a compiled datapath object (``bpf_lxc`` -> .../ciliumlite/objects/bpf_lxc.o)."""
+    """Path of a compiled datapath object (``bpf_lxc`` -> .../ciliumlite/objects/bpf_lxc.o).
+
+    Raises :class:`NotSupportedError` when the object was not built.
+    """
     base = Path(os.environ[OBJECTS_ENV]) if OBJECTS_ENV in os.environ else \
         Path(str(resources.files("ciliumlite") / "objects"))
     path = base / f"{name}.o"
@@ -25,18 +41,68 @@ def object_path(name: str) -> Path:
     return path
 
 
-def load(name: str, pin_root: str, config: Mapping[str, Any] | None = None,
-         node_config: Mapping[str, Any] | None = None) -> BpfObject:
-    """Open ``name``.o with maps pinned (and shared) under ``pin_root``, set .rodata, load.
+@functools.cache
+def _declared(path: str, mtime_ns: int) -> frozenset[str]:
+    with BpfObject(path) as obj:  # opened, never loaded: only its BTF is read
+        return frozenset(obj.rodata)
 
-    ``config`` must name variables the object has; ``node_config`` is the node-wide set from
-    config.h, of which each object receives the variables it declares.
-    """
-    obj = BpfObject(object_path(name), pin_root=pin_root)
+
+def declared_rodata(name: str) -> frozenset[str]:
+    """The ``.rodata`` names object ``name`` declares (read from its BTF, cached per build)."""
+    path = object_path(name)
+    return _declared(str(path), path.stat().st_mtime_ns)
+
+
+def check_overrides(rodata: NodeRodata, objects: Iterable[str] = OBJECTS) -> None:
+    """Raise :class:`ValidationError` for an override that none of ``objects`` declares."""
+    known = frozenset().union(*(declared_rodata(n) for n in objects))
+    unknown = sorted(k for k, _ in rodata.overrides if k not in known)
+    if unknown:
+        raise ValidationError(f"extra_rodata names {', '.join(map(repr, unknown))}, which no datapath object "
+                              f"declares (known: {', '.join(sorted(known - {'_license'}))})")
+
+
+def _load(name: str, rodata: NodeRodata, pin_dir: str, knobs: Mapping[str, Any]) -> BpfObject:
+    obj = BpfObject(object_path(name), pin_root=pin_dir)
     try:
-        obj.rodata.update({k: v for k, v in (node_config or {}).items() if k in obj.rodata})
-        obj.rodata.update(config or {})
+        missing = sorted(k for k in rodata.globals() if k not in obj.rodata)
+        if missing:
+            raise LayoutError(f"{name}.o does not declare the config.h globals {', '.join(missing)}: it is from "
+                              "another build than ciliumlite.datapath.config (rebuild: `make build`)")
+        obj.rodata.update(rodata.globals())
+        obj.rodata.update(knobs)  # Rodata refuses a name the object lacks (ValidationError)
+        obj.rodata.update({k: v for k, v in rodata.overrides if k in obj.rodata})
         return obj.load()
     except BaseException:
         obj.close()
         raise
+
+
+def load_lxc(rodata: NodeRodata, pin_dir: str, *, arp_responder: bool = True) -> BpfObject:
+    """``bpf_lxc.o``: the endpoints' programs (``cil_from_container``) and, as the first object a
+    node loads, the creator of the node's pinned maps. ``arp_responder`` answers pods' ARP in BPF.
+
+    Raises :class:`LayoutError`, :class:`ValidationError`, :class:`VerifierError` or :class:`BpfError`.
+    """
+    return _load("bpf_lxc", rodata, pin_dir, {"enable_arp_responder": int(arp_responder)})
+
+
+def load_host(rodata: NodeRodata, pin_dir: str) -> BpfObject:
+    """``bpf_host.o``: ``cil_from_netdev`` / ``cil_to_netdev`` for the node's native device.
+
+    Raises as :func:`load_lxc`.
+    """
+    return _load("bpf_host", rodata, pin_dir, {})
+
+
+def load_overlay(rodata: NodeRodata, pin_dir: str) -> BpfObject:
+    """``bpf_overlay.o``: ``cil_from_overlay`` for the VXLAN device. Raises as :func:`load_lxc`."""
+    return _load("bpf_overlay", rodata, pin_dir, {})
+
+
+def load_sock(rodata: NodeRodata, pin_dir: str) -> BpfObject:
+    """``bpf_sock.o``: socket LB at connect/sendmsg/recvmsg/getpeername (cgroup hooks).
+
+    Raises as :func:`load_lxc`.
+    """
+    return _load("bpf_sock", rodata, pin_dir, {})

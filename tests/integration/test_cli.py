@@ -129,7 +129,7 @@ def test_bpf_tunnel_list_points_at_the_other_node(topo: Topo) -> None:
         (topo.node_name("b"), a.datapath.config.network.network_address.exploded, a.ip, "a"),
     }
     assert {r["node"]: {r["tunnel"]: r["value"]} for r in rows} == {
-        topo.node_name("a"): a.datapath.bpf_tunnels(), topo.node_name("b"): b.datapath.bpf_tunnels()}
+        topo.node_name("a"): a.datapath.tunnel.entries(), topo.node_name("b"): b.datapath.tunnel.entries()}
 
 
 def test_status_describes_each_node(topo: Topo) -> None:

@@ -109,8 +109,8 @@ def test_remove_a_middle_node_then_add_another() -> None:
         p4 = w4.add_pod("p4")
         for node in (m, w3):
             assert node.datapath is not None
-            assert node.datapath.bpf_tunnels()[w4.datapath.config.network.network_address.exploded] == w4.ip
-            assert "10.244.1.0" not in node.datapath.bpf_tunnels()
+            assert node.datapath.tunnel.entries()[w4.datapath.config.network.network_address.exploded] == w4.ip
+            assert "10.244.1.0" not in node.datapath.tunnel.entries()
         for src, dst in ((pm, p4), (p4, p3), (p3, pm)):
             res = src.ping(dst, count=1)
             assert res.ok, f"{src} -> {dst}: {res.output}"

@@ -97,10 +97,10 @@ def test_scenario(run: Run, name: str) -> None:
     assert ctx is not None
     if program and not res.ok:
         unattached = [n.name for n in ctx.nodes if n.datapath is not None
-                      and all(lk.program != program for lk in n.datapath.links)]
+                      and all(lk.program != program for lk in n.datapath.attachments())]
         if unattached:
             pytest.skip(f"bpf_host.o has {program} but Datapath does not attach it on {', '.join(unattached)} "
-                        f"(ciliumlite/node.py): {name} cannot work yet")
+                        f"(ciliumlite/node/): {name} cannot work yet")
     assert res.ok, f"{name} failed in {run.mode}:\n" + "\n".join(res.details)
 
 

@@ -196,7 +196,7 @@ def test_endpoints_forward_and_remove_cleanly(netns: str, pod_ns: Callable[[], s
 
         dp.remove_endpoint(b)
         assert not [n for n in links(netns) if n.startswith("lxc")]
-        assert dp.bpf_endpoints() == {} and len(dp.endpoint_map) == 0  # type: ignore[arg-type]
+        assert dp.bpf_endpoints() == {} and dp.maps is not None and len(dp.maps.endpoints) == 0
         pin_dir = dp.config.pin_dir
         assert os.path.isdir(pin_dir)
     assert not os.path.exists(pin_dir), "close() must remove the pin directory"

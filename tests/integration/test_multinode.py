@@ -408,7 +408,7 @@ def test_control_plane_state(topo: Topo) -> None:
         if topo.mode == "vxlan":
             assert node.bird is None
             want = {o.datapath.config.network.network_address.exploded: o.ip for o in others if o.datapath}
-            assert node.datapath.bpf_tunnels() == want
+            assert node.datapath.tunnel.entries() == want
             # Pods are reached by BPF; the node's own traffic to remote pods uses encap routes through
             # cilium_vxlan (never plain routes via the underlay).
             for o in others:
@@ -417,7 +417,7 @@ def test_control_plane_state(topo: Topo) -> None:
                            for r in routes), f"{node.name} lacks the tunnel route to {o.name}: {routes}"
             assert not [r for r in routes if r.startswith("10.244.") and "dev eth0" in r], routes
         else:
-            assert node.datapath.bpf_tunnels() == {}
+            assert node.datapath.tunnel is None, "native routing has no tunnel (no tunnel entries)"
             sessions = [s for s in node.bird.status() if s.is_bgp]
             assert [(s.name, s.established) for s in sessions] == [("leaf", True)], sessions
             for o in others:
@@ -437,14 +437,14 @@ def _knows(node: Node, new: Node, mode: str) -> bool:
     assert node.datapath is not None and new.datapath is not None
     cidr = new.datapath.config.pod_cidr
     if mode == "vxlan":
-        return node.datapath.bpf_tunnels().get(cidr.split("/")[0]) == new.ip
+        return node.datapath.tunnel.entries().get(cidr.split("/")[0]) == new.ip
     return any(r.startswith(f"{cidr} via {new.ip} ") and "proto bird" in r for r in kernel_routes(node))
 
 
 def _forgot(node: Node, cidr: str, mode: str) -> bool:
     assert node.datapath is not None
     if mode == "vxlan":
-        return cidr.split("/")[0] not in node.datapath.bpf_tunnels()
+        return cidr.split("/")[0] not in node.datapath.tunnel.entries()
     return not any(r.startswith(cidr) for r in kernel_routes(node))
 
 

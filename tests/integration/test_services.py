@@ -178,14 +178,14 @@ def servers(results: list[dict[str, Any]]) -> Counter[str]:
 
 def snapshot(cl: LabCluster) -> dict[str, Any]:
     """What every node's LB maps hold, and what the cluster store holds."""
-    out: dict[str, Any] = {n.name: n.datapath.services() for n in cl.nodes() if n.datapath is not None}
+    out: dict[str, Any] = {n.name: n.datapath.lb_entries() for n in cl.nodes() if n.datapath is not None}
     out["store"] = [(s.name, s) for s in cl.control.services()]
     return out
 
 
 def rows_of(node: Node, addr: str, port: int) -> list[dict[str, Any]]:
     assert node.datapath is not None
-    return [r for r in node.datapath.services() if r["frontend"] == f"{addr}:{port}"]
+    return [r for r in node.datapath.lb_entries() if r["frontend"] == f"{addr}:{port}"]
 
 
 def drop_service(cl: LabCluster, name: str) -> None:
@@ -196,7 +196,7 @@ def drop_service(cl: LabCluster, name: str) -> None:
         pass
     for n in cl.nodes():
         dp = n.datapath
-        if dp is not None and name in dp._services:
+        if dp is not None and name in [s.name for s in dp.services()]:
             try:
                 dp.delete_service(name)
             except Exception:  # cleanup must not hide the test's own failure
@@ -489,15 +489,15 @@ class TestSocketLb:
         assert sock.w1.ip
         assert all(r["ok"] for r in requests(sock.client, "tcp", vip, 80, 2))
         assert all(r["ok"] for r in requests(sock.outside, "tcp", sock.w1.ip, np_, 1))
-        revnat_before = {n.name: len(dict(n.datapath.lb.revnat.items())) for n in sock.cl.nodes()
-                         if n.datapath and n.datapath.lb}
+        revnat_before = {n.name: len(dict(n.datapath.maps.revnat.items())) for n in sock.cl.nodes()
+                         if n.datapath and n.datapath.maps}
         cl.delete_service("gone")
         for n in cl.nodes():
-            assert n.datapath is not None and n.datapath.lb is not None
+            assert n.datapath is not None and n.datapath.maps is not None
             assert rows_of(n, vip, 80) == [] and rows_of(n, n.ip or "", np_) == [] and rows_of(n, "0.0.0.0", np_) == []
-            left = {str(v.address) for v in n.datapath.lb.backends.values()}
+            left = {str(v.address) for v in n.datapath.maps.lb_backends.values()}
             assert not left & {sock.be1.ip, sock.be2.ip}, f"{n.name}: backends left behind: {left}"
-            assert len(dict(n.datapath.lb.revnat.items())) == revnat_before[n.name] - 3, "3 frontends' revNAT gone"
+            assert len(dict(n.datapath.maps.revnat.items())) == revnat_before[n.name] - 3, "3 frontends' revNAT gone"
         assert "gone" not in [s.name for s in cl.control.services()]
         for r in requests(sock.client, "tcp", vip, 80, 2, timeout=1.0):
             assert not r["ok"], f"connection to the deleted ClusterIP succeeded: {r}"
@@ -583,8 +583,8 @@ class TestSocketLb:
             after = snapshot(sock.cl)
             for n in sock.cl.nodes():
                 assert after[n.name] == before[n.name], f"{n.name}: rows of the rejected service"
-                assert n.datapath is not None and n.datapath.lb is not None
-                assert not [f for f in n.datapath.lb._revnat_ids if f[1] == 30073 or str(f[0]) == "10.96.19.4"], \
+                assert n.datapath is not None and n.datapath.lb_maps is not None
+                assert not [f for f in n.datapath.lb_maps.revnat_ids() if f[1] == 30073 or str(f[0]) == "10.96.19.4"], \
                     f"{n.name}: reverse-NAT ids of the rejected service are still allocated"
             assert "brand-new" not in [s.name for s in sock.cl.control.services()]
         finally:
@@ -619,7 +619,7 @@ class TestPerPacketLb:
     def test_socket_lb_is_off(self, pp: PpLab) -> None:
         for n in pp.cl.nodes():
             assert n.datapath is not None and n.datapath.config.socket_lb is False
-            assert not [lk for lk in n.datapath.links if lk.program.startswith("cil_sock4")]
+            assert not [lk for lk in n.datapath.attachments() if lk.program.startswith("cil_sock4")]
 
     @pytest.mark.parametrize("proto", ["tcp", "udp"])
     def test_pod_to_service_keeps_the_client_ip(self, pp: PpLab, proto: str) -> None:

@@ -93,9 +93,11 @@ def test_pin_dir_derivation() -> None:
     assert DatapathConfig(node_name="a").pin_dir != DatapathConfig(node_name="b").pin_dir
 
 
-def test_lxc_rodata() -> None:
-    assert DatapathConfig().lxc_rodata()["enable_arp_responder"] == 1
-    assert DatapathConfig(extra_rodata={"enable_arp_responder": 0}).lxc_rodata()["enable_arp_responder"] == 0
+def test_node_rodata_overrides() -> None:
+    # enable_arp_responder is bpf_lxc's own knob (load_lxc sets it to 1); extra_rodata overrides it.
+    assert DatapathConfig().node_rodata().overrides == ()
+    assert dict(DatapathConfig(extra_rodata={"enable_arp_responder": 0}).node_rodata().overrides) == \
+        {"enable_arp_responder": 0}
 
 
 # -- endpoint identity and names ------------------------------------------------------------------------

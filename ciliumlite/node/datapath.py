@@ -1,0 +1,405 @@
+"""Datapath: one node's eBPF datapath, a facade over its parts.
+
+The facade owns the lifecycle (setup in order, undo on failure, close), the lock, status and the
+registry entry the CLI reads. The work is in parts that never call back up:
+:class:`~ciliumlite.node.endpoints.Endpoints`, :class:`~ciliumlite.node.services.Services`,
+:class:`~ciliumlite.node.tunnel.Tunnel`, :class:`~ciliumlite.node.netdev.NativeDevice` and a
+routing strategy from :mod:`ciliumlite.node.routing`. Setup order matters because the node's
+``.rodata`` (:class:`~ciliumlite.datapath.config.NodeRodata`) needs the VXLAN and underlay
+ifindexes and the namespace cookie: devices first, then the rodata, then every object with it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import html
+import ipaddress
+import os
+import socket
+import threading
+from collections.abc import Mapping
+from ipaddress import IPv4Address
+from types import MappingProxyType
+from typing import Any
+
+from ciliumlite.bpf import BpfObject, fs
+from ciliumlite.bpf.errors import CiliumliteError, NotSupportedError
+from ciliumlite.bpf.link import FdLink, Link
+from ciliumlite.bpf.netns import NetnsRef, entered
+from ciliumlite.bpf.offloop import public_methods_off_event_loop
+from ciliumlite.bpf.program import resolve_ifindex
+from ciliumlite.cluster.store import NodeInfo
+from ciliumlite.datapath import devices, gc, loader, registry
+from ciliumlite.datapath.config import DatapathConfig, NodeRodata
+from ciliumlite.datapath.lb import LbMaps
+from ciliumlite.datapath.maps import MetricRow, NodeMaps, sum_metrics
+from ciliumlite.datapath.reasons import Direction, Reason
+from ciliumlite.datapath.records import CtEntry, EndpointInfo, EndpointKey, Ipv4CtTuple
+from ciliumlite.endpoint import ENDPOINT_COLUMNS, Endpoint
+from ciliumlite.node import routing as routing_mod
+from ciliumlite.node.endpoints import Endpoints, host_entry
+from ciliumlite.node.netdev import NativeDevice
+from ciliumlite.node.services import Services
+from ciliumlite.node.tunnel import Tunnel
+from ciliumlite.service import Service
+
+SO_NETNS_COOKIE = 71
+
+
+def netns_cookie(netns: NetnsRef) -> int:
+    """The kernel's cookie of a network namespace (what bpf_get_netns_cookie returns there)."""
+    with entered(netns):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    with sock:
+        return int.from_bytes(sock.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8), "little")
+
+
+@public_methods_off_event_loop
+class Datapath:
+    """The datapath of one node. Drives the namespace ``netns`` (None: the caller's own).
+
+    Socket LB attaches to ``cgroup`` (a child cgroup of the node; never the root) when given.
+    Raises :class:`ValidationError` for a bad config, :class:`NotSupportedError` for a mode that is
+    not built, :class:`BpfError` / :class:`VerifierError` when loading or attaching fails; on any
+    failure everything made so far is removed again.
+
+    >>> dp = Datapath(DatapathConfig(node_name="worker1", pod_cidr="10.244.1.0/24"), netns="lab-worker1")
+    ... # doctest: +SKIP
+    >>> ep = dp.add_endpoint("lab-worker1-client")  # doctest: +SKIP
+    """
+
+    def __init__(self, config: DatapathConfig, netns: NetnsRef = None, *, cgroup: str | None = None) -> None:
+        self._config = config
+        self._netns = netns
+        self._cgroup = cgroup
+        self._lock = threading.RLock()
+        self._closing = False
+        self._pin_dir: str | None = None
+        self._lxc: BpfObject | None = None
+        self._maps: NodeMaps | None = None
+        self._tunnel: Tunnel | None = None
+        self._netdev: NativeDevice | None = None
+        self._routing: routing_mod.Routing = routing_mod.NoRouting()
+        self._remote: dict[str, NodeInfo] = {}
+        self._endpoints = Endpoints(config, netns, None, None)
+        self._services = Services(config, None, None, cgroup)
+        try:
+            self._setup()
+            self._publish()
+        except BaseException:
+            self.close()
+            raise
+
+    def _setup(self) -> None:
+        cfg, netns = self._config, self._netns
+        if cfg.routing == "vxlan" and cfg.host_routing == "legacy":
+            raise NotSupportedError("legacy host routing with a VXLAN overlay is not built", feature="bpf",
+                                    hint="use host_routing='bpf', or routing='native' for a legacy node")
+        devices.set_sysctl(netns, "net.ipv4.ip_forward", "1")
+        self._add_gateway_address()
+        if cfg.routing == "vxlan":
+            self._tunnel = Tunnel(netns, device=cfg.tunnel_device, mtu=cfg.pod_mtu, gateway=cfg.gateway,
+                                  tc_mode=cfg.tc_mode)
+        native_ifindex = resolve_ifindex(cfg.underlay_device, netns)[0] if cfg.routing != "none" else 0
+        if cfg.host_routing == "bpf":
+            rodata = cfg.node_rodata(tunnel_ifindex=self._tunnel.ifindex if self._tunnel else 0,
+                                     native_ifindex=native_ifindex, host_netns_cookie=netns_cookie(netns))
+            self._load(rodata, native_ifindex)
+        self._routing = routing_mod.make(cfg, netns, self._tunnel)
+
+    def _load(self, rodata: NodeRodata, native_ifindex: int) -> None:
+        cfg = self._config
+        loader.check_overrides(rodata)
+        self._pin_dir = fs.make_pin_dir(cfg.pin_dir.removeprefix(fs.BPFFS + "/"))
+        self._lxc = loader.load_lxc(rodata, self._pin_dir)
+        self._maps = NodeMaps.from_object(self._lxc)
+        self._endpoints = Endpoints(cfg, self._netns, self._lxc, self._maps.endpoints)
+        self._services = Services(cfg, rodata, self._pin_dir, self._cgroup)
+        if self._tunnel is not None:
+            self._tunnel.load(rodata, self._pin_dir)
+        if cfg.routing != "none":
+            # The node's own addresses are endpoints with the HOST flag: traffic for them goes to the
+            # stack (e.g. replies to node-to-pod traffic arriving through the tunnel).
+            for host_ip in (cfg.gateway, IPv4Address(cfg.node_ip)):
+                self._maps.endpoints.set(*host_entry(host_ip))
+            self._maps.nodes.set(int(IPv4Address(cfg.node_ip)), 1)
+            self._netdev = NativeDevice(self._netns, native_ifindex, rodata, self._pin_dir, tc_mode=cfg.tc_mode)
+
+    def _add_gateway_address(self) -> None:
+        # The gateway address (cilium_host's in Cilium) lives on the node's lo: the node answers ARP
+        # for it in legacy mode and uses it as source for node-to-pod traffic in both modes.
+        with devices.iproute(self._netns) as ipr:
+            lo = devices.ifindex(ipr, "lo")
+            gw = str(self._config.gateway)
+            if lo is not None and not any(a.get_attr("IFA_ADDRESS") == gw for a in ipr.get_addr(index=lo)):
+                ipr.addr("add", index=lo, address=gw, prefixlen=32)
+
+    def _publish(self) -> None:
+        # Tell other processes (the CLI) about this datapath; BPF state itself lives in the pins.
+        if self._closing:
+            return
+        eps = self._endpoints.all()
+        registry.publish(self._config.node_name, {
+            "node": self._config.node_name, "netns": self._netns, "pin_dir": self._pin_dir,
+            "cgroup": self._cgroup, "pid": os.getpid(), "config": dataclasses.asdict(self._config),
+            "endpoints": [e.as_row() for e in eps],
+            "remote_nodes": {n: dataclasses.asdict(i) for n, i in self._remote.items()},
+            "attachments": [{"program": lk.program, "where": str(lk.point)} for lk in self.attachments()],
+        }, raw={"services": self._services.as_json()})
+
+    # -- what the node is made of ----------------------------------------------------------------------
+    @property
+    def config(self) -> DatapathConfig:
+        """The node's settings (frozen)."""
+        return self._config
+
+    @property
+    def netns(self) -> NetnsRef:
+        """The node's network namespace (None: this process's own)."""
+        return self._netns
+
+    @property
+    def cgroup(self) -> str | None:
+        """The node's cgroup, where socket LB is attached (None: no socket LB hooks)."""
+        return self._cgroup
+
+    @property
+    def maps(self) -> NodeMaps | None:
+        """The node's typed maps (None with legacy host routing, which loads no BPF)."""
+        return self._maps
+
+    @property
+    def tunnel(self) -> Tunnel | None:
+        """The VXLAN overlay (None unless ``routing="vxlan"``)."""
+        return self._tunnel
+
+    @property
+    def routing(self) -> routing_mod.Routing:
+        """How this node reaches other nodes' pods (tunnel, static routes, BGP or none)."""
+        return self._routing
+
+    @property
+    def remote_nodes(self) -> Mapping[str, NodeInfo]:
+        """The other nodes this one routes to, by name (read-only)."""
+        return MappingProxyType(self._remote)
+
+    def attachments(self) -> list[Link]:
+        """Every program attachment of the node: devices, socket LB hooks, then endpoints."""
+        node_links = [*(self._tunnel.links if self._tunnel else []), *(self._netdev.links if self._netdev else []),
+                      *self._services.links]
+        return node_links + [e.link for e in self._endpoints.all() if e.link is not None]
+
+    # -- other nodes ------------------------------------------------------------------------------------
+    def add_remote_node(self, node: NodeInfo) -> None:
+        """Reach ``node``'s pods, as the routing strategy does it (tunnel entry, route, or BGP).
+
+        A node with ``routing="none"`` only records it. Raises :class:`CiliumliteError` when the
+        route cannot be written (the node is not added then).
+        """
+        with self._lock:
+            if self._maps is not None:
+                self._maps.nodes.set(int(IPv4Address(node.ip)), 1)
+            self._routing.add(node)
+            self._remote[node.name] = node
+            self._publish()
+
+    def remove_remote_node(self, node: NodeInfo) -> None:
+        """Forget ``node``: its tunnel entry or route goes; other nodes' traffic is untouched."""
+        with self._lock:
+            known = self._remote.pop(node.name, None)
+            if known is None:
+                return
+            if self._maps is not None:
+                self._maps.nodes.pop(int(IPv4Address(known.ip)), None)
+            self._routing.remove(known)
+            self._publish()
+
+    # -- services ---------------------------------------------------------------------------------------
+    def validate_service(self, svc: Service) -> None:
+        """Raise :class:`ValidationError` if ``svc`` clashes with another service here (nothing is written)."""
+        self._services.validate(svc)
+
+    def upsert_service(self, svc: Service) -> None:
+        """Create or update a service on this node (like a Service plus its EndpointSlice).
+
+        Validation happens before anything is written; a map failure keeps the previous state.
+        When it returns, no new connection goes to a backend that is no longer listed. Raises
+        :class:`ValidationError`, :class:`NotSupportedError` (no kube-proxy replacement here),
+        :class:`MapFullError` or :class:`BpfError`.
+        """
+        with self._lock:
+            self._services.upsert(svc)
+            self._publish()
+
+    def delete_service(self, name: str) -> None:
+        """Remove a service from this node. Raises :class:`ValidationError` if it has none of that name."""
+        with self._lock:
+            self._services.delete(name)
+            self._publish()
+
+    def service(self, name: str) -> Service:
+        """A programmed service by name. Raises :class:`ValidationError` if there is none."""
+        return self._services.get(name)
+
+    def services(self) -> list[Service]:
+        """The services programmed on this node, by name (like ``cilium service list``)."""
+        return self._services.all()
+
+    @property
+    def lb_maps(self) -> LbMaps | None:
+        """The node's LB map writer once a service was programmed (None before).
+
+        For what :meth:`upsert_service` does not cover: bulk programming from packed buffers
+        (the benchmarks) and its allocation tables (:meth:`LbMaps.revnat_ids`). Rows written
+        around :meth:`upsert_service` are not known to it.
+        """
+        return self._services.lb
+
+    def lb_entries(self) -> list[dict[str, Any]]:
+        """The LB map rows as the kernel has them, like ``cilium bpf lb list``."""
+        lb = self._services.lb
+        return lb.dump() if lb is not None else []
+
+    # -- endpoints --------------------------------------------------------------------------------------
+    def add_endpoint(self, pod_netns: str, *, name: str | None = None, ip: str | ipaddress.IPv4Address | None = None,
+                     labels: dict[str, str] | None = None, identity: int | None = None, ifname: str | None = None,
+                     pod_ifname: str = "eth0", adopt: bool = False) -> Endpoint:
+        """Connect the pod namespace ``pod_netns`` to this node and program the datapath for it.
+
+        Creates the veth (``lxc…`` here, ``pod_ifname`` in the pod) unless ``adopt=True``, in which
+        case the existing host-side ``ifname`` and its peer ``pod_ifname`` are used and left in place
+        on removal. ``ip`` defaults to the first free address of the pod CIDR and ``identity`` to
+        one derived from ``labels``. Raises :class:`ValidationError` for a bad or taken address, a
+        missing namespace or device, or an identity out of range; :class:`BpfError` when netlink or
+        the attach fails. On any failure, everything done so far is undone.
+        """
+        with self._lock:
+            ep = self._endpoints.add(pod_netns, name=name, ip=ip, labels=labels, identity=identity, ifname=ifname,
+                                     pod_ifname=pod_ifname, adopt=adopt)
+            self._publish()
+            return ep
+
+    def remove_endpoint(self, ep: Endpoint | str | ipaddress.IPv4Address) -> None:
+        """Detach, delete the map entry, the route and (unless adopted) the veth.
+
+        Raises :class:`ValidationError` for an endpoint this node does not have.
+        """
+        with self._lock:
+            self._endpoints.remove(ep)
+            self._publish()
+
+    def endpoints(self) -> list[Endpoint]:
+        """Endpoints of this node, by id (like ``cilium endpoint list``)."""
+        return self._endpoints.all()
+
+    def endpoint(self, ip: str | ipaddress.IPv4Address) -> Endpoint:
+        """The endpoint with this IP. Raises :class:`ValidationError` if there is none."""
+        return self._endpoints.get(ip)
+
+    def bpf_endpoints(self) -> dict[EndpointKey, EndpointInfo]:
+        """The endpoint map as the kernel has it (like ``cilium bpf endpoint list``)."""
+        return dict(self._maps.endpoints.items()) if self._maps is not None else {}
+
+    # -- counters and tables ----------------------------------------------------------------------------
+    def metrics(self) -> list[MetricRow]:
+        """Forwarded and dropped packets by reason and direction (empty in legacy mode)."""
+        return sum_metrics(self._maps.metrics) if self._maps is not None else []
+
+    def count(self, reason: Reason | int, direction: Direction | int | None = None) -> int:
+        """Packets counted for ``reason`` (in ``direction``, or all)."""
+        return sum(m.packets for m in self.metrics() if m.reason == reason and direction in (None, m.direction))
+
+    def conntrack(self) -> dict[Ipv4CtTuple, CtEntry]:
+        """Both CT maps (TCP and non-TCP) as the kernel has them, like ``cilium bpf ct list global``."""
+        if self._maps is None:
+            return {}
+        return {k: v for m in self._maps.conntrack_maps() for k, v in m.items()}
+
+    def gc_conntrack(self, *, at: int | None = None) -> gc.GcResult:
+        """Delete expired conntrack entries and stale NAT entries (run it periodically)."""
+        if self._maps is None:
+            return gc.GcResult(0, 0, 0, 0)
+        return gc.collect(self._maps.conntrack_maps(), self._maps.snat, at=at)
+
+    # -- lifetime ---------------------------------------------------------------------------------------
+    def pin_links(self) -> list[str]:
+        """Pin every BPF link under ``<pin dir>/links`` so the datapath outlives this process.
+
+        Classic tc (clsact) attachments outlive it anyway. Returns the pin paths. Raises
+        :class:`NotSupportedError` with legacy host routing (it has no links).
+        """
+        if self._pin_dir is None:
+            raise NotSupportedError("legacy host routing has no links to pin", feature="bpf host routing")
+        os.makedirs(os.path.join(self._pin_dir, "links"), exist_ok=True)
+        paths = []
+        for i, link in enumerate(self.attachments()):
+            if isinstance(link, FdLink) and link.pin_path is None:
+                link.pin(os.path.join(self._pin_dir, "links", f"{i}-{link.program}"))
+                paths.append(link.pin_path or "")
+        return paths
+
+    def close(self) -> None:
+        """Remove every endpoint this datapath made, detach everything, unpin its maps.
+
+        Raises :class:`CiliumliteError` naming what could not be removed (the rest is removed).
+        """
+        errors: list[str] = []
+        self._closing = True
+        registry.withdraw(self._config.node_name)
+        for ep in self._endpoints.all():
+            try:
+                self._endpoints.remove(ep)
+            except Exception as exc:
+                errors.append(f"{ep.name}: {exc}")
+        self._services.close()
+        for part in (self._netdev, self._routing, self._tunnel):
+            if part is not None:
+                try:
+                    part.close()
+                except Exception as exc:
+                    errors.append(f"{type(part).__name__}: {exc}")
+        self._netdev = self._tunnel = None
+        self._routing = routing_mod.NoRouting()
+        self._maps = None
+        if self._lxc is not None:
+            self._lxc.close()
+            self._lxc = None
+        if self._pin_dir is not None:
+            fs.remove_pin_dir(self._pin_dir)
+            parent = os.path.dirname(self._pin_dir)
+            if parent != fs.BPFFS and os.path.isdir(parent) and not os.listdir(parent):
+                os.rmdir(parent)
+            self._pin_dir = None
+        if errors:
+            raise CiliumliteError("closing the datapath left errors: " + "; ".join(errors))
+
+    def __enter__(self) -> Datapath:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- for people -------------------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        """A summary like ``cilium status`` for this node."""
+        cfg = self._config
+        return {"node": cfg.node_name, "host_routing": cfg.host_routing.upper()
+                if cfg.host_routing == "bpf" else "Legacy", "pod_cidr": cfg.pod_cidr,
+                "endpoints": len(self._endpoints), "routing": cfg.routing, "routes": self._routing.name,
+                "remote_nodes": sorted(self._remote),
+                "programs": [f"{e.ifname}: {e.link.point}" for e in self._endpoints.all() if e.link is not None]}
+
+    def __repr__(self) -> str:
+        cfg = self._config
+        return (f"<Datapath {cfg.node_name} {cfg.host_routing} pod_cidr={cfg.pod_cidr} "
+                f"endpoints={len(self._endpoints)}>")
+
+    def _repr_html_(self) -> str:
+        rows = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in ep.as_row().values()) + "</tr>"
+                       for ep in self._endpoints.all())
+        head = "".join(f"<th>{k}</th>" for k in ENDPOINT_COLUMNS)
+        return (f"<b>Datapath {html.escape(self._config.node_name)}</b> ({self._config.host_routing} host routing, "
+                f"pod CIDR {self._config.pod_cidr})<table><tr>{head}</tr>{rows}</table>")
+
+
+__all__ = ["Datapath", "MetricRow", "netns_cookie"]

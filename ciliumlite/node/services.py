@@ -1,0 +1,199 @@
+"""The node's services: which LB rows a Service becomes (pure), and programming them.
+
+:func:`lb_rows` is the policy, with no state and no kernel: a ClusterIP is one row; a NodePort adds
+rows for the node's address and for ``0.0.0.0`` (the wildcard that socket LB matches for
+connections to any local address, Cilium's surrogate frontend); ``externalTrafficPolicy=Local``
+gives each NodePort frontend two scopes, external (local backends only) and internal (every
+backend). :class:`Services` checks a service against the others, then writes its rows through
+:class:`~ciliumlite.datapath.lb.LbMaps` (which orders the writes and rolls back on failure).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from ipaddress import IPv4Address, IPv4Network
+
+from ciliumlite.bpf import BpfObject
+from ciliumlite.bpf.errors import NotSupportedError, ValidationError
+from ciliumlite.bpf.link import Link
+from ciliumlite.datapath import loader
+from ciliumlite.datapath.config import DatapathConfig, NodeRodata
+from ciliumlite.datapath.lb import FrontendRow, LbMaps
+from ciliumlite.datapath.records import (
+    SCOPE_EXTERNAL,
+    SCOPE_INTERNAL,
+    SVC_FLAG2_MAGLEV,
+    SVC_FLAG2_TWO_SCOPES,
+    SVC_FLAG_AFFINITY,
+    SVC_FLAG_EXT_LOCAL_SCOPE,
+    SVC_FLAG_NODEPORT,
+    SVC_FLAG_ROUTABLE,
+)
+from ciliumlite.service import Service
+
+#: The cgroup hooks of ``bpf_sock`` (socket LB at connect time and for unconnected UDP).
+SOCK_PROGRAMS = ("cil_sock4_connect", "cil_sock4_sendmsg", "cil_sock4_recvmsg", "cil_sock4_getpeername")
+#: The address of NodePort rows that socket LB matches for any local address.
+WILDCARD = IPv4Address("0.0.0.0")
+
+
+def lb_rows(svc: Service, node_ip: IPv4Address | str, pod_network: IPv4Network | str) -> list[FrontendRow]:
+    """The LB map rows of ``svc`` on a node with address ``node_ip`` whose pods are ``pod_network``.
+
+    Backends inside ``pod_network`` are the node's local ones (``externalTrafficPolicy=Local``).
+    """
+    node = IPv4Address(node_ip)
+    pods = IPv4Network(pod_network)
+    proto = svc.frontend.proto_number
+    every = tuple((IPv4Address(b.ip), b.port) for b in svc.backends)
+    local = tuple(b for b in every if b[0] in pods)
+    aff_flag = SVC_FLAG_AFFINITY if svc.session_affinity else 0
+    timeout = svc.affinity_timeout if svc.session_affinity else 0
+    rows = [FrontendRow(IPv4Address(svc.frontend.ip), svc.frontend.port, proto, SCOPE_EXTERNAL, aff_flag, 0,
+                        every, timeout)]
+    if svc.type != "NodePort" or svc.node_port is None:
+        return rows
+    flags = SVC_FLAG_NODEPORT | SVC_FLAG_ROUTABLE | aff_flag
+    flags2 = SVC_FLAG2_MAGLEV if svc.maglev else 0
+    for addr in sorted({node, WILDCARD}):
+        if svc.external_traffic_policy == "Local":
+            two = flags2 | SVC_FLAG2_TWO_SCOPES
+            local_flags = flags | SVC_FLAG_EXT_LOCAL_SCOPE
+            rows.append(FrontendRow(addr, svc.node_port, proto, SCOPE_EXTERNAL, local_flags, two, local, timeout,
+                                    svc.maglev))
+            rows.append(FrontendRow(addr, svc.node_port, proto, SCOPE_INTERNAL, local_flags, two, every, timeout,
+                                    svc.maglev))
+        else:
+            rows.append(FrontendRow(addr, svc.node_port, proto, SCOPE_EXTERNAL, flags, flags2, every, timeout,
+                                    svc.maglev))
+    return rows
+
+
+def check_conflicts(svc: Service, others: dict[str, Service]) -> None:
+    """Raise :class:`ValidationError` if ``svc`` takes a frontend or node port of another service."""
+    if not isinstance(svc, Service):
+        raise ValidationError(f"expected a Service, got {type(svc).__name__}")
+    for other in others.values():
+        if other.name == svc.name:
+            continue
+        if other.frontend == svc.frontend:
+            raise ValidationError(f"service {svc.name}: frontend {svc.frontend.ip}:{svc.frontend.port}/"
+                                  f"{svc.frontend.protocol} is already used by {other.name}")
+        if svc.node_port is not None and other.node_port == svc.node_port and \
+                other.frontend.protocol == svc.frontend.protocol:
+            raise ValidationError(f"service {svc.name}: node port {svc.node_port}/{svc.frontend.protocol} "
+                                  f"is already taken by {other.name}")
+
+
+class Services:
+    """The services of one node. ``bpf_sock`` and the LB maps are opened with the first service.
+
+    Not thread-safe on its own: the :class:`~ciliumlite.node.Datapath` serialises calls.
+    """
+
+    def __init__(self, config: DatapathConfig, rodata: NodeRodata | None, pin_dir: str | None,
+                 cgroup: str | None) -> None:
+        self.config = config
+        self._rodata = rodata
+        self._pin_dir = pin_dir
+        self._cgroup = cgroup
+        self._by_name: dict[str, Service] = {}
+        self._json: dict[str, tuple[Service, str]] = {}
+        self._lb: LbMaps | None = None
+        self._sock: BpfObject | None = None
+        self._links: list[Link] = []
+
+    @property
+    def lb(self) -> LbMaps | None:
+        """The LB maps, once a service was programmed."""
+        return self._lb
+
+    @property
+    def links(self) -> list[Link]:
+        """Socket LB's cgroup attachments."""
+        return list(self._links)
+
+    def _ensure_lb(self) -> LbMaps:
+        if self._lb is not None:
+            return self._lb
+        if not self.config.kube_proxy_replacement or self._rodata is None or self._pin_dir is None:
+            raise NotSupportedError("services need kube_proxy_replacement=True and host_routing='bpf'",
+                                    feature="kube-proxy replacement")
+        sock = loader.load_sock(self._rodata, self._pin_dir)
+        try:
+            if self._cgroup and self.config.socket_lb:
+                # Socket LB goes on the node's own cgroup, never the cgroup root.
+                for prog in SOCK_PROGRAMS:
+                    self._links.append(sock.program(prog).attach_cgroup(self._cgroup))
+            self._lb = LbMaps(self._pin_dir, self.config.maglev_table_size)
+        except BaseException:
+            for link in self._links:
+                link.close()
+            self._links.clear()
+            sock.close()
+            raise
+        self._sock = sock
+        return self._lb
+
+    def validate(self, svc: Service) -> None:
+        """Raise :class:`ValidationError` if ``svc`` clashes with another service here."""
+        check_conflicts(svc, self._by_name)
+
+    def upsert(self, svc: Service) -> None:
+        """Validate, then write ``svc``'s rows; a map failure keeps the previous state."""
+        check_conflicts(svc, self._by_name)
+        self._ensure_lb().program(svc.name, lb_rows(svc, self.config.node_ip, self.config.network))
+        self._by_name[svc.name] = svc
+
+    def delete(self, name: str) -> None:
+        """Remove a service. Raises :class:`ValidationError` when there is none of that name."""
+        if name not in self._by_name:
+            raise ValidationError(f"no service {name!r} on {self.config.node_name}")
+        if self._lb is not None:
+            self._lb.remove(name)
+        del self._by_name[name]
+        self._json.pop(name, None)
+
+    def get(self, name: str) -> Service:
+        """A programmed service by name. Raises :class:`ValidationError` when there is none."""
+        try:
+            return self._by_name[name]
+        except KeyError:
+            raise ValidationError(f"no service {name!r} on {self.config.node_name}") from None
+
+    def all(self) -> list[Service]:
+        """Every programmed service, by name."""
+        return [self._by_name[n] for n in sorted(self._by_name)]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._by_name
+
+    def as_json(self) -> str:
+        """The services as one JSON object by name (for the registry).
+
+        Rendering every service on every change would make N updates cost O(N^2): each service's
+        text is cached until the service object changes.
+        """
+        parts = []
+        for name, svc in self._by_name.items():
+            cached = self._json.get(name)
+            if cached is None or cached[0] is not svc:
+                cached = (svc, json.dumps(dataclasses.asdict(svc), default=str))
+                self._json[name] = cached
+            parts.append(f"{json.dumps(name)}: {cached[1]}")
+        return "{" + ",".join(parts) + "}"
+
+    def close(self) -> None:
+        """Forget the services, close the LB maps, detach socket LB and close ``bpf_sock``."""
+        self._by_name.clear()
+        self._json.clear()
+        if self._lb is not None:
+            self._lb.close()
+            self._lb = None
+        for link in self._links:
+            link.close()
+        self._links.clear()
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
