@@ -6,7 +6,7 @@ import ipaddress
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
-from ciliumlite.bgp import ASN_MAX, BgpPeer
+from ciliumlite.bgp.config import ASN_MAX, BgpPeer
 from ciliumlite.bpf.errors import ValidationError
 from ciliumlite.bpf.program import TcMode
 

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from ciliumlite.bpf.errors import ValidationError
 from ciliumlite.bpf.offloop import public_methods_off_event_loop
 from ciliumlite.lab.fabric import LEAF_IP
 
@@ -30,7 +31,10 @@ def node_asn(node: Node) -> int:
 
 @public_methods_off_event_loop
 class LabBgp:
-    """The BGP of one lab: the leaf router's bird (``leaf``) and the nodes' speakers (``node.bird``).
+    """The BGP of one lab: the leaf router's bird (``leaf``), peer of every BGP node's speaker.
+
+    A node's speaker is its datapath's (``DatapathConfig(bgp_asn=..., bgp_peers=...)``, see
+    :class:`ciliumlite.node.BgpRoutes`), readable as ``node.bird``.
 
     ``ciliumlite.bgp`` (bird2) is imported on first use, so a lab without BGP never needs it.
     """
@@ -44,15 +48,11 @@ class LabBgp:
         """The leaf router's bird in the fabric namespace, or None before :meth:`start`."""
         return self._leaf
 
-    def prepare(self, node: Node) -> None:
-        """Mark ``node`` as getting its routes to other nodes' pod CIDRs from BGP.
+    def node_config(self, index: int) -> dict[str, Any]:
+        """The ``DatapathConfig`` settings of lab node ``index`` for BGP: its AS and the leaf as peer."""
+        from ciliumlite import bgp
 
-        Call it before the node joins its cluster, so that joining installs no static routes.
-        """
-        assert node.datapath is not None, f"{node.name} has no datapath"
-        # TODO(redesign): a DatapathConfig(bgp_asn=..., bgp_peers=...) replaces this flag, and the
-        # Datapath runs the node's bird itself (start_speaker/stop_speaker then go).
-        node.datapath.routes_managed_by_bgp = True
+        return {"bgp_asn": FIRST_NODE_ASN + index, "bgp_peers": (bgp.BgpPeer("leaf", LEAF_IP, LEAF_ASN),)}
 
     def leaf_config(self, extra: Iterable[Node] = ()) -> BgpConfig:
         """The leaf's config: one peer per lab node with a speaker, and per node in ``extra``.
@@ -69,11 +69,11 @@ class LabBgp:
     def start(self, nodes: list[Node]) -> None:
         """Peer ``nodes`` (already on the underlay) with the leaf and wait until every session is up.
 
+        The nodes' speakers run already (their datapaths started them, see :meth:`node_config`).
         Starts the leaf (in the fabric, made if need be) on first use and reloads it with the new
-        peers after that, starts each node's speaker, then waits up to 15 s for each. Raises
-        ``BgpError`` if bird rejects a config or a session is not Established in time,
-        ``NotSupportedError`` if bird2 is not installed; speakers started by then stay on their
-        nodes (closing the node stops them).
+        peers after that, then waits up to 15 s for each session. Raises ``BgpError`` if bird
+        rejects a config or a session is not Established in time, ``NotSupportedError`` if bird2
+        is not installed, :class:`ValidationError` for a node without a speaker.
         """
         from ciliumlite import bgp
 
@@ -84,30 +84,10 @@ class LabBgp:
             self._leaf.start()
         else:
             self._leaf.reload(leaf_cfg)
-        speakers = [self.start_speaker(n) for n in nodes]
-        for speaker in speakers:
-            speaker.wait_established(timeout=ESTABLISH_TIMEOUT)
-
-    def start_speaker(self, node: Node) -> Bird:
-        """Start ``node``'s bird (peer: the leaf; announces the pod CIDR) as ``node.bird``, without waiting
-        for its session. Raises as ``Bird.start``."""
-        from ciliumlite import bgp
-
-        assert node.datapath is not None and node.ip is not None, f"{node.name} is not on the underlay"
-        cfg = bgp.BgpConfig(router_id=node.ip, asn=node_asn(node), peers=(bgp.BgpPeer("leaf", LEAF_IP, LEAF_ASN),),
-                            announce=(node.datapath.config.pod_cidr,))
-        node.bird = bgp.Bird(node.netns, cfg, os.path.join(self._lab.workdir, node.name))
-        node.bird.start()
-        return node.bird
-
-    def stop_speaker(self, node: Node) -> None:
-        """Stop ``node``'s bird, if it runs one; the leaf keeps the peer until :meth:`reload`.
-
-        Raises what ``Bird.stop`` raises.
-        """
-        if node.bird is not None:
-            node.bird.stop()
-            node.bird = None
+        for node in nodes:
+            if node.bird is None:
+                raise ValidationError(f"{node.name} runs no BGP speaker: add it with bgp=True")
+            node.bird.wait_established(timeout=ESTABLISH_TIMEOUT)
 
     def reload(self) -> None:
         """Give the leaf the peers of the nodes that still run a speaker (after one has gone).

@@ -39,10 +39,8 @@ class LabCluster:
         first = next(iter(self.members.values()), None)
         routing = first.datapath.config.routing if first and first.datapath else "vxlan"
         bgp = first is not None and first.bird is not None
-        node = self.lab.add_node(name, routing=routing, **config)
+        node = self.lab.add_node(name, routing=routing, bgp=bgp, **config)
         assert node.datapath is not None
-        if bgp:
-            self.lab.bgp.prepare(node)
         try:
             self.control.join(node.info, node.datapath)
         except BaseException:

@@ -84,21 +84,21 @@ class Lab:
         cluster = Cluster(store)
         self.clusters.append(cluster)
         for name in nodes:
-            node = self.add_node(name, routing=routing, **config)
+            node = self.add_node(name, routing=routing, bgp=use_bgp, **config)
             assert node.datapath is not None
-            if use_bgp:
-                self.bgp.prepare(node)
             cluster.join(node.info, node.datapath)
         if use_bgp:
             self.bgp.start([self.nodes[n] for n in nodes])
         return LabCluster(self, cluster, [self.nodes[n] for n in nodes])
 
     def add_node(self, name: str, *, pod_cidr: str | None = None, host_routing: HostRouting | None = None,
-                 **config: Any) -> Node:
+                 bgp: bool = False, **config: Any) -> Node:
         """A node namespace with its own Datapath and pod CIDR (``10.244.<index>.0/24`` by default).
 
         ``config`` goes to ``DatapathConfig``; with a ``routing`` other than ``"none"`` the node is
-        put on the underlay. Raises :class:`ValidationError` if the node (or its namespace) exists
+        put on the underlay. ``bgp=True`` (native routing) makes the datapath run the node's bird,
+        peering with the lab's leaf (:meth:`LabBgp.node_config`); :meth:`LabBgp.start` then
+        brings the sessions up. Raises :class:`ValidationError` if the node (or its namespace) exists
         already or the config is invalid, and what creating the Datapath raises (a
         :class:`CiliumliteError`, pyroute2's ``NetlinkError``); nothing of the node is left then.
         """
@@ -106,6 +106,8 @@ class Lab:
             raise ValidationError(f"node {name!r} exists already")
         index = max((n.index for n in self.nodes.values()), default=-1) + 1  # never a live node's
         cidr = pod_cidr or str(list(CLUSTER_POD_CIDR.subnets(new_prefix=24))[index])
+        if bgp:
+            config.update(self.bgp.node_config(index))
         node = Node(self, name, index, cidr, host_routing or self.host_routing, **config)
         self.nodes[name] = node
         return node

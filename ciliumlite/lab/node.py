@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any
 
 from ciliumlite.bpf import fs
@@ -14,7 +15,7 @@ from ciliumlite.datapath.devices import set_sysctl
 from ciliumlite.lab import procs
 from ciliumlite.lab.fabric import node_ip
 from ciliumlite.lab.hosts import Pod
-from ciliumlite.node import Datapath
+from ciliumlite.node import BgpRoutes, Datapath
 
 if TYPE_CHECKING:
     from ciliumlite.bgp import Bird
@@ -39,12 +40,13 @@ class Node:
         self.datapath: Datapath | None = None
         self.pods: dict[str, Pod] = {}
         self.ip: str | None = None
-        self.bird: Bird | None = None  # this node's BGP speaker, run by lab.bgp (LabBgp)
         try:
             if config.get("routing", "none") != "none":
                 self.ip = node_ip(index)
                 lab.fabric_or_create().connect(self.netns, index, self.ip)
                 config.setdefault("node_ip", self.ip)
+            # The node's runtime files (bird's) stay in the lab's work directory, removed with it.
+            config.setdefault("state_dir", os.path.join(lab.workdir, name))
             # SNAT and masquerade allocate ports from 32768..65535: keep the node's own
             # ephemeral ports out of that range (what a Cilium node operator does too).
             set_sysctl(self.netns, "net.ipv4.ip_local_port_range", "10000 29999")
@@ -91,17 +93,22 @@ class Node:
         return procs.run(self.netns, argv, self.cgroup, timeout=timeout)
 
     @property
+    def bird(self) -> Bird | None:
+        """The node's BGP speaker (run by its datapath with BGP routing), or None."""
+        routing = self.datapath.routing if self.datapath is not None else None
+        return routing.bird if isinstance(routing, BgpRoutes) else None
+
+    @property
     def info(self) -> NodeInfo:
         """This node as the cluster store records it (only for a node on the underlay)."""
         assert self.datapath is not None and self.ip is not None, f"{self.name} has no underlay"
         return NodeInfo(self.name, self.ip, self.datapath.config.pod_cidr)
 
     def close(self) -> None:
-        """Stop its BGP speaker, close the datapath, remove pods, the namespace and the cgroup.
+        """Close the datapath (its BGP speaker too), remove pods, the namespace and the cgroup.
 
-        Raises what stopping bird or closing the datapath raises; safe to call twice.
+        Raises what closing the datapath raises; safe to call twice.
         """
-        self.lab.bgp.stop_speaker(self)
         self.lab.processes.stop_in({self.netns, *(p.netns for p in self.pods.values())})
         if self.datapath is not None:
             self.datapath.close()
