@@ -38,7 +38,9 @@ class Tunnel:
     Made in two steps because the device's ifindex goes into every object's ``.rodata``:
     ``Tunnel(netns, ...)`` creates the device (``ifindex``), then :meth:`load` loads and attaches
     ``bpf_overlay`` with the node's :class:`NodeRodata`. :meth:`add` / :meth:`remove` program one
-    remote node; :meth:`close` removes everything it made.
+    remote node; :meth:`close` removes everything it made. ``gateway`` (the pods' gateway) must be
+    an address of the node: it is the source of node-to-remote-pod traffic (``Datapath`` puts it on
+    ``lo``).
 
     Raises :class:`BpfError` when the device cannot be made (errno kept).
     """
