@@ -106,7 +106,7 @@ from benchmarks.suites._netbench import (
     wait_quiet,
 )
 from ciliumlite import Backend, Frontend, Service
-from ciliumlite.bpf import BpfObject
+from ciliumlite.bpf import BpfObject, Map
 from ciliumlite.datapath import devices, loader
 from ciliumlite.datapath.lb import BACKENDS_MAP, SERVICES_MAP, LbMaps
 from ciliumlite.datapath.records import Lb4Backend, Lb4Key, Lb4ReverseNat, Lb4Service
@@ -191,7 +191,7 @@ def akey(dp: str, n: int) -> str:
 def lb_map_sizes(sizes: dict[str, int]) -> Iterator[None]:
     """While active, every datapath object the loader opens gets these map sizes before ``load``.
 
-    ``ciliumlite.datapath.loader.load`` builds ``BpfObject``s by that module-level name, so a
+    ``ciliumlite.datapath.loader`` builds ``BpfObject``s by that module-level name, so a
     subclass that calls ``BpfObject.resize`` for the maps it declares stands in for it. All objects of
     a node must agree on a pinned map's size (libbpf refuses to reuse a pin otherwise): keep this
     active while a node is built and until its first service is programmed (``bpf_sock`` is loaded
@@ -351,11 +351,11 @@ def _program_bpf(sa: SvcArm) -> None:
     t0 = time.perf_counter()
     dp.upsert_service(Service(name="measured", frontend=Frontend(cluster_ip(sa.n - 1), SVC_PORT),
                               backends=[Backend(sa.arm.server_ip, CRR_PORT)]))
-    assert dp.lb is not None
+    assert dp.lb_maps is not None
     buf = pack_services(range(sa.n - 1))
-    write_services(dp.lb, buf)
+    write_services(dp.lb_maps, buf)
     sa.setup["program"] = time.perf_counter() - t0
-    rows = service_rows(dp.lb)
+    rows = service_rows(dp.lb_maps)
     if rows != 2 * sa.n:
         raise RuntimeError(f"{sa.arm.key}: {rows} service rows, expected {2 * sa.n}")
 
@@ -512,7 +512,7 @@ def _programming(ctx: Context, stack: contextlib.ExitStack, tag: str, prog_count
                                   backends=[Backend("10.244.0.9", 8080)]))
         dp.delete_service("warm")
     kp = lab.add_node("kp", host_routing="legacy")
-    lb = dp.lb
+    lb = dp.lb_maps
     assert lb is not None
     arms: list[Arm] = []
     bufs = {n: pack_services(range(n)) for n in prog_counts}
@@ -821,11 +821,15 @@ EVIDENCE = {
 
 
 def _entries(dpath: Datapath, obj: str, name: str, _note: str = "") -> int:
-    """Live entries of one of the node's maps (a batch dump), -1 if it is not there."""
-    o = dpath.objects.get(obj)
-    if o is None or name not in o.map_names:
+    """Live entries of one of the node's pinned maps (a batch dump), -1 if it is not there.
+
+    ``obj`` names the object that writes the map (for the table); every map is pinned by name.
+    """
+    path = os.path.join(dpath.config.pin_dir, name)
+    if not os.path.exists(path):
         return -1
-    return int(o.map(name).lookup_batch_raw()[2])
+    with Map.open_pinned(path) as m:
+        return int(m.lookup_batch_raw()[2])
 
 
 # -- measurements and tables ------------------------------------------------------------------------

@@ -1,0 +1,108 @@
+"""ciliumlite's import graph: no circles, and arrows that point down only.
+
+Runtime imports only (``if TYPE_CHECKING:`` blocks are annotations, not arrows). The layers, from
+the bottom: ``bpf`` (the SDK) imports nothing above it; ``datapath`` only ``bpf`` and the pure
+``bgp.config`` model; the parts of ``node`` never import the facade (``node.datapath``) or the
+package that re-exports it. Used by ``tests/unit/test_layering.py``.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.unit
+
+ROOT = Path(__file__).resolve().parents[2] / "ciliumlite"
+#: What each layer may import besides itself.
+ALLOWED = {
+    "ciliumlite.bpf": (),
+    "ciliumlite.datapath": ("ciliumlite.bpf", "ciliumlite.bgp.config", "ciliumlite.bgp.errors"),
+    "ciliumlite.bgp.config": ("ciliumlite.bpf", "ciliumlite.bgp.errors"),
+}
+FACADE = ("ciliumlite.node", "ciliumlite.node.datapath")
+
+
+def modules() -> dict[str, Path]:
+    """Every module of the package by dotted name."""
+    out = {}
+    for path in ROOT.rglob("*.py"):
+        parts = list(path.relative_to(ROOT.parent).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts.pop()
+        out[".".join(parts)] = path
+    return out
+
+
+def _runtime_nodes(tree: ast.AST) -> list[ast.stmt]:
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            node.body = [ast.Pass()]  # annotations only (ast.walk queued the old body already: walk again)
+    return [n for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))]
+
+
+def imports(mods: dict[str, Path]) -> dict[str, set[str]]:
+    """Module -> the ciliumlite modules it imports at run time."""
+    graph: dict[str, set[str]] = {}
+    for name, path in mods.items():
+        deps: set[str] = set()
+        for node in _runtime_nodes(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("ciliumlite"):
+                for alias in node.names:
+                    full = f"{node.module}.{alias.name}"
+                    deps.add(full if full in mods else node.module)
+            elif isinstance(node, ast.Import):
+                deps.update(a.name for a in node.names if a.name.startswith("ciliumlite"))
+        graph[name] = {d for d in deps if d != name and not d.startswith(name + ".")}
+    return graph
+
+
+def problems() -> list[str]:
+    """Circles and upward arrows, in words (empty: the graph is clean)."""
+    graph = imports(modules())
+    out = []
+    for mod, deps in sorted(graph.items()):
+        for layer, allowed in ALLOWED.items():
+            if mod == layer or mod.startswith(layer + "."):
+                out += [f"{mod} imports {d}, above {layer}" for d in sorted(deps)
+                        if not d.startswith(layer) and not any(d == a or d.startswith(a + ".") for a in allowed)]
+        if mod.startswith("ciliumlite.node.") and mod not in FACADE:
+            out += [f"{mod} (a part) imports the facade {d}" for d in sorted(deps) if d in FACADE]
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(mod: str) -> None:
+        state[mod] = 1
+        stack.append(mod)
+        for dep in sorted(graph.get(mod, ())):
+            if state.get(dep) == 1:
+                out.append("circle: " + " -> ".join([*stack[stack.index(dep):], dep]))
+            elif dep not in state:
+                visit(dep)
+        stack.pop()
+        state[mod] = 2
+
+    for mod in sorted(graph):
+        if mod not in state:
+            visit(mod)
+    return out
+
+
+def test_no_circles_and_arrows_point_down() -> None:
+    assert problems() == []
+
+
+def test_the_checker_sees_a_circle_and_an_upward_arrow(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pkg = tmp_path / "ciliumlite"
+    (pkg / "bpf").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "bpf" / "__init__.py").write_text("from ciliumlite import top\n")
+    (pkg / "top.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import ciliumlite.x\n"
+                                "import ciliumlite.bpf\n")
+    monkeypatch.setitem(globals(), "ROOT", pkg)
+    found = problems()
+    assert "ciliumlite.bpf imports ciliumlite.top, above ciliumlite.bpf" in found
+    assert any(p.startswith("circle: ") and "ciliumlite.top" in p for p in found)
+    assert not any("ciliumlite.x" in p for p in found), "TYPE_CHECKING imports are not arrows"
