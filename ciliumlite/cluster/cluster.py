@@ -10,8 +10,8 @@ from ciliumlite.bpf.errors import ValidationError
 from ciliumlite.cluster.store import ClusterStore, Event, InMemoryStore, NodeInfo
 
 
-class RemoteNodeSink(Protocol):
-    """What a node's datapath offers the cluster (``ciliumlite.Datapath`` implements it)."""
+class NodeSink(Protocol):
+    """What a node offers the cluster: remote nodes and services in (``ciliumlite.Datapath`` implements it)."""
 
     def add_remote_node(self, node: NodeInfo) -> None:
         """Program the route or tunnel to ``node``'s pods."""
@@ -38,9 +38,9 @@ class Cluster:
 
     def __init__(self, store: ClusterStore | None = None) -> None:
         self.store: ClusterStore = store or InMemoryStore()
-        self._members: dict[str, tuple[RemoteNodeSink, Callable[[], None]]] = {}
+        self._members: dict[str, tuple[NodeSink, Callable[[], None]]] = {}
 
-    def join(self, info: NodeInfo, datapath: RemoteNodeSink) -> None:
+    def join(self, info: NodeInfo, datapath: NodeSink) -> None:
         """Register a node: it learns every existing node, and every node learns it."""
         def on_change(event: Event, obj: Any) -> None:
             if event == "service-upsert":
