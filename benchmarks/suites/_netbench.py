@@ -10,9 +10,16 @@
   compiled into a temporary directory);
 - **counters** (perf.md §7.7): :func:`tcp_snapshot`, :func:`softnet_drops`,
   :func:`conntrack_stats`, :func:`kube_services_packets`;
-- **a quiet machine**: :func:`cpu_busy`, :func:`wait_quiet`; CPU placement :func:`client_server_cpus`;
+- **a quiet machine**: :func:`cpu_busy`, :func:`wait_quiet`, :class:`QuietGate`; CPU placement
+  :func:`client_server_cpus`;
+- **running a suite**: :class:`Plan` (arms, rounds, seconds, CPUs, niceness; from
+  :func:`selected_arms` and :func:`env_nice`), :func:`require_tools`, :func:`iptables_version`,
+  :func:`rules_file`, :func:`prepare_arm` (sysctls, servers, a ping), :func:`run_rounds` (the
+  interleaved rounds), :func:`arm_counters` / :func:`conntrack_counters` /
+  :func:`datapath_counters`, :func:`arm_measurements` (per-arm medians and paired ratios);
 - **reporting**: metric names, :func:`mname`/:func:`rname`, :func:`info`, :func:`cv_text`,
-  :func:`verdict`.
+  :func:`verdict`; the tables: :class:`Cells`, :func:`arm_summary`, :func:`floor_summary`,
+  :func:`goal_summary` (:func:`goal_rows`), :func:`tail_summaries`.
 
 A module starting with ``_`` is a helper, not a suite (``benchmarks/run.py`` skips it).
 """
@@ -24,6 +31,7 @@ import contextlib
 import hashlib
 import ipaddress
 import json
+import math
 import os
 import re
 import shutil
@@ -31,11 +39,12 @@ import statistics
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from benchmarks.harness import Context, Measurement
+from benchmarks.harness import Context, Measurement, Summary, fmt_ci, fmt_value, ratio
+from ciliumlite.datapath import devices
 from ciliumlite.lab import Node, procs
 
 # -- parameters ------------------------------------------------------------------------------------
@@ -50,6 +59,8 @@ IPERF_INTERVAL = 0.25          # s; the median of the intervals shrugs off a sta
 
 QUIET_BUSY = 0.10              # background CPU use above which the machine counts as busy
 QUIET_WAIT_S = 120.0           # default bound of wait_quiet()
+BUSY_SAMPLE_S = 0.3            # background CPU sample before each arm's measurements (QuietGate)
+DEFAULT_NICE = -10             # niceness of clients and servers unless a suite's env variable says otherwise
 
 CRR_SRC = Path(__file__).resolve().parents[1] / "tools" / "crr.c"
 
@@ -190,6 +201,16 @@ def kube_proxy_rules(n_services: int = KUBE_PROXY_SERVICES, endpoints: int = KUB
         "COMMIT",
     ]
     return "\n".join(nat + flt) + "\n"
+
+
+@contextlib.contextmanager
+def rules_file(text: str, prefix: str) -> Iterator[str]:
+    """The path of a temporary file holding ``text`` (removed afterwards): ``iptables-restore`` in a
+    node namespace reads its input from the host filesystem."""
+    with tempfile.NamedTemporaryFile("w", prefix=prefix, suffix=".rules") as f:
+        f.write(text)
+        f.flush()
+        yield f.name
 
 
 def count_rules(text: str) -> int:
@@ -565,6 +586,52 @@ def wait_quiet(ctx: Context, max_wait: float = QUIET_WAIT_S, sample: float = 1.0
     return busy
 
 
+@dataclass
+class QuietGate:
+    """Before each arm's measurements, a bounded wait for other work on the machine to pass (perf.md
+    §7.1 wants an idle machine), and a record of how busy it was.
+
+    :meth:`begin` waits before the run; :meth:`before` is called by :func:`run_rounds` before every
+    arm: the first arm of the first round uses the sample of :meth:`begin`; the others wait up to
+    ``per_arm_s`` each, and up to ``total_s`` in all (then they only sample ``sample_s``), so that a
+    machine that never gets quiet still gives a run of bounded length.
+    """
+
+    ctx: Context
+    per_arm_s: float
+    total_s: float = math.inf
+    sample_s: float = BUSY_SAMPLE_S
+    start: float = 0.0                   # busy fraction sampled by begin()
+    start_wait_s: float = QUIET_WAIT_S   # ... and the bound it waited with
+    waited_s: float = 0.0                # waited in before(), in all
+    by_arm: dict[str, list[float]] = field(default_factory=dict)   # busy fraction per arm, in run order
+    in_order: list[float] = field(default_factory=list)            # ... and of every arm, in run order
+
+    def begin(self, max_wait: float = QUIET_WAIT_S) -> float:
+        """Wait (at most ``max_wait``) for a quiet machine before the run; the busy fraction."""
+        self.start_wait_s = max_wait
+        self.start = wait_quiet(self.ctx, max_wait)
+        return self.start
+
+    def before(self, key: str, first: bool) -> None:
+        """Before arm ``key``'s measurements (``first``: the run's very first, just after begin())."""
+        if first:
+            busy = self.start
+        elif self.waited_s < self.total_s:
+            t0 = time.monotonic()
+            busy = wait_quiet(self.ctx, min(self.per_arm_s, self.total_s - self.waited_s), self.sample_s)
+            self.waited_s += time.monotonic() - t0
+        else:
+            busy = cpu_busy(self.sample_s)
+        self.by_arm.setdefault(key, []).append(busy)
+        self.in_order.append(busy)
+
+    def start_info(self) -> Measurement:
+        """The busy fraction before the run, as a setup measurement."""
+        return info("background CPU busy before the run", self.start * 100, "%", group="setup",
+                    note=f"waited for < {QUIET_BUSY:.0%} (at most {self.start_wait_s:.0f} s)")
+
+
 def client_server_cpus() -> tuple[int | None, int | None]:
     """Client and server CPUs (perf.md §7.1): the first two we may use; the machine's 0 and 1 if the
     runner itself was pinned to one CPU (``--cpu``); no pinning on a single-CPU machine."""
@@ -574,7 +641,188 @@ def client_server_cpus() -> tuple[int | None, int | None]:
     return (cpus[0], cpus[1]) if len(cpus) >= 2 else (None, None)
 
 
+# -- running a suite -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Plan:
+    """What a datapath suite's ``run()`` settles before it builds anything (:meth:`make`)."""
+
+    arms: list[str]              # the selected arms, the floor first
+    rounds: int                  # timed rounds
+    secs: float                  # per measurement in timed rounds
+    warmup_secs: float           # ... in warmup rounds
+    client_cpu: int | None
+    server_cpu: int | None
+    nice: int
+
+    @classmethod
+    def make(cls, ctx: Context, arms: Sequence[str], *, arms_env: str, nice_env: str, secs: float,
+             quick_secs: float, warmup_secs: float) -> Plan:
+        """The arms selected by ``arms_env`` (:func:`selected_arms`), ``ctx.repeats`` rounds (at least
+        one), ``quick_secs`` with ``--quick``, the CPUs of :func:`client_server_cpus` and the
+        niceness of ``nice_env`` (:func:`env_nice`). ValueError for an unknown arm name."""
+        client_cpu, server_cpu = client_server_cpus()
+        return cls(selected_arms(arms_env, arms), max(1, ctx.repeats), quick_secs if ctx.quick else secs,
+                   warmup_secs, client_cpu, server_cpu, env_nice(nice_env))
+
+    def params(self, ctx: Context) -> dict[str, object]:
+        """The plan as run parameters (the result file's ``params``)."""
+        return dict(arms=",".join(self.arms), rounds=self.rounds, warmup_rounds=ctx.warmup, seconds=self.secs,
+                    warmup_seconds=self.warmup_secs, client_cpu=self.client_cpu, server_cpu=self.server_cpu,
+                    nice=self.nice)
+
+    def bench(self, stack: contextlib.ExitStack) -> Bench:
+        """A ``Bench`` on the plan's CPUs and niceness, with the CRR tool built for as long as ``stack``."""
+        return Bench(stack.enter_context(crr_binary()), self.client_cpu, self.server_cpu, self.nice)
+
+
+def require_tools(suite: str, tools: Iterable[str]) -> None:
+    """RuntimeError naming the first of ``tools`` that is not on PATH (before anything is built)."""
+    for tool in tools:
+        if shutil.which(tool) is None:
+            raise RuntimeError(f"{suite} needs {tool} (scripts/install-system-deps.sh)")
+
+
+def selected_arms(env: str, arms: Sequence[str]) -> list[str]:
+    """The arms named in environment variable ``env`` (comma-separated; unset or empty: all), in the
+    order of ``arms``; the first of ``arms``, the floor every ratio is against, always runs.
+
+    ValueError for a name that is not one of ``arms``."""
+    value = os.environ.get(env, "")
+    if not value.strip():
+        return list(arms)
+    want = {a.strip() for a in value.split(",") if a.strip()}
+    unknown = want - set(arms)
+    if unknown:
+        raise ValueError(f"{env}: unknown arm(s) {sorted(unknown)}; have {', '.join(arms)}")
+    return [a for a in arms if a == arms[0] or a in want]
+
+
+def env_nice(env: str) -> int:
+    """Niceness of clients and servers from environment variable ``env`` (``DEFAULT_NICE`` if unset;
+    0: as started). On a shared 2-vCPU VM other work otherwise preempts them mid-measurement."""
+    return int(os.environ.get(env, str(DEFAULT_NICE)))
+
+
+def iptables_version() -> str:
+    """``iptables-restore --version`` (which backend the kube-proxy arms measure), '' if it says nothing."""
+    return subprocess.run(["iptables-restore", "--version"], capture_output=True, text=True,
+                          timeout=10, check=False).stdout.strip()
+
+
+def prepare_arm(stack: contextlib.ExitStack, bench: Bench, arm: NetArm) -> None:
+    """Make one arm ready to measure: CRR sysctls in the client namespace, the servers (stopped when
+    ``stack`` unwinds), and a ping from the client to the server address (RuntimeError if none)."""
+    # CRR hygiene (perf.md §7.1): the client closes first and keeps TIME_WAIT
+    devices.set_sysctl(arm.client_ns, "net.ipv4.tcp_tw_reuse", "1")
+    devices.set_sysctl(arm.client_ns, "net.ipv4.ip_local_port_range", "1024 65535")
+    bench.start_servers(arm)
+    stack.callback(bench.stop_servers, arm)
+    ping = arm.client_run("ping", "-n", "-q", "-c", "1", "-W", "2", arm.server_ip, timeout=10)
+    if ping.returncode != 0:
+        raise RuntimeError(f"{arm.key}: {arm.server_ip} does not answer ping: {ping.stdout}{ping.stderr}")
+
+
+def run_rounds(ctx: Context, plan: Plan, bench: Bench, arms: Mapping[str, NetArm], gate: QuietGate) -> None:
+    """``ctx.warmup`` warmup rounds of ``plan.warmup_secs`` per measurement, then ``plan.rounds`` timed
+    rounds of ``plan.secs``: every round measures every arm once (``Bench.measure``), round-robin, its
+    start arm rotated by one each round, ``gate.before`` first. Timed rounds append to
+    ``arm.samples``; warmup rounds are discarded. Errors of the measurements propagate."""
+    order = list(arms)
+    total = ctx.warmup + plan.rounds
+    t_start = time.perf_counter()
+    for rnd in range(total):
+        warm = rnd < ctx.warmup
+        shift = rnd % len(order)
+        for i, key in enumerate(order[shift:] + order[:shift]):
+            arm = arms[key]
+            gate.before(key, first=rnd == 0 and i == 0)
+            got = bench.measure(arm, plan.warmup_secs if warm else plan.secs)
+            ctx.log(f"round {rnd + 1}/{total}{' (warmup)' if warm else ''} {key}: "
+                    f"latency {got[LAT_AVG]:.1f} us (p50 {got[LAT_P50]:.1f}), CRR {got[CRR]:,.0f}/s, "
+                    f"{got[TPUT]:.2f} Gbit/s")
+            if not warm:
+                for m, v in got.items():
+                    arm.samples.setdefault(m, []).append(v)
+    ctx.log(f"measured in {time.perf_counter() - t_start:.0f} s")
+
+
+def arm_counters(key: str, arm: NetArm, before: Mapping[str, Mapping[str, int]]) -> list[Measurement]:
+    """One arm's TCP counters since ``before`` (its :func:`tcp_snapshot`) and what ``Bench`` counted
+    (CRR connections and errors, iperf3 retransmits)."""
+    out: list[Measurement] = []
+    after = tcp_snapshot(arm)
+    for label, (side, counter) in TCP_COUNTERS.items():
+        out.append(info(f"{key}: {label}", after[side].get(counter, 0) - before[side].get(counter, 0)))
+    for label, v in arm.counters.items():
+        note = f"last error: {arm.errors[-1]}" if label == "crr errors" and arm.errors else ""
+        out.append(info(f"{key}: {label}", v, note=note))
+    return out
+
+
+def conntrack_counters(prefix: str, node: Node, before: Mapping[str, int]) -> list[Measurement]:
+    """Conntrack drops since ``before`` (its :func:`conntrack_stats`), the entry count, and the
+    connections that walked ``KUBE-SERVICES``, of a kube-proxy arm's node; names start ``prefix``."""
+    out: list[Measurement] = []
+    ct = conntrack_stats(node)
+    for k in ("drop", "early_drop", "insert_failed", "invalid"):
+        if k in ct:
+            out.append(info(f"{prefix} conntrack {k}", ct[k] - before.get(k, 0)))
+    out.append(info(f"{prefix} conntrack entries at the end", ct["count"], note=f"nf_conntrack_max {ct['max']}"))
+    out.append(info(f"{prefix} packets jumping PREROUTING -> KUBE-SERVICES", kube_services_packets(node),
+                    note="≈ connections made in this arm: only first packets take the nat table"))
+    return out
+
+
+def datapath_counters(prefix: str, node: Node) -> list[Measurement]:
+    """The packets ciliumlite's datapath on ``node`` dropped and forwarded (none without a datapath)."""
+    if node.datapath is None:
+        return []
+    rows = node.datapath.metrics()
+    return [info(f"{prefix} datapath drops", sum(r.packets for r in rows if r.is_drop)),
+            info(f"{prefix} datapath forwarded packets", sum(r.packets for r in rows if not r.is_drop))]
+
+
+def arm_measurements(arms: Mapping[str, NetArm], floor: str, floor_metrics: Sequence[str],
+                     pairs: Iterable[tuple[str, str, str]]) -> list[Measurement]:
+    """Every arm's ``METRICS`` over the timed rounds, every other arm ÷ ``floor`` on ``floor_metrics``,
+    and the ratios ``(numerator, denominator, metric)`` of ``pairs`` whose arms both ran (each ratio
+    once), all paired per round."""
+    ms: list[Measurement] = []
+    for key, arm in arms.items():
+        for metric, (unit, kind) in METRICS.items():
+            note = LAT_NOTE if metric.startswith("latency") else ""
+            ms.append(Measurement.from_samples(mname(key, metric), arm.samples[metric], unit, group=key, note=note,
+                                               kind=kind))
+    done: set[tuple[str, str, str]] = set()
+    base = arms[floor].samples
+    for key in arms:
+        if key != floor:
+            for metric in floor_metrics:
+                done.add((key, floor, metric))
+                ms.append(ratio(rname(key, floor, metric), arms[key].samples[metric], base[metric], group="ratios"))
+    for num, den, metric in pairs:
+        if num in arms and den in arms and (num, den, metric) not in done:
+            done.add((num, den, metric))
+            ms.append(ratio(rname(num, den, metric), arms[num].samples[metric], arms[den].samples[metric],
+                            group="ratios"))
+    return ms
+
+
 # -- reporting -------------------------------------------------------------------------------------
+#: Column heads of the per-arm table (arm_summary) ...
+ARM_COLUMNS = {
+    LAT_AVG: "latency avg µs", LAT_P50: "latency p50 µs", LAT_P99: "latency p99 µs", CRR: "CRR conn/s",
+    CRR_P50: "CRR conn p50 µs", CRR_P99: "CRR conn p99 µs", TPUT: "iperf3 Gbit/s", TPUT_MED: "iperf3 median interval",
+}
+#: ... and of the ratio table (floor_summary; followed by " ÷ <floor>").
+RATIO_COLUMNS = {
+    LAT_AVG: "latency avg", LAT_P50: "latency p50", LAT_P99: "latency p99", CRR: "CRR rate",
+    CRR_P50: "CRR conn p50", CRR_P99: "CRR conn p99", TPUT: "throughput", TPUT_MED: "throughput median interval",
+}
+#: How the per-arm table's numbers were measured (suites add what differs).
+METHOD_NOTE = ("latency: sockperf ping-pong, half round trip; CRR: connect + 1 B request + 1 B response + "
+               "close, one client; iperf3: one stream")
+
 def info(name: str, value: float, unit: str = "count", *, group: str = "counters", note: str = "") -> Measurement:
     """A one-sample "info" measurement (counters, setup times)."""
     return Measurement.from_samples(name, [value], unit, group=group, note=note, kind="info")
@@ -585,6 +833,86 @@ def cv_text(m: Measurement) -> str:
     if m.cv is None:
         return ""
     return f"{m.cv * 100:.1f}%" + (" !" if m.cv > 0.05 else "")
+
+
+class Cells:
+    """A suite's measurements by name, as table cells ('' for a name that is not there)."""
+
+    def __init__(self, ms: Iterable[Measurement]) -> None:
+        self.by = {m.name: m for m in ms}
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.by
+
+    def cell(self, name: str) -> str:
+        """The median with its unit and CV: '52.1 (3.1%)'."""
+        m = self.by.get(name)
+        return "" if m is None else f"{fmt_value(m.median, m.unit)} ({cv_text(m) or '-'})"
+
+    def rcell(self, name: str) -> str:
+        """The named ratio as :func:`ratio_text` shows it."""
+        m = self.by.get(name)
+        return "" if m is None else ratio_text(m)
+
+
+def ratio_text(m: Measurement) -> str:
+    """A ratio's median with its bootstrap interval: '0.98x [0.95x, 1.01x]'."""
+    return f"{fmt_value(m.median, 'x')} {fmt_ci(m)}"
+
+
+#: A goal: (numerator arm, denominator arm, metric, op "<=" or ">=", threshold, source).
+Goal = tuple[str, str, str, str, float, str]
+
+
+def goal_rows(cells: Cells, goals: Iterable[Goal]) -> list[list[str]]:
+    """Rows [ratio, median [CI], goal, verdict, source] of the goals whose ratio was measured."""
+    rows = []
+    for num, den, metric, op, thr, src in goals:
+        m = cells.by.get(rname(num, den, metric))
+        if m is not None:
+            rows.append([m.name, ratio_text(m), f"{op} {thr:g}", verdict(m, op, thr), src])
+    return rows
+
+
+def arm_summary(cells: Cells, titles: Mapping[str, str], metrics: Sequence[str], note: str) -> Summary:
+    """The per-arm table: one row per arm of ``titles`` (in its order) that ran, the median and CV of
+    each of ``metrics``; ``note`` follows ``METHOD_NOTE``."""
+    rows = [[title, *(cells.cell(mname(a, m)) for m in metrics)] for a, title in titles.items()
+            if mname(a, LAT_AVG) in cells]
+    return Summary("per arm (median of rounds, CV in brackets; '!' = CV > 5 %)",
+                   ["arm", *(ARM_COLUMNS[m] for m in metrics)], rows, note=METHOD_NOTE + note)
+
+
+def floor_summary(cells: Cells, titles: Mapping[str, str], floor: str, label: str,
+                  metrics: Sequence[str]) -> Summary:
+    """The table of every other arm of ``titles`` ÷ ``floor`` (called ``label`` in the heads) on
+    ``metrics``, paired per round."""
+    rows = [[title, *(cells.rcell(rname(a, floor, m)) for m in metrics)] for a, title in titles.items()
+            if a != floor and rname(a, floor, LAT_AVG) in cells]
+    return Summary(f"ratios vs the floor ({label}), paired per round, with bootstrap 95 % CI",
+                   ["arm", *(f"{RATIO_COLUMNS[m]} ÷ {label}" for m in metrics)], rows,
+                   note="latency and connection-time ratios > 1 are slower; rate and throughput ratios < 1 are slower.")
+
+
+def goal_summary(cells: Cells, goals: Iterable[Goal], title: str, note: str = "") -> Summary:
+    """The goals table (:func:`goal_rows`)."""
+    return Summary(title, ["ratio", "median [95% CI]", "goal", "verdict", "source"], goal_rows(cells, goals),
+                   note=note)
+
+
+def tail_summaries(ms: Sequence[Measurement], extra: Sequence[Measurement]) -> list[Summary]:
+    """The tables that end a suite's report: the ratios in ``extra`` and the counters and setup
+    measurements (each table only if it has rows)."""
+    out = []
+    if extra:
+        out.append(Summary("other ratios", ["ratio", "median [95% CI]"],
+                           [[m.name, ratio_text(m)] for m in extra]))
+    counters = [m for m in ms if m.group in ("counters", "setup")]
+    if counters:
+        out.append(Summary("counters over the timed and warmup rounds, and setup", ["counter", "value", "note"],
+                           [[m.name, fmt_value(m.median, m.unit) if m.unit != "count" else f"{m.median:,.0f}", m.note]
+                            for m in counters]))
+    return out
 
 
 def verdict(m: Measurement, op: str, thr: float) -> str:

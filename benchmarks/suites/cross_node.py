@@ -43,46 +43,46 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import shutil
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from benchmarks.harness import Context, Measurement, Summary, fmt_ci, fmt_value, ratio
+from benchmarks.harness import Context, Measurement, Summary
 from benchmarks.suites._netbench import (
     CRR,
     CRR_P50,
     CRR_P99,
     LAT_AVG,
-    LAT_NOTE,
     LAT_P50,
     LAT_P99,
-    METRICS,
-    QUIET_BUSY,
-    TCP_COUNTERS,
     TPUT,
-    Bench,
+    Cells,
+    Goal,
     NetArm,
+    Plan,
+    QuietGate,
+    arm_counters,
+    arm_measurements,
+    arm_summary,
     check_run,
-    client_server_cpus,
+    conntrack_counters,
     conntrack_stats,
     count_rules,
-    cpu_busy,
-    crr_binary,
-    cv_text,
+    datapath_counters,
+    floor_summary,
+    goal_summary,
     info,
+    iptables_version,
     kube_proxy_rules,
-    kube_services_packets,
-    mname,
+    prepare_arm,
+    require_tools,
     rname,
+    rules_file,
+    run_rounds,
+    tail_summaries,
     tcp_snapshot,
-    verdict,
-    wait_quiet,
 )
-from ciliumlite.datapath import devices
 from ciliumlite.datapath.config import VXLAN_OVERHEAD, VXLAN_PORT
 from ciliumlite.lab import Lab, Node, procs
 
@@ -99,9 +99,7 @@ QUICK_SECONDS = 1.0
 QUIET_WAIT_START_S = 30.0    # wait at most this long for a quiet machine before the first arm,
 QUIET_WAIT_ARM_S = 10.0      # ... this long before each further arm's measurements,
 QUIET_WAIT_TOTAL_S = 60.0    # ... and this long in all after the start (keeps a busy machine's run bounded)
-BUSY_SAMPLE_S = 0.3
 NICE_ENV = "CILIUMLITE_BENCH_XN_NICE"   # niceness of the clients and servers (default -10; 0 = as started)
-DEFAULT_NICE = -10
 N_SERVICES = 10_000          # kube-proxy services per node (2 endpoints each: _netbench.kube_proxy_rules)
 UNDERLAY_MTU = 1500          # the lab fabric's veths
 KVX_DEV = "vx0"              # the kernel VXLAN arm's device (ciliumlite's own is cilium_vxlan)
@@ -146,8 +144,11 @@ SPECS: dict[str, _Spec] = {
                  kube_proxy=True),
 }
 
+# What every arm is compared with the floor on (the ratio table).
+FLOOR_METRICS = (LAT_AVG, LAT_P50, CRR, TPUT)
+
 # Goals: (numerator arm, denominator arm, metric, op, threshold, source)
-GOALS: list[tuple[str, str, str, str, float, str]] = [
+GOALS: list[Goal] = [
     (BPF_NAT, FLOOR, LAT_AVG, "<=", 1.10, "brief: bpf native within 10 % of the floor on latency"),
     (BPF_NAT, FLOOR, LAT_P50, "<=", 1.10, "same, on p50 (the average carries the VM's ms-long stalls)"),
     (BPF_NAT, FLOOR, TPUT, ">=", 0.90, "brief: bpf native within 10 % of the floor on throughput"),
@@ -186,31 +187,6 @@ class _Built:
     extra: dict[str, float] = field(default_factory=dict)
 
 
-def _nice() -> int:
-    return int(os.environ.get(NICE_ENV, str(DEFAULT_NICE)))
-
-
-def _niced(arm: NetArm, nice: int) -> NetArm:
-    """Run the arm's clients and servers under ``nice -n <nice>``: on a shared 2-vCPU VM other
-    processes otherwise preempt them mid-measurement (veth softirq work runs in their context too)."""
-    if nice == 0:
-        return arm
-    prefix = ("nice", "-n", str(nice))
-    client_run, server_run, server_popen = arm.client_run, arm.server_run, arm.server_popen
-
-    def c_run(*argv: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
-        return client_run(*prefix, *argv, timeout=timeout)
-
-    def s_run(*argv: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
-        return server_run(*prefix, *argv, timeout=timeout)
-
-    def s_popen(*argv: str) -> subprocess.Popen[str]:
-        return server_popen(*prefix, *argv)
-
-    arm.client_run, arm.server_run, arm.server_popen = c_run, s_run, s_popen
-    return arm
-
-
 def _build(stack: contextlib.ExitStack, key: str) -> _Built:
     spec = SPECS[key]
     lab = Lab(spec.lab, host_routing=spec.host_routing)  # type: ignore[arg-type]
@@ -230,7 +206,7 @@ def _build(stack: contextlib.ExitStack, key: str) -> _Built:
             return lab.processes.popen(n2.netns, argv, n2.cgroup)  # type: ignore[no-any-return]
 
         arm = NetArm(key, n2.ip, n1.run, n2.run, popen, lab.processes.stop, n1.netns, n2.netns, node=n2)
-    built = _Built(spec, _niced(arm, _nice()), nodes)
+    built = _Built(spec, arm, nodes)
     dev = KVX_DEV if spec.kernel_vxlan else (n1.datapath.config.tunnel_device  # type: ignore[union-attr]
                                               if spec.routing == "vxlan" else None)
     if dev is not None:
@@ -277,15 +253,12 @@ def _load_kube_proxy(ctx: Context, built: list[_Built]) -> list[Measurement]:
     text = kube_proxy_rules(N_SERVICES)
     n_rules = count_rules(text)
     out: list[Measurement] = []
-    with tempfile.NamedTemporaryFile("w", prefix="cl-bench-xn-kp-", suffix=".rules") as rules:
-        rules.write(text)
-        rules.flush()
-
+    with rules_file(text, "cl-bench-xn-kp-") as rules:
         group = procs.ProcessGroup()  # setup only: one iptables-restore per node, all at once
         t_all = time.perf_counter()
         times: list[float] = []
         try:
-            started = [group.popen(n.netns, ["iptables-restore", rules.name], n.cgroup) for _, n in targets]
+            started = [group.popen(n.netns, ["iptables-restore", rules], n.cgroup) for _, n in targets]
             for (_, node), proc in zip(targets, started, strict=True):
                 _, err = proc.communicate(timeout=max(1.0, RESTORE_TIMEOUT_S - (time.perf_counter() - t_all)))
                 if proc.returncode != 0:
@@ -302,204 +275,81 @@ def _load_kube_proxy(ctx: Context, built: list[_Built]) -> list[Measurement]:
     return out
 
 
-def _selected_arms() -> list[str]:
-    env = os.environ.get(ARMS_ENV, "")
-    if not env.strip():
-        return list(ARMS)
-    want = {a.strip() for a in env.split(",") if a.strip()}
-    unknown = want - set(ARMS)
-    if unknown:
-        raise ValueError(f"{ARMS_ENV}: unknown arm(s) {sorted(unknown)}; have {', '.join(ARMS)}")
-    return [a for a in ARMS if a == FLOOR or a in want]
-
-
 # -- counters (perf.md §7.7) ---------------------------------------------------------------------------
 def _counters(built: dict[str, _Built], before: dict[str, dict[str, dict[str, int]]],
               ct_before: dict[tuple[str, str], dict[str, int]],
               dev_before: dict[str, dict[str, int]]) -> list[Measurement]:
     out: list[Measurement] = []
     for key, b in built.items():
-        arm = b.arm
-        after = tcp_snapshot(arm)
-        for label, (side, counter) in TCP_COUNTERS.items():
-            out.append(info(f"{key}: {label}", after[side].get(counter, 0) - before[key][side].get(counter, 0)))
-        for label, v in arm.counters.items():
-            note = f"last error: {arm.errors[-1]}" if label == "crr errors" and arm.errors else ""
-            out.append(info(f"{key}: {label}", v, note=note))
+        out += arm_counters(key, b.arm, before[key])
         if b.device_packets is not None:
             now = b.device_packets()
             dev = KVX_DEV if b.spec.kernel_vxlan else "cilium_vxlan"
-            for n, v in now.items():
-                out.append(info(f"{key}: {dev} tx packets on {n}", v - dev_before[key].get(n, 0),
+            for name, v in now.items():
+                out.append(info(f"{key}: {dev} tx packets on {name}", v - dev_before[key].get(name, 0),
                                 note="the path really is encapsulated"))
         for n in b.nodes:
             if b.spec.kube_proxy:
-                ct = conntrack_stats(n)
-                ct0 = ct_before.get((key, n.name), {})
-                for k in ("drop", "early_drop", "insert_failed", "invalid"):
-                    if k in ct:
-                        out.append(info(f"{key}: {n.name} conntrack {k}", ct[k] - ct0.get(k, 0)))
-                out.append(info(f"{key}: {n.name} conntrack entries at the end", ct["count"],
-                                note=f"nf_conntrack_max {ct['max']}"))
-                out.append(info(f"{key}: {n.name} packets jumping PREROUTING -> KUBE-SERVICES",
-                                kube_services_packets(n), note="≈ connections: only first packets take nat"))
-            dp = n.datapath
-            if dp is not None and b.spec.host_routing == "bpf":
-                rows = dp.metrics()
-                out.append(info(f"{key}: {n.name} datapath drops", sum(r.packets for r in rows if r.is_drop)))
-                out.append(info(f"{key}: {n.name} datapath forwarded packets",
-                                sum(r.packets for r in rows if not r.is_drop)))
+                out += conntrack_counters(f"{key}: {n.name}", n, ct_before.get((key, n.name), {}))
+            if b.spec.host_routing == "bpf":
+                out += datapath_counters(f"{key}: {n.name}", n)
     return out
 
 
 # -- the suite ---------------------------------------------------------------------------------------
 def run(ctx: Context) -> list[Measurement]:
     """Build the seven labs, run them interleaved, return per-arm medians, paired ratios and counters."""
-    for tool in ("sockperf", "iperf3", "iptables-restore", "iptables", "taskset", "ss", "ping", "ip"):
-        if shutil.which(tool) is None:
-            raise RuntimeError(f"cross_node needs {tool} (scripts/install-system-deps.sh)")
-    rounds = max(1, ctx.repeats)
-    selected = _selected_arms()
-    secs = QUICK_SECONDS if ctx.quick else SECONDS
-    client_cpu, server_cpu = client_server_cpus()
-    ipt_version = subprocess.run(["iptables-restore", "--version"], capture_output=True, text=True,
-                                 timeout=10, check=False).stdout.strip()
-    ctx.params.update(arms=",".join(selected), rounds=rounds, warmup_rounds=ctx.warmup, seconds=secs,
-                      warmup_seconds=WARMUP_SECONDS, services=N_SERVICES, client_cpu=client_cpu,
-                      server_cpu=server_cpu, nice=_nice(), iptables=ipt_version, underlay_mtu=UNDERLAY_MTU,
+    require_tools("cross_node", ("sockperf", "iperf3", "iptables-restore", "iptables", "taskset", "ss", "ping", "ip"))
+    plan = Plan.make(ctx, ARMS, arms_env=ARMS_ENV, nice_env=NICE_ENV, secs=SECONDS, quick_secs=QUICK_SECONDS,
+                     warmup_secs=WARMUP_SECONDS)
+    ctx.params.update(plan.params(ctx), services=N_SERVICES, iptables=iptables_version(), underlay_mtu=UNDERLAY_MTU,
                       pod_mtu={k: SPECS[k].mtu - (VXLAN_OVERHEAD if SPECS[k].routing == "vxlan" else 0)
-                               for k in selected if SPECS[k].pods})
+                               for k in plan.arms if SPECS[k].pods})
     setup: list[Measurement] = []
 
     with contextlib.ExitStack() as stack:  # unwinds on any error: servers, labs, namespaces, temp files
-        bench = Bench(stack.enter_context(crr_binary()), client_cpu, server_cpu)
+        bench = plan.bench(stack)
         t_build = time.perf_counter()
         built: dict[str, _Built] = {}
-        for key in selected:
+        for key in plan.arms:
             built[key] = _build(stack, key)
         ctx.log(f"built {len(built)} labs in {time.perf_counter() - t_build:.1f} s: {', '.join(built)}")
         setup += _load_kube_proxy(ctx, list(built.values()))
+        arms = {k: b.arm for k, b in built.items()}
+        for arm in arms.values():
+            prepare_arm(stack, bench, arm)
 
-        for b in built.values():
-            arm = b.arm
-            # CRR hygiene (perf.md §7.1): the client closes first and keeps TIME_WAIT
-            devices.set_sysctl(arm.client_ns, "net.ipv4.tcp_tw_reuse", "1")
-            devices.set_sysctl(arm.client_ns, "net.ipv4.ip_local_port_range", "1024 65535")
-            bench.start_servers(arm)
-            stack.callback(bench.stop_servers, arm)
-            ping = arm.client_run("ping", "-n", "-q", "-c", "1", "-W", "2", arm.server_ip, timeout=10)
-            if ping.returncode != 0:
-                raise RuntimeError(f"{arm.key}: {arm.server_ip} does not answer ping: {ping.stdout}{ping.stderr}")
-
-        busy_start = wait_quiet(ctx, QUIET_WAIT_START_S)
-        busy: dict[str, list[float]] = {k: [] for k in built}
-        wait_left = QUIET_WAIT_TOTAL_S
-        before = {k: tcp_snapshot(b.arm) for k, b in built.items()}
+        gate = QuietGate(ctx, QUIET_WAIT_ARM_S, QUIET_WAIT_TOTAL_S)
+        gate.begin(QUIET_WAIT_START_S)
+        before = {k: tcp_snapshot(a) for k, a in arms.items()}
         ct_before = {(k, n.name): conntrack_stats(n) for k, b in built.items() if b.spec.kube_proxy
                      for n in b.nodes}
         dev_before = {k: b.device_packets() if b.device_packets else {} for k, b in built.items()}
-        order = list(built)
-        t_start = time.perf_counter()
-        for rnd in range(ctx.warmup + rounds):
-            warm = rnd < ctx.warmup
-            for i, key in enumerate(order[rnd % len(order):] + order[:rnd % len(order)]):  # start rotated
-                arm = built[key].arm
-                if rnd == 0 and i == 0:
-                    busy[key].append(busy_start)
-                elif wait_left > 0:  # bounded wait for other work to pass (perf.md §7.1 wants an idle machine)
-                    t_wait = time.monotonic()
-                    busy[key].append(wait_quiet(ctx, min(QUIET_WAIT_ARM_S, wait_left), BUSY_SAMPLE_S))
-                    wait_left -= time.monotonic() - t_wait
-                else:
-                    busy[key].append(cpu_busy(BUSY_SAMPLE_S))
-                got = bench.measure(arm, WARMUP_SECONDS if warm else secs)
-                ctx.log(f"round {rnd + 1}/{ctx.warmup + rounds}{' (warmup)' if warm else ''} {key}: "
-                        f"latency {got[LAT_AVG]:.1f} us (p50 {got[LAT_P50]:.1f}), CRR {got[CRR]:,.0f}/s, "
-                        f"{got[TPUT]:.2f} Gbit/s")
-                if not warm:
-                    for m, v in got.items():
-                        arm.samples.setdefault(m, []).append(v)
-        ctx.log(f"measured in {time.perf_counter() - t_start:.0f} s")
+        run_rounds(ctx, plan, bench, arms, gate)
         setup += _counters(built, before, ct_before, dev_before)
-        setup.append(info("background CPU busy before the run", busy_start * 100, "%", group="setup",
-                          note=f"waited for < {QUIET_BUSY:.0%} (at most {QUIET_WAIT_START_S:.0f} s)"))
-        setup.append(info("waited for a quiet machine after the start", QUIET_WAIT_TOTAL_S - wait_left, "s",
+        setup.append(gate.start_info())
+        setup.append(info("waited for a quiet machine after the start", gate.waited_s, "s",
                           group="setup", note=f"at most {QUIET_WAIT_ARM_S:.0f} s per arm, "
                                               f"{QUIET_WAIT_TOTAL_S:.0f} s in all"))
-        for key, bs in busy.items():
+        for key in arms:
+            bs = gate.by_arm[key]
             setup.append(info(f"{key}: background CPU busy before its measurements, max", max(bs) * 100, "%",
                               group="setup", note="sampled with our servers idle (other work on the machine), "
                                                   "per round incl. warmup: " + ", ".join(f"{b * 100:.0f}" for b in bs)))
 
-    return _measurements({k: b.arm for k, b in built.items()}) + setup
-
-
-def _measurements(arms: dict[str, NetArm]) -> list[Measurement]:
-    ms: list[Measurement] = []
-    for key, arm in arms.items():
-        for metric, (unit, kind) in METRICS.items():
-            note = LAT_NOTE if metric.startswith("latency") else ""
-            ms.append(Measurement.from_samples(mname(key, metric), arm.samples[metric], unit, group=key, note=note,
-                                               kind=kind))
-    floor = arms[FLOOR].samples
-    for key in ARMS[1:]:
-        if key in arms:
-            for metric in (LAT_AVG, LAT_P50, CRR, TPUT):
-                ms.append(ratio(rname(key, FLOOR, metric), arms[key].samples[metric], floor[metric], group="ratios"))
-    done = {(key, FLOOR, m) for key in arms for m in (LAT_AVG, LAT_P50, CRR, TPUT)}
-    for num, den, metric in [(n, d, m) for n, d, m, *_ in GOALS] + EXTRA_RATIOS:
-        if num in arms and den in arms and (num, den, metric) not in done:
-            done.add((num, den, metric))
-            ms.append(ratio(rname(num, den, metric), arms[num].samples[metric], arms[den].samples[metric],
-                            group="ratios"))
-    return ms
+    return arm_measurements(arms, FLOOR, FLOOR_METRICS, [(n, d, m) for n, d, m, *_ in GOALS] + EXTRA_RATIOS) + setup
 
 
 # -- tables ------------------------------------------------------------------------------------------
 def summarize(ms: list[Measurement]) -> list[Summary]:
     """Per-arm medians, ratios vs the floor, the goals, other ratios and the counters."""
-    by = {m.name: m for m in ms}
-
-    def cell(name: str) -> str:
-        m = by.get(name)
-        return "" if m is None else f"{fmt_value(m.median, m.unit)} ({cv_text(m) or '-'})"
-
-    def rcell(name: str) -> str:
-        m = by.get(name)
-        return "" if m is None else f"{fmt_value(m.median, 'x')} {fmt_ci(m)}"
-
-    arms_rows = [[TITLES[a], cell(mname(a, LAT_AVG)), cell(mname(a, LAT_P50)), cell(mname(a, LAT_P99)),
-                  cell(mname(a, CRR)), cell(mname(a, CRR_P50)), cell(mname(a, CRR_P99)), cell(mname(a, TPUT))]
-                 for a in ARMS if mname(a, LAT_AVG) in by]
-    ratio_rows = [[TITLES[a], rcell(rname(a, FLOOR, LAT_AVG)), rcell(rname(a, FLOOR, LAT_P50)),
-                   rcell(rname(a, FLOOR, CRR)), rcell(rname(a, FLOOR, TPUT))]
-                  for a in ARMS[1:] if rname(a, FLOOR, LAT_AVG) in by]
-    goal_rows = []
-    for num, den, metric, op, thr, src in GOALS:
-        m = by.get(rname(num, den, metric))
-        if m is not None:
-            goal_rows.append([rname(num, den, metric), f"{fmt_value(m.median, 'x')} {fmt_ci(m)}", f"{op} {thr:g}",
-                              verdict(m, op, thr), src])
-    extra = [by[rname(n, d, m)] for n, d, m in EXTRA_RATIOS if rname(n, d, m) in by]
-    out = [
-        Summary("per arm (median of rounds, CV in brackets; '!' = CV > 5 %)",
-                ["arm", "latency avg µs", "latency p50 µs", "latency p99 µs", "CRR conn/s", "CRR conn p50 µs",
-                 "CRR conn p99 µs", "iperf3 Gbit/s"], arms_rows,
-                note="latency: sockperf ping-pong, half round trip; CRR: connect + 1 B request + 1 B response + "
-                     "close, one client; iperf3: one stream. Client in n1's pod (floor: n1), servers in n2's; "
-                     "client and servers pinned to different CPUs. Pod MTU 1500 native, 1450 VXLAN."),
-        Summary("ratios vs the floor (1), paired per round, with bootstrap 95 % CI",
-                ["arm", "latency avg ÷ 1", "latency p50 ÷ 1", "CRR rate ÷ 1", "throughput ÷ 1"], ratio_rows,
-                note="latency ratio > 1 is slower; CRR and throughput ratio < 1 is slower."),
-        Summary("goals (the brief; perf.md §7.3 for reference)",
-                ["ratio", "median [95% CI]", "goal", "verdict", "source"], goal_rows),
+    c = Cells(ms)
+    extra = [c.by[rname(n, d, m)] for n, d, m in EXTRA_RATIOS if rname(n, d, m) in c]
+    return [
+        arm_summary(c, TITLES, (LAT_AVG, LAT_P50, LAT_P99, CRR, CRR_P50, CRR_P99, TPUT),
+                    note=". Client in n1's pod (floor: n1), servers in n2's; client and servers pinned to different "
+                         "CPUs. Pod MTU 1500 native, 1450 VXLAN."),
+        floor_summary(c, TITLES, FLOOR, "1", FLOOR_METRICS),
+        goal_summary(c, GOALS, "goals (the brief; perf.md §7.3 for reference)"),
+        *tail_summaries(ms, extra),
     ]
-    if extra:
-        out.append(Summary("other ratios", ["ratio", "median [95% CI]"],
-                           [[m.name, f"{fmt_value(m.median, 'x')} {fmt_ci(m)}"] for m in extra]))
-    counters = [m for m in ms if m.group in ("counters", "setup")]
-    if counters:
-        out.append(Summary("counters over the timed and warmup rounds, and setup", ["counter", "value", "note"],
-                           [[m.name, fmt_value(m.median, m.unit) if m.unit != "count" else f"{m.median:,.0f}", m.note]
-                            for m in counters]))
-    return out

@@ -26,47 +26,48 @@ of (c).
 from __future__ import annotations
 
 import contextlib
-import os
-import shutil
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.harness import Context, Measurement, Summary, fmt_ci, fmt_value, ratio
+from benchmarks.harness import Context, Measurement, Summary
 from benchmarks.suites._netbench import (
     CRR,
     CRR_P50,
     LAT_AVG,
-    LAT_NOTE,
     LAT_P50,
     LAT_P99,
     METRICS,
-    QUIET_BUSY,
-    QUIET_WAIT_S,
-    TCP_COUNTERS,
     TPUT,
     TPUT_MED,
-    Bench,
+    Cells,
+    Goal,
     NetArm,
+    Plan,
+    QuietGate,
+    arm_counters,
+    arm_measurements,
+    arm_summary,
     check_run,
-    client_server_cpus,
+    conntrack_counters,
     conntrack_stats,
     count_rules,
-    crr_binary,
-    cv_text,
+    datapath_counters,
+    floor_summary,
+    goal_summary,
     info,
+    iptables_version,
     kube_proxy_rules,
-    kube_services_packets,
-    mname,
     ns_run,
+    prepare_arm,
+    require_tools,
     rname,
+    rules_file,
+    run_rounds,
     softnet_drops,
+    tail_summaries,
     tcp_snapshot,
-    verdict,
-    wait_quiet,
 )
-from ciliumlite.datapath import devices
 from ciliumlite.lab import Lab, Node, Pod, procs
 from ciliumlite.testing import VethPair
 
@@ -78,15 +79,13 @@ DEFAULT_REPEATS = 3          # timed rounds: 3 rounds × 4 arms × (3 + 3 + 3 s)
 # -- parameters ------------------------------------------------------------------------------------
 ARMS_ENV = "CILIUMLITE_BENCH_HR_ARMS"   # comma-separated subset of the arms (the floor always runs)
 NICE_ENV = "CILIUMLITE_BENCH_HR_NICE"   # niceness of clients and servers (default -10; 0 = as started)
-DEFAULT_NICE = -10           # on a shared 2-vCPU VM, other work otherwise preempts them mid-measurement
 SECONDS = 3.0                # per measurement (latency, CRR, iperf3)
 WARMUP_SECONDS = 1.0         # per measurement in warmup rounds
 QUICK_SECONDS = 1.0
 N_SERVICES = 10_000          # kube-proxy services in (c)
 ENDPOINTS_PER_SERVICE = 2
 
-QUIET_WAIT_ARM_S = 15.0      # ... and before each further arm's measurements
-BUSY_SAMPLE_S = 0.3          # background CPU sample before each arm
+QUIET_WAIT_ARM_S = 15.0      # wait at most this long for a quiet machine before each further arm's measurements
 
 ARMS = ("a-floor", "b-legacy", "c-legacy-kproxy", "d-bpf")
 FLOOR, LEGACY, KPROXY, BPF = ARMS
@@ -97,8 +96,11 @@ TITLES = {
     BPF: "(d) ciliumlite bpf host routing",
 }
 
+# What every arm is compared with the floor on (the ratio table).
+FLOOR_METRICS = (LAT_AVG, LAT_P50, CRR, CRR_P50, TPUT, TPUT_MED)
+
 # Goals: (numerator arm, denominator arm, metric, op, threshold, source)
-GOALS: list[tuple[str, str, str, str, float, str]] = [
+GOALS: list[Goal] = [
     (BPF, FLOOR, LAT_AVG, "<=", 1.03, "issue: (d) within 3 % of the floor on latency"),
     (BPF, FLOOR, TPUT, ">=", 0.97, "issue: (d) within 3 % of the floor on throughput"),
     (BPF, KPROXY, CRR, ">=", 2.5, "issue: (d) ≥ 2.5× the connection rate of (c)"),
@@ -106,6 +108,13 @@ GOALS: list[tuple[str, str, str, str, float, str]] = [
     (BPF, FLOOR, LAT_P50, "<=", 1.03, "robust variant: p50 instead of mean latency"),
     (BPF, FLOOR, TPUT_MED, ">=", 0.97, "robust variant: median 0.25-s interval instead of the mean"),
     (KPROXY, BPF, CRR_P50, ">=", 2.5, "robust variant: median connection time, c ÷ d"),
+]
+
+
+# Further paired ratios reported (besides every arm ÷ the floor).
+EXTRA_RATIOS: list[tuple[str, str, str]] = [
+    (BPF, KPROXY, CRR), (KPROXY, BPF, CRR_P50), (BPF, LEGACY, LAT_AVG), (BPF, LEGACY, LAT_P50),
+    (BPF, LEGACY, CRR), (LEGACY, BPF, CRR_P50), (KPROXY, LEGACY, CRR),
 ]
 
 
@@ -133,26 +142,13 @@ def _lab_arm(stack: contextlib.ExitStack, key: str, lab_name: str, host_routing:
 
 
 # -- the suite ---------------------------------------------------------------------------------------
-def _selected_arms() -> list[str]:
-    env = os.environ.get(ARMS_ENV, "")
-    if not env.strip():
-        return list(ARMS)
-    want = {a.strip() for a in env.split(",") if a.strip()}
-    unknown = want - set(ARMS)
-    if unknown:
-        raise ValueError(f"{ARMS_ENV}: unknown arm(s) {sorted(unknown)}; have {', '.join(ARMS)}")
-    return [a for a in ARMS if a == FLOOR or a in want]
-
-
 def _load_kube_proxy(ctx: Context, node: Node, ipt_version: str) -> Measurement:
     """kube-proxy's rules into (c)'s node namespace with one iptables-restore (it reads the file from the host fs)."""
     text = kube_proxy_rules(N_SERVICES, ENDPOINTS_PER_SERVICE)
     n_rules = count_rules(text)
-    with tempfile.NamedTemporaryFile("w", prefix="cl-bench-kp-", suffix=".rules") as rules:
-        rules.write(text)
-        rules.flush()
+    with rules_file(text, "cl-bench-kp-") as rules:
         t0 = time.perf_counter()
-        check_run(node.run("iptables-restore", rules.name, timeout=300), "iptables-restore")
+        check_run(node.run("iptables-restore", rules, timeout=300), "iptables-restore")
         load_s = time.perf_counter() - t0
     ctx.log(f"kube-proxy rules: {n_rules} rules for {N_SERVICES} services loaded in {load_s:.1f} s ({ipt_version})")
     return info(f"{KPROXY}: iptables-restore of {N_SERVICES} services", load_s, "s", group="setup",
@@ -164,175 +160,72 @@ def _counters(arms: dict[str, NetArm], before: dict[str, dict[str, dict[str, int
     """Drop counters and sanity checks over the whole run (perf.md §7.7)."""
     out: list[Measurement] = []
     for key, arm in arms.items():
-        after = tcp_snapshot(arm)
-        for label, (side, counter) in TCP_COUNTERS.items():
-            out.append(info(f"{key}: {label}", after[side].get(counter, 0) - before[key][side].get(counter, 0)))
-        for label, v in arm.counters.items():
-            note = f"last error: {arm.errors[-1]}" if label == "crr errors" and arm.errors else ""
-            out.append(info(f"{key}: {label}", v, note=note))
+        out += arm_counters(key, arm, before[key])
     kp = arms.get(KPROXY)
     if kp is not None and kp.node is not None and ct_before is not None:
-        ct = conntrack_stats(kp.node)
-        for k in ("drop", "early_drop", "insert_failed", "invalid"):
-            if k in ct:
-                out.append(info(f"{KPROXY}: conntrack {k}", ct[k] - ct_before.get(k, 0)))
-        out.append(info(f"{KPROXY}: conntrack entries at the end", ct["count"],
-                        note=f"nf_conntrack_max {ct['max']}"))
-        out.append(info(f"{KPROXY}: packets jumping PREROUTING -> KUBE-SERVICES", kube_services_packets(kp.node),
-                        note="≈ connections made in this arm: only first packets take the nat table"))
+        out += conntrack_counters(f"{KPROXY}:", kp.node, ct_before)
     bpf = arms.get(BPF)
-    dp = bpf.node.datapath if bpf is not None and bpf.node is not None else None
-    if dp is not None:
-        rows = dp.metrics()
-        out.append(info(f"{BPF}: datapath drops", sum(r.packets for r in rows if r.is_drop)))
-        out.append(info(f"{BPF}: datapath forwarded packets", sum(r.packets for r in rows if not r.is_drop)))
+    if bpf is not None and bpf.node is not None:
+        out += datapath_counters(f"{BPF}:", bpf.node)
     return out
 
 
 def run(ctx: Context) -> list[Measurement]:
     """Build the arms, run them interleaved, return per-arm medians, paired ratios and counters."""
-    for tool in ("sockperf", "iperf3", "iptables-restore", "iptables", "taskset", "ss", "ping"):
-        if shutil.which(tool) is None:
-            raise RuntimeError(f"host_routing needs {tool} (scripts/install-system-deps.sh)")
-    rounds = max(1, ctx.repeats)
-    selected = _selected_arms()
-    secs = QUICK_SECONDS if ctx.quick else SECONDS
-    client_cpu, server_cpu = client_server_cpus()
-    nice = int(os.environ.get(NICE_ENV, str(DEFAULT_NICE)))
-    ipt_version = subprocess.run(["iptables-restore", "--version"], capture_output=True, text=True,
-                                 timeout=10, check=False).stdout.strip()
-    ctx.params.update(arms=",".join(selected), rounds=rounds, warmup_rounds=ctx.warmup, seconds=secs,
-                      warmup_seconds=WARMUP_SECONDS, services=N_SERVICES, endpoints_per_service=ENDPOINTS_PER_SERVICE,
-                      client_cpu=client_cpu, server_cpu=server_cpu, nice=nice, iptables=ipt_version)
+    require_tools("host_routing", ("sockperf", "iperf3", "iptables-restore", "iptables", "taskset", "ss", "ping"))
+    plan = Plan.make(ctx, ARMS, arms_env=ARMS_ENV, nice_env=NICE_ENV, secs=SECONDS, quick_secs=QUICK_SECONDS,
+                     warmup_secs=WARMUP_SECONDS)
+    ipt_version = iptables_version()
+    ctx.params.update(plan.params(ctx), services=N_SERVICES, endpoints_per_service=ENDPOINTS_PER_SERVICE,
+                      iptables=ipt_version)
     setup: list[Measurement] = []
 
     with contextlib.ExitStack() as stack:  # unwinds on any error: servers, labs, namespaces, temp files
-        bench = Bench(stack.enter_context(crr_binary()), client_cpu, server_cpu, nice)
-        ctx.log(f"building arms: {', '.join(selected)}")
+        bench = plan.bench(stack)
+        ctx.log(f"building arms: {', '.join(plan.arms)}")
         arms = {FLOOR: _veth_arm(stack)}
         for key, lab_name, mode in ((LEGACY, "hr-legacy", "legacy"), (KPROXY, "hr-kproxy", "legacy"),
                                     (BPF, "hr-bpf", "bpf")):
-            if key in selected:
+            if key in plan.arms:
                 arms[key] = _lab_arm(stack, key, lab_name, mode)
         kp_node = arms[KPROXY].node if KPROXY in arms else None
         if kp_node is not None:
             setup.append(_load_kube_proxy(ctx, kp_node, ipt_version))
-
         for arm in arms.values():
-            # CRR hygiene (perf.md §7.1): the client closes first and keeps TIME_WAIT
-            devices.set_sysctl(arm.client_ns, "net.ipv4.tcp_tw_reuse", "1")
-            devices.set_sysctl(arm.client_ns, "net.ipv4.ip_local_port_range", "1024 65535")
-            bench.start_servers(arm)
-            stack.callback(bench.stop_servers, arm)
-            ping = arm.client_run("ping", "-n", "-q", "-c", "1", "-W", "2", arm.server_ip, timeout=10)
-            if ping.returncode != 0:
-                raise RuntimeError(f"{arm.key}: {arm.server_ip} does not answer ping: {ping.stdout}{ping.stderr}")
+            prepare_arm(stack, bench, arm)
 
-        busy_start = wait_quiet(ctx)
-        busy: list[float] = []
+        gate = QuietGate(ctx, QUIET_WAIT_ARM_S)
+        gate.begin()
         before = {k: tcp_snapshot(a) for k, a in arms.items()}
         softnet_before = softnet_drops()
         ct_before = conntrack_stats(kp_node) if kp_node is not None else None
-        order = list(arms)
-        t_start = time.perf_counter()
-        for rnd in range(ctx.warmup + rounds):
-            warm = rnd < ctx.warmup
-            for i, key in enumerate(order[rnd % len(order):] + order[:rnd % len(order)]):  # round-robin, rotated
-                arm = arms[key]
-                busy.append(busy_start if rnd == i == 0 else wait_quiet(ctx, QUIET_WAIT_ARM_S, BUSY_SAMPLE_S))
-                got = bench.measure(arm, WARMUP_SECONDS if warm else secs)
-                ctx.log(f"round {rnd + 1}/{ctx.warmup + rounds}{' (warmup)' if warm else ''} {key}: "
-                        f"latency {got[LAT_AVG]:.1f} us (p50 {got[LAT_P50]:.1f}), CRR {got[CRR]:,.0f}/s, "
-                        f"{got[TPUT]:.2f} Gbit/s")
-                if not warm:
-                    for m, v in got.items():
-                        arm.samples.setdefault(m, []).append(v)
-        ctx.log(f"measured in {time.perf_counter() - t_start:.0f} s")
+        run_rounds(ctx, plan, bench, arms, gate)
         setup += _counters(arms, before, ct_before)
         setup.append(info("host: softnet backlog drops (all arms, and anything else running)",
                           softnet_drops() - softnet_before,
                           note="/proc/net/softnet_stat; net.core.netdev_max_backlog = "
                                + Path("/proc/sys/net/core/netdev_max_backlog").read_text().strip()))
-        setup.append(info("background CPU busy before the run", busy_start * 100, "%", group="setup",
-                          note=f"waited for < {QUIET_BUSY:.0%} (at most {QUIET_WAIT_S:.0f} s)"))
-        setup.append(info("background CPU busy before each arm, max", max(busy) * 100, "%", group="setup",
+        setup.append(gate.start_info())
+        setup.append(info("background CPU busy before each arm, max", max(gate.in_order) * 100, "%", group="setup",
                           note="sampled with our servers idle (other work on the machine), in run order: "
-                               + ", ".join(f"{b * 100:.0f}" for b in busy)))
+                               + ", ".join(f"{b * 100:.0f}" for b in gate.in_order)))
 
-    return _measurements(arms) + setup
-
-
-def _measurements(arms: dict[str, NetArm]) -> list[Measurement]:
-    ms: list[Measurement] = []
-    for key, arm in arms.items():
-        for metric, (unit, kind) in METRICS.items():
-            note = LAT_NOTE if metric.startswith("latency") else ""
-            ms.append(Measurement.from_samples(mname(key, metric), arm.samples[metric], unit, group=key, note=note,
-                                               kind=kind))
-    floor = arms[FLOOR].samples
-    for key in (LEGACY, KPROXY, BPF):
-        if key in arms:
-            for metric in (LAT_AVG, LAT_P50, CRR, CRR_P50, TPUT, TPUT_MED):
-                ms.append(ratio(rname(key, FLOOR, metric), arms[key].samples[metric], floor[metric], group="ratios"))
-    for num, den, metric in ((BPF, KPROXY, CRR), (KPROXY, BPF, CRR_P50), (BPF, LEGACY, LAT_AVG),
-                             (BPF, LEGACY, LAT_P50), (BPF, LEGACY, CRR), (LEGACY, BPF, CRR_P50),
-                             (KPROXY, LEGACY, CRR)):
-        if num in arms and den in arms:
-            ms.append(ratio(rname(num, den, metric), arms[num].samples[metric], arms[den].samples[metric],
-                            group="ratios"))
-    return ms
+    return arm_measurements(arms, FLOOR, FLOOR_METRICS, EXTRA_RATIOS) + setup
 
 
 # -- tables ------------------------------------------------------------------------------------------
 def summarize(ms: list[Measurement]) -> list[Summary]:
     """Per-arm medians, ratios vs the floor, and the issue's goals."""
-    by = {m.name: m for m in ms}
-
-    def cell(name: str) -> str:
-        m = by.get(name)
-        return "" if m is None else f"{fmt_value(m.median, m.unit)} ({cv_text(m) or '-'})"
-
-    def rcell(name: str) -> str:
-        m = by.get(name)
-        return "" if m is None else f"{fmt_value(m.median, 'x')} {fmt_ci(m)}"
-
-    arms_rows = [[TITLES[a], cell(mname(a, LAT_AVG)), cell(mname(a, LAT_P50)), cell(mname(a, LAT_P99)),
-                  cell(mname(a, CRR)), cell(mname(a, CRR_P50)), cell(mname(a, TPUT)), cell(mname(a, TPUT_MED))]
-                 for a in ARMS if mname(a, LAT_AVG) in by]
-    ratio_rows = [[TITLES[a], *(rcell(rname(a, FLOOR, m)) for m in (LAT_AVG, LAT_P50, CRR, CRR_P50, TPUT, TPUT_MED))]
-                  for a in (LEGACY, KPROXY, BPF) if rname(a, FLOOR, LAT_AVG) in by]
-    goal_rows = []
-    for num, den, metric, op, thr, src in GOALS:
-        m = by.get(rname(num, den, metric))
-        if m is not None:
-            goal_rows.append([f"{num} ÷ {den}: {metric}", f"{fmt_value(m.median, 'x')} {fmt_ci(m)}", f"{op} {thr:g}",
-                              verdict(m, op, thr), src])
-    out = [
-        Summary("per arm (median of rounds, CV in brackets; '!' = CV > 5 %)",
-                ["arm", "latency avg µs", "latency p50 µs", "latency p99 µs", "CRR conn/s", "CRR conn p50 µs",
-                 "iperf3 Gbit/s", "iperf3 median interval"], arms_rows,
-                note="latency: sockperf ping-pong, half round trip; CRR: connect + 1 B request + 1 B response + "
-                     "close, one client; iperf3: one stream, mean and median of 0.25-s intervals. Client and "
-                     "servers pinned to different CPUs."),
-        Summary("ratios vs the floor (a), paired per round, with bootstrap 95 % CI",
-                ["arm", "latency avg ÷ a", "latency p50 ÷ a", "CRR rate ÷ a", "CRR conn p50 ÷ a", "throughput ÷ a",
-                 "throughput median interval ÷ a"], ratio_rows,
-                note="latency and connection-time ratios > 1 are slower; rate and throughput ratios < 1 are slower."),
-        Summary("goals (the issue)", ["ratio", "median [95% CI]", "goal", "verdict", "source"], goal_rows,
-                note="verdict on the median of the paired ratios; 'CI' says whether the whole bootstrap interval "
-                     "is on the right side (with 3 rounds the interval spans about min to max)."),
-    ]
+    c = Cells(ms)
     goal_names = {rname(n, d, m) for n, d, m, *_ in GOALS}
     extra = [m for m in ms if m.group == "ratios" and m.name not in goal_names
              and not any(m.name == rname(a, FLOOR, x) for a in ARMS for x in METRICS)]
-    if extra:
-        out.append(Summary("other ratios", ["ratio", "median [95% CI]"],
-                           [[m.name, f"{fmt_value(m.median, 'x')} {fmt_ci(m)}"] for m in extra]))
-    counters = [m for m in ms if m.group in ("counters", "setup")]
-    if counters:
-        out.append(Summary("counters over the timed and warmup rounds, and setup",
-                           ["counter", "value", "note"],
-                           [[m.name, fmt_value(m.median, m.unit) if m.unit != "count" else f"{m.median:,.0f}", m.note]
-                            for m in counters]))
-    return out
-
+    return [
+        arm_summary(c, TITLES, (LAT_AVG, LAT_P50, LAT_P99, CRR, CRR_P50, TPUT, TPUT_MED),
+                    note=", mean and median of 0.25-s intervals. Client and servers pinned to different CPUs."),
+        floor_summary(c, TITLES, FLOOR, "a", FLOOR_METRICS),
+        goal_summary(c, GOALS, "goals (the issue)",
+                     note="verdict on the median of the paired ratios; 'CI' says whether the whole bootstrap "
+                          "interval is on the right side (with 3 rounds the interval spans about min to max)."),
+        *tail_summaries(ms, extra),
+    ]

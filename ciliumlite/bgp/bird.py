@@ -1,14 +1,5 @@
-"""BGP through bird2: render a node's (or the leaf's) bird config, run bird in a namespace, read its state.
-
-In native routing every node announces its pod CIDR over eBGP to a leaf router, and installs the pod
-CIDRs it learns from the leaf in its kernel (``proto bird``). ciliumlite drives BIRD 2 for that:
-
->>> cfg = BgpConfig(router_id="10.0.0.11", asn=65011, peers=(BgpPeer("leaf", "10.0.0.254", 65001),),
-...                 announce=("10.244.1.0/24",))
->>> with Bird("lab-worker1", cfg, "/tmp/lab/worker1") as bird:   # doctest: +SKIP
-...     bird.wait_established(timeout=5)
-...     bird.routes(protocol="leaf")
-['10.244.2.0/24']
+"""The bird2 daemon: ``Bird`` starts bird in a network namespace, reloads it, reads its state
+through birdc and stops exactly the process it started.
 
 ``Bird`` starts ``bird -f -c CONF -s SOCK -P PIDFILE`` inside the namespace as a child of this
 process (or, with ``daemonize=True``, lets bird fork into the background as the seed's
@@ -20,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import ipaddress
 import os
 import re
 import shutil
@@ -28,286 +18,23 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from types import TracebackType
 
-from ciliumlite.bpf.errors import CiliumliteError, NotSupportedError, ValidationError
+from ciliumlite.bgp.config import _SYMBOL, BgpConfig, _quoted, render_bird_config
+from ciliumlite.bgp.errors import BgpError
+from ciliumlite.bgp.status import BgpSession, parse_protocols, parse_routes
+from ciliumlite.bpf.errors import NotSupportedError, ValidationError
 from ciliumlite.bpf.netns import netns_path, preexec
 
-__all__ = [
-    "ASN_MAX", "BgpConfig", "BgpError", "BgpPeer", "BgpSession", "Bird", "leaf_config", "parse_protocols",
-    "parse_routes", "render_bird_config",
-]
+__all__ = ["Bird"]
 
-#: The largest 4-byte AS number.
-ASN_MAX = 4294967295
-
-#: Names of the protocols every rendered config defines; a peer cannot use them.
-INTERNAL_PROTOCOLS = frozenset({"device1", "direct1", "kernel1", "static1"})
-
-_SYMBOL = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 _SUN_PATH_MAX = 107  # sizeof(sockaddr_un.sun_path) - 1
+# Debian installs bird in /usr/sbin, which a non-root PATH (sudo -E, a venv shell) often lacks.
 _SBIN_DIRS = ("/usr/sbin", "/usr/local/sbin", "/sbin")
 _INSTALL_HINT = "apt-get install bird2"
 #: Replies of ``birdc configure`` that mean the new config was accepted.
 _RECONFIG_OK = ("Reconfigured", "Reconfiguration in progress", "queueing new config")
-
-
-class BgpError(CiliumliteError):
-    """bird or birdc failed. ``output`` holds what bird itself said (stderr, reply or log lines)."""
-
-    def __init__(self, message: str, *, output: str = "") -> None:
-        self.output = output.rstrip()
-        text = message
-        if self.output:
-            text += "\n--- bird says ---\n" + self.output
-        super().__init__(text)
-
-
-# --------------------------------------------------------------------------------------------- config
-
-
-def _ipv4(value: object, what: str) -> str:
-    if not isinstance(value, str):
-        raise ValidationError(f"{what}: expected an IPv4 address as a string, not {value!r}")
-    try:
-        return str(ipaddress.IPv4Address(value))
-    except ValueError:
-        raise ValidationError(f"{what}: {value!r} is not an IPv4 address") from None
-
-
-def _unicast(value: object, what: str) -> str:
-    addr = _ipv4(value, what)
-    ip = ipaddress.IPv4Address(addr)
-    if ip.is_unspecified or ip.is_multicast or addr == "255.255.255.255":
-        raise ValidationError(f"{what}: {addr} is not a unicast address")
-    return addr
-
-
-def _asn(value: object, what: str) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= ASN_MAX:
-        raise ValidationError(f"{what}: AS number must be an integer in 1..{ASN_MAX}, not {value!r}")
-    return value
-
-
-def _cidr(value: object) -> str:
-    if not isinstance(value, str):
-        raise ValidationError(f"announce: expected an IPv4 CIDR string, not {value!r}")
-    try:
-        return str(ipaddress.IPv4Network(value, strict=True))
-    except ValueError as exc:
-        raise ValidationError(f"announce: {value!r} is not an IPv4 network ({exc})") from None
-
-
-def _seconds(value: object, what: str, low: int, high: int = 65535) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-        raise ValidationError(f"{what} must be an integer number of seconds in {low}..{high}, not {value!r}")
-    return value
-
-
-@dataclass(frozen=True)
-class BgpPeer:
-    """One BGP neighbour: ``name`` becomes the bird protocol name (a bird symbol, e.g. ``leaf``)."""
-
-    name: str
-    address: str
-    asn: int
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not _SYMBOL.fullmatch(self.name):
-            raise ValidationError(f"BGP peer name {self.name!r}: use a letter or '_' then letters, digits, '_' "
-                                  "(at most 64; it becomes a bird protocol name)")
-        if self.name in INTERNAL_PROTOCOLS:
-            raise ValidationError(f"BGP peer name {self.name!r} is taken by the rendered config "
-                                  f"({', '.join(sorted(INTERNAL_PROTOCOLS))})")
-        object.__setattr__(self, "address", _unicast(self.address, f"BGP peer {self.name} address"))
-        _asn(self.asn, f"BGP peer {self.name}")
-
-
-@dataclass(frozen=True)
-class BgpConfig:
-    """What one BGP speaker (a node or the leaf) does.
-
-    ``announce`` are the CIDRs this router originates (a node's pod CIDR). ``import_routes`` installs
-    the routes learned over BGP in the kernel. Timers are in seconds; the defaults converge in about
-    a second and notice a silent peer within ``hold_time`` (bird's own defaults: 240/80/5/120).
-    ``route_reflect_like`` makes the router re-advertise everything it learned to every peer (the
-    leaf); otherwise only ``announce`` is exported. ``local_address`` pins the session's source
-    address (``local <ip> as <asn>``); by default bird picks it from the route to the peer.
-    """
-
-    router_id: str
-    asn: int
-    peers: tuple[BgpPeer, ...]
-    announce: tuple[str, ...] = ()
-    import_routes: bool = True
-    hold_time: int = 9
-    keepalive: int = 3
-    connect_delay: int = 1
-    connect_retry: int = 2
-    route_reflect_like: bool = False
-    local_address: str | None = None
-
-    def __post_init__(self) -> None:
-        router_id = _ipv4(self.router_id, "router_id")
-        if router_id == "0.0.0.0":
-            raise ValidationError("router_id must not be 0.0.0.0")
-        object.__setattr__(self, "router_id", router_id)
-        _asn(self.asn, "asn")
-        raw_peers: object = self.peers
-        if isinstance(raw_peers, (str, bytes)) or not isinstance(raw_peers, Iterable):
-            raise ValidationError(f"peers: expected a sequence of BgpPeer, not {raw_peers!r}")
-        peers = tuple(raw_peers)
-        for p in peers:
-            if not isinstance(p, BgpPeer):
-                raise ValidationError(f"peers: expected BgpPeer, not {p!r}")
-        for attr in ("name", "address"):
-            values = [getattr(p, attr) for p in peers]
-            dup = sorted({v for v in values if values.count(v) > 1})
-            if dup:
-                raise ValidationError(f"peers: duplicate {attr} {', '.join(dup)}")
-        object.__setattr__(self, "peers", peers)
-        raw_announce: object = self.announce
-        if isinstance(raw_announce, (str, bytes)) or not isinstance(raw_announce, Iterable):
-            raise ValidationError(f"announce: expected a sequence of CIDRs, not {raw_announce!r}")
-        object.__setattr__(self, "announce", tuple(dict.fromkeys(_cidr(c) for c in raw_announce)))
-        hold = _seconds(self.hold_time, "hold_time", 3)
-        keep = _seconds(self.keepalive, "keepalive", 1)
-        if keep > hold:
-            raise ValidationError(f"keepalive ({keep}) must be at most hold_time ({hold})")
-        _seconds(self.connect_delay, "connect_delay", 0)
-        _seconds(self.connect_retry, "connect_retry", 1)
-        if self.local_address is not None:
-            object.__setattr__(self, "local_address", _unicast(self.local_address, "local_address"))
-
-
-def leaf_config(router_id: str, asn: int, peers: Iterable[BgpPeer], *, hold_time: int = 9,
-                keepalive: int = 3, connect_delay: int = 1, connect_retry: int = 2) -> BgpConfig:
-    """The leaf router's config: one eBGP session per node, every learned route re-advertised to every
-    node (and installed in the leaf's kernel so it can forward), nothing originated."""
-    return BgpConfig(router_id=router_id, asn=asn, peers=tuple(peers), announce=(), import_routes=True,
-                     hold_time=hold_time, keepalive=keepalive, connect_delay=connect_delay,
-                     connect_retry=connect_retry, route_reflect_like=True)
-
-
-def _quoted(path: str, what: str) -> str:
-    if any(c in path for c in '"\\\n\r'):
-        raise ValidationError(f"{what} {path!r}: bird strings cannot hold quotes, backslashes or newlines")
-    return f'"{path}"'
-
-
-def render_bird_config(cfg: BgpConfig, *, log_path: str | None) -> str:
-    """The bird2 config text for ``cfg`` (logging everything to ``log_path``; None: no log file).
-
-    Shape (as in the seed's native-routing notes, with the kernel export restricted to BGP routes):
-    ``router id``; ``protocol device``; ``protocol direct`` (disabled); ``protocol kernel`` exporting
-    only ``RTS_BGP`` routes; ``protocol static`` with ``route <cidr> blackhole;`` per announced CIDR
-    (how bird originates a prefix; never exported to the kernel, where the node has the more
-    specific per-pod routes); one ``protocol bgp`` per peer.
-    """
-    if not isinstance(cfg, BgpConfig):
-        raise ValidationError(f"expected a BgpConfig, not {cfg!r}")
-    role = "leaf: re-advertises every learned route" if cfg.route_reflect_like else "announces its own CIDRs"
-    out = [
-        f"# Rendered by ciliumlite.bgp for router {cfg.router_id} (AS {cfg.asn}; {role}). Do not edit:",
-        "# Bird.reload() rewrites this file and runs `birdc configure`.",
-        f"router id {cfg.router_id};",
-    ]
-    if log_path is not None:
-        out.append(f"log {_quoted(log_path, 'log path')} all;")
-    out += [
-        "# Dates in `show protocols` / `show route` so that they parse the same on every day.",
-        "timeformat protocol iso long ms;",
-        "timeformat route iso long ms;",
-        "",
-        "# Interface state, needed to resolve the next hop of directly connected peers.",
-        "protocol device device1 { scan time 5; }",
-        "",
-        "# Connected routes are not announced (as in the seed).",
-        "protocol direct direct1 { disabled; ipv4; }",
-        "",
-    ]
-    kernel_export = "where source = RTS_BGP" if cfg.import_routes else "none"
-    out += [
-        "# Only routes learned over BGP go to the kernel (proto bird); the static blackholes never do.",
-        "# persist off: bird removes its kernel routes when it stops.",
-        "protocol kernel kernel1 {",
-        "  learn off;",
-        "  persist off;",
-        "  merge paths on;",
-        f"  ipv4 {{ import none; export {kernel_export}; }};",
-        "}",
-        "",
-    ]
-    if cfg.announce:
-        out += ["# What this router originates: one blackhole per CIDR (more specific kernel routes win).",
-                "protocol static static1 {", "  ipv4;"]
-        out += [f"  route {cidr} blackhole;" for cidr in cfg.announce]
-        out += ["}", ""]
-    export = "all" if cfg.route_reflect_like else "where source = RTS_STATIC"
-    local = f"local {cfg.local_address} as {cfg.asn};" if cfg.local_address else f"local as {cfg.asn};"
-    for peer in cfg.peers:
-        out += [
-            f"protocol bgp {peer.name} {{",
-            f"  {local}",
-            f"  neighbor {peer.address} as {peer.asn};",
-            f"  hold time {cfg.hold_time}; keepalive time {cfg.keepalive};",
-            f"  connect delay time {cfg.connect_delay}; connect retry time {cfg.connect_retry};",
-            "  error wait time 1, 5;",
-            f"  ipv4 {{ import all; export {export}; }};",
-            "}",
-            "",
-        ]
-    return "\n".join(out)
-
-
-# --------------------------------------------------------------------------------------------- parsing
-
-
-@dataclass(frozen=True)
-class BgpSession:
-    """One row of ``birdc show protocols`` (every protocol, not only BGP)."""
-
-    name: str
-    proto: str
-    table: str
-    state: str
-    since: str
-    info: str = ""
-
-    @property
-    def is_bgp(self) -> bool:
-        """A BGP session (not device, kernel, static...)."""
-        return self.proto == "BGP"
-
-    @property
-    def established(self) -> bool:
-        """The BGP session is up."""
-        return self.is_bgp and self.info.startswith("Established")
-
-
-_PROTO_ROW = re.compile(r"^(\S+)\s+(\S+)\s+(\S+)\s+(\S+)\s+(\d{4}-\d{2}-\d{2} \d{1,2}:\d{2}:\d{2}(?:\.\d+)?|\S+)"
-                        r"(?:\s+(.*?))?\s*$")
-_ROUTE_ROW = re.compile(r"^(\d{1,3}(?:\.\d{1,3}){3}/\d{1,2})\s")
-
-
-def parse_protocols(text: str) -> list[BgpSession]:
-    """The rows of ``birdc show protocols`` output (the banner and header are skipped)."""
-    rows = []
-    for line in text.splitlines():
-        if not line.strip() or line.startswith(("BIRD ", "Name ")) or line[0].isspace():
-            continue
-        m = _PROTO_ROW.match(line)
-        if m:
-            rows.append(BgpSession(m[1], m[2], m[3], m[4], m[5], m[6] or ""))
-    return rows
-
-
-def parse_routes(text: str) -> list[str]:
-    """The distinct IPv4 prefixes of ``birdc show route`` output, sorted."""
-    found = {m[1] for m in map(_ROUTE_ROW.match, text.splitlines()) if m}
-    return sorted(found, key=ipaddress.IPv4Network)
 
 
 def _explain(output: str, config_text: str) -> str:
@@ -322,7 +49,6 @@ def _explain(output: str, config_text: str) -> str:
     return out
 
 
-# --------------------------------------------------------------------------------------------- the daemon
 
 
 def _find(name: str) -> str:
@@ -416,6 +142,10 @@ class Bird:
     plain ``bird -c -s -P`` instead: bird forks, is reparented to PID 1, and ``stop()`` waits until
     PID 1 has reaped it (about 1.5 s on the lab VM). Either way the pid comes from bird's pidfile and
     only that pid is ever signalled, after checking that its command line names our control socket.
+
+    Nothing runs until ``start()`` (or ``with``). Raises ``ValidationError`` if ``cfg`` is not a
+    ``BgpConfig``, ``netns`` is empty, the control socket path in ``workdir`` would not fit in
+    ``sun_path``, or a path holds a character bird strings cannot (quote, backslash, newline).
     """
 
     def __init__(self, netns: str, cfg: BgpConfig, workdir: str, *, log_path: str | None = None,
@@ -549,7 +279,9 @@ class Bird:
         """Write the config and start bird in the namespace; return once it answers on its socket.
 
         Raises ``BgpError`` with bird's own message (a config error, an unwritable log...) if it does
-        not come up within ``start_timeout`` seconds, ``NotSupportedError`` if bird2 is missing.
+        not come up within ``start_timeout`` seconds, and also if it runs already, another bird runs
+        with this ``workdir`` or the workdir cannot be made; ``NotSupportedError`` if bird2 is
+        missing; ``ValidationError`` if the namespace does not exist.
         """
         bird, _ = _binaries()
         if self.running:
@@ -658,7 +390,9 @@ class Bird:
 
     def stop(self, *, keep_files: bool = False) -> None:
         """End our bird (only the pid from our pidfile, checked against its command line), wait until
-        it is gone and remove the files in ``workdir``. Safe to call twice."""
+        it is gone and remove the files in ``workdir``. Safe to call twice.
+
+        Raises ``BgpError`` only if bird is still there after SIGKILL (the files are removed all the same, unless ``keep_files``)."""
         pid = self._pid if self._pid is not None else self._pid_from_file()
         try:
             if self._proc is not None or (pid is not None and self._is_ours(pid)):
@@ -680,7 +414,8 @@ class Bird:
     # -- control
 
     def birdc(self, *args: str, timeout: float = 5.0) -> str:
-        """Run ``birdc -s SOCK ARGS...`` and return its output; ``BgpError`` if birdc reports an error.
+        """Run ``birdc -s SOCK ARGS...`` and return its output; ``BgpError`` if birdc cannot run, times
+        out or reports an error, ``NotSupportedError`` if bird2 is missing.
 
         The control socket is a path on the filesystem, so birdc needs no namespace switch."""
         _, birdc = _binaries()
@@ -696,7 +431,10 @@ class Bird:
 
     def reload(self, cfg: BgpConfig) -> None:
         """Rewrite the config and ``birdc configure``. On a rejection the previous config file is put
-        back (bird keeps running it) and ``BgpError`` carries bird's message."""
+        back (bird keeps running it) and ``BgpError`` carries bird's message.
+
+        Also raises ``BgpError`` if bird is not running or its config file cannot be read or written,
+        ``ValidationError`` if ``cfg`` is not a ``BgpConfig``."""
         if not isinstance(cfg, BgpConfig):
             raise ValidationError(f"expected a BgpConfig, not {cfg!r}")
         if not self.running:
@@ -719,11 +457,15 @@ class Bird:
         self.cfg = cfg
 
     def status(self) -> list[BgpSession]:
-        """Every protocol of ``birdc show protocols`` (use ``.is_bgp`` / ``.established``)."""
+        """Every protocol of ``birdc show protocols`` (use ``.is_bgp`` / ``.established``).
+
+        Raises ``BgpError`` if birdc fails (see ``Bird.birdc``)."""
         return parse_protocols(self.birdc("show", "protocols"))
 
     def routes(self, *, protocol: str | None = None) -> list[str]:
-        """The prefixes in bird's table (``show route``), or only those from ``protocol`` (a peer name)."""
+        """The prefixes in bird's table (``show route``), or only those from ``protocol`` (a peer name).
+
+        Raises ``ValidationError`` if ``protocol`` is not a bird symbol, ``BgpError`` if birdc fails."""
         args = ["show", "route"]
         if protocol is not None:
             if not _SYMBOL.fullmatch(protocol):
@@ -732,8 +474,10 @@ class Bird:
         return parse_routes(self.birdc(*args))
 
     def wait_established(self, timeout: float = 10.0, interval: float = 0.1) -> list[BgpSession]:
-        """Poll until every BGP session is Established and return them; ``BgpError`` with the last
-        ``show protocols`` table (and log tail) otherwise."""
+        """Poll until every BGP session is Established and return them.
+
+        Raises ``BgpError`` with the last ``show protocols`` table if they are not Established within
+        ``timeout`` seconds, or with bird's log tail if bird is not running (or stops meanwhile)."""
         deadline = time.monotonic() + timeout
         last = ""
         while True:
