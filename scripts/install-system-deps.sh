@@ -13,6 +13,8 @@ PACKAGES=(
   cmake make                                            # the build
   iproute2 ethtool tcpdump iptables nftables            # the lab: namespaces, veths, qdiscs
   iperf3 sockperf bird2 iputils-ping procps                                # traffic, latency, BGP
+  etcd-server etcd-client                               # the kvstore (tests start their own, on loopback)
+  podman runc containernetworking-plugins busybox-static  # a real container runtime calling the CNI plugin
 )
 
 CHECK_ONLY=0
