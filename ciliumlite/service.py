@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from ciliumlite.bpf.errors import ValidationError
 from ciliumlite.datapath.config import NODEPORT_MAX, NODEPORT_MIN
@@ -125,3 +127,30 @@ class Service:
             raise ValidationError(f"service {self.name}: affinity_timeout must be 1..86400 seconds")
         if self.maglev and self.type != "NodePort":
             raise ValidationError(f"service {self.name}: maglev applies to NodePort services only")
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (the kvstore value and the agent API's body); :meth:`from_dict` reads it."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Service:
+        """The service a :meth:`to_dict` dict describes, validated as any Service.
+
+        Raises :class:`ValidationError` naming the field that is missing or wrong; unknown fields
+        are refused, so a newer writer's field is never silently dropped.
+        """
+        if not isinstance(data, Mapping):
+            raise ValidationError(f"a service must be a JSON object, not {type(data).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValidationError(f"service {data.get('name')!r}: unknown field(s) {', '.join(unknown)}")
+        try:
+            fe = data["frontend"]
+            fields = {k: v for k, v in data.items() if k not in ("frontend", "backends")}
+            return cls(frontend=Frontend(**fe), backends=tuple(Backend(**b) for b in data.get("backends", ())),
+                       **fields)
+        except KeyError as exc:
+            raise ValidationError(f"service {data.get('name')!r}: missing field {exc.args[0]}") from None
+        except TypeError as exc:
+            raise ValidationError(f"service {data.get('name')!r}: {exc}") from None

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import ipaddress
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 from ciliumlite.bpf.errors import ValidationError
+from ciliumlite.endpoint import MAX_IDENTITY, MIN_IDENTITY
 
 Event = Literal["upsert", "delete", "service-upsert", "service-delete"]
 #: Called with ("upsert" | "delete", NodeInfo) or ("service-upsert" | "service-delete", Service).
@@ -59,6 +60,16 @@ class ClusterStore(Protocol):
     def watch(self, callback: Watcher) -> Callable[[], None]:
         """Call ``callback`` for every change from now on; returns a function that stops watching."""
 
+    def allocate_identity(self, labels: Mapping[str, str]) -> int:
+        """The cluster-wide security identity of a label set: the same labels get the same number
+        on every node, and two label sets never share one. Raises :class:`ValidationError` when
+        the identity space is exhausted."""
+
+
+def identity_key(labels: Mapping[str, str]) -> str:
+    """A label set as one canonical string (sorted ``k=v`` joined by ``;``), Cilium's label-array key."""
+    return ";".join(f"{k}={v}" for k, v in sorted(labels.items()))
+
 
 class InMemoryStore:
     """The embedded store: a dict and synchronous callbacks, safe across threads."""
@@ -67,6 +78,7 @@ class InMemoryStore:
         self._nodes: dict[str, NodeInfo] = {}
         self._services: dict[str, Any] = {}
         self._watchers: list[Watcher] = []
+        self._identities: dict[str, int] = {}
         self._lock = threading.RLock()
 
     def put_node(self, node: NodeInfo) -> None:
@@ -129,3 +141,16 @@ class InMemoryStore:
                     self._watchers.remove(callback)
 
         return stop
+
+    def allocate_identity(self, labels: Mapping[str, str]) -> int:
+        """The identity of ``labels``: allocated on first use from MIN_IDENTITY up, then stable."""
+        key = identity_key(labels)
+        with self._lock:
+            ident = self._identities.get(key)
+            if ident is None:
+                ident = MIN_IDENTITY + len(self._identities)
+                if ident > MAX_IDENTITY:
+                    raise ValidationError(f"no security identity left for {key!r} (all of "
+                                          f"{MIN_IDENTITY}..{MAX_IDENTITY} are taken)")
+                self._identities[key] = ident
+            return ident

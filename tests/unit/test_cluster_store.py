@@ -303,3 +303,11 @@ def test_service_refused_by_one_node_is_written_nowhere() -> None:
     assert m.services == picky.services == {} and c.services() == []
     c.upsert_service(Svc("dns"))
     assert [s.name for s in c.services()] == ["dns"]
+
+
+def test_identities_are_stable_and_distinct() -> None:
+    store = InMemoryStore()
+    web = store.allocate_identity({"app": "web", "tier": "front"})
+    assert web == store.allocate_identity({"tier": "front", "app": "web"}), "label order does not matter"
+    db = store.allocate_identity({"app": "db"})
+    assert db != web and min(web, db) >= 256

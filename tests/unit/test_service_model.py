@@ -155,3 +155,25 @@ def test_services_are_immutable_values() -> None:
     with pytest.raises(AttributeError):
         svc.node_port = 30080  # type: ignore[misc]
     assert svc == Service("web", FE, (BE,))
+
+
+def test_service_round_trips_through_json() -> None:
+    import json
+
+    svc = Service("web", Frontend("10.96.0.1", 80, "UDP"), [Backend("10.244.1.2", 8080)], type="NodePort",
+                  node_port=30001, external_traffic_policy="Local", session_affinity=True, affinity_timeout=60,
+                  maglev=True, labels={"app": "web"})
+    again = Service.from_dict(json.loads(json.dumps(svc.to_dict())))
+    assert again == svc and again.labels == {"app": "web"}
+
+
+@pytest.mark.parametrize(("data", "match"), [
+    ({"name": "x"}, "missing field frontend"),
+    ({"name": "x", "frontend": {"ip": "10.96.0.1", "port": 80}, "bogus": 1}, "unknown field"),
+    ({"name": "x", "frontend": {"ip": "10.96.0.1", "port": 80, "colour": "red"}}, "colour"),
+    ({"name": "x", "frontend": {"ip": "10.96.0.1", "port": 0}}, "outside 1..65535"),
+    ([1, 2], "JSON object"),
+])
+def test_service_from_bad_dicts(data: Any, match: str) -> None:
+    with pytest.raises(ValidationError, match=match):
+        Service.from_dict(data)
