@@ -1,4 +1,5 @@
-"""pytest plugin: namespaces, veth pairs, cgroups and pin directories that clean up, plus a leak check."""
+"""pytest plugin: namespaces, veth pairs, cgroups, pin directories and datapath objects that clean
+up, plus a leak check."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import pytest
 
 from ciliumlite.bpf import features, fs
 from ciliumlite.bpf import netns as nsmod
+from ciliumlite.testing.datapath import DatapathFactory
 from ciliumlite.testing.resources import Snapshot, VethPair, leaks_after, unique_name
 
 STRICT = os.environ.get("CILIUMLITE_TEST_STRICT") == "1"
@@ -99,3 +101,24 @@ def bpffs_dir() -> Iterator[str]:
         yield path
     finally:
         fs.remove_pin_dir(path)
+
+
+@pytest.fixture
+def datapath_objects(netns: str, bpffs_dir: str) -> Iterator[DatapathFactory]:
+    """Loads a node's datapath objects for ``BPF_PROG_TEST_RUN`` (:mod:`ciliumlite.testing.datapath`).
+
+    Scope: function. Built on ``netns`` (programs run there; make the node's devices with
+    :meth:`~DatapathFactory.veth` / :meth:`~DatapathFactory.ip` before loading, since their
+    ifindexes are ``.rodata``) and ``bpffs_dir`` (every object pins its maps there, so objects
+    loaded in one test share them). Yields a :class:`~ciliumlite.testing.datapath.DatapathFactory`:
+    ``datapath_objects(DatapathConfig(...), ("lxc", "host"), native_ifindex=...)`` returns a loaded
+    :class:`~ciliumlite.testing.datapath.DatapathObjects`. Each call raises what loading raises
+    (``ValidationError``, ``LayoutError``, ``NotSupportedError``, ``VerifierError``, ``BpfError``).
+    Teardown closes every object, map and ring it made, newest first, also when the test failed;
+    then ``bpffs_dir`` and ``netns`` remove the pins and the namespace. Needs root.
+    """
+    factory = DatapathFactory(netns, bpffs_dir)
+    try:
+        yield factory
+    finally:
+        factory.close()

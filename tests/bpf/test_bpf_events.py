@@ -17,26 +17,11 @@ import os
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from ipaddress import IPv4Address
 
 import pytest
-from packets import (
-    ARPOP_REQUEST,
-    ETH_P_IP,
-    ETH_P_IPV6,
-    IPPROTO_UDP,
-    arp_frame,
-    eth,
-    icmp_echo,
-    ipv4,
-    udp,
-)
 
-from ciliumlite.bpf import BpfObject, Map, MapType, SkbContext
-from ciliumlite.bpf.netns import entered
-from ciliumlite.bpf.ringbuf import RingBuffer
-from ciliumlite.datapath import loader
+from ciliumlite.bpf import Map, MapType, TcAction
 from ciliumlite.datapath.config import DatapathConfig
 from ciliumlite.datapath.events import (
     CAP_LEN,
@@ -52,110 +37,55 @@ from ciliumlite.datapath.events import (
     watch,
 )
 from ciliumlite.datapath.reasons import Direction, Reason
-from ciliumlite.datapath.records import EndpointInfo, EndpointKey, MetricsKey, MetricsValue
+from ciliumlite.datapath.records import MetricsKey
+from ciliumlite.testing.datapath import (
+    DatapathFactory,
+    DatapathObjects,
+    EndpointRow,
+    ObjectName,
+    source_file_id,
+)
+from ciliumlite.testing.packets import (
+    ARPOP_REQUEST,
+    ETH_P_IP,
+    ETH_P_IPV6,
+    IPPROTO_UDP,
+    arp_frame,
+    eth,
+    icmp_echo,
+    ipv4,
+    udp,
+)
 
 pytestmark = pytest.mark.bpf
 
-TC_ACT_OK, TC_ACT_SHOT, TC_ACT_REDIRECT = 0, 2, 7
-FILE_BPF_LXC, FILE_BPF_OVERLAY, FILE_L3_H, FILE_TRACE_H = 1, 2, 104, 112
 # 8-byte ring header per record; the kernel keeps the producer strictly less than a ring ahead: 2047.
 RING_RECORDS = 256 * 1024 // (EVENT_SIZE + 8) - 1
 
-
-@dataclass(frozen=True)
-class Ep:
-    ip: str
-    ifindex: int
-    mac: str
-    node_mac: str
-
-    def info(self, lxc_id: int) -> EndpointInfo:
-        return EndpointInfo(ifindex=self.ifindex, lxc_id=lxc_id, flags=0, mac=self.mac, node_mac=self.node_mac,
-                            sec_id=1000 + lxc_id)
-
-
-SRC = Ep("10.244.5.2", 1, "0a:12:34:56:78:02", "0e:ab:cd:ef:01:02")    # behind lo (ctx ifindex 1)
-DST = Ep("10.244.5.3", 42, "0a:12:34:56:78:03", "0e:ab:cd:ef:01:03")   # another pod (ifindex 42)
+SRC = EndpointRow("10.244.5.2", 1, "0a:12:34:56:78:02", "0e:ab:cd:ef:01:02", 1001)    # behind lo (ifindex 1)
+DST = EndpointRow("10.244.5.3", 42, "0a:12:34:56:78:03", "0e:ab:cd:ef:01:03", 1002)   # another pod (ifindex 42)
 SPOOFED = "10.244.5.99"
 
 
-class Node:
-    """Datapath objects of one node in a private pin dir, sharing cilium_events, with SRC and DST."""
-
-    def __init__(self, netns: str, pin_dir: str, **cfg: object) -> None:
-        self.netns = netns
-        self.pin_dir = pin_dir
-        rodata = DatapathConfig(**cfg).rodata()  # type: ignore[arg-type]
-        self.lxc = loader.load("bpf_lxc", pin_dir, {"enable_arp_responder": 1}, node_config=rodata)
-        self.objects: list[BpfObject] = [self.lxc]
-        self.rodata = rodata
-        self.prog = self.lxc.program("cil_from_container")
-        endpoints = self.lxc.map("cilium_lxc", EndpointKey, EndpointInfo)
-        for i, ep in enumerate((SRC, DST), start=1):
-            endpoints.set(EndpointKey(ip4=IPv4Address(ep.ip)), ep.info(i))
-        self.metrics = self.lxc.map("cilium_metrics", MetricsKey, MetricsValue)
-        self.ring_map = self.lxc.map(EVENTS_MAP)
-        self.ring = RingBuffer(self.ring_map)
-
-    def load(self, name: str) -> BpfObject:
-        obj = loader.load(name, self.pin_dir, node_config=self.rodata)
-        self.objects.append(obj)
-        return obj
-
-    def run(self, frame: bytes, *, repeat: int = 1, prog: str = "cil_from_container", obj: BpfObject | None = None,
-            ifindex: int = 1) -> tuple[int, int]:
-        """(verdict, kernel ns per run)."""
-        p = (obj or self.lxc).program(prog)
-        with entered(self.netns):
-            res = p.run(frame, repeat=repeat, ctx=SkbContext(ifindex=ifindex))
-        return res.retval, res.duration_ns
-
-    def records(self) -> list[bytes]:
-        """Every record waiting in the ring (consumed)."""
-        out: list[bytes] = []
-        while batch := self.ring.poll(0):
-            out += batch
-        return out
-
-    def events(self) -> list[DropEvent | TraceEvent]:
-        return [decode(r) for r in self.records()]
-
-    def counts(self) -> Counter[int]:
-        c: Counter[int] = Counter()
-        for key, per_cpu in self.metrics.items():
-            c[key.reason] += sum(v.count for v in per_cpu)
-        return c
-
-    def keys(self, reason: Reason) -> list[MetricsKey]:
-        return [k for k in self.metrics if k.reason == reason]
-
-    def close(self) -> None:
-        self.ring.close()
-        for obj in reversed(self.objects):
-            obj.close()
+def load(datapath_objects: DatapathFactory, config: DatapathConfig,
+         objects: tuple[ObjectName, ...] = ("lxc",)) -> DatapathObjects:
+    """A node's objects, sharing cilium_events, with endpoints SRC and DST."""
+    dp = datapath_objects(config, objects)
+    dp.add_endpoints(SRC, DST)
+    return dp
 
 
 @pytest.fixture
-def node(netns: str, bpffs_dir: str) -> Iterator[Node]:
-    n = Node(netns, bpffs_dir)
-    try:
-        yield n
-    finally:
-        n.close()
+def node(datapath_objects: DatapathFactory) -> DatapathObjects:
+    return load(datapath_objects, DatapathConfig())
 
 
 @pytest.fixture
-def make_node(netns: str, bpffs_dir: str) -> Iterator[Callable[..., Node]]:
-    made: list[Node] = []
+def make_node(datapath_objects: DatapathFactory) -> Callable[..., DatapathObjects]:
+    def make(**cfg: object) -> DatapathObjects:
+        return load(datapath_objects, DatapathConfig(**cfg))  # type: ignore[arg-type]
 
-    def make(**cfg: object) -> Node:
-        n = Node(netns, bpffs_dir, **cfg)
-        made.append(n)
-        return n
-
-    yield make
-    for n in made:
-        n.close()
+    return make
 
 
 @pytest.fixture
@@ -182,28 +112,34 @@ def icmp_frame(src: str = SRC.ip, dst: str = DST.ip, smac: str = SRC.mac) -> byt
     return frame
 
 
+def keys(node: DatapathObjects, reason: Reason) -> list[MetricsKey]:
+    """The cilium_metrics keys (with source lines) that counted ``reason``."""
+    return [k for k in node.metrics_by_key() if k.reason == reason]
+
+
 # -- maps ----------------------------------------------------------------------------------------------
-def test_ring_and_bucket_are_pinned_by_name(node: Node) -> None:
-    assert node.ring_map.type == MapType.RINGBUF
-    assert node.ring_map.max_entries == 256 * 1024
-    pinned = set(node.lxc.pinned_map_paths())
+def test_ring_and_bucket_are_pinned_by_name(node: DatapathObjects) -> None:
+    ring_map = node.objects["lxc"].map(EVENTS_MAP)
+    assert ring_map.type == MapType.RINGBUF
+    assert ring_map.max_entries == 256 * 1024
+    pinned = set(node.objects["lxc"].pinned_map_paths())
     assert {f"{node.pin_dir}/{EVENTS_MAP}", f"{node.pin_dir}/{RATELIMIT_MAP}"} <= pinned
     bucket = Map.open_pinned(f"{node.pin_dir}/{RATELIMIT_MAP}")
     with bucket:
         assert (bucket.type, bucket.max_entries) == (MapType.PERCPU_ARRAY, 1)
-    assert node.lxc.rodata["drop_events"] == 1
-    assert node.lxc.rodata["trace_events"] == 0
-    assert node.lxc.rodata["events_per_sec"] == 1000
+    assert node.objects["lxc"].rodata["drop_events"] == 1
+    assert node.objects["lxc"].rodata["trace_events"] == 0
+    assert node.objects["lxc"].rodata["events_per_sec"] == 1000
 
 
 # -- drop events ---------------------------------------------------------------------------------------
-def test_spoofed_packet_sends_one_drop_event(node: Node) -> None:
+def test_spoofed_packet_sends_one_drop_event(node: DatapathObjects) -> None:
     frame = udp_frame(src=SPOOFED)
     t0 = time.monotonic_ns()
-    rc, _ = node.run(frame)
+    run = node.run(frame)
     t1 = time.monotonic_ns()
-    assert rc == TC_ACT_SHOT
-    records = node.records()
+    assert run.verdict == TcAction.SHOT
+    records = node.event_records()
     assert [len(r) for r in records] == [EVENT_SIZE]
     ev = decode(records[0])
     assert isinstance(ev, DropEvent) and ev.type == "drop"
@@ -215,8 +151,8 @@ def test_spoofed_packet_sends_one_drop_event(node: Node) -> None:
     assert ev.len_orig == len(frame) and ev.data == frame[:CAP_LEN]
     assert t0 <= ev.ktime_ns <= t1 and abs(ev.time - time.time()) < 5
     # The event names the same call site the drop was counted at.
-    (key,) = node.keys(Reason.DROP_INVALID_SIP)
-    assert (ev.file_id, ev.line) == (key.file, key.line) == (FILE_BPF_LXC, key.line)
+    (key,) = keys(node, Reason.DROP_INVALID_SIP)
+    assert (ev.file_id, ev.line) == (key.file, key.line) == (source_file_id("bpf_lxc.c"), key.line)
     assert ev.source == f"bpf_lxc.c:{key.line}"
     assert ev.describe() == (f"xx drop (Invalid source ip) flow 0x0 to endpoint 0, ifindex 1, file "
                              f"bpf_lxc.c:{key.line}, {SPOOFED}:40000 -> {DST.ip}:7777 UDP")
@@ -226,25 +162,25 @@ def test_spoofed_packet_sends_one_drop_event(node: Node) -> None:
     assert node.counts() == Counter({Reason.DROP_INVALID_SIP: 1})  # no event was lost
 
 
-def test_icmp_drop_has_addresses_and_no_ports(node: Node) -> None:
-    assert node.run(icmp_frame(src=SPOOFED))[0] == TC_ACT_SHOT
+def test_icmp_drop_has_addresses_and_no_ports(node: DatapathObjects) -> None:
+    assert node.run(icmp_frame(src=SPOOFED)).verdict == TcAction.SHOT
     (ev,) = node.events()
     assert (ev.saddr, ev.daddr, ev.proto, ev.sport, ev.dport) == (IPv4Address(SPOOFED), IPv4Address(DST.ip), 1,
                                                                   None, None)
     assert ev.describe().endswith(f", {SPOOFED} -> {DST.ip} ICMP")
 
 
-def test_wrong_mac_drop_reason(node: Node) -> None:
-    assert node.run(icmp_frame(smac="0a:66:66:66:66:66"))[0] == TC_ACT_SHOT
+def test_wrong_mac_drop_reason(node: DatapathObjects) -> None:
+    assert node.run(icmp_frame(smac="0a:66:66:66:66:66")).verdict == TcAction.SHOT
     (ev,) = node.events()
     assert ev.reason == Reason.DROP_INVALID_SMAC and ev.saddr == IPv4Address(SRC.ip)
 
 
-def test_non_ipv4_drop_carries_the_frame(node: Node) -> None:
+def test_non_ipv4_drop_carries_the_frame(node: DatapathObjects) -> None:
     src6, dst6 = bytes.fromhex("fe80" + "00" * 12 + "0001"), bytes.fromhex("ff02" + "00" * 12 + "0002")
     ip6 = bytes.fromhex("6000000000083aff") + src6 + dst6 + bytes(8)
     frame = eth(SRC.node_mac, SRC.mac, ETH_P_IPV6) + ip6
-    assert node.run(frame)[0] == TC_ACT_SHOT
+    assert node.run(frame).verdict == TcAction.SHOT
     (ev,) = node.events()
     assert ev.reason == Reason.DROP_UNKNOWN_L3
     assert (ev.saddr, ev.proto, ev.sport) == (None, None, None)
@@ -252,41 +188,41 @@ def test_non_ipv4_drop_carries_the_frame(node: Node) -> None:
     assert ev.flow_text() == "IPv6 fe80::1 -> ff02::2"
 
 
-def test_short_frame_is_captured_whole(node: Node) -> None:
+def test_short_frame_is_captured_whole(node: DatapathObjects) -> None:
     frame = arp_frame(ARPOP_REQUEST, SRC.mac, SRC.ip, "10.244.5.1")[:41]
-    assert node.run(frame)[0] == TC_ACT_SHOT
+    assert node.run(frame).verdict == TcAction.SHOT
     (ev,) = node.events()
     assert ev.reason == Reason.DROP_INVALID and ev.len_orig == 41 and ev.data == frame
     assert ev.saddr is None
 
 
-def test_arp_drop_is_described(node: Node) -> None:
+def test_arp_drop_is_described(node: DatapathObjects) -> None:
     frame = arp_frame(ARPOP_REQUEST, SRC.mac, SPOOFED, "10.244.5.1")
-    assert node.run(frame)[0] == TC_ACT_SHOT
+    assert node.run(frame).verdict == TcAction.SHOT
     (ev,) = node.events()
     assert ev.reason == Reason.DROP_INVALID_SIP
     assert ev.flow_text() == f"ARP request {SPOOFED} -> 10.244.5.1"
 
 
-def test_forwarded_packets_send_nothing_by_default(node: Node) -> None:
-    assert node.run(udp_frame())[0] == TC_ACT_REDIRECT
-    assert node.run(icmp_frame(dst="192.0.2.1"))[0] == TC_ACT_OK
-    assert node.records() == []
+def test_forwarded_packets_send_nothing_by_default(node: DatapathObjects) -> None:
+    assert node.run(udp_frame()).verdict == TcAction.REDIRECT
+    assert node.run(icmp_frame(dst="192.0.2.1")).verdict == TcAction.OK
+    assert node.event_records() == []
 
 
-def test_drop_events_can_be_switched_off(make_node: Callable[..., Node]) -> None:
+def test_drop_events_can_be_switched_off(make_node: Callable[..., DatapathObjects]) -> None:
     node = make_node(monitor_drops=False)
-    assert node.lxc.rodata["drop_events"] == 0
-    assert node.run(udp_frame(src=SPOOFED))[0] == TC_ACT_SHOT
-    assert node.records() == []
+    assert node.objects["lxc"].rodata["drop_events"] == 0
+    assert node.run(udp_frame(src=SPOOFED)).verdict == TcAction.SHOT
+    assert node.event_records() == []
     assert node.counts() == Counter({Reason.DROP_INVALID_SIP: 1})
 
 
-def test_objects_of_a_node_share_the_ring(node: Node) -> None:
-    overlay = node.load("bpf_overlay")
+def test_objects_of_a_node_share_the_ring(datapath_objects: DatapathFactory) -> None:
+    node = load(datapath_objects, DatapathConfig(), ("lxc", "overlay"))
     # test_run carries no tunnel metadata: every frame is DROP_NO_TUNNEL_KEY (csrc/README.md).
-    assert node.run(icmp_frame(), prog="cil_from_overlay", obj=overlay)[0] == TC_ACT_SHOT
-    assert node.run(udp_frame(src=SPOOFED))[0] == TC_ACT_SHOT
+    assert node.run(icmp_frame(), "cil_from_overlay").verdict == TcAction.SHOT
+    assert node.run(udp_frame(src=SPOOFED)).verdict == TcAction.SHOT
     first, second = node.events()
     assert (first.reason, first.file, first.dir) == (Reason.DROP_NO_TUNNEL_KEY, "bpf_overlay.c", Direction.INGRESS)
     assert (second.reason, second.file) == (Reason.DROP_INVALID_SIP, "bpf_lxc.c")
@@ -294,11 +230,11 @@ def test_objects_of_a_node_share_the_ring(node: Node) -> None:
 
 
 # -- trace events --------------------------------------------------------------------------------------
-def test_trace_events_at_entry_and_decision(make_node: Callable[..., Node]) -> None:
+def test_trace_events_at_entry_and_decision(make_node: Callable[..., DatapathObjects]) -> None:
     node = make_node(monitor_trace=True)
-    assert node.lxc.rodata["trace_events"] == 1
+    assert node.objects["lxc"].rodata["trace_events"] == 1
     frame = udp_frame(payload=b"honest")
-    assert node.run(frame)[0] == TC_ACT_REDIRECT
+    assert node.run(frame).verdict == TcAction.REDIRECT
     entry, delivered = node.events()
     assert isinstance(entry, TraceEvent) and isinstance(delivered, TraceEvent)
     assert (entry.point, entry.point_name, entry.inbound, entry.file) == (
@@ -306,7 +242,7 @@ def test_trace_events_at_entry_and_decision(make_node: Callable[..., Node]) -> N
     assert entry.data == frame[:CAP_LEN] and entry.dst_ifindex == 0
     assert (delivered.point_name, delivered.reason, delivered.dst_ifindex, delivered.file) == (
         "redirect-peer", Reason.FORWARDED, DST.ifindex, "l3.h")
-    (key,) = node.keys(Reason.FORWARDED)
+    (key,) = keys(node, Reason.FORWARDED)
     assert delivered.line == key.line + 1  # traced right after it was counted
     assert (delivered.saddr, delivered.daddr, delivered.sport, delivered.dport) == (
         IPv4Address(SRC.ip), IPv4Address(DST.ip), 40000, 7777)
@@ -317,11 +253,11 @@ def test_trace_events_at_entry_and_decision(make_node: Callable[..., Node]) -> N
     assert delivered.as_dict()["observation_point"] == "redirect-peer"
 
 
-def test_trace_to_stack_arp_reply_and_drop(make_node: Callable[..., Node]) -> None:
+def test_trace_to_stack_arp_reply_and_drop(make_node: Callable[..., DatapathObjects]) -> None:
     node = make_node(monitor_trace=True)
-    assert node.run(icmp_frame(dst="192.0.2.1"))[0] == TC_ACT_OK
-    assert node.run(arp_frame(ARPOP_REQUEST, SRC.mac, SRC.ip, "10.244.5.1"))[0] == TC_ACT_REDIRECT
-    assert node.run(udp_frame(src=SPOOFED))[0] == TC_ACT_SHOT
+    assert node.run(icmp_frame(dst="192.0.2.1")).verdict == TcAction.OK
+    assert node.run(arp_frame(ARPOP_REQUEST, SRC.mac, SRC.ip, "10.244.5.1")).verdict == TcAction.REDIRECT
+    assert node.run(udp_frame(src=SPOOFED)).verdict == TcAction.SHOT
     got = [(e.type, e.point_name if isinstance(e, TraceEvent) else None, e.reason) for e in node.events()]
     assert got == [("trace", "from-container", 0), ("trace", "to-stack", Reason.TO_STACK),
                    ("trace", "from-container", 0), ("trace", "arp-reply", Reason.ARP_REPLY),
@@ -329,20 +265,20 @@ def test_trace_to_stack_arp_reply_and_drop(make_node: Callable[..., Node]) -> No
 
 
 # -- the Monitor reader --------------------------------------------------------------------------------
-def test_monitor_reads_the_pinned_ring(make_node: Callable[..., Node]) -> None:
+def test_monitor_reads_the_pinned_ring(make_node: Callable[..., DatapathObjects]) -> None:
     node = make_node(monitor_trace=True)
     with Monitor(node.pin_dir, types={"drop"}, node="n1") as mon:
-        assert node.run(udp_frame(src=SPOOFED))[0] == TC_ACT_SHOT
+        assert node.run(udp_frame(src=SPOOFED)).verdict == TcAction.SHOT
         got = list(mon.events(max_seconds=0.3))
         assert [(e.type, e.reason, str(e.saddr), e.node) for e in got] == [
             ("drop", Reason.DROP_INVALID_SIP, SPOOFED, "n1")]
         assert mon.received == 2  # the from-container trace was read and filtered out
     with Monitor(node.pin_dir) as mon:
-        assert node.run(udp_frame(src=SPOOFED))[0] == TC_ACT_SHOT
+        assert node.run(udp_frame(src=SPOOFED)).verdict == TcAction.SHOT
         seen: list[str] = []
         mon.follow(lambda e: seen.append(e.type), stop=lambda: len(seen) >= 2, timeout_ms=50)
         assert seen == ["trace", "drop"]
-        assert node.run(udp_frame(src=SPOOFED))[0] == TC_ACT_SHOT
+        assert node.run(udp_frame(src=SPOOFED)).verdict == TcAction.SHOT
         assert [e.type for e in watch([mon], max_seconds=0.3)] == ["trace", "drop"]
 
 
@@ -352,18 +288,14 @@ def test_monitor_without_events_map(bpffs_dir: str) -> None:
 
 
 # -- rate limit ----------------------------------------------------------------------------------------
-def lost(node: Node, reason: Reason) -> int:
-    return node.counts()[reason]
-
-
 @pytest.mark.parametrize("rate", [1000, 100])
-def test_a_flood_is_rate_limited_not_slowed(make_node: Callable[..., Node], one_cpu: int, rate: int) -> None:
+def test_a_flood_is_rate_limited_not_slowed(make_node: Callable[..., DatapathObjects], one_cpu: int, rate: int) -> None:
     node = make_node(events_per_sec=rate)
     repeat = 100_000
     t0 = time.monotonic()
-    rc, ns_per_run = node.run(udp_frame(src=SPOOFED), repeat=repeat)
+    run = node.run(udp_frame(src=SPOOFED), repeat=repeat)
     elapsed = time.monotonic() - t0
-    assert rc == TC_ACT_SHOT
+    assert run.verdict == TcAction.SHOT
     events = node.events()
     # At most the burst (= the rate), plus what the bucket refilled while the flood lasted.
     assert rate * 0.9 <= len(events) <= rate + rate * elapsed + 2, (len(events), elapsed)
@@ -372,13 +304,13 @@ def test_a_flood_is_rate_limited_not_slowed(make_node: Callable[..., Node], one_
     assert counts[Reason.DROP_INVALID_SIP] == repeat  # every packet dropped and counted, events or not
     assert counts[Reason.EVENT_LOST_RATE_LIMIT] == repeat - len(events)
     assert counts[Reason.EVENT_LOST_RING_FULL] == 0
-    (key,) = node.keys(Reason.EVENT_LOST_RATE_LIMIT)
-    assert (key.file, key.dir) == (FILE_TRACE_H, Direction.EGRESS)
+    (key,) = keys(node, Reason.EVENT_LOST_RATE_LIMIT)
+    assert (key.file, key.dir) == (source_file_id("trace.h"), Direction.EGRESS)
     # Per packet, a lost event costs a bucket check and a counter: the flood stays cheap.
-    assert ns_per_run < 5_000, ns_per_run
+    assert run.duration_ns < 5_000, run.duration_ns
 
 
-def test_bucket_refills_at_the_rate(make_node: Callable[..., Node], one_cpu: int) -> None:
+def test_bucket_refills_at_the_rate(make_node: Callable[..., DatapathObjects], one_cpu: int) -> None:
     node = make_node(events_per_sec=1000)
     frame = udp_frame(src=SPOOFED)
     node.run(frame, repeat=5000)
@@ -391,19 +323,19 @@ def test_bucket_refills_at_the_rate(make_node: Callable[..., Node], one_cpu: int
     assert 200 <= refilled <= 1000 * elapsed + 2, (refilled, elapsed)
 
 
-def test_full_ring_loses_events_without_blocking(make_node: Callable[..., Node], one_cpu: int) -> None:
+def test_full_ring_loses_events_without_blocking(make_node: Callable[..., DatapathObjects], one_cpu: int) -> None:
     node = make_node(events_per_sec=0)  # no rate limit: only the ring's size holds events back
     repeat = 5000
-    rc, ns_per_run = node.run(udp_frame(src=SPOOFED), repeat=repeat)
-    assert rc == TC_ACT_SHOT
+    run = node.run(udp_frame(src=SPOOFED), repeat=repeat)
+    assert run.verdict == TcAction.SHOT
     counts = node.counts()
     assert counts[Reason.EVENT_LOST_RATE_LIMIT] == 0
     assert counts[Reason.EVENT_LOST_RING_FULL] == repeat - RING_RECORDS
     assert len(node.events()) == RING_RECORDS
     # Read out, the ring takes events again.
-    assert node.run(udp_frame(src=SPOOFED))[0] == TC_ACT_SHOT
+    assert node.run(udp_frame(src=SPOOFED)).verdict == TcAction.SHOT
     assert len(node.events()) == 1
-    assert ns_per_run < 5_000, ns_per_run
+    assert run.duration_ns < 5_000, run.duration_ns
 
 
 # -- the codec, without the kernel ---------------------------------------------------------------------

@@ -13,7 +13,11 @@ import re
 from collections.abc import Iterator
 
 import pytest
-from packets import (
+from pyroute2 import IPRoute
+
+from ciliumlite.datapath.reasons import Reason
+from ciliumlite.lab import Lab, Pod
+from ciliumlite.testing.packets import (
     ARPOP_REPLY,
     ARPOP_REQUEST,
     ETH_P_IP,
@@ -33,10 +37,6 @@ from packets import (
     pod_python_bg,
     udp,
 )
-from pyroute2 import IPRoute
-
-from ciliumlite.datapath.reasons import Reason
-from ciliumlite.lab import Lab, Pod
 
 pytestmark = pytest.mark.integration
 

@@ -26,10 +26,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from packets import IPPROTO_UDP, icmp_echo, ipv4, pod_python, udp
 
 from ciliumlite.datapath.reasons import Reason
 from ciliumlite.lab import Lab, Pod
+from ciliumlite.testing.packets import IPPROTO_UDP, icmp_echo, ipv4, pod_python, udp
 
 pytestmark = pytest.mark.integration
 

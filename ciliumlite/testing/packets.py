@@ -1,14 +1,16 @@
-"""Frame builders and parsers for the datapath tests (stdlib only).
+"""Frame builders and parsers for datapath tests.
 
 Used two ways:
 
-* imported by the tests (``from packets import ...``; tests/ is on sys.path through its conftest), to
-  build golden frames for ``Program.run`` and to check what comes back;
+* imported by tests (``from ciliumlite.testing.packets import ...``), to build golden frames for
+  :meth:`ciliumlite.testing.datapath.DatapathObjects.run` (or ``Program.run``) and to check what
+  comes back;
 * imported *inside a pod* by :func:`pod_python`, which runs a short Python snippet in the pod's
-  network namespace with this module importable: raw AF_PACKET / IPPROTO_RAW senders and ARP
-  sniffers live here so each test does not carry its own script.
+  network namespace with this module imported as ``packets``: raw AF_PACKET / IPPROTO_RAW senders
+  and ARP sniffers live here so each test does not carry its own script.
 
-Every socket operation here is bounded by a timeout.
+Builders raise :class:`ValueError` for a malformed MAC or IPv4 address; every socket operation here
+is bounded by a timeout.
 """
 
 from __future__ import annotations
@@ -23,8 +25,9 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
+
+from ciliumlite.bpf.record import mac_from_bytes, mac_to_bytes
 
 ETH_HLEN = 14
 ETH_P_IP = 0x0800
@@ -34,28 +37,21 @@ ETH_P_ALL = 0x0003
 ARPOP_REQUEST = 1
 ARPOP_REPLY = 2
 IPPROTO_ICMP = 1
+IPPROTO_TCP = 6
 IPPROTO_UDP = 17
 BROADCAST = "ff:ff:ff:ff:ff:ff"
 PACKET_OUTGOING = 4  # sll_pkttype of frames this host sent (packet(7))
 
-TESTS_DIR = str(Path(__file__).resolve().parent)
-
 
 # -- addresses ---------------------------------------------------------------------------------------
-def mac(text: str) -> bytes:
-    """'aa:bb:cc:dd:ee:ff' -> 6 bytes."""
-    raw = bytes.fromhex(text.replace(":", ""))
-    assert len(raw) == 6, text
-    return raw
-
-
-def mac_str(raw: bytes) -> str:
-    """6 bytes -> 'aa:bb:cc:dd:ee:ff'."""
-    return ":".join(f"{b:02x}" for b in raw[:6])
+#: 'aa:bb:cc:dd:ee:ff' -> 6 bytes; :class:`ValidationError` (a ValueError) for anything else.
+mac = mac_to_bytes
+#: 6 bytes -> 'aa:bb:cc:dd:ee:ff'.
+mac_str = mac_from_bytes
 
 
 def ip(text: str) -> bytes:
-    """'10.0.0.1' -> 4 bytes (network order)."""
+    """'10.0.0.1' -> 4 bytes (network order). Raises :class:`ValueError` for a bad address."""
     return ipaddress.IPv4Address(text).packed
 
 
@@ -69,7 +65,7 @@ def checksum(data: bytes) -> int:
     """The Internet checksum (RFC 1071) of ``data``: 0 when ``data`` includes a correct checksum field."""
     if len(data) % 2:
         data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    total: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
     while total >> 16:
         total = (total & 0xFFFF) + (total >> 16)
     return ~total & 0xFFFF
@@ -114,6 +110,18 @@ def udp(src: str, dst: str, sport: int, dport: int, payload: bytes) -> bytes:
     return hdr[:6] + struct.pack("!H", csum) + payload
 
 
+def tcp(src: str, dst: str, sport: int, dport: int, flags: int, payload: bytes = b"", *, seq: int = 1000,
+        ack: int = 0, options: bytes = b"") -> bytes:
+    """A TCP segment (``options`` padded to 4 bytes) with the checksum over the IPv4 pseudo header."""
+    options += b"\0" * (-len(options) % 4)
+    off = (20 + len(options)) // 4
+    hdr = struct.pack("!HHIIBBHHH", sport, dport, seq, ack, off << 4, flags, 64240, 0, 0) + options
+    seg = hdr + payload
+    pseudo = ip(src) + ip(dst) + struct.pack("!BBH", 0, IPPROTO_TCP, len(seg))
+    csum = checksum(pseudo + seg)
+    return seg[:16] + struct.pack("!H", csum) + seg[18:]
+
+
 def arp(op: int, sha: str, sip: str, tha: str, tip: str, *, hrd: int = 1, pro: int = ETH_P_IP,
         hln: int = 6, pln: int = 4) -> bytes:
     """A 28-byte Ethernet/IPv4 ARP body (RFC 826)."""
@@ -126,9 +134,23 @@ def arp_frame(op: int, src_mac: str, sip: str, tip: str, *, dst_mac: str = BROAD
     return eth(dst_mac, src_mac, ETH_P_ARP) + arp(op, sha or src_mac, sip, tha, tip) + b"\0" * pad
 
 
+def routed(frame: bytes, dmac: str | None = None, smac: str | None = None) -> bytes:
+    """What forwarding makes of an Ethernet + IPv4 ``frame``: TTL-1 with the header checksum
+    recomputed and, when given, new MACs; the rest unchanged."""
+    e = parse_eth(frame)
+    ihl = (frame[ETH_HLEN] & 0xF) * 4
+    hdr = bytearray(frame[ETH_HLEN:ETH_HLEN + ihl])
+    hdr[8] -= 1
+    hdr[10:12] = b"\0\0"
+    hdr[10:12] = checksum(bytes(hdr)).to_bytes(2, "big")
+    return eth(dmac or e.dst, smac or e.src, e.ethertype) + bytes(hdr) + frame[ETH_HLEN + ihl:]
+
+
 # -- parsers -----------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Eth:
+    """An Ethernet header, MACs as 'aa:bb:..' text."""
+
     dst: str
     src: str
     ethertype: int
@@ -136,6 +158,8 @@ class Eth:
 
 @dataclass(frozen=True)
 class Ipv4:
+    """The fields of an IPv4 header the tests check, and the raw header (with options)."""
+
     version: int
     ihl: int
     tot_len: int
@@ -154,6 +178,8 @@ class Ipv4:
 
 @dataclass(frozen=True)
 class Arp:
+    """An Ethernet/IPv4 ARP body."""
+
     op: int
     sha: str
     sip: str
@@ -162,17 +188,23 @@ class Arp:
 
 
 def parse_eth(frame: bytes) -> Eth:
+    """The Ethernet header of ``frame``. Raises :class:`struct.error` if it is shorter than 14 bytes."""
     d, s, t = struct.unpack_from("!6s6sH", frame)
     return Eth(mac_str(d), mac_str(s), t)
 
 
 def parse_ipv4(frame: bytes, off: int = ETH_HLEN) -> Ipv4:
+    """The IPv4 header at ``off`` (no checks: malformed headers are parsed as they are).
+
+    Raises :class:`struct.error` if fewer than 20 bytes follow ``off``.
+    """
     vi, _tos, tot, _id, _frag, ttl, proto, csum, s, d = struct.unpack_from("!BBHHHBBH4s4s", frame, off)
     ihl = vi & 0xF
     return Ipv4(vi >> 4, ihl, tot, ttl, proto, csum, ip_str(s), ip_str(d), bytes(frame[off:off + ihl * 4]))
 
 
 def parse_arp(frame: bytes, off: int = ETH_HLEN) -> Arp:
+    """The ARP body at ``off``. Raises :class:`struct.error` if fewer than 28 bytes follow ``off``."""
     _h, _p, _hl, _pl, op, sha, sip, tha, tip = struct.unpack_from("!HHBBH6s4s6s4s", frame, off)
     return Arp(op, mac_str(sha), ip_str(sip), mac_str(tha), ip_str(tip))
 
@@ -281,13 +313,17 @@ def udp_listen(port: int, seconds: float, until: str | None = None) -> list[dict
 
 # -- running snippets in a pod -------------------------------------------------------------------------
 def _snippet_argv(expr: str) -> list[str]:
-    code = (f"import sys, json; sys.path.insert(0, {TESTS_DIR!r}); import packets; "
-            f"print(json.dumps({expr}), flush=True)")
+    # The pod runs this interpreter, so ciliumlite is importable there as it is here.
+    code = f"import json; from ciliumlite.testing import packets; print(json.dumps({expr}), flush=True)"
     return [sys.executable, "-c", code]
 
 
 def pod_python(pod: Any, expr: str, timeout: float = 15.0) -> Any:
-    """Evaluate ``expr`` (with ``packets`` imported) inside ``pod``; return its JSON-decoded value."""
+    """Evaluate ``expr`` (with ``packets`` imported) inside ``pod``; return its JSON-decoded value.
+
+    ``pod`` is a lab pod (``.run``/``.popen`` in its namespace). Raises :class:`AssertionError` if
+    the snippet fails, :class:`subprocess.TimeoutExpired` after ``timeout`` seconds.
+    """
     res = pod.run(*_snippet_argv(expr), timeout=timeout)
     if res.returncode != 0:
         raise AssertionError(f"snippet failed in {pod.name}: {expr}\n{res.stderr}")
@@ -295,10 +331,14 @@ def pod_python(pod: Any, expr: str, timeout: float = 15.0) -> Any:
 
 
 def pod_python_bg(pod: Any, expr: str) -> subprocess.Popen[str]:
-    """Start ``expr`` in ``pod`` in the background (the lab stops it); waits for its ``ready`` line."""
-    proc = pod.popen(*_snippet_argv(expr))
-    ready, _, _ = select.select([proc.stdout], [], [], 10.0)
-    line = proc.stdout.readline() if ready else ""
+    """Start ``expr`` in ``pod`` in the background (the lab stops it); waits for its ``ready`` line.
+
+    Raises :class:`AssertionError` (the process stopped) if no ``ready`` comes within 10 s.
+    """
+    proc: subprocess.Popen[str] = pod.popen(*_snippet_argv(expr))
+    line = ""
+    if proc.stdout is not None and select.select([proc.stdout], [], [], 10.0)[0]:
+        line = proc.stdout.readline()
     if line.strip() != "ready":
         try:
             err = proc.communicate(timeout=2)[1]
@@ -311,7 +351,10 @@ def pod_python_bg(pod: Any, expr: str) -> subprocess.Popen[str]:
 
 
 def collect_bg(pod: Any, proc: subprocess.Popen[str], timeout: float = 15.0) -> Any:
-    """The JSON value a background snippet printed last (waits for it to end)."""
+    """The JSON value a background snippet printed last (waits for it to end).
+
+    Raises :class:`AssertionError` if it failed or printed nothing, :class:`subprocess.TimeoutExpired`.
+    """
     try:
         out, err = proc.communicate(timeout=timeout)
     finally:
