@@ -22,6 +22,8 @@ RUN_BASE = "/run/ciliumlite"
 #: config.h's defaults for the NodePort range and the SNAT source ports (lab nodes keep their
 #: ephemeral ports below SNAT_PORT_MIN so a masqueraded flow never collides with a local socket).
 NODEPORT_MIN, NODEPORT_MAX = 30000, 32767
+#: The largest Maglev table Cilium supports (``--bpf-lb-maglev-table-size``).
+MAGLEV_MAX = 131071
 SNAT_PORT_MIN, SNAT_PORT_MAX = 32768, 65535
 
 
@@ -95,8 +97,8 @@ class DatapathConfig:
         from ciliumlite.datapath.maglev import is_prime
 
         if isinstance(self.maglev_table_size, bool) or not isinstance(self.maglev_table_size, int) or \
-                self.maglev_table_size < 3 or not is_prime(self.maglev_table_size):
-            raise ValidationError(f"maglev_table_size {self.maglev_table_size!r} must be a prime >= 3")
+                not 3 <= self.maglev_table_size <= MAGLEV_MAX or not is_prime(self.maglev_table_size):
+            raise ValidationError(f"maglev_table_size {self.maglev_table_size!r} must be a prime in 3..{MAGLEV_MAX}")
         if self.routing not in ROUTING_MODE:
             raise ValidationError(f"routing must be none, vxlan or native, not {self.routing!r}")
         try:

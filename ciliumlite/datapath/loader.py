@@ -55,6 +55,8 @@ def declared_rodata(name: str) -> frozenset[str]:
 
 def check_overrides(rodata: NodeRodata, objects: Iterable[str] = OBJECTS) -> None:
     """Raise :class:`ValidationError` for an override that none of ``objects`` declares."""
+    if not rodata.overrides:
+        return
     known = frozenset().union(*(declared_rodata(n) for n in objects))
     unknown = sorted(k for k, _ in rodata.overrides if k not in known)
     if unknown:
@@ -63,6 +65,7 @@ def check_overrides(rodata: NodeRodata, objects: Iterable[str] = OBJECTS) -> Non
 
 
 def _load(name: str, rodata: NodeRodata, pin_dir: str, knobs: Mapping[str, Any]) -> BpfObject:
+    check_overrides(rodata)  # a misspelt knob fails here too, before anything is loaded
     obj = BpfObject(object_path(name), pin_root=pin_dir)
     try:
         missing = sorted(k for k in rodata.globals() if k not in obj.rodata)

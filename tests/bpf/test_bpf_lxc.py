@@ -377,3 +377,10 @@ def test_metric_keys_name_direction_file_and_bytes(lxc: DatapathObjects) -> None
     (fwd, (packets, nbytes)), = ((k, v) for k, v in keys.items() if k.reason == Reason.FORWARDED)
     assert (fwd.dir, fwd.file, packets, nbytes) == (Direction.EGRESS, source_file_id("l3.h"), 2, 2 * len(frame))
     assert fwd.line > 0
+
+
+def test_load_lxc_alone_refuses_a_misspelt_override(bpffs_dir: str) -> None:
+    rodata = DatapathConfig(extra_rodata={"enable_arp_responderr": 0}).node_rodata()
+    with pytest.raises(ValidationError, match="enable_arp_responderr"):
+        loader.load_lxc(rodata, bpffs_dir)
+    assert os.listdir(bpffs_dir) == [], "nothing was loaded or pinned"

@@ -186,3 +186,9 @@ def test_reason_values_unique_and_classified() -> None:
 def test_directions_mirror_header() -> None:
     header = _header_enum("cl_metric_dir")
     assert {d.name: d.value for d in reasons.Direction} == {k.removeprefix("METRIC_"): v for k, v in header.items()}
+
+
+@pytest.mark.parametrize("size", [131101, 2, 4294967291])
+def test_maglev_table_size_is_bounded(size: int) -> None:
+    with pytest.raises(ValidationError, match=r"prime in 3\.\.131071"):
+        DatapathConfig(maglev_table_size=size)

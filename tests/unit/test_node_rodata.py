@@ -16,13 +16,12 @@ import pytest
 from ciliumlite.bpf import BpfObject
 from ciliumlite.bpf.errors import NotSupportedError
 from ciliumlite.datapath import loader
-from ciliumlite.datapath.config import DatapathConfig, NodeRodata
+from ciliumlite.datapath.config import MAGLEV_MAX, DatapathConfig, NodeRodata
 
 pytestmark = pytest.mark.unit
 
 FIELDS = [f.name for f in fields(NodeRodata) if f.name != "overrides"]
 U32_MAX, U64_MAX = (1 << 32) - 1, (1 << 64) - 1
-LARGEST_U32_PRIME = 4294967291
 
 # What DatapathConfig validates is what can reach .rodata: the defaults, and each input at the top of
 # its range (addresses of all ones, the widest enums, the largest ifindexes, cookie, MTU and rates).
@@ -31,7 +30,7 @@ RODATA = {
     "largest": DatapathConfig(
         node_ip="255.255.255.254", routing="native", native_routing_cidr="255.255.255.255/32",
         pod_cidr="255.255.255.252/30", load_balancer_mode="hybrid", bpf_masquerade=True, monitor_trace=True,
-        mtu=65535, maglev_table_size=LARGEST_U32_PRIME, events_per_sec=U32_MAX,
+        mtu=65535, maglev_table_size=MAGLEV_MAX, events_per_sec=U32_MAX,
     ).node_rodata(tunnel_ifindex=U32_MAX, native_ifindex=U32_MAX, host_netns_cookie=U64_MAX),
     "vxlan": DatapathConfig(node_ip="10.0.0.1", routing="vxlan", kube_proxy_replacement=False,
                             monitor_drops=False, events_per_sec=0).node_rodata(tunnel_ifindex=1),
