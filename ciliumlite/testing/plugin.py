@@ -122,3 +122,4 @@ def datapath_objects(netns: str, bpffs_dir: str) -> Iterator[DatapathFactory]:
         yield factory
     finally:
         factory.close()
+from ciliumlite.testing.etcd import etcd_server, etcd_server_module  # noqa: E402, F401  (etcd fixtures)
