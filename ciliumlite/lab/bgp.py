@@ -13,11 +13,13 @@ from typing import TYPE_CHECKING, Any
 from ciliumlite.bpf.errors import ValidationError
 from ciliumlite.bpf.offloop import public_methods_off_event_loop
 from ciliumlite.lab.fabric import LEAF_IP
+from ciliumlite.ownership.identity import ProcessId
 
 if TYPE_CHECKING:
     from ciliumlite.bgp import BgpConfig, Bird
     from ciliumlite.lab.lab import Lab
     from ciliumlite.lab.node import Node
+    from ciliumlite.ownership.record import Entry
 
 LEAF_ASN = 65001
 FIRST_NODE_ASN = 65011
@@ -42,6 +44,7 @@ class LabBgp:
     def __init__(self, lab: Lab) -> None:
         self._lab = lab
         self._leaf: Bird | None = None
+        self._entry: Entry | None = None
 
     @property
     def leaf(self) -> Bird | None:
@@ -80,8 +83,19 @@ class LabBgp:
         fabric = self._lab.fabric_or_create()
         leaf_cfg = self.leaf_config(extra=nodes)
         if self._leaf is None:
-            self._leaf = bgp.Bird(fabric.netns, leaf_cfg, os.path.join(self._lab.workdir, "leaf"))
-            self._leaf.start()
+            workdir = os.path.join(self._lab.workdir, "leaf")
+            leaf = bgp.Bird(fabric.netns, leaf_cfg, workdir)
+            # Recorded before it starts, found by its control socket until its pid is known.
+            self._entry = self._lab.record.add("processes", "bird leaf", netns=fabric.netns, match=leaf.socket_path)
+            try:
+                leaf.start()
+            except BaseException:
+                self._forget()
+                raise
+            self._leaf = leaf
+            ident = ProcessId.of(leaf.pid) if leaf.pid is not None else None
+            if ident is not None:
+                self._lab.record.update(self._entry, pid=ident.pid, start=ident.start)
         else:
             self._leaf.reload(leaf_cfg)
         for node in nodes:
@@ -106,3 +120,9 @@ class LabBgp:
         if self._leaf is not None:
             self._leaf.stop()
             self._leaf = None
+        self._forget()
+
+    def _forget(self) -> None:
+        if self._entry is not None:
+            self._lab.record.drop("processes", self._entry)
+            self._entry = None

@@ -5,9 +5,9 @@ from __future__ import annotations
 import ipaddress
 from typing import TYPE_CHECKING, Any
 
-from ciliumlite.bpf import netns as nsmod
 from ciliumlite.bpf.offloop import public_methods_off_event_loop
 from ciliumlite.datapath.devices import set_sysctl
+from ciliumlite.lab import owned
 from ciliumlite.lab.hosts import Host
 
 if TYPE_CHECKING:
@@ -49,14 +49,14 @@ class Fabric:
 
         self.lab = lab
         self.outside_netns: list[str] = []
-        self.netns = nsmod.create(f"{lab.prefix}-fabric")
+        self.netns = owned.make_netns(lab.record, f"{lab.prefix}-fabric")
         try:
             with IPRoute(netns=self.netns) as ipr:
                 ipr.link("add", ifname="br0", kind="bridge")
                 _address(ipr, "br0", LEAF_IP, UNDERLAY.prefixlen)
             set_sysctl(self.netns, "net.ipv4.ip_forward", "1")
         except BaseException:
-            nsmod.remove(self.netns)
+            owned.remove_netns(lab.record, self.netns)
             raise
 
     def connect(self, node_netns: str, index: int, node_ip: str, mtu: int = 1500) -> None:
@@ -84,7 +84,7 @@ class Fabric:
         """
         from pyroute2 import IPRoute
 
-        ns = nsmod.create(f"{self.lab.prefix}-{name}")
+        ns = owned.make_netns(self.lab.record, f"{self.lab.prefix}-{name}")
         try:
             with IPRoute(netns=self.netns) as ipr:
                 ipr.link("add", ifname="world", kind="veth", peer={"ifname": "eth0", "net_ns_fd": ns})
@@ -92,7 +92,7 @@ class Fabric:
             with IPRoute(netns=ns) as ipr:
                 _address(ipr, "eth0", WORLD_HOST, WORLD.prefixlen, gateway=WORLD_GATEWAY)
         except BaseException:
-            nsmod.remove(ns)
+            owned.remove_netns(self.lab.record, ns)
             raise
         self.outside_netns.append(ns)
         return Host(self.lab, name, ns, WORLD_HOST, None)
@@ -100,5 +100,6 @@ class Fabric:
     def close(self) -> None:
         """Remove the fabric namespace and outside hosts."""
         for ns in self.outside_netns:
-            nsmod.remove(ns)
-        nsmod.remove(self.netns)
+            owned.remove_netns(self.lab.record, ns)
+        self.outside_netns.clear()
+        owned.remove_netns(self.lab.record, self.netns)

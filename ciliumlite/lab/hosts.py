@@ -112,7 +112,7 @@ class Host:
         Raises ``subprocess.TimeoutExpired`` after ``timeout`` seconds, ``OSError`` or
         ``subprocess.SubprocessError`` if it cannot start (no such program, the namespace is gone).
         """
-        return procs.run(self.netns, argv, self.cgroup, timeout=timeout)
+        return self.lab.processes.run(self.netns, argv, self.cgroup, timeout=timeout)
 
     def popen(self, *argv: str) -> Any:
         """Start a long-running command here (a ``Popen``, stdout piped); the lab ends it on close.

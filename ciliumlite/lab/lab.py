@@ -2,25 +2,27 @@
 
 The parts live in modules of their own: the underlay (``fabric``), nodes (``node``), pods and the
 outside host (``hosts``), clusters of nodes (``cluster``), BGP (``bgp``) and captures (``capture``).
+
+Every lab keeps an ownership record (:mod:`ciliumlite.ownership.record`) from its first moment:
+each namespace, cgroup, pin directory, registry entry, process and work directory is listed before
+it is made and dropped once removed, so what a killed lab leaves is found and removed by
+``ciliumlite lab destroy`` (:mod:`ciliumlite.lab.destroy`).
 """
 
 from __future__ import annotations
 
 import html
 import ipaddress
-import json
 import os
 import re
-import shutil
 import tempfile
 from typing import TYPE_CHECKING, Any
 
-from ciliumlite.bpf import netns as nsmod
 from ciliumlite.bpf.errors import CiliumliteError, ValidationError
 from ciliumlite.bpf.offloop import public_methods_off_event_loop
 from ciliumlite.cluster import Cluster
 from ciliumlite.datapath.config import HostRouting, Routing
-from ciliumlite.lab import procs
+from ciliumlite.lab import owned, procs
 from ciliumlite.lab.bgp import LabBgp
 from ciliumlite.lab.capture import Capture
 from ciliumlite.lab.cluster import LabCluster as LabCluster  # re-exported: ciliumlite/demo.py imports it here
@@ -28,34 +30,54 @@ from ciliumlite.lab.fabric import Fabric
 from ciliumlite.lab.hosts import Host, Pod
 from ciliumlite.lab.naming import lab_prefix
 from ciliumlite.lab.node import Node
+from ciliumlite.ownership.record import Record, record_dir
 
 if TYPE_CHECKING:
     from ciliumlite.bgp import Bird
 
 CLUSTER_POD_CIDR = ipaddress.IPv4Network("10.244.0.0/16")
-MANIFEST_DIR = "/run/ciliumlite/labs"
+MANIFEST_DIR = record_dir()  # where lab records live (the records of kept labs too)
+
+
+def _claim_record(name: str) -> Record:
+    """A new record under a fresh prefix: creating the file claims the prefix machine-wide, so a
+    prefix another process drew as well (the same run id) is skipped."""
+    for _ in range(1000):
+        prefix = lab_prefix(name)
+        try:
+            return Record(prefix, prefix=prefix, kind="lab")
+        except FileExistsError:
+            continue
+    raise CiliumliteError(f"no free lab prefix for {name!r} in {record_dir()}")
 
 
 @public_methods_off_event_loop
 class Lab:
     """A throwaway cluster in network namespaces with a unique prefix; removed on exit (also on errors).
 
-    Raises :class:`ValidationError` for a name that is not 1-16 of a-z, 0-9 and '-'.
+    Its record (``lab.record``, ``<record dir>/<prefix>.json``) lists what it holds at every moment.
+    Raises :class:`ValidationError` for a name that is not 1-16 of a-z, 0-9 and '-', ``OSError`` if
+    the record or the work directory (``<tmp>/<prefix>``) cannot be written.
     """
 
     def __init__(self, name: str = "lab", *, host_routing: HostRouting = "bpf") -> None:
         if not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,15}", name):
             raise ValidationError(f"lab name {name!r}: use 1-16 of a-z, 0-9 and '-'")
         self.name = name
-        self.prefix = lab_prefix(name)
+        self.record = _claim_record(name)
+        self.prefix = self.record.name
         self.host_routing = host_routing
         self.nodes: dict[str, Node] = {}
-        self.processes = procs.ProcessGroup()
+        self.processes = procs.ProcessGroup(self.record)
         self.fabric: Fabric | None = None
         self.clusters: list[Cluster] = []
         self.bgp = LabBgp(self)
         self._outside: Host | None = None
-        self.workdir = tempfile.mkdtemp(prefix=f"{self.prefix}-")
+        try:
+            self.workdir = owned.make_workdir(self.record, os.path.join(tempfile.gettempdir(), self.prefix))
+        except BaseException:
+            self.record.close()
+            raise
 
     @property
     def leaf_bird(self) -> Bird | None:
@@ -148,53 +170,45 @@ class Lab:
         return next((p for p in self.pods() if p.ip == ip), None)
 
     def keep(self) -> str:
-        """Leave the lab running after this process exits; returns the manifest path.
+        """Leave the lab running after this process exits; returns the path of its record.
 
-        BPF links are pinned, and a manifest lists what to remove later with
-        ``ciliumlite lab destroy <prefix>`` (namespaces, pins, cgroups, processes, files).
-        Raises ``OSError`` if the manifest cannot be written, and what pinning a link raises.
+        BPF links are pinned, and the record (complete all along) is marked kept: ``ciliumlite lab
+        list`` shows the lab as kept and ``ciliumlite lab destroy <prefix>`` removes it. Raises
+        ``OSError`` if the record cannot be written, and what pinning a link raises.
         """
         for node in self.nodes.values():
             if node.datapath is not None and node.datapath.config.host_routing == "bpf":
                 node.datapath.pin_links()
-        birds = self.bgp.birds()
-        manifest = {
-            "prefix": self.prefix,
-            "netns": sorted(n for n in nsmod.list_all() if n.startswith(self.prefix + "-")),
-            "cgroups": [n.cgroup for n in self.nodes.values() if n.cgroup],
-            "pin_dirs": [n.datapath.config.pin_dir for n in self.nodes.values() if n.datapath is not None],
-            "nodes": [n.datapath.config.node_name for n in self.nodes.values() if n.datapath is not None],
-            "pids": [p.pid for p in self.processes.running()] + [b.pid for b in birds if b.pid],
-            "workdir": self.workdir,
-        }
-        os.makedirs(MANIFEST_DIR, exist_ok=True)
-        path = os.path.join(MANIFEST_DIR, f"{self.prefix}.json")
-        with open(path, "w") as f:
-            json.dump(manifest, f, indent=1)
-        return path
+        self.record.set_kept(True)
+        return self.record.path
 
     def close(self) -> None:
-        """Stop processes, close datapaths, remove every namespace and cgroup of the lab.
+        """Stop processes, close datapaths, remove every namespace, cgroup and file of the lab.
 
-        Every node is closed even if one fails; then raises :class:`CiliumliteError` naming the
-        nodes that failed (stopping the leaf or removing the fabric raises as it comes).
+        Every part is closed even if one fails; then raises :class:`CiliumliteError` naming the
+        parts that failed, and the record stays, listing what is left, for ``ciliumlite lab
+        destroy`` (it is removed when everything went). Safe to call twice.
         """
-        self.processes.stop_all()
         errors = []
+        self.processes.stop_all()
         for node in reversed(list(self.nodes.values())):
             try:
                 node.close()
             except Exception as exc:
                 errors.append(f"{node.name}: {exc}")
         self.nodes.clear()
-        self.bgp.close()
-        if self.fabric is not None:
-            self.fabric.close()
-            self.fabric = None
+        for what, part in (("leaf router", self.bgp), ("fabric", self.fabric)):
+            try:
+                if part is not None:
+                    part.close()
+            except Exception as exc:
+                errors.append(f"{what}: {exc}")
+        self.fabric = None
         self._outside = None
-        shutil.rmtree(self.workdir, ignore_errors=True)
+        owned.remove_workdir(self.record, self.workdir)
+        self.record.close()
         if errors:
-            raise CiliumliteError("lab teardown: " + "; ".join(errors))
+            raise CiliumliteError("lab teardown: " + "; ".join(errors) + f" (what is left: {self.record.path})")
 
     def __enter__(self) -> Lab:
         return self

@@ -1,21 +1,26 @@
-"""A lab node: a network namespace, a child cgroup and a Datapath, with pods on it."""
+"""A lab node: a network namespace, a child cgroup and a Datapath, with pods on it.
+
+The node records in the lab's record what it makes (namespace, cgroup, pods' namespaces) and what
+its Datapath will make (pin directory, registry entry, bird) before each is made.
+"""
 
 from __future__ import annotations
 
 import os
 from typing import TYPE_CHECKING, Any
 
-from ciliumlite.bpf import fs
-from ciliumlite.bpf import netns as nsmod
-from ciliumlite.bpf.errors import ValidationError
+from ciliumlite.bpf.errors import CiliumliteError, ValidationError
 from ciliumlite.bpf.offloop import public_methods_off_event_loop
 from ciliumlite.cluster import NodeInfo
+from ciliumlite.datapath import registry
 from ciliumlite.datapath.config import DatapathConfig, HostRouting
 from ciliumlite.datapath.devices import set_sysctl
-from ciliumlite.lab import procs
+from ciliumlite.lab import owned
 from ciliumlite.lab.fabric import node_ip
 from ciliumlite.lab.hosts import Pod
 from ciliumlite.node import BgpRoutes, Datapath
+from ciliumlite.ownership.identity import ProcessId
+from ciliumlite.ownership.record import Entry
 
 if TYPE_CHECKING:
     from ciliumlite.bgp import Bird
@@ -35,11 +40,12 @@ class Node:
         self.lab = lab
         self.name = name
         self.index = index
-        self.netns = nsmod.create(f"{lab.prefix}-{name}")
+        self.netns = owned.make_netns(lab.record, f"{lab.prefix}-{name}")
         self.cgroup: str | None = None
         self.datapath: Datapath | None = None
         self.pods: dict[str, Pod] = {}
         self.ip: str | None = None
+        self._claims: list[tuple[str, Entry]] = []
         try:
             if config.get("routing", "none") != "none":
                 self.ip = node_ip(index)
@@ -50,13 +56,47 @@ class Node:
             # SNAT and masquerade allocate ports from 32768..65535: keep the node's own
             # ephemeral ports out of that range (what a Cilium node operator does too).
             set_sysctl(self.netns, "net.ipv4.ip_local_port_range", "10000 29999")
-            self.cgroup = fs.make_cgroup(f"{lab.prefix}-{name}")
+            self.cgroup = owned.make_cgroup(lab.record, f"{lab.prefix}-{name}")
             cfg = DatapathConfig(node_name=f"{lab.prefix}-{name}", pod_cidr=pod_cidr, host_routing=host_routing,
                                  **config)
-            self.datapath = Datapath(cfg, netns=self.netns, cgroup=self.cgroup)
+            self._start_datapath(cfg)
         except BaseException:
             self.close()
             raise
+
+    def _start_datapath(self, cfg: DatapathConfig) -> None:
+        record = self.lab.record
+        # What the Datapath makes is recorded first: its pins, its registry entry and, with BGP,
+        # its bird (found by the lab's work directory on its command line until its pid is known).
+        pins = owned.claim(record, "pin_dirs", cfg.pin_dir)
+        entry = owned.claim(record, "registry", cfg.node_name, dir=str(registry.run_dir()))
+        self._claims = [("pin_dirs", pins), ("registry", entry)]
+        if cfg.bgp_asn is not None:
+            bird = owned.claim(record, "processes", f"bird of {self.name}", netns=self.netns,
+                               match=self.lab.workdir + "/")
+            self._claims.append(("processes", bird))
+        self.datapath = Datapath(cfg, netns=self.netns, cgroup=self.cgroup)
+        owned.settle(record, "pin_dirs", pins, cfg.pin_dir if cfg.host_routing == "bpf" else None)
+        if self.bird is not None and self.bird.pid is not None:
+            ident = ProcessId.of(self.bird.pid)
+            if ident is not None:
+                record.update(self._claims[-1][1], pid=ident.pid, start=ident.start)
+
+    def _release_datapath(self) -> None:
+        """Forget the datapath's things in the record, those that are gone (the rest stays listed)."""
+        record = self.lab.record
+        node_name = f"{self.lab.prefix}-{self.name}"
+        for kind, entry in self._claims:
+            if kind == "pin_dirs":
+                left = os.path.exists(entry["name"])
+            elif kind == "registry":
+                left = any(p.exists() for p in (registry.entry_path(node_name),
+                                                registry.run_dir() / f"{node_name}{registry.CLOSING_SUFFIX}"))
+            else:
+                left = "pid" in entry and ProcessId(entry["pid"], entry["start"]).alive()
+            if not left:
+                record.drop(kind, entry)
+        self._claims = []
 
     def add_pod(self, name: str, ip: str | None = None, **endpoint_kw: Any) -> Pod:
         """A pod namespace on this node, with an address from the node's pod CIDR.
@@ -67,11 +107,11 @@ class Node:
         if name in self.pods:
             raise ValidationError(f"pod {name!r} exists already on {self.name}")
         assert self.datapath is not None
-        ns = nsmod.create(f"{self.lab.prefix}-{self.name}-{name}")
+        ns = owned.make_netns(self.lab.record, f"{self.lab.prefix}-{self.name}-{name}")
         try:
             ep = self.datapath.add_endpoint(ns, name=name, ip=ip, **endpoint_kw)
         except BaseException:
-            nsmod.remove(ns)
+            owned.remove_netns(self.lab.record, ns)
             raise
         pod = Pod(self, name, ns, ep)
         self.pods[name] = pod
@@ -86,11 +126,11 @@ class Node:
         self.lab.processes.stop_in({pod.netns})
         assert self.datapath is not None
         self.datapath.remove_endpoint(pod.endpoint)
-        nsmod.remove(pod.netns)
+        owned.remove_netns(self.lab.record, pod.netns)
 
     def run(self, *argv: str, timeout: float = 30.0) -> Any:
         """Run a command in the node namespace (and cgroup): a ``CompletedProcess``; raises as :meth:`Host.run`."""
-        return procs.run(self.netns, argv, self.cgroup, timeout=timeout)
+        return self.lab.processes.run(self.netns, argv, self.cgroup, timeout=timeout)
 
     @property
     def bird(self) -> Bird | None:
@@ -107,19 +147,27 @@ class Node:
     def close(self) -> None:
         """Close the datapath (its BGP speaker too), remove pods, the namespace and the cgroup.
 
-        Raises what closing the datapath raises; safe to call twice.
+        The namespaces and the cgroup are removed even when closing the datapath fails; then raises
+        :class:`CiliumliteError` saying what closing the datapath raised. Safe to call twice.
         """
         self.lab.processes.stop_in({self.netns, *(p.netns for p in self.pods.values())})
+        failure: Exception | None = None
         if self.datapath is not None:
-            self.datapath.close()
+            try:
+                self.datapath.close()
+            except Exception as exc:
+                failure = exc
             self.datapath = None
+        self._release_datapath()
         for pod in self.pods.values():
-            nsmod.remove(pod.netns)
+            owned.remove_netns(self.lab.record, pod.netns)
         self.pods.clear()
-        nsmod.remove(self.netns)
+        owned.remove_netns(self.lab.record, self.netns)
         if self.cgroup:
-            fs.remove_cgroup(self.cgroup, kill_pids=[])
+            owned.remove_cgroup(self.lab.record, self.cgroup)
             self.cgroup = None
+        if failure is not None:
+            raise CiliumliteError(f"closing the datapath of {self.name}: {failure}") from failure
 
     def __repr__(self) -> str:
         return f"<Node {self.name} pods={list(self.pods)}>"

@@ -1,4 +1,9 @@
-"""Processes inside pods and nodes: join the node's cgroup, enter the namespace, clean up by pid."""
+"""Processes inside pods and nodes: join the node's cgroup, enter the namespace, clean up by pid.
+
+A group with a record (every Lab's) lists each process in it before starting it (command line and
+namespace) and adds its pid and start time once it runs, so ``ciliumlite lab destroy`` finds it
+after a crash, and never mistakes another process that got its pid for it.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +13,13 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ciliumlite.bpf.netns import preexec
+from ciliumlite.ownership.identity import ProcessId
+
+if TYPE_CHECKING:
+    from ciliumlite.ownership.record import Entry, Record
 
 HERE = Path(__file__).parent
 ECHO = str(HERE / "_echo.py")
@@ -17,20 +27,63 @@ PROBE = str(HERE / "_probe.py")
 CAPTURE = str(HERE / "_capture.py")
 
 
-class ProcessGroup:
-    """Processes a lab started; ``stop_all`` ends exactly those, by pid."""
+def describe(argv: Sequence[str]) -> str:
+    """A short name for a process in a record: its argv with paths cut to their last part."""
+    return " ".join(os.path.basename(a) if a.startswith("/") else a for a in argv if a not in ("-I", "-S"))[:80]
 
-    def __init__(self) -> None:
+
+class ProcessGroup:
+    """Processes a lab started; ``stop_all`` ends exactly those, by pid.
+
+    With ``record``, each process is recorded before it starts and dropped once it has ended;
+    every method then also raises ``OSError`` if the record cannot be written.
+    """
+
+    def __init__(self, record: Record | None = None) -> None:
         self._procs: list[subprocess.Popen[str]] = []
         self._netns: dict[int, str] = {}
+        self._entries: dict[int, Entry] = {}
+        self._record = record
+
+    def _claim(self, netns: str, argv: Sequence[str]) -> Entry | None:
+        if self._record is None:
+            return None
+        return self._record.add("processes", describe(argv), netns=netns, argv=list(argv))
+
+    def _forget(self, entry: Entry | None) -> None:
+        if self._record is not None and entry is not None:
+            self._record.drop("processes", entry)
 
     def popen(self, netns: str, argv: Sequence[str], cgroup: str | None = None) -> subprocess.Popen[str]:
-        """Start ``argv`` in ``netns`` (and ``cgroup``), stdout piped, tracked for cleanup."""
-        proc = subprocess.Popen(list(argv), preexec_fn=preexec(netns, cgroup), stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+        """Start ``argv`` in ``netns`` (and ``cgroup``), stdout piped, tracked for cleanup.
+
+        Raises ``OSError`` or ``subprocess.SubprocessError`` if it cannot start.
+        """
+        entry = self._claim(netns, argv)
+        try:
+            proc = subprocess.Popen(list(argv), preexec_fn=preexec(netns, cgroup), stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+        except BaseException:
+            self._forget(entry)
+            raise
         self._procs.append(proc)
         self._netns[proc.pid] = netns
+        if entry is not None and self._record is not None:
+            self._entries[proc.pid] = entry
+            ident = ProcessId.of(proc.pid)
+            if ident is not None:
+                self._record.update(entry, pid=ident.pid, start=ident.start)
         return proc
+
+    def run(self, netns: str, argv: Sequence[str], cgroup: str | None = None, timeout: float = 30.0,
+            check: bool = False) -> subprocess.CompletedProcess[str]:
+        """Run ``argv`` to completion in ``netns`` (and ``cgroup``), bounded by ``timeout``; recorded
+        (by command line) while it runs. Raises as :func:`run`."""
+        entry = self._claim(netns, argv)
+        try:
+            return run(netns, argv, cgroup, timeout=timeout, check=check)
+        finally:
+            self._forget(entry)
 
     def stop(self, proc: subprocess.Popen[str]) -> None:
         """End one process we started and reap it."""
@@ -39,10 +92,11 @@ class ProcessGroup:
                 os.kill(proc.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+        reaped = True
         try:
             proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
-            pass  # not reaped yet (e.g. a stalled kernel teardown): never block the lab's cleanup
+            reaped = False  # not reaped yet (e.g. a stalled kernel teardown): never block the lab's cleanup
         # Close the pipes without reading them to EOF: a grandchild may still hold them open.
         for pipe in (proc.stdout, proc.stderr):
             if pipe is not None:
@@ -50,6 +104,9 @@ class ProcessGroup:
         if proc in self._procs:
             self._procs.remove(proc)
         self._netns.pop(proc.pid, None)
+        entry = self._entries.pop(proc.pid, None)
+        if reaped:
+            self._forget(entry)
 
     def running(self) -> list[subprocess.Popen[str]]:
         """The processes of this group still running."""
@@ -69,7 +126,11 @@ class ProcessGroup:
 
 def run(netns: str, argv: Sequence[str], cgroup: str | None = None, timeout: float = 30.0,
         check: bool = False) -> subprocess.CompletedProcess[str]:
-    """Run ``argv`` to completion in ``netns`` (and ``cgroup``), bounded by ``timeout``."""
+    """Run ``argv`` to completion in ``netns`` (and ``cgroup``), bounded by ``timeout``.
+
+    Raises ``subprocess.TimeoutExpired`` (the process is killed), ``OSError`` or
+    ``subprocess.SubprocessError`` if it cannot start, ``CalledProcessError`` with ``check``.
+    """
     return subprocess.run(list(argv), preexec_fn=preexec(netns, cgroup), capture_output=True, text=True,
                           timeout=timeout, check=check, stdin=subprocess.DEVNULL)
 

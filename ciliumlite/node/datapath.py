@@ -41,6 +41,7 @@ from ciliumlite.node.endpoints import Endpoints, host_entry
 from ciliumlite.node.netdev import NativeDevice
 from ciliumlite.node.services import Services
 from ciliumlite.node.tunnel import Tunnel
+from ciliumlite.ownership.identity import ProcessId, daemon_entries
 from ciliumlite.service import Service
 
 SO_NETNS_COOKIE = 71
@@ -110,6 +111,7 @@ class Datapath:
     def _load(self, rodata: NodeRodata, native_ifindex: int) -> None:
         cfg = self._config
         loader.check_overrides(rodata)
+        self._publish()  # the registry entry is the datapath's record: written before the pins exist
         self._pin_dir = fs.make_pin_dir(cfg.pin_dir.removeprefix(fs.BPFFS + "/"))
         self._lxc = loader.load_lxc(rodata, self._pin_dir)
         self._maps = NodeMaps.from_object(self._lxc)
@@ -141,7 +143,11 @@ class Datapath:
         eps = self._endpoints.all()
         registry.publish(self._config.node_name, {
             "node": self._config.node_name, "netns": self._netns, "pin_dir": self._pin_dir,
-            "cgroup": self._cgroup, "pid": os.getpid(), "config": dataclasses.asdict(self._config),
+            "cgroup": self._cgroup, "pid": os.getpid(), "owner": ProcessId.me().as_dict(),
+            "claims": {"pin_dir": self._config.pin_dir if self._config.host_routing == "bpf" else None,
+                       "state_dir": self._config.run_dir},
+            "processes": daemon_entries(getattr(self._routing, "bird", None)),
+            "config": dataclasses.asdict(self._config),
             "endpoints": [e.as_row() for e in eps],
             "remote_nodes": {n: dataclasses.asdict(i) for n, i in self._remote.items()},
             "attachments": [{"program": lk.program, "where": str(lk.point)} for lk in self.attachments()],
@@ -370,6 +376,7 @@ class Datapath:
             if parent != fs.BPFFS and os.path.isdir(parent) and not os.listdir(parent):
                 os.rmdir(parent)
             self._pin_dir = None
+        registry.release(self._config.node_name)  # its record goes last, once its pins have
         if errors:
             raise CiliumliteError("closing the datapath left errors: " + "; ".join(errors))
 

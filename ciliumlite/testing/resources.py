@@ -1,16 +1,85 @@
-"""The host resources a test can leave behind, and how to make and snapshot them."""
+"""The host resources a test can leave behind, and how to make, record and snapshot them.
+
+The fixtures record what they make in one ownership record per test session
+(:func:`session_record`, named ``pytest-<run id>-<pid>``, prefix ``cl<run id>``), so that what a
+killed run left is an orphan :func:`sweep_orphans` removes at the start of the next one.
+"""
 
 from __future__ import annotations
 
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 
 from ciliumlite.bpf import fs, inventory
 from ciliumlite.bpf import netns as nsmod
+from ciliumlite.lab import owned
 from ciliumlite.lab.naming import RUN_ID, is_ours, unique_name
+from ciliumlite.ownership.record import Record
 
-__all__ = ["RUN_ID", "Snapshot", "VethPair", "is_ours", "leaks_after", "unique_name"]
+__all__ = ["RUN_ID", "Snapshot", "VethPair", "close_session_record", "is_ours", "leaks_after", "session_record",
+           "sweep_orphans", "unique_name"]
+
+_session: Record | None = None
+_session_lock = threading.Lock()
+
+
+def session_record() -> Record:
+    """This test session's ownership record, made on first use (prefix ``cl<run id>``: every name
+    :func:`unique_name` gives). Raises ``OSError`` if the record directory cannot be written."""
+    global _session
+    with _session_lock:
+        if _session is None or _session.path != _session_path():
+            _session = Record(f"pytest-{RUN_ID}-{os.getpid()}", prefix=f"cl{RUN_ID}", kind="test-session")
+        return _session
+
+
+def _session_path() -> str:
+    from ciliumlite.ownership.record import record_path
+
+    return record_path(f"pytest-{RUN_ID}-{os.getpid()}")
+
+
+def close_session_record() -> None:
+    """Remove the session's record if it lists nothing any more (else it stays for the next run)."""
+    global _session
+    with _session_lock:
+        if _session is not None:
+            _session.close()
+            _session = None
+
+
+def sweep_orphans(*, remove: bool = True) -> list[str]:
+    """What earlier, killed runs left: labs and test sessions whose owner died without keeping them,
+    then datapaths in named namespaces whose process died (never the host's own namespace).
+
+    With ``remove`` they are removed (as ``ciliumlite lab destroy --orphans`` and ``ciliumlite
+    cleanup --netns``); otherwise only listed. Returns one line per orphan; never raises.
+    """
+    from ciliumlite.datapath import registry
+    from ciliumlite.lab.destroy import destroy_selected, select
+    from ciliumlite.ownership import sweep
+    from ciliumlite.ownership.host import plan_cleanup
+
+    lines: list[str] = []
+    try:
+        sel = select(orphans=True)
+        for out in destroy_selected(sel, dry_run=not remove):
+            verb = "removed" if remove else "found (not removed)"
+            lines.append(f"orphan {out.name} of an earlier run: {verb} {len(out.removed)} things"
+                         + (f"; failed: {'; '.join(out.failed)}" if out.failed else ""))
+        namespaces = sorted({s["netns"] for _, s in registry.read_records()
+                             if s is not None and isinstance(s.get("netns"), str)})
+        for ns in namespaces:
+            plans, _ = plan_cleanup(ns)
+            for p in plans:
+                done = sweep.execute(p, dry_run=not remove)
+                lines.append(f"orphaned datapath {p.name} (netns {ns}): "
+                             f"{'removed' if remove else 'found (not removed)'} {len(done.removed)} things")
+    except Exception as exc:  # a broken leftover must not stop the test run: say so and go on
+        lines.append(f"looking for orphans failed: {type(exc).__name__}: {exc}")
+    return lines
 
 
 @dataclass(frozen=True)
@@ -23,16 +92,21 @@ class VethPair:
     dev_b: str = "veth-b"
     ip_a: str = "10.0.0.1"
     ip_b: str = "10.0.0.2"
+    record: Record | None = field(default=None, compare=False, repr=False)
 
     @classmethod
-    def create(cls, prefix: str = "vp") -> VethPair:
-        """Make both namespaces and the pair; remove everything again if any step fails."""
+    def create(cls, prefix: str = "vp", *, record: Record | None = None) -> VethPair:
+        """Make both namespaces and the pair; remove everything again if any step fails.
+
+        With ``record`` both namespaces are recorded there while they exist. Raises as
+        ``netns.create`` and pyroute2's ``NetlinkError``.
+        """
         from pyroute2 import IPRoute
 
-        pair = cls(unique_name(prefix + "a"), unique_name(prefix + "b"))
-        nsmod.create(pair.ns_a)
+        pair = cls(unique_name(prefix + "a"), unique_name(prefix + "b"), record=record)
+        pair._make(pair.ns_a)
         try:
-            nsmod.create(pair.ns_b)
+            pair._make(pair.ns_b)
             with IPRoute(netns=pair.ns_a) as ipa:
                 ipa.link("add", ifname=pair.dev_a, kind="veth", peer={"ifname": pair.dev_b, "net_ns_fd": pair.ns_b})
                 ia = ipa.link_lookup(ifname=pair.dev_a)[0]
@@ -59,10 +133,19 @@ class VethPair:
                 while ipr.get_links(idx)[0].get_attr("IFLA_OPERSTATE") != "UP" and time.monotonic() < deadline:
                     time.sleep(0.02)
 
+    def _make(self, name: str) -> None:
+        if self.record is not None:
+            owned.make_netns(self.record, name)
+        else:
+            nsmod.create(name)
+
     def remove(self) -> None:
         """Delete both namespaces (the veth goes with them)."""
-        nsmod.remove(self.ns_a)
-        nsmod.remove(self.ns_b)
+        for name in (self.ns_a, self.ns_b):
+            if self.record is not None:
+                owned.remove_netns(self.record, name)
+            else:
+                nsmod.remove(name)
 
 
 def _bpffs_entries() -> set[str]:
