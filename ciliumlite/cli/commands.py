@@ -27,6 +27,7 @@ from rich.text import Text
 
 from ciliumlite import inspect as ins
 from ciliumlite.bpf.errors import BpfError, CiliumliteError
+from ciliumlite.cli import agent as agent_cli
 from ciliumlite.cli import format as fmt
 from ciliumlite.datapath import events as ev
 from ciliumlite.datapath.reasons import Reason
@@ -144,7 +145,7 @@ def status(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="add th
     """
     with _run(output) as run:
         dps = _select(run, lab, node, pins=True)
-        rows = [fmt.status_row(dp, maps, alive=dp.process_alive, verbose=verbose)
+        rows = [agent_cli.with_agent(run, fmt.status_row(dp, maps, alive=dp.process_alive, verbose=verbose), dp)
                 for dp, maps in _each(run, dps, ins.map_pressure)]
         if run.json:
             print(fmt.to_json(rows))
@@ -152,7 +153,7 @@ def status(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="add th
         for i, row in enumerate(rows):
             if i:
                 run.out.print()
-            run.lines(fmt.status_lines(row, verbose=verbose))
+            run.lines(agent_cli.status_lines(row, fmt.status_lines(row, verbose=verbose)))
 
 
 # -- endpoints, services, tunnels ------------------------------------------------------------------------
@@ -173,7 +174,7 @@ bgp_app = typer.Typer(help="BGP (bird) of native-routing nodes.", no_args_is_hel
 def endpoint_list(lab: LabOpt = None, node: NodeOpt = None, output: OutputOpt = Output.table) -> None:
     """ID, IDENTITY, IPv4, IFNAME, MAC, NODE of every endpoint (from the registry)."""
     with _run(output) as run:
-        rows = fmt.endpoint_rows(_select(run, lab, node, pins=False))
+        rows = fmt.endpoint_rows(agent_cli.live(run, _select(run, lab, node, pins=False)))
         run.emit(rows, fmt.endpoint_table)
 
 
@@ -207,7 +208,7 @@ def service_list(lab: LabOpt = None, node: NodeOpt = None, output: OutputOpt = O
     reverse-NAT index, read from the pinned map when that is possible)."""
     with _run(output) as run:
         rows = []
-        for dp in _select(run, lab, node, pins=False):
+        for dp in agent_cli.live(run, _select(run, lab, node, pins=False)):
             ids: dict[tuple[str, int], int] = {}
             if dp.services and os.geteuid() == 0:
                 try:

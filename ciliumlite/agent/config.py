@@ -1,0 +1,197 @@
+"""The agent's settings: one validated value from defaults, a config file and command-line flags.
+
+The keys are cilium-agent's flag names where one exists (``routing-mode``, ``kvstore``,
+``cluster-name``, ``devices``, ``mtu``, ``bpf-lb-mode``, ``ipv4-native-routing-cidr``,
+``enable-bpf-masquerade``, ``socket-path``, ``state-dir``, ``kvstore-lease-ttl``), written with
+dashes or underscores alike in a file. Precedence, low to high: the defaults here, the ``--config``
+file (YAML or JSON), the flags given on the command line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import json
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ciliumlite.agent.client import SOCKET_NAME
+from ciliumlite.bpf.errors import ValidationError
+from ciliumlite.datapath.config import RUN_BASE, DatapathConfig
+
+#: ``--routing-mode`` (Cilium's names) -> ``DatapathConfig.routing``. ``none`` is ciliumlite's own:
+#: a single node without an underlay (no tunnel, no routes to other nodes).
+ROUTING_MODES = {"tunnel": "vxlan", "native": "native", "none": "none"}
+KVSTORES = ("etcd", "memory")
+LB_MODES = ("snat", "dsr", "hybrid")
+_NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """Everything one agent needs: its node, its datapath's settings and its kvstore.
+
+    Build it with :meth:`from_sources` (a file and flags) or directly; either way it is validated
+    once. Raises :class:`ValidationError` naming the key that is wrong.
+    """
+
+    node: str
+    pod_cidr: str
+    netns: str | None = None
+    node_ip: str = "0.0.0.0"
+    routing_mode: str = "tunnel"
+    devices: str = "eth0"
+    mtu: int = 1500
+    ipv4_native_routing_cidr: str = "10.244.0.0/16"
+    bpf_lb_mode: str = "snat"
+    enable_bpf_masquerade: bool = False
+    kube_proxy_replacement: bool = True
+    enable_host_legacy_routing: bool = False
+    kvstore: str = "memory"
+    kvstore_endpoints: tuple[str, ...] = ()
+    kvstore_connect_timeout: float = 60.0
+    kvstore_lease_ttl: int = 15
+    cluster_name: str = "default"
+    cgroup: str | None = None
+    state_dir: str = ""
+    socket_path: str = ""
+    remove_datapath_on_exit: bool = False
+    debug: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.node, str) or not _NODE_NAME.fullmatch(self.node):
+            raise ValidationError(f"node: {self.node!r} is not a node name (1-63 of A-Z a-z 0-9 . _ -)")
+        if self.routing_mode not in ROUTING_MODES:
+            raise ValidationError(f"routing-mode: {self.routing_mode!r} is not one of {', '.join(ROUTING_MODES)}")
+        if self.kvstore not in KVSTORES:
+            raise ValidationError(f"kvstore: {self.kvstore!r} is not one of {', '.join(KVSTORES)}")
+        if self.bpf_lb_mode not in LB_MODES:
+            raise ValidationError(f"bpf-lb-mode: {self.bpf_lb_mode!r} is not one of {', '.join(LB_MODES)}")
+        object.__setattr__(self, "kvstore_endpoints", _endpoints(self.kvstore_endpoints))
+        if self.kvstore == "etcd" and not self.kvstore_endpoints:
+            raise ValidationError("kvstore-endpoints: --kvstore etcd needs at least one http://host:port")
+        for ep in self.kvstore_endpoints:
+            if not re.fullmatch(r"https?://[^/\s]+(:\d+)?/?", ep):
+                raise ValidationError(f"kvstore-endpoints: {ep!r} is not an http(s)://host:port URL")
+        if isinstance(self.kvstore_connect_timeout, bool) or not isinstance(self.kvstore_connect_timeout, (int, float)) \
+                or not 0 < self.kvstore_connect_timeout <= 3600:
+            raise ValidationError(f"kvstore-connect-timeout: {self.kvstore_connect_timeout!r} is not 0 < seconds <= 3600")
+        if isinstance(self.kvstore_lease_ttl, bool) or not isinstance(self.kvstore_lease_ttl, int) \
+                or not 2 <= self.kvstore_lease_ttl <= 3600:
+            raise ValidationError(f"kvstore-lease-ttl: {self.kvstore_lease_ttl!r} is not an int in 2..3600 seconds")
+        if not isinstance(self.cluster_name, str) or not _NODE_NAME.fullmatch(self.cluster_name):
+            raise ValidationError(f"cluster-name: {self.cluster_name!r} is not a name (1-63 of A-Z a-z 0-9 . _ -)")
+        if self.netns is not None and (not isinstance(self.netns, str) or not self.netns):
+            raise ValidationError(f"netns: {self.netns!r} is not a namespace name or path")
+        if self.cgroup is not None and not os.path.isabs(str(self.cgroup)):
+            raise ValidationError(f"cgroup: {self.cgroup!r} must be an absolute path (a child cgroup of the node)")
+        for key in ("state_dir", "socket_path"):
+            value = getattr(self, key)
+            if value and not os.path.isabs(value):
+                raise ValidationError(f"{key.replace('_', '-')}: {value!r} must be an absolute path")
+        try:
+            ipaddress.IPv4Address(self.node_ip)
+        except ValueError:
+            raise ValidationError(f"node-ip: {self.node_ip!r} is not an IPv4 address") from None
+        # Everything the datapath checks (pod CIDR, MTU, DSR with a tunnel, ...) is checked here
+        # too, so a bad config fails before the agent touches the kvstore or the kernel.
+        self.datapath_config()
+
+    # -- derived settings ---------------------------------------------------------------------------
+    def datapath_config(self) -> DatapathConfig:
+        """The node's :class:`DatapathConfig`. Raises :class:`ValidationError` as it does."""
+        try:
+            return DatapathConfig(
+                node_name=self.node, pod_cidr=self.pod_cidr, node_ip=self.node_ip,
+                routing=ROUTING_MODES[self.routing_mode], underlay_device=self.devices,  # type: ignore[arg-type]
+                mtu=self.mtu, native_routing_cidr=self.ipv4_native_routing_cidr,
+                load_balancer_mode=self.bpf_lb_mode,  # type: ignore[arg-type]
+                bpf_masquerade=self.enable_bpf_masquerade, kube_proxy_replacement=self.kube_proxy_replacement,
+                host_routing="legacy" if self.enable_host_legacy_routing else "bpf", state_dir=self.state_dir)
+        except TypeError as exc:  # a value of the wrong type reached a comparison
+            raise ValidationError(f"agent config: {exc}") from None
+
+    @property
+    def run_dir(self) -> str:
+        """The node's runtime directory (``/run/ciliumlite/<node>`` unless ``state-dir`` is set)."""
+        return self.state_dir or f"{RUN_BASE}/{self.node}"
+
+    @property
+    def api_socket(self) -> str:
+        """Where the local API listens: ``socket-path``, or ``<run dir>/agent.sock``."""
+        return self.socket_path or os.path.join(self.run_dir, SOCKET_NAME)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The settings by their flag names (dashes), JSON-ready (``GET /v1/config``)."""
+        return {k.replace("_", "-"): list(v) if isinstance(v, tuple) else v
+                for k, v in dataclasses.asdict(self).items()}
+
+    # -- building one -------------------------------------------------------------------------------
+    @classmethod
+    def from_sources(cls, file_values: Mapping[str, Any] | None, flags: Mapping[str, Any]) -> AgentConfig:
+        """Defaults, then ``file_values`` (a parsed config file), then the ``flags`` that are not None.
+
+        Keys may use dashes or underscores. Raises :class:`ValidationError` for an unknown key
+        (the list of known ones is in the message) or a bad value.
+        """
+        merged: dict[str, Any] = {}
+        for source, values in (("config file", file_values or {}), ("flags", flags)):
+            for key, value in values.items():
+                name = str(key).replace("-", "_")
+                if name not in _FIELDS:
+                    raise ValidationError(f"{source}: unknown key {key!r} (known: "
+                                          f"{', '.join(sorted(f.replace('_', '-') for f in _FIELDS))})")
+                if value is not None:
+                    merged[name] = value
+        for required in ("node", "pod_cidr"):
+            if required not in merged:
+                raise ValidationError(f"{required.replace('_', '-')} is required (a flag --{required.replace('_', '-')} "
+                                      "or a key of the --config file)")
+        return cls(**merged)
+
+
+_FIELDS = {f.name for f in dataclasses.fields(AgentConfig)}
+
+
+def _endpoints(value: Any) -> tuple[str, ...]:
+    # A flag gives "http://a:2379,http://b:2379"; a file may give a list.
+    if isinstance(value, str):
+        return tuple(p.strip() for p in value.split(",") if p.strip())
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        return tuple(p.strip() for v in value for p in v.split(",") if p.strip())
+    raise ValidationError(f"kvstore-endpoints: {value!r} is not a URL or a list of URLs")
+
+
+def load_file(path: str) -> dict[str, Any]:
+    """A config file's keys: YAML (``.yaml``/``.yml``, or anything YAML parses) or JSON.
+
+    Raises :class:`ValidationError` when the file cannot be read, does not parse, or is not a
+    mapping of keys to values.
+    """
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError as exc:
+        raise ValidationError(f"config file {path}: {exc.strerror or exc}") from None
+    try:
+        if path.endswith(".json"):
+            data = json.loads(text)
+        else:
+            import yaml
+
+            data = yaml.safe_load(text)  # JSON is YAML too
+    except ValueError as exc:  # json.JSONDecodeError
+        raise ValidationError(f"config file {path}: not valid JSON: {exc}") from None
+    except Exception as exc:  # yaml.YAMLError (imported lazily: the CNI plugin never needs it)
+        raise ValidationError(f"config file {path}: not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ValidationError(f"config file {path}: expected a mapping of keys to values, not {type(data).__name__}")
+    return data
+
+
+__all__ = ["KVSTORES", "ROUTING_MODES", "AgentConfig", "load_file"]
