@@ -1,19 +1,15 @@
 """``EtcdStore``: the cluster store over a real etcd, with Cilium's key layout and semantics.
 
 It talks to etcd's HTTP/JSON gateway (``/v3/...``) through the ``etcd3gw`` client: no gRPC, no
-protobuf. Keys (``<c>`` is the cluster name, every value is JSON):
+protobuf. Keys (``<c>`` is the cluster name; every value is JSON):
 
-========================================================  =============================  ===========
-key                                                       value                          lease
-========================================================  =============================  ===========
-``cilium/state/nodes/v1/<c>/<node>``                      ``{name, ip, pod_cidr}``       the owner's
-``cilium/state/services/v1/<c>/<name>``                   ``Service.to_dict()``          none
-``cilium/state/identities/v1/id/<id>``                    ``{key, labels}``              none
-``cilium/state/identities/v1/labels/<labels>``            ``<id>`` (reverse index)       none
-``cilium/state/identities/v1/value/<labels>/<node>``      ``<id>``                       the node's
-``cilium/state/ip/v1/<c>/<ip>``                           ``{ip, identity, host_ip, …}`` the owner's
-``cilium/.heartbeat``                                     RFC 3339 time                  none
-========================================================  =============================  ===========
+- ``cilium/state/nodes/v1/<c>/<node>``: ``{name, ip, pod_cidr}``, on the owner's lease;
+- ``cilium/state/services/v1/<c>/<name>``: ``Service.to_dict()``;
+- ``cilium/state/identities/v1/id/<id>``: ``{key, labels}``;
+- ``cilium/state/identities/v1/labels/<labels>``: ``<id>`` (the reverse index);
+- ``cilium/state/identities/v1/value/<labels>/<node>``: ``<id>``, on that node's lease;
+- ``cilium/state/ip/v1/<c>/<ip>``: ``{ip, identity, host_ip, namespace, pod}``, on the owner's lease;
+- ``cilium/.heartbeat``: an RFC 3339 time.
 
 ``<labels>`` is :func:`~ciliumlite.cluster.store.identity_key` percent-encoded (``/`` becomes
 ``%2F``), so a label such as ``app.kubernetes.io/name`` cannot add a path level.
@@ -320,8 +316,8 @@ class EtcdStore:
             starts after the agent.
         sync_interval: seconds between re-assertions of the own keys (Cilium's 5 min
             ``KVstorePeriodicSync``); a deleted own key is re-created at once regardless.
-        heartbeat_interval: write ``cilium/.heartbeat`` this often (the operator's job in
-            Cilium); None writes none.
+        heartbeat_interval: with an owner, write ``cilium/.heartbeat`` this often (the
+            operator's job in Cilium); None writes none.
         watch_idle_timeout: a watch stream silent this long is re-opened from its revision
             (nothing is lost; this finds half-open connections).
 
@@ -382,12 +378,16 @@ class EtcdStore:
                 client.session.close()
             raise
         if owner is not None:
-            self._guard = _OwnKeyGuard(self, self._current_revision())
-            self._guard.start()
-            keepalive = threading.Thread(target=self._keepalive_loop, name=f"kvstore-keepalive-{owner}",
-                                         daemon=True)
-            keepalive.start()
-            self._threads.append(keepalive)
+            try:
+                self._guard = _OwnKeyGuard(self, self._current_revision())
+                self._guard.start()
+                keepalive = threading.Thread(target=self._keepalive_loop, name=f"kvstore-keepalive-{owner}",
+                                             daemon=True)
+                keepalive.start()
+                self._threads.append(keepalive)
+            except BaseException:
+                self.close()  # revokes the lease just granted
+                raise
 
     # -- plumbing ----------------------------------------------------------------------------------
 
@@ -668,6 +668,10 @@ class EtcdStore:
             self._listings.by_prefix[kind.prefix] = listing
         return listing
 
+    def _objects(self, kind: _Kind, operation: str, *, key: Callable[[Any], Any]) -> list[Any]:
+        """The decoded objects of a kind, sorted; this thread's next watch starts after this list."""
+        return sorted((e.obj for e in self._list_kind(kind, operation).entries.values()), key=key)
+
     @property
     def _node_kind(self) -> _Kind:
         return _Kind(f"{NODES}{self.cluster}/", "upsert", "delete", _decode_node)
@@ -735,8 +739,7 @@ class EtcdStore:
         Raises:
             KvstoreError: etcd is unreachable.
         """
-        listing = self._list_kind(self._node_kind, "list the nodes")
-        return sorted((e.obj for e in listing.entries.values()), key=lambda n: n.name)
+        return self._objects(self._node_kind, "list the nodes", key=lambda n: n.name)
 
     # -- services ----------------------------------------------------------------------------------
 
@@ -800,8 +803,7 @@ class EtcdStore:
         Raises:
             KvstoreError: etcd is unreachable.
         """
-        listing = self._list_kind(self._service_kind, "list the services")
-        return sorted((e.obj for e in listing.entries.values()), key=lambda s: s.name)
+        return self._objects(self._service_kind, "list the services", key=lambda s: s.name)
 
     # -- the ip-to-identity cache --------------------------------------------------------------------
 
@@ -840,8 +842,7 @@ class EtcdStore:
         Raises:
             KvstoreError: etcd is unreachable.
         """
-        listing = self._list_kind(self._ip_kind, "list the ip identities")
-        return sorted((e.obj for e in listing.entries.values()), key=lambda e: ipaddress.IPv4Address(e.ip))
+        return self._objects(self._ip_kind, "list the ip identities", key=lambda e: ipaddress.IPv4Address(e.ip))
 
     def watch_ip_identities(self, callback: IpWatcher, *, replay: bool = True) -> Callable[[], None]:
         """Follow the ipcache: ``callback("ip-upsert" | "ip-delete", IPIdentity)`` on one thread,
@@ -1167,8 +1168,9 @@ class _Stream:
                     return
                 need_resync = True
                 delay = backoff.next()
-                self.store._note_fail(f"watch: {exc}")
-                log.info("kvstore watch %s broken (%s); relisting in %.1f s", self.name, exc, delay)
+                why = exc.detail if isinstance(exc, KvstoreError) else str(exc)
+                self.store._note_fail(f"watch: {why}")
+                log.info("kvstore watch %s broken (%s); relisting in %.1f s", self.name, why[:300], delay)
                 if self._stopped.wait(delay):
                     return
             except Exception:  # a bug must not silently end the watch
@@ -1180,8 +1182,10 @@ class _Stream:
     def _stream(self) -> None:
         """Watch from ``revision + 1`` until the stream breaks (raises) or idles out (returns)."""
         client = self.store._current_client()
+        # progress_notify: etcd then tells a synced watcher the current revision now and then
+        # (every 10 min by default), so an idle watch's revision advances past compactions.
         create: dict[str, Any] = {"key": _b64(self.start_key), "range_end": _b64(self.end_key),
-                                  "start_revision": self.revision + 1}
+                                  "start_revision": self.revision + 1, "progress_notify": True}
         if self.filters:
             create["filters"] = self.filters
         session = EtcdStore._session(pool=1)
@@ -1232,8 +1236,16 @@ class _Stream:
                 raise _Compacted(f"revision {self.revision + 1} is compacted (oldest kept: {compact})")
             raise _WatchBroken(f"watch canceled: {result.get('cancel_reason', 'no reason given')}")
         if result.get("created"):
+            self.store._note_revision(self.revision)
             return
-        for event in result.get("events", []):
+        events = result.get("events", [])
+        if not events:
+            # A progress notification: sent only to a watcher that has every event up to it.
+            rev = int(result.get("header", {}).get("revision", 0) or 0)
+            self.revision = max(self.revision, rev)
+            self.store._note_revision(self.revision)
+            return
+        for event in events:
             if self._stopped.is_set():
                 return
             self.on_event(event)

@@ -382,6 +382,32 @@ def test_pause_fails_calls_then_recovers(etcd_server: EtcdServer, stores: StoreF
     stop()
 
 
+def test_lease_lost_while_paused_is_renewed(etcd_server: EtcdServer, stores: StoreFactory) -> None:
+    """etcd frozen for longer than the TTL expires the lease when it thaws; the agent notices
+    (ErrLeaseNotFound / a delete of its own key), takes a new lease and re-writes its keys."""
+    cluster = cluster_name()
+    agent = stores(etcd_server, cluster=cluster, owner="n1", lease_ttl=2, request_timeout=0.5)
+    other = stores(etcd_server, cluster=cluster, request_timeout=0.5)
+    agent.put_node(node(1))
+    agent.put_ip_identity("10.244.1.5", 256, "192.168.50.1")
+    old_lease = agent.status().lease_id
+    other.nodes()
+    seen = Recorder()
+    stop = other.watch(seen)
+    etcd_server.pause()
+    time.sleep(3.5)
+    etcd_server.resume()
+    seen.wait_for(lambda ev: ev[-2:] == [("delete", "n1"), ("upsert", "n1")], timeout=10)
+    new_lease = agent.status().lease_id
+    assert new_lease != old_lease
+    deadline = time.monotonic() + 5
+    while len(agent.lease_keys()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert agent.lease_keys() == [f"cilium/state/ip/v1/{cluster}/10.244.1.5", f"cilium/state/nodes/v1/{cluster}/n1"]
+    assert [e.ip for e in other.ip_identities()] == ["10.244.1.5"]
+    stop()
+
+
 def test_unreachable_etcd_at_start() -> None:
     server = EtcdServer(start=False)
     try:
