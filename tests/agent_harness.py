@@ -5,7 +5,8 @@ an :class:`AgentLab` adds node namespaces and cgroups *without* an in-process Da
 ``ciliumlite agent`` in each (through the lab's process group, in the node's namespace and
 cgroup), makes pod namespaces, and removes all of it on close: agents stopped by pid, a kept
 datapath's pins and registry entry, namespaces, the node's cgroups (also the v1 hierarchies a
-container runtime made under the node's name).
+container runtime made under the node's name). Everything is in the lab's ownership record
+(:mod:`ciliumlite.lab.owned`) before it is made, so a crashed run is swept like any lab's.
 """
 
 from __future__ import annotations
@@ -24,11 +25,10 @@ from typing import Any
 
 from ciliumlite.agent.client import AgentClient, AgentError, AgentUnavailable
 from ciliumlite.bpf import fs
-from ciliumlite.bpf import netns as nsmod
 from ciliumlite.datapath import registry
 from ciliumlite.datapath.config import PIN_BASE, RUN_BASE
 from ciliumlite.datapath.devices import set_sysctl
-from ciliumlite.lab import Lab, procs
+from ciliumlite.lab import Lab, owned, procs
 from ciliumlite.lab.fabric import LEAF_IP, node_ip
 
 AGENT = [sys.executable, "-m", "ciliumlite.cli", "agent"]
@@ -126,14 +126,18 @@ class AgentLab:
         index = self._next
         self._next += 1
         name = f"{self.lab.prefix}-{short}"
-        ns = nsmod.create(name)
+        record = self.lab.record
+        ns = owned.make_netns(record, name)
         node = AgentNode(name, short, ns, "", f"10.244.{index}.0/24", None)
         self.nodes[short] = node
         if underlay:
             node.ip = node_ip(index)
             self.lab.fabric_or_create().connect(ns, index, node.ip)
         set_sysctl(ns, "net.ipv4.ip_local_port_range", "10000 29999")  # SNAT ports stay free (as Lab nodes)
-        node.cgroup = fs.make_cgroup(name)
+        node.cgroup = owned.make_cgroup(record, name)
+        # What the agent's datapath makes: its pins and its registry entry (a kept datapath leaves them).
+        owned.claim(record, "pin_dirs", f"{PIN_BASE}/{name}")
+        owned.claim(record, "registry", name, dir=str(registry.run_dir()))
         return node
 
     def start_agent(self, node: AgentNode, *args: str, wait: bool = True, etcd: Any = None,
@@ -168,14 +172,14 @@ class AgentLab:
 
     def add_pod(self, node: AgentNode, short: str) -> str:
         """A pod namespace for ``node`` (removed on close); the agent connects it."""
-        ns = nsmod.create(f"{node.name}-{short}")
+        ns = owned.make_netns(self.lab.record, f"{node.name}-{short}")
         node.pods.append(ns)
         return ns
 
     def remove_pod(self, node: AgentNode, ns: str) -> None:
         """Remove a pod namespace (its processes first)."""
         self.lab.processes.stop_in({ns})
-        nsmod.remove(ns)
+        owned.remove_netns(self.lab.record, ns)
         node.pods.remove(ns)
 
     def run(self, ns: str, *argv: str, cgroup: str | None = None, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
@@ -204,9 +208,7 @@ class AgentLab:
         if os.path.isdir(pin_dir):
             fs.remove_pin_dir(pin_dir)
         registry.withdraw(node.name)
-        release = getattr(registry, "release", None)
-        if release is not None:
-            release(node.name)
+        registry.release(node.name)
         with contextlib.suppress(OSError):
             os.rmdir(f"{RUN_BASE}/{node.name}")
 
@@ -236,12 +238,15 @@ class AgentLab:
         """Stop its agents, remove what they kept, its pods, namespace and cgroups."""
         node = self.nodes.pop(short)
         self.stop_agents_of(node)
+        record = self.lab.record
         self.remove_kept_datapath(node)
+        record.drop_name("pin_dirs", f"{PIN_BASE}/{node.name}")
+        record.drop_name("registry", node.name)
         self.remove_pods(node)
         self.lab.processes.stop_in({node.netns})
-        nsmod.remove(node.netns)
+        owned.remove_netns(record, node.netns)
         if node.cgroup:
-            fs.remove_cgroup(node.cgroup, kill_pids=fs.cgroup_pids(node.cgroup))
+            owned.remove_cgroup(record, node.cgroup)
         remove_v1_cgroups(node.name)
 
 

@@ -338,7 +338,7 @@ def test_sigterm_deletes_the_keys_and_keeps_the_datapath_forwarding(topo: Topo) 
         # Without an agent the CLI reads the pins and says the process is gone.
         res = subprocess.run([sys.executable, "-m", "ciliumlite.cli", "endpoint", "list", "--node", c.name, "-o",
                               "json"], capture_output=True, text=True, timeout=60)
-        assert res.returncode == 0, res.stderr
+        assert res.returncode == 0, f"rc={res.returncode}\n{res.stdout}\n{res.stderr}"
         assert {r["ipv4"] for r in json.loads(res.stdout)} == {ep1["ip"], ep2["ip"]}
         assert all("container_id" not in r for r in json.loads(res.stdout))
     finally:
