@@ -2,7 +2,8 @@
 
 :class:`EtcdServer` runs Debian's ``/usr/bin/etcd`` (``apt-get install etcd-server``) on
 127.0.0.1, or on an address inside a network namespace, and stops it by pid. The child gets
-``PR_SET_PDEATHSIG(SIGKILL)``, so a test run that crashes (or is killed) takes its etcd with it.
+``PR_SET_PDEATHSIG(SIGKILL)``, so a test run that crashes (or is killed) takes its etcd with it;
+the next ``EtcdServer`` removes the data dirs such runs left.
 The pytest fixtures ``etcd_server`` (a fresh etcd per test) and ``etcd_server_module`` (one per
 test module) are registered by :mod:`ciliumlite.testing.plugin`.
 """
@@ -99,6 +100,26 @@ def _free_port(host: str, netns: str | None) -> int:
         return int(s.getsockname()[1])
 
 
+_DIR_PREFIX = "ciliumlite-etcd-"
+
+
+def _sweep_stale_dirs() -> None:
+    # A test process that was killed took its etcd with it (PDEATHSIG) but could not remove the
+    # data dir: remove those whose owner process is gone. Dirs of live runs are left alone.
+    tmp = tempfile.gettempdir()
+    for name in os.listdir(tmp):
+        path = os.path.join(tmp, name)
+        if not name.startswith(_DIR_PREFIX):
+            continue
+        try:
+            with open(os.path.join(path, "owner.pid")) as f:
+                owner = int(f.read().strip())
+        except (OSError, ValueError):
+            continue
+        if not os.path.exists(f"/proc/{owner}"):
+            shutil.rmtree(path, ignore_errors=True)
+
+
 class EtcdServer:
     """One etcd member, a child of this process, on free ports with a private data dir.
 
@@ -129,7 +150,10 @@ class EtcdServer:
         self.binary = binary
         self.extra_args = list(extra_args)
         self.startup_timeout = startup_timeout
-        self.tmpdir = tempfile.mkdtemp(prefix="ciliumlite-etcd-")
+        _sweep_stale_dirs()
+        self.tmpdir = tempfile.mkdtemp(prefix=_DIR_PREFIX)
+        with open(os.path.join(self.tmpdir, "owner.pid"), "w") as f:
+            f.write(str(os.getpid()))
         self.data_dir = os.path.join(self.tmpdir, "data")
         self.log_path = os.path.join(self.tmpdir, "etcd.log")
         # Chosen now, so that url is known before start() (e.g. to start etcd after a client).
