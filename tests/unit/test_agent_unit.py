@@ -1,0 +1,224 @@
+"""The agent's pieces without a kernel: its config, its request checks, its API over a real unix
+socket with a fake backend, the client's errors, and the CLI's KVStore line."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ciliumlite.agent.api import ApiServer, claim_socket
+from ciliumlite.agent.client import AgentClient, AgentError, AgentUnavailable, default_socket
+from ciliumlite.agent.config import AgentConfig, load_file
+from ciliumlite.agent.endpoints import EndpointRequest
+from ciliumlite.agent.errors import AgentStartError, Conflict, KvstoreUnavailable, NotFound
+from ciliumlite.bpf.errors import ValidationError
+from ciliumlite.cli.agent import kvstore_text
+
+pytestmark = pytest.mark.unit
+
+
+# -- config ---------------------------------------------------------------------------------------------
+
+
+def test_flags_override_the_file_and_dashes_equal_underscores() -> None:
+    cfg = AgentConfig.from_sources({"node": "w1", "pod-cidr": "10.244.1.0/24", "node_ip": "10.0.0.11", "mtu": 9000},
+                                   {"mtu": 1400, "node": None, "kvstore_endpoints": None})
+    assert (cfg.node, cfg.mtu, cfg.node_ip, cfg.routing_mode) == ("w1", 1400, "10.0.0.11", "tunnel")
+    dp = cfg.datapath_config()
+    assert (dp.routing, dp.node_name, dp.mtu, dp.host_routing) == ("vxlan", "w1", 1400, "bpf")
+    assert cfg.api_socket == "/run/ciliumlite/w1/agent.sock" == default_socket("w1")
+    assert cfg.as_dict()["routing-mode"] == "tunnel"
+
+
+def test_etcd_endpoints_from_a_flag_or_a_list() -> None:
+    base = {"node": "w1", "pod_cidr": "10.244.1.0/24", "routing_mode": "none", "kvstore": "etcd"}
+    assert AgentConfig.from_sources(None, {**base, "kvstore_endpoints": "http://a:2379, http://b:2379"}) \
+        .kvstore_endpoints == ("http://a:2379", "http://b:2379")
+    assert AgentConfig.from_sources({"kvstore-endpoints": ["http://a:2379"]}, base).kvstore_endpoints == ("http://a:2379",)
+
+
+@pytest.mark.parametrize(("values", "words"), [
+    ({"pod_cidr": "10.244.1.0/24"}, "node is required"),
+    ({"node": "w1"}, "pod-cidr is required"),
+    ({"node": "w1", "pod_cidr": "10.244.1.0/24", "routing_mode": "carrier"}, "routing-mode: 'carrier'"),
+    ({"node": "w1", "pod_cidr": "10.244.1.0/24", "routing_mode": "none", "kvstore": "etcd"}, "kvstore-endpoints"),
+    ({"node": "w1", "pod_cidr": "10.244.1.0/24", "routing_mode": "none", "kvstore": "etcd",
+      "kvstore_endpoints": "ftp://x"}, "not an http(s)"),
+    ({"node": "w1", "pod_cidr": "10.244.1.0/24"}, "needs the node's underlay address"),
+    ({"node": "w/1", "pod_cidr": "10.244.1.0/24"}, "node:"),
+    ({"node": "w1", "pod_cidr": "10.244.1.0/33", "routing_mode": "none"}, "pod_cidr"),
+    ({"node": "w1", "pod_cidr": "10.244.1.0/24", "routing_mode": "none", "cgroup": "relative"}, "cgroup"),
+    ({"node": "w1", "pod_cidr": "10.244.1.0/24", "routing_mode": "none", "kvstore_connect_timeout": 0}, "connect"),
+    ({"node": "w1", "pod_cidr": "10.244.1.0/24", "routing_mode": "none", "mtu": "big"}, "agent config"),
+    ({"node": "w1", "pod_cidr": "10.244.1.0/24", "colour": "blue"}, "unknown key 'colour'"),
+])
+def test_bad_config_names_the_key(values: dict[str, Any], words: str) -> None:
+    with pytest.raises(ValidationError) as err:
+        AgentConfig.from_sources(values, {})
+    assert words in str(err.value)
+
+
+def test_config_files(tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text("node: w1\npod-cidr: 10.244.1.0/24\nkvstore-endpoints:\n  - http://e:2379\n")
+    assert load_file(str(tmp_path / "a.yaml"))["kvstore-endpoints"] == ["http://e:2379"]
+    (tmp_path / "a.json").write_text('{"node": "w1"}')
+    assert load_file(str(tmp_path / "a.json")) == {"node": "w1"}
+    (tmp_path / "bad.json").write_text("{")
+    (tmp_path / "bad.yaml").write_text("node: [")
+    (tmp_path / "list.yaml").write_text("- a\n")
+    for name, words in (("bad.json", "not valid JSON"), ("bad.yaml", "not valid YAML"), ("list.yaml", "mapping"),
+                        ("missing.yaml", "No such file")):
+        with pytest.raises(ValidationError) as err:
+            load_file(str(tmp_path / name))
+        assert words in str(err.value)
+    (tmp_path / "empty.yaml").write_text("")
+    assert load_file(str(tmp_path / "empty.yaml")) == {}
+
+
+def test_endpoint_request_checks() -> None:
+    req = EndpointRequest.parse("abc", {"netns": "/var/run/netns/x"})
+    assert (req.ifname, req.name, req.labels) == ("eth0", "abc", {})
+    for cid, body, words in (("", {"netns": "x"}, "container id"), ("a b", {"netns": "x"}, "container id"),
+                             ("a", [], "JSON object"), ("a", {}, "netns: required"),
+                             ("a", {"netns": "x", "ifname": "x" * 16}, "ifname"),
+                             ("a", {"netns": "x", "labels": ["a"]}, "labels"),
+                             ("a", {"netns": "x", "size": 1}, "unknown field(s) size")):
+        with pytest.raises(ValidationError) as err:
+            EndpointRequest.parse(cid, body)
+        assert words in str(err.value)
+
+
+# -- the API, with a fake backend -----------------------------------------------------------------------
+
+
+class FakeBackend:
+    def __init__(self) -> None:
+        self.eps: dict[str, dict[str, Any]] = {}
+
+    def healthz(self) -> dict[str, Any]:
+        return {"status": "ok"}
+
+    def status(self) -> dict[str, Any]:
+        return {"node": "fake", "when": time}  # a value JSON does not know: sent as text
+
+    def config_dict(self) -> dict[str, Any]:
+        return {"agent": {}}
+
+    def endpoint_list(self) -> list[dict[str, Any]]:
+        return list(self.eps.values())
+
+    def endpoint_get(self, container_id: str, check: bool = False) -> dict[str, Any]:
+        if container_id not in self.eps:
+            raise NotFound(f"no endpoint for container {container_id!r}")
+        return {**self.eps[container_id], "checked": check}
+
+    def endpoint_put(self, container_id: str, body: Any) -> tuple[bool, dict[str, Any]]:
+        req = EndpointRequest.parse(container_id, body)
+        if req.netns == "busy":
+            raise Conflict("taken")
+        if req.netns == "kv-down":
+            raise KvstoreUnavailable("etcd is away")
+        if req.netns == "boom":
+            raise RuntimeError("kaput")
+        created = container_id not in self.eps
+        self.eps.setdefault(container_id, {"container_id": container_id, "netns": req.netns})
+        return created, self.eps[container_id]
+
+    def endpoint_delete(self, container_id: str) -> None:
+        if self.eps.pop(container_id, None) is None:
+            raise NotFound(f"no endpoint for container {container_id!r}")
+
+    def service_list(self) -> list[dict[str, Any]]:
+        return []
+
+
+@pytest.fixture
+def api(tmp_path: Path) -> Iterator[AgentClient]:
+    path = str(tmp_path / "run" / "agent.sock")
+    loop = asyncio.new_event_loop()
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    server = ApiServer(FakeBackend(), path, pool)
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    asyncio.run_coroutine_threadsafe(server.start(), loop).result(10)
+    try:
+        yield AgentClient(path, timeout=10)
+    finally:
+        asyncio.run_coroutine_threadsafe(server.stop(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+        pool.shutdown()
+    assert not os.path.exists(path)
+
+
+def test_api_round_trip_and_error_shapes(api: AgentClient) -> None:
+    assert oct(os.stat(api.socket_path).st_mode & 0o777) == "0o600"
+    assert api.healthz() == {"status": "ok"}
+    assert api.status()["when"].startswith("<module 'time'")
+    assert api.request("PUT", "/v1/endpoint/c1", {"netns": "n1"})[0] == 201
+    assert api.request("PUT", "/v1/endpoint/c1", {"netns": "n1"})[0] == 200  # it existed
+    assert api.endpoint("c1", check=True)["checked"] is True
+    assert [e["container_id"] for e in api.endpoints()] == ["c1"]
+    assert api.request("DELETE", "/v1/endpoint/c1") == (204, None)
+    for call, status, code in ((lambda: api.delete_endpoint("c1"), 404, "not-found"),
+                               (lambda: api.put_endpoint("c2", netns="busy"), 409, "conflict"),
+                               (lambda: api.put_endpoint("c2", netns="kv-down"), 503, "kvstore-unavailable"),
+                               (lambda: api.put_endpoint("c2", netns="boom"), 500, "internal"),
+                               (lambda: api.request("PUT", "/v1/endpoint/c2", {"netns": ""}), 400, "invalid"),
+                               (lambda: api.request("GET", "/v1/nope"), 404, "not-found"),
+                               (lambda: api.request("POST", "/v1/status"), 405, "method-not-allowed")):
+        with pytest.raises(AgentError) as err:
+            call()
+        assert (err.value.status, err.value.code) == (status, code), err.value
+        assert err.value.message
+
+
+def test_a_live_socket_is_not_taken_and_a_stale_one_is(api: AgentClient, tmp_path: Path) -> None:
+    with pytest.raises(AgentStartError, match="another agent answers"):
+        claim_socket(api.socket_path)
+    stale = str(tmp_path / "stale.sock")
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(stale)
+    s.close()  # bound, never listening: what a killed agent leaves
+    claim_socket(stale)
+    assert not os.path.exists(stale)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(AgentStartError, match="not a socket"):
+        claim_socket(str(tmp_path / "file"))
+
+
+def test_client_without_an_agent(tmp_path: Path) -> None:
+    with pytest.raises(AgentUnavailable, match="does not exist"):
+        AgentClient(str(tmp_path / "none.sock")).healthz()
+    stale = str(tmp_path / "stale.sock")
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(stale)
+    try:
+        with pytest.raises(AgentUnavailable, match="connection refused"):
+            AgentClient(stale).healthz()
+    finally:
+        s.close()
+
+
+# -- the CLI's KVStore line -----------------------------------------------------------------------------
+
+
+def test_kvstore_line() -> None:
+    kv = {"backend": "etcd", "connected": True, "endpoints": ["http://10.0.0.254:2379"], "lease_id": 0x7C02,
+          "lease_ttl": 15, "last_heartbeat": time.time() - 2, "last_error": None, "watch_revision": 42}
+    text = kvstore_text(kv)
+    assert text.startswith("Ok  etcd: 1/1 connected, lease-ID=7c02, lease-TTL=15s, last heartbeat 2s ago")
+    assert "watch revision 42" in text and text.endswith(": http://10.0.0.254:2379")
+    down = kvstore_text({**kv, "connected": False, "last_error": "connection refused"})
+    assert down.startswith("Failure  etcd: 0/1 connected") and "(last error: connection refused)" in down
+    assert kvstore_text({"backend": "memory", "connected": True}).startswith("Ok  memory")
