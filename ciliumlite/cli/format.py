@@ -18,6 +18,7 @@ from rich import box
 from rich.table import Table
 
 from ciliumlite.datapath.events import DropEvent, TraceEvent
+from ciliumlite.datapath.maps import MetricRow
 from ciliumlite.datapath.reasons import EVENT_LOST, Direction, describe, is_drop
 from ciliumlite.datapath.records import (
     ENDPOINT_F_HOST,
@@ -39,7 +40,6 @@ from ciliumlite.datapath.records import (
     TunnelValue,
 )
 from ciliumlite.inspect import LbEntry, MapPressure, RegisteredDatapath
-from ciliumlite.datapath.maps import MetricRow
 
 Row = dict[str, Any]
 
