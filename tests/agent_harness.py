@@ -153,7 +153,7 @@ class AgentLab:
             argv += ["--node-ip", node.ip]
         if etcd is not None:
             argv += ["--kvstore", "etcd", "--kvstore-endpoints", etcd.url, "--cluster-name", self.lab.prefix,
-                     "--kvstore-lease-ttl", "5"]
+                     "--kvstore-lease-ttl", "10"]
         else:
             argv += ["--kvstore", "memory"]
         argv += list(args)

@@ -237,7 +237,7 @@ def test_agents_converge_through_etcd(topo: Topo) -> None:
 
         st = eventually(knows, f"{me.name} learns {other.name}")
         kv = st["kvstore"]
-        assert kv["backend"] == "etcd" and kv["connected"] and kv["lease_id"] and kv["lease_ttl"] == 5
+        assert kv["backend"] == "etcd" and kv["connected"] and kv["lease_id"] and kv["lease_ttl"] == 10
         assert kv["endpoints"] == [topo.etcd.url] and kv["last_error"] is None
         assert sorted(st["cluster_nodes"]) == sorted([topo.a.name, topo.b.name])
     keys = topo.keys(f"cilium/state/nodes/v1/{topo.cluster}/")
@@ -309,6 +309,31 @@ def test_cli_shows_what_the_agent_knows(topo: Topo) -> None:
         assert [(r["container_id"], r["ipv4"]) for r in rows] == [("cli", ep["ip"])], res.stdout
     finally:
         topo.a.client().delete_endpoint("cli")
+
+
+def test_etcd_outage_keeps_pods_forwarding_and_new_identities_wait(topo: Topo) -> None:
+    nsa, _ = _pod(topo, topo.a, "o1", labels={"app": "o1"})
+    _, epb = _pod(topo, topo.b, "o2", labels={"app": "o2"})
+    ns3 = topo.alab.add_pod(topo.a, "o3")
+    topo.etcd.pause()  # SIGSTOP: connections stay open, nothing answers (a hung etcd)
+    try:
+        # A label set never seen needs the kvstore: "try again later" (the CNI plugin's code 11).
+        with pytest.raises(AgentError) as err:
+            topo.a.client().put_endpoint("o3", netns=ns3, labels={"app": "never-seen"})
+        assert err.value.status == 503 and err.value.code == "kvstore-unavailable", err.value
+        assert "eth0" not in topo.alab.run(ns3, "ip", "-o", "link").stdout  # nothing was made
+        # What is programmed keeps forwarding, across nodes too.
+        ping = topo.alab.ping(nsa, epb["ip"], count=3)
+        assert ping.returncode == 0, ping.stdout + ping.stderr
+        health = eventually(lambda: (h := topo.a.client().healthz())["status"] == "degraded" and h,
+                            "a reports the kvstore down", timeout=15)
+        assert health["kvstore"] == "Failure"
+    finally:
+        topo.etcd.resume()
+    eventually(lambda: topo.a.client().healthz()["status"] == "ok", "a reconnects", timeout=30)
+    assert topo.a.client().put_endpoint("o3", netns=ns3, labels={"app": "never-seen"})["identity"] >= 256
+    for node, cid in ((topo.a, "o1"), (topo.b, "o2"), (topo.a, "o3")):
+        node.client().delete_endpoint(cid)
 
 
 # -- shutdown and start-up failures --------------------------------------------------------------------
