@@ -131,7 +131,9 @@ def lab_list(show_all: bool = typer.Option(False, "--all", help="also the labs w
     for r in found:
         owner = f"{r.owner.pid} ({'runs' if r.owner_alive else 'gone'})" if r.owner else "?"
         table.add_row(r.state if r.kind == "lab" else f"{r.state} ({r.kind})", age(r), owner, holds(r), r.name)
-    out.print(table)
+    with out.capture() as cap:
+        out.print(table)
+    print("\n".join(line.rstrip() for line in cap.get().splitlines()))  # no padding after the names
 
 
 def _print_outcomes(outcomes: list[Any], dry_run: bool, as_json: bool) -> bool:
@@ -176,7 +178,7 @@ def lab_destroy(names: list[str] = typer.Argument(None, metavar="[NAME]...", hel
     except ValidationError as exc:
         console.print(f"[red]{exc}[/]")
         raise typer.Exit(1) from None
-    err = Console(stderr=True, highlight=False, markup=False)
+    err = Console(stderr=True, highlight=False, markup=False, soft_wrap=True)
     for line in sel.skipped:
         err.print(f"skipped {line}")
     if not sel.chosen and not as_json:
@@ -193,16 +195,17 @@ def cleanup(dry_run: bool = typer.Option(False, "--dry-run", help="only list wha
     """Like cilium-dbg cleanup: list, then remove what datapaths whose process has gone left in a network
     namespace: their cil_* programs on its devices, their pins, state files and registry entries. Nothing of a
     running datapath, and no device, address, route or pin that no registry entry names."""
+    from ciliumlite.bpf.errors import CiliumliteError
     from ciliumlite.ownership import sweep
     from ciliumlite.ownership.host import plan_cleanup
 
     _needs_root("ciliumlite cleanup")
     try:
         plans, notes = plan_cleanup(netns)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, CiliumliteError) as exc:
         console.print(f"[red]cannot read the datapaths of {netns or 'the host'}: {exc}[/]")
         raise typer.Exit(1) from None
-    err = Console(stderr=True, highlight=False, markup=False)
+    err = Console(stderr=True, highlight=False, markup=False, soft_wrap=True)
     for line in notes:
         err.print(f"note: {line}")
     if not plans and not as_json:

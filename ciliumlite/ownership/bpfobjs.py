@@ -87,3 +87,22 @@ def programs_using(map_ids: set[int]) -> set[int]:
         if info is not None and info[1] & map_ids:
             out.add(pid)
     return out
+
+
+def links_of(prog_ids: set[int]) -> set[int]:
+    """Ids of the BPF links (tcx, XDP, cgroup...) that run any of ``prog_ids``."""
+    if not prog_ids:
+        return set()
+    out = set()
+    for lid in inventory.link_ids():
+        fd = lib.bpf_link_get_fd_by_id(lid)
+        if fd < 0:
+            continue
+        try:
+            if int(_fdinfo(fd).get("prog_id", "0")) in prog_ids:
+                out.add(lid)
+        except (OSError, ValueError):
+            continue
+        finally:
+            os.close(fd)
+    return out

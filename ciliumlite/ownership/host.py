@@ -23,12 +23,16 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
+import json
 import os
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
 from ciliumlite.bpf import fs
 from ciliumlite.bpf import netns as nsmod
+from ciliumlite.bpf.errors import NotSupportedError
 from ciliumlite.datapath import registry
 from ciliumlite.datapath.config import PIN_BASE
 from ciliumlite.ownership import bpfobjs, identity
@@ -68,26 +72,38 @@ def _iproute(netns: str | None) -> Any:
     return IPRoute(netns=netns) if netns else IPRoute()
 
 
-def _filters(netns: str | None) -> list[dict[str, Any]]:
-    """Every BPF tc filter in the namespace: device, parent, handle, prio, name, prog id."""
-    from pyroute2.netlink.exceptions import NetlinkError
+def _tc() -> str:
+    for cand in (shutil.which("tc"), "/usr/sbin/tc", "/sbin/tc"):
+        if cand and os.access(cand, os.X_OK):
+            return cand
+    raise NotSupportedError("tc (iproute2) was not found", feature="iproute2", hint="apt-get install iproute2")
 
-    out: list[dict[str, Any]] = []
+
+def _filters(netns: str | None) -> list[dict[str, Any]]:
+    """Every BPF tc filter in the namespace: device, parent, handle, prio, name, prog id.
+
+    Read with ``tc -j`` (pyroute2 does not decode the filter's program id). Raises
+    ``NotSupportedError`` without iproute2, ``OSError`` if the namespace cannot be read.
+    """
+    tc = _tc()
     with _iproute(netns) as ipr:
-        for link in ipr.get_links():
-            idx, dev = link["index"], link.get_attr("IFLA_IFNAME")
-            for parent in (TC_INGRESS_PARENT, TC_EGRESS_PARENT):
-                try:
-                    found = ipr.get_filters(idx, parent=parent)
-                except NetlinkError:
+        devices = [(link["index"], link.get_attr("IFLA_IFNAME")) for link in ipr.get_links()]
+    out: list[dict[str, Any]] = []
+    for idx, dev in devices:
+        for parent, direction in ((TC_INGRESS_PARENT, "ingress"), (TC_EGRESS_PARENT, "egress")):
+            argv = [tc, "-j", *(["-n", netns] if netns else []), "filter", "show", "dev", dev, direction]
+            res = subprocess.run(argv, capture_output=True, text=True, timeout=10, stdin=subprocess.DEVNULL)
+            try:
+                found = json.loads(res.stdout) if res.returncode == 0 and res.stdout.strip() else []
+            except ValueError:
+                found = []
+            for f in found:
+                opts = f.get("options") or {}
+                if f.get("kind") != "bpf" or "handle" not in opts:
                     continue
-                for f in found:
-                    opts = f.get_attr("TCA_OPTIONS")
-                    if f.get_attr("TCA_KIND") != "bpf" or not opts:
-                        continue
-                    out.append({"ifindex": idx, "device": dev, "parent": parent, "handle": f["handle"],
-                                "prio": f["info"] >> 16, "name": opts.get_attr("TCA_BPF_NAME") or "",
-                                "prog_id": opts.get_attr("TCA_BPF_ID")})
+                out.append({"ifindex": idx, "device": dev, "parent": parent, "handle": int(str(opts["handle"]), 0),
+                            "prio": int(f.get("pref", 0)), "name": str(opts.get("bpf_name", "")),
+                            "prog_id": (opts.get("prog") or {}).get("id")})
     return out
 
 
