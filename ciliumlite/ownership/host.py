@@ -15,7 +15,8 @@ process is gone (pid and start time) the plan removes:
   (and the directory once empty), and the registry entry.
 
 Nothing else: no device, address, route, qdisc or sysctl, no pin directory that no entry names (it
-is listed as unclaimed), nothing of a datapath whose process runs.
+is listed as unclaimed), nothing of a datapath whose process runs or that a live or kept lab's
+record lists (``ciliumlite lab destroy`` removes those).
 """
 
 from __future__ import annotations
@@ -226,14 +227,20 @@ def plan_cleanup(netns: str | None = None) -> tuple[list[Plan], list[str]]:
                 live_pins.add(pin)
         if state.get("netns") == netns:
             mine.append((path, state))
+    held: dict[str, str] = {}  # registry entries of labs that are live or kept: theirs, not cleanup's
     for r in read_all():
         claimed_pins |= {e["name"] for e in r.owns.get("pin_dirs", [])}
+        if r.state in ("live", "kept"):
+            held.update({e["name"]: f"{r.state} lab {r.name}" for e in r.owns.get("registry", [])})
     exists = netns is None or os.path.exists(os.path.join(nsmod.NETNS_RUN_DIR, netns))
     filters = _filters(netns) if exists and mine else []
     where = f"network namespace {netns}" if netns else "the host's network namespace"
     for path, state in mine:
         node = str(state.get("node") or path.stem)
         alive, words = _owner_state(state)
+        if node in held:
+            notes.append(f"{node}: belongs to the {held[node]}: not touched (ciliumlite lab destroy removes it)")
+            continue
         if alive:
             notes.append(f"{node}: {words}: not touched (stop it first)")
             continue

@@ -171,3 +171,30 @@ def test_python_m_ciliumlite_is_the_ciliumlite_command() -> None:
     assert via_m.returncode == via_cmd.returncode == 0, via_m.stderr + via_cmd.stderr
     assert via_m.stdout == via_cmd.stdout and "Usage: ciliumlite" in via_m.stdout
     assert "lab" in via_m.stdout and "cleanup" in via_m.stdout
+
+
+def _entry(directory: Path, node: str, netns: str) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / f"{node}.json").write_text(json.dumps({
+        "node": node, "netns": netns, "pid": 999999, "owner": {"pid": 999999, "start": 1, "boot": ""},
+        "claims": {"pin_dir": None, "state_dir": None}}))
+
+
+def test_cleanup_leaves_the_datapaths_of_a_kept_lab_to_lab_destroy(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from ciliumlite.ownership.host import plan_cleanup
+
+    monkeypatch.setenv("CILIUMLITE_LAB_DIR", str(tmp_path / "labs"))
+    monkeypatch.setenv("CILIUMLITE_RUN_DIR", str(tmp_path / "dps"))
+    kept = Record("cl0abc9-kept", prefix="cl0abc9-kept")
+    kept.add("registry", "cl0abc9-kept-a", dir=str(tmp_path / "dps"))
+    kept.set_kept()
+    _entry(tmp_path / "dps", "cl0abc9-kept-a", "cl0abc9-kept-a")
+    _entry(tmp_path / "dps", "cl0abc9-gone-a", "cl0abc9-kept-a")  # a datapath no record lists, process gone
+    data = json.loads(Path(kept.path).read_text())
+    data["owner"]["start"] += 1  # its owner has gone (the process that kept it exited)
+    Path(kept.path).write_text(json.dumps(data))
+    plans, notes = plan_cleanup("cl0abc9-kept-a")
+    assert [p.name for p in plans] == ["cl0abc9-gone-a"]
+    assert any("belongs to the kept lab cl0abc9-kept" in n for n in notes), notes
+    assert [s.kind for s in plans[0].removals] == ["registry"]
