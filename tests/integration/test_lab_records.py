@@ -160,8 +160,11 @@ def destroy_orphans(dirs: Dirs, prefix: str) -> dict[str, int]:
     return leftovers(dirs, b)
 
 
-def zero(counts: dict[str, int]) -> dict[str, int]:
-    return {k: v for k, v in counts.items() if v}
+def expect_nothing_left(case: str, counts: dict[str, int]) -> None:
+    """Keep the counts for the module's summary, and fail on anything left."""
+    COUNTS[case] = counts
+    left = {k: v for k, v in counts.items() if v}
+    assert not left, f"{case}: left {left}"
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -231,8 +234,7 @@ def test_destroy_orphans_leaves_nothing_of_the_full_lab(killed_full: Killed) -> 
     done = cli(k.dirs, "lab", "destroy", "--orphans")
     assert done.returncode == 0, done.stdout + done.stderr
     counts = leftovers(k.dirs, b)
-    COUNTS["full lab (single node, VXLAN cluster, native cluster with bird, pods, service)"] = counts
-    assert not zero(counts), counts
+    expect_nothing_left("full lab (single node, VXLAN cluster, native cluster with bird, pods, service)", counts)
     again = cli(k.dirs, "lab", "destroy", "--orphans")
     assert again.returncode == 0 and "no lab to remove" in again.stderr
 
@@ -249,8 +251,7 @@ def small_lab_steps(tmp_path_factory: pytest.TempPathFactory) -> int:
         counts = destroy_orphans(dirs, prefix)
     finally:
         _force_cleanup(dirs, prefix)
-    COUNTS["small lab killed after setup"] = counts
-    assert not zero(counts), counts
+    expect_nothing_left("small lab killed after setup", counts)
     return int(out.split()[1])
 
 
@@ -268,8 +269,7 @@ def test_kill_at_a_point_of_setup_leaves_nothing(which: int, small_lab_steps: in
         counts = destroy_orphans(dirs, prefix)
     finally:
         _force_cleanup(dirs, prefix)
-    COUNTS[f"small lab killed at step {kill_at} of {small_lab_steps}"] = counts
-    assert not zero(counts), counts
+    expect_nothing_left(f"small lab killed at step {kill_at} of {small_lab_steps}", counts)
 
 
 # -- two labs at once ---------------------------------------------------------------------------------------
@@ -297,8 +297,7 @@ def test_destroying_the_orphan_leaves_the_live_lab_forwarding(tmp_path: Path,
             counts = leftovers(dirs, before)
         finally:
             _force_cleanup(dirs, prefix)
-        COUNTS["orphan beside a live lab"] = counts
-        assert not zero(counts), counts
+        expect_nothing_left("orphan beside a live lab", counts)
         assert [n for n in nsmod.list_all() if n.startswith(live.prefix + "-")] == ours
         assert os.path.exists(live.record.path) and (dirs.registry / f"{live.prefix}-n.json").exists()
         assert a.tcp_echo(b.ip, 80).ok and b.ping(a.ip, count=2).ok, "the live lab still forwards"
@@ -369,8 +368,7 @@ def test_a_truncated_record_is_shown_corrupt_and_removed_by_prefix(tmp_path: Pat
         assert "is corrupt" in done.stdout and "removing only what its prefix" in done.stdout, done.stdout
         counts = leftovers(dirs, before, spare=frozenset(decoys))
         assert all(d in nsmod.list_all() for d in decoys), "a namespace outside the prefix is never touched"
-        COUNTS["corrupt record, removed by prefix"] = counts
-        assert not zero(counts), counts
+        expect_nothing_left("corrupt record, removed by prefix", counts)
     finally:
         for d in decoys:
             nsmod.remove(d)
@@ -464,8 +462,7 @@ def test_the_plugin_removes_an_earlier_runs_orphans(tmp_path: Path) -> None:
         counts = leftovers(dirs, before)
     finally:
         _force_cleanup(dirs, prefix)
-    COUNTS["swept by the plugin at session start"] = counts
-    assert not zero(counts), counts
+    expect_nothing_left("swept by the plugin at session start", counts)
 
 
 def test_a_lab_that_fails_half_way_through_setup_leaves_nothing(lab: Lab) -> None:
