@@ -22,7 +22,6 @@ record lists (``ciliumlite lab destroy`` removes those).
 from __future__ import annotations
 
 import contextlib
-import errno
 import functools
 import json
 import os
@@ -41,7 +40,6 @@ from ciliumlite.ownership.identity import ProcessId
 from ciliumlite.ownership.record import read_all
 from ciliumlite.ownership.sweep import Plan, Step, _remove_pin_dir
 
-TC_INGRESS_PARENT, TC_EGRESS_PARENT = 0xFFFFFFF2, 0xFFFFFFF3
 #: Files a datapath (its bird) writes in its state directory: the only ones cleanup removes there.
 STATE_FILES = ("bird/bird.conf", "bird/bird.conf.tmp", "bird/bird.ctl", "bird/bird.pid", "bird/bird.log",
                "bird/bird.out")
@@ -67,56 +65,57 @@ def _claims(state: dict[str, Any]) -> dict[str, Any]:
     return claims if isinstance(claims, dict) else {}
 
 
-def _iproute(netns: str | None) -> Any:
-    from pyroute2 import IPRoute
-
-    return IPRoute(netns=netns) if netns else IPRoute()
-
-
-def _tc() -> str:
-    for cand in (shutil.which("tc"), "/usr/sbin/tc", "/sbin/tc"):
+def _binary(name: str) -> str:
+    for cand in (shutil.which(name), f"/usr/sbin/{name}", f"/sbin/{name}", f"/usr/bin/{name}"):
         if cand and os.access(cand, os.X_OK):
             return cand
-    raise NotSupportedError("tc (iproute2) was not found", feature="iproute2", hint="apt-get install iproute2")
+    raise NotSupportedError(f"{name} (iproute2) was not found", feature="iproute2", hint="apt-get install iproute2")
+
+
+def _iproute2(tool: str, netns: str | None, *args: str) -> subprocess.CompletedProcess[str]:
+    # iproute2, not pyroute2: pyroute2 creates a namespace it is asked to enter when it is gone, and a
+    # namespace can go between the check and the call (another process's lab closing).
+    argv = [_binary(tool), *(["-n", netns] if netns else []), *args]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=10, stdin=subprocess.DEVNULL)
+
+
+def _json(res: subprocess.CompletedProcess[str]) -> list[dict[str, Any]]:
+    try:
+        out = json.loads(res.stdout) if res.returncode == 0 and res.stdout.strip() else []
+    except ValueError:
+        return []
+    return [x for x in out if isinstance(x, dict)] if isinstance(out, list) else []
 
 
 def _filters(netns: str | None) -> list[dict[str, Any]]:
     """Every BPF tc filter in the namespace: device, parent, handle, prio, name, prog id.
 
-    Read with ``tc -j`` (pyroute2 does not decode the filter's program id). Raises
-    ``NotSupportedError`` without iproute2, ``OSError`` if the namespace cannot be read.
+    Read with ``ip -j link`` and ``tc -j filter show``. Raises ``NotSupportedError`` without
+    iproute2; a namespace that has gone has no filters.
     """
-    tc = _tc()
-    with _iproute(netns) as ipr:
-        devices = [(link["index"], link.get_attr("IFLA_IFNAME")) for link in ipr.get_links()]
     out: list[dict[str, Any]] = []
-    for idx, dev in devices:
-        for parent, direction in ((TC_INGRESS_PARENT, "ingress"), (TC_EGRESS_PARENT, "egress")):
-            argv = [tc, "-j", *(["-n", netns] if netns else []), "filter", "show", "dev", dev, direction]
-            res = subprocess.run(argv, capture_output=True, text=True, timeout=10, stdin=subprocess.DEVNULL)
-            try:
-                found = json.loads(res.stdout) if res.returncode == 0 and res.stdout.strip() else []
-            except ValueError:
-                found = []
-            for f in found:
+    for link in _json(_iproute2("ip", netns, "-j", "link", "show")):
+        dev = str(link.get("ifname", ""))
+        if not dev:
+            continue
+        for direction in ("ingress", "egress"):
+            for f in _json(_iproute2("tc", netns, "-j", "filter", "show", "dev", dev, direction)):
                 opts = f.get("options") or {}
                 if f.get("kind") != "bpf" or "handle" not in opts:
                     continue
-                out.append({"ifindex": idx, "device": dev, "parent": parent, "handle": int(str(opts["handle"]), 0),
-                            "prio": int(f.get("pref", 0)), "name": str(opts.get("bpf_name", "")),
-                            "prog_id": (opts.get("prog") or {}).get("id")})
+                out.append({"device": dev, "direction": direction,
+                            "handle": str(opts["handle"]), "prio": int(f.get("pref", 0)),
+                            "name": str(opts.get("bpf_name", "")), "prog_id": (opts.get("prog") or {}).get("id")})
     return out
 
 
 def _delete_filter(netns: str | None, f: dict[str, Any]) -> None:
-    from pyroute2.netlink.exceptions import NetlinkError
-
-    with _iproute(netns) as ipr:
-        try:
-            ipr.tc("del-filter", "bpf", f["ifindex"], f["handle"], parent=f["parent"], prio=f["prio"])
-        except NetlinkError as exc:
-            if exc.code not in (errno.ENOENT, errno.ENODEV):
-                raise
+    """Remove exactly one filter (device, direction, priority and handle). Raises ``OSError`` if tc
+    refuses for another reason than the filter or its device being gone."""
+    res = _iproute2("tc", netns, "filter", "del", "dev", f["device"], f["direction"], "pref", str(f["prio"]),
+                    "handle", f["handle"], "bpf")
+    if res.returncode != 0 and not any(w in res.stderr for w in ("Cannot find", "No such file", "not find")):
+        raise OSError(f"tc filter del on {f['device']} {f['direction']}: {res.stderr.strip()}")
 
 
 def _listed(state: dict[str, Any], name: str, device: str) -> bool:
@@ -137,13 +136,9 @@ def _program_steps(netns: str | None, state: dict[str, Any], pin_dir: str | None
         uses_pins = info is not None and bool(info[1] & maps)
         if uses_pins or _listed(state, name, f["device"]):
             why = "uses its pinned maps" if uses_pins else "listed as its attachment"
-            steps.append(Step("program", f"{name} (id {f['prog_id']}) tc {_direction(f)} on {f['device']}", why,
+            steps.append(Step("program", f"{name} (id {f['prog_id']}) tc {f['direction']} on {f['device']}", why,
                               functools.partial(_delete_filter, netns, f)))
     return steps
-
-
-def _direction(f: dict[str, Any]) -> str:
-    return "ingress" if f["parent"] == TC_INGRESS_PARENT else "egress"
 
 
 def _netns_inode(netns: str | None) -> int | None:
@@ -233,7 +228,8 @@ def plan_cleanup(netns: str | None = None) -> tuple[list[Plan], list[str]]:
         if r.state in ("live", "kept"):
             held.update({e["name"]: f"{r.state} lab {r.name}" for e in r.owns.get("registry", [])})
     exists = netns is None or os.path.exists(os.path.join(nsmod.NETNS_RUN_DIR, netns))
-    filters = _filters(netns) if exists and mine else []
+    dead = [(p, st) for p, st in mine if str(st.get("node") or p.stem) not in held and not _owner_state(st)[0]]
+    filters = _filters(netns) if exists and dead else []  # only a dead datapath's namespace is read
     where = f"network namespace {netns}" if netns else "the host's network namespace"
     for path, state in mine:
         node = str(state.get("node") or path.stem)

@@ -198,3 +198,11 @@ def test_cleanup_leaves_the_datapaths_of_a_kept_lab_to_lab_destroy(tmp_path: Pat
     assert [p.name for p in plans] == ["cl0abc9-gone-a"]
     assert any("belongs to the kept lab cl0abc9-kept" in n for n in notes), notes
     assert [s.kind for s in plans[0].removals] == ["registry"]
+
+
+def test_reading_a_namespace_that_has_gone_never_creates_it() -> None:
+    from ciliumlite.ownership.host import _filters
+
+    name = f"cl0gone{os.getpid()}-x"
+    assert _filters(name) == []
+    assert not os.path.exists(f"/var/run/netns/{name}"), "pyroute2 would have made it; iproute2 does not"
