@@ -16,7 +16,8 @@ from typing import Any
 
 from ciliumlite.bpf._ffi import ffi, lib
 from ciliumlite.bpf.errors import BpfError, NotSupportedError, check
-from ciliumlite.bpf.netns import NetnsRef, netns_inode, netns_name
+from ciliumlite.bpf.netns import NetnsRef, netns_inode
+from ciliumlite.bpf.netns import iproute as netns_iproute
 
 LINK_TYPES = {1: "raw_tracepoint", 2: "tracing", 3: "cgroup", 4: "iter", 5: "netns", 6: "xdp",
               7: "perf_event", 8: "kprobe_multi", 9: "struct_ops", 10: "netfilter", 11: "tcx",
@@ -154,10 +155,7 @@ _qdisc_lock = threading.Lock()
 
 
 def _iproute(netns: NetnsRef) -> Any:
-    from pyroute2 import IPRoute
-
-    name = netns_name(netns)
-    return IPRoute(netns=name) if name else IPRoute()
+    return netns_iproute(netns)  # never re-creates a namespace that has gone
 
 
 class ClsactLink(Link):

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import os
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from ciliumlite.bpf.errors import BpfError, ValidationError
 from ciliumlite.bpf.offloop import off_event_loop
@@ -42,6 +44,22 @@ def netns_name(netns: NetnsRef) -> str | None:
     if isinstance(netns, int):
         return f"/proc/self/fd/{netns}"
     return netns
+
+
+def iproute(netns: NetnsRef) -> Any:
+    """A pyroute2 ``IPRoute`` socket in ``netns`` (the caller closes it).
+
+    pyroute2 *creates* a named namespace that does not exist; a datapath closing after its
+    namespace was removed (or a reader racing a removal) would bring an empty one back. So a
+    missing namespace raises :class:`FileNotFoundError` here instead.
+    """
+    from pyroute2 import IPRoute
+
+    path = netns_path(netns)
+    if path is not None and not os.path.exists(path):
+        raise FileNotFoundError(errno.ENOENT, "network namespace does not exist", path)
+    name = netns_name(netns)
+    return IPRoute(netns=name) if name else IPRoute()
 
 
 def _setns(fd: int, what: str) -> None:

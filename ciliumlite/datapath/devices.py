@@ -9,16 +9,14 @@ from contextlib import contextmanager
 from typing import Any
 
 from ciliumlite.bpf.errors import BpfError, ValidationError
-from ciliumlite.bpf.netns import NetnsRef, entered, netns_name
+from ciliumlite.bpf.netns import NetnsRef, entered
+from ciliumlite.bpf.netns import iproute as netns_iproute
 
 
 @contextmanager
 def iproute(netns: NetnsRef) -> Iterator[Any]:
     """An IPRoute socket in ``netns`` (closed on exit)."""
-    from pyroute2 import IPRoute
-
-    name = netns_name(netns)
-    ipr = IPRoute(netns=name) if name else IPRoute()
+    ipr = netns_iproute(netns)  # raises FileNotFoundError for a namespace that has gone
     try:
         yield ipr
     finally:

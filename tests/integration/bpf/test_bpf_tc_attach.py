@@ -153,3 +153,21 @@ def test_attach_argument_errors(veth_pair: VethPair, load: Loader):
     # veth-b lives in ns_b, not ns_a
     with pytest.raises(ValidationError, match="veth-b"):
         prog.attach_tc(veth_pair.dev_b, netns=veth_pair.ns_a, mode="tcx")
+
+
+def test_closing_a_clsact_link_after_its_namespace_went_does_not_bring_it_back(load: Loader) -> None:
+    # pyroute2's IPRoute(netns=name) creates a missing namespace; closing must not resurrect one.
+    from ciliumlite.bpf import netns as nsmod
+    from ciliumlite.testing.resources import unique_name
+
+    pair = VethPair.create()
+    try:
+        obj = load("test_tc.o", drop_port=5000)
+        link = obj.program("tc_drop_udp_port").attach_tc(pair.dev_a, "ingress", netns=pair.ns_a, mode="clsact")
+    finally:
+        pair.remove()  # both namespaces go, and the filter with them
+    link.close()
+    assert pair.ns_a not in nsmod.list_all(), "closing the link re-created the namespace"
+    with pytest.raises(FileNotFoundError):
+        nsmod.iproute(unique_name("gone"))
+    assert not [n for n in nsmod.list_all() if "gone" in n]
