@@ -2,9 +2,11 @@
 
 The keys are cilium-agent's flag names where one exists (``routing-mode``, ``kvstore``,
 ``cluster-name``, ``devices``, ``mtu``, ``bpf-lb-mode``, ``ipv4-native-routing-cidr``,
-``enable-bpf-masquerade``, ``socket-path``, ``state-dir``, ``kvstore-lease-ttl``), written with
-dashes or underscores alike in a file. Precedence, low to high: the defaults here, the ``--config``
-file (YAML or JSON), the flags given on the command line.
+``enable-bpf-masquerade``, ``bpf-lb-sock``, ``socket-path``, ``state-dir``, ``kvstore-lease-ttl``),
+written with dashes or underscores alike in a file. ``bgp-asn`` and ``bgp-peers`` are ciliumlite's
+own (Cilium configures BGP through CRDs): with native routing they make the datapath run bird,
+announcing the node's pod CIDR to each peer (``name=ip:asn``). Precedence, low to high: the
+defaults here, the ``--config`` file (YAML or JSON), the flags given on the command line.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ciliumlite.agent.client import SOCKET_NAME
+from ciliumlite.bgp.config import BgpPeer
 from ciliumlite.bpf.errors import ValidationError
 from ciliumlite.datapath.config import RUN_BASE, DatapathConfig
 
@@ -28,6 +31,7 @@ ROUTING_MODES = {"tunnel": "vxlan", "native": "native", "none": "none"}
 KVSTORES = ("etcd", "memory")
 LB_MODES = ("snat", "dsr", "hybrid")
 _NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+_PEER = re.compile(r"([^=\s]+)=([0-9.]+):(\d+)")
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,7 @@ class AgentConfig:
     ipv4_native_routing_cidr: str = "10.244.0.0/16"
     bpf_lb_mode: str = "snat"
     enable_bpf_masquerade: bool = False
+    bpf_lb_sock: bool = True
     kube_proxy_replacement: bool = True
     enable_host_legacy_routing: bool = False
     kvstore: str = "memory"
@@ -55,6 +60,8 @@ class AgentConfig:
     kvstore_connect_timeout: float = 60.0
     kvstore_lease_ttl: int = 15
     cluster_name: str = "default"
+    bgp_asn: int | None = None
+    bgp_peers: tuple[str, ...] = ()
     cgroup: str | None = None
     state_dir: str = ""
     socket_path: str = ""
@@ -71,6 +78,9 @@ class AgentConfig:
         if self.bpf_lb_mode not in LB_MODES:
             raise ValidationError(f"bpf-lb-mode: {self.bpf_lb_mode!r} is not one of {', '.join(LB_MODES)}")
         object.__setattr__(self, "kvstore_endpoints", _endpoints(self.kvstore_endpoints))
+        object.__setattr__(self, "bgp_peers", _peers(self.bgp_peers))
+        if self.bgp_asn is not None and (isinstance(self.bgp_asn, bool) or not isinstance(self.bgp_asn, int)):
+            raise ValidationError(f"bgp-asn: {self.bgp_asn!r} is not an AS number")
         if self.kvstore == "etcd" and not self.kvstore_endpoints:
             raise ValidationError("kvstore-endpoints: --kvstore etcd needs at least one http://host:port")
         for ep in self.kvstore_endpoints:
@@ -110,9 +120,24 @@ class AgentConfig:
                 mtu=self.mtu, native_routing_cidr=self.ipv4_native_routing_cidr,
                 load_balancer_mode=self.bpf_lb_mode,  # type: ignore[arg-type]
                 bpf_masquerade=self.enable_bpf_masquerade, kube_proxy_replacement=self.kube_proxy_replacement,
-                host_routing="legacy" if self.enable_host_legacy_routing else "bpf", state_dir=self.state_dir)
+                socket_lb=self.bpf_lb_sock, host_routing="legacy" if self.enable_host_legacy_routing else "bpf",
+                state_dir=self.state_dir, bgp_asn=self.bgp_asn, bgp_peers=self.bgp_peer_list())
         except TypeError as exc:  # a value of the wrong type reached a comparison
             raise ValidationError(f"agent config: {exc}") from None
+
+    def bgp_peer_list(self) -> tuple[BgpPeer, ...]:
+        """``bgp-peers`` as :class:`~ciliumlite.bgp.BgpPeer` values. Raises :class:`ValidationError`
+        naming the peer that is not ``name=ip:asn`` or that ``BgpPeer`` refuses."""
+        out = []
+        for text in self.bgp_peers:
+            m = _PEER.fullmatch(text)
+            if m is None:
+                raise ValidationError(f"bgp-peers: {text!r} is not name=ip:asn (e.g. leaf=10.0.0.254:65001)")
+            try:
+                out.append(BgpPeer(m[1], m[2], int(m[3])))
+            except ValidationError as exc:
+                raise ValidationError(f"bgp-peers: {text!r}: {exc}") from None
+        return tuple(out)
 
     @property
     def run_dir(self) -> str:
@@ -163,6 +188,24 @@ def _endpoints(value: Any) -> tuple[str, ...]:
     if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
         return tuple(p.strip() for v in value for p in v.split(",") if p.strip())
     raise ValidationError(f"kvstore-endpoints: {value!r} is not a URL or a list of URLs")
+
+
+def _peers(value: Any) -> tuple[str, ...]:
+    # A flag gives each peer once (--bgp-peer, repeatable) or "a=...,b=..."; a file a list of
+    # "name=ip:asn" strings or of {name, address, asn} mappings.
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)):
+        raise ValidationError(f"bgp-peers: {value!r} is not a list of name=ip:asn")
+    out = []
+    for item in items:
+        if isinstance(item, Mapping) and set(item) == {"name", "address", "asn"}:
+            item = f"{item['name']}={item['address']}:{item['asn']}"
+        if not isinstance(item, str):
+            raise ValidationError(f"bgp-peers: {item!r} is not name=ip:asn (or a mapping of name, address, asn)")
+        for part in item.split(","):
+            if part.strip():
+                out.append(part.strip())
+    return tuple(out)
 
 
 def load_file(path: str) -> dict[str, Any]:

@@ -170,6 +170,21 @@ class Bird:
         self._pid: int | None = None
         self._proc: subprocess.Popen[bytes] | None = None
 
+    @classmethod
+    def attach(cls, netns: str, cfg: BgpConfig, workdir: str) -> Bird | None:
+        """A handle on a bird another process started with this ``workdir`` (a node agent's), found
+        by the pid in its pidfile and checked against its command line; None if none runs there.
+
+        The handle reads its state (``status``, ``routes``, ``wait_established``); ``stop()`` ends
+        it (after its starter was killed, say). Raises ``ValidationError`` as the constructor does.
+        """
+        bird = cls(netns, cfg, workdir)
+        pid = bird._pid_from_file()
+        if not bird._alive_and_ours(pid):
+            return None
+        bird._pid = pid
+        return bird
+
     # -- paths and state
 
     @property

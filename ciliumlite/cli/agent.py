@@ -177,6 +177,8 @@ def agent_command(
                                                                  help="the cluster's pod CIDR (10.244.0.0/16)")] = None,
     bpf_lb_mode: Annotated[str | None, typer.Option("--bpf-lb-mode", metavar="snat|dsr|hybrid")] = None,
     enable_bpf_masquerade: Annotated[bool | None, typer.Option("--enable-bpf-masquerade/--disable-bpf-masquerade")] = None,
+    bpf_lb_sock: Annotated[bool | None, typer.Option(
+        "--bpf-lb-sock/--no-bpf-lb-sock", help="socket LB: services translated at connect() (default on)")] = None,
     kube_proxy_replacement: Annotated[bool | None, typer.Option(
         "--kube-proxy-replacement/--no-kube-proxy-replacement", help="services in BPF (default on)")] = None,
     enable_host_legacy_routing: Annotated[bool | None, typer.Option(
@@ -190,6 +192,10 @@ def agent_command(
     kvstore_lease_ttl: Annotated[int | None, typer.Option("--kvstore-lease-ttl", metavar="SECONDS",
                                                           help="TTL of this agent's etcd lease (15)")] = None,
     cluster_name: Annotated[str | None, typer.Option("--cluster-name", help="the cluster's name in the kvstore keys")] = None,
+    bgp_asn: Annotated[int | None, typer.Option("--bgp-asn", metavar="ASN",
+                                                help="native routing over BGP: this node's AS (bird runs)")] = None,
+    bgp_peer: Annotated[list[str] | None, typer.Option("--bgp-peer", metavar="NAME=IP:ASN",
+                                                       help="a BGP peer of this node (repeatable)")] = None,
     cgroup: Annotated[str | None, typer.Option("--cgroup", "--cgroup-root", metavar="PATH",
                                                help="the node's child cgroup for socket LB (never the root)")] = None,
     state_dir: Annotated[str | None, typer.Option("--state-dir", metavar="DIR",
@@ -210,10 +216,12 @@ def agent_command(
 
     flags = dict(node=node, netns=netns, pod_cidr=pod_cidr, node_ip=node_ip, routing_mode=routing_mode,
                  devices=devices, mtu=mtu, ipv4_native_routing_cidr=ipv4_native_routing_cidr, bpf_lb_mode=bpf_lb_mode,
-                 enable_bpf_masquerade=enable_bpf_masquerade, kube_proxy_replacement=kube_proxy_replacement,
+                 enable_bpf_masquerade=enable_bpf_masquerade, bpf_lb_sock=bpf_lb_sock,
+                 kube_proxy_replacement=kube_proxy_replacement,
                  enable_host_legacy_routing=enable_host_legacy_routing, kvstore=kvstore,
                  kvstore_endpoints=kvstore_endpoints, kvstore_connect_timeout=kvstore_connect_timeout,
-                 kvstore_lease_ttl=kvstore_lease_ttl, cluster_name=cluster_name, cgroup=cgroup, state_dir=state_dir,
+                 kvstore_lease_ttl=kvstore_lease_ttl, cluster_name=cluster_name, bgp_asn=bgp_asn,
+                 bgp_peers=tuple(bgp_peer) if bgp_peer else None, cgroup=cgroup, state_dir=state_dir,
                  socket_path=socket_path, remove_datapath_on_exit=remove_datapath_on_exit, debug=debug)
     try:
         cfg = AgentConfig.from_sources(load_file(config) if config else None, flags)

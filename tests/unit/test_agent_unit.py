@@ -46,7 +46,28 @@ def test_etcd_endpoints_from_a_flag_or_a_list() -> None:
     assert AgentConfig.from_sources({"kvstore-endpoints": ["http://a:2379"]}, base).kvstore_endpoints == ("http://a:2379",)
 
 
+def test_bgp_peers_and_socket_lb_reach_the_datapath_config() -> None:
+    base = {"node": "w1", "pod_cidr": "10.244.1.0/24", "node_ip": "10.0.0.12", "routing_mode": "native"}
+    cfg = AgentConfig.from_sources({"bgp-asn": 65012, "bgp-peers": [{"name": "leaf", "address": "10.0.0.254",
+                                                                   "asn": 65001}]},
+                                   {**base, "bpf_lb_sock": False})
+    dp = cfg.datapath_config()
+    assert (dp.bgp_asn, [(p.name, p.address, p.asn) for p in dp.bgp_peers]) == (65012, [("leaf", "10.0.0.254", 65001)])
+    assert dp.socket_lb is False and cfg.as_dict()["bgp-peers"] == ["leaf=10.0.0.254:65001"]
+    two = AgentConfig.from_sources(None, {**base, "bgp_asn": 65012, "bgp_peers": ("a=10.0.0.1:1", "b=10.0.0.2:2")})
+    assert [p.name for p in two.bgp_peer_list()] == ["a", "b"]
+
+
 @pytest.mark.parametrize(("values", "words"), [
+    ({"node": "w1", "pod_cidr": "10.244.1.0/24", "node_ip": "10.0.0.1", "routing_mode": "native", "bgp_asn": 1,
+      "bgp_peers": "leaf"}, "bgp-peers: 'leaf' is not name=ip:asn"),
+    ({"node": "w1", "pod_cidr": "10.244.1.0/24", "node_ip": "10.0.0.1", "routing_mode": "native", "bgp_asn": 1,
+      "bgp_peers": ["leaf=10.0.0.254:0"]}, "bgp-peers: 'leaf=10.0.0.254:0'"),
+    ({"node": "w1", "pod_cidr": "10.244.1.0/24", "routing_mode": "none", "bgp_peers": ["leaf=10.0.0.254:65001"]},
+     "bgp_peers needs bgp_asn"),
+    ({"node": "w1", "pod_cidr": "10.244.1.0/24", "routing_mode": "none", "bgp_asn": 65012,
+      "bgp_peers": ["leaf=10.0.0.254:65001"]}, "bgp_asn needs routing='native'"),
+    ({"node": "w1", "pod_cidr": "10.244.1.0/24", "routing_mode": "none", "bgp_asn": "x"}, "bgp-asn: 'x'"),
     ({"pod_cidr": "10.244.1.0/24"}, "node is required"),
     ({"node": "w1"}, "pod-cidr is required"),
     ({"node": "w1", "pod_cidr": "10.244.1.0/24", "routing_mode": "carrier"}, "routing-mode: 'carrier'"),
