@@ -5,6 +5,11 @@ One cluster is built like the seed's (``k8s-master``, ``worker1``, ``worker3`` b
 and a NodePort service, an outside client at 203.0.113.10). Chapters that need another routing or
 LB mode than the cluster's build a small lab of their own. Every chapter returns a ``StepResult``
 with the evidence it saw; labs are always torn down (also on Ctrl-C) unless ``keep=True``.
+
+``kvstore="etcd"`` builds every lab with ``Lab(store="etcd")``: etcd in the fabric, an agent
+process per node, pods through the CNI plugin, the seed's services applied as Kubernetes manifests.
+The chapters read each node through ``node.view``, which answers from the datapath in this process
+or from the agent's pins and API alike.
 """
 
 from __future__ import annotations
@@ -14,16 +19,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ciliumlite.bpf.errors import ValidationError
 from ciliumlite.datapath.config import LbMode, Routing
 from ciliumlite.datapath.dsr import DsrOption
 from ciliumlite.datapath.reasons import Reason
 from ciliumlite.lab import Lab, Pod
+from ciliumlite.lab.agents import AgentNode
 from ciliumlite.lab.lab import LabCluster
 from ciliumlite.service import Backend, Frontend, Service
 
 NODES = ["k8s-master", "worker1", "worker3"]
 CLUSTER_IP = "10.96.0.10"
 NODE_PORT = 31000
+KVSTORES = ("memory", "etcd")
 
 
 @dataclass
@@ -49,6 +57,13 @@ class Demo:
     routing: Routing
     lb_mode: LbMode
     extra_labs: list[Lab] = field(default_factory=list)
+    kvstore: str = "memory"
+
+    def new_lab(self, name: str) -> Lab:
+        """A lab of the demo's kind (closed with the demo)."""
+        lab = Lab(name, store="etcd" if self.kvstore == "etcd" else None)
+        self.extra_labs.append(lab)
+        return lab
 
     def pods(self, role: str) -> list[Pod]:
         """The pods named ``role`` on every node."""
@@ -56,29 +71,51 @@ class Demo:
 
     def small_cluster(self, name: str, routing: Routing, **config: Any) -> LabCluster:
         """A 2-node lab for a chapter that needs another mode (closed with the demo)."""
-        lab = Lab(name)
-        self.extra_labs.append(lab)
-        return lab.cluster(["k8s-master", "worker1"], routing=routing, bgp=False, **config)
+        return self.new_lab(name).cluster(["k8s-master", "worker1"], routing=routing, bgp=False, **config)
 
 
-def build(routing: Routing = "native", lb_mode: LbMode = "snat") -> Demo:
-    """The seed's cluster, services and outside client."""
-    lab = Lab("demo")
+def seed_manifests(backend_ips: list[str]) -> str:
+    """The seed's two Services (``testapp``, ClusterIP; ``testapp-np``, NodePort) and their
+    EndpointSlices, as a user writes them for ``ciliumlite apply -f`` (namespace ``default``)."""
+    docs = []
+    for name, ip, node_port in (("testapp", CLUSTER_IP, None), ("testapp-np", "10.96.0.11", NODE_PORT)):
+        port = "{port: 80, targetPort: 80, protocol: TCP" + (f", nodePort: {node_port}" if node_port else "") + "}"
+        docs.append(f"apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\n"
+                    f"spec:\n  type: {'NodePort' if node_port else 'ClusterIP'}\n  clusterIP: {ip}\n"
+                    f"  ports: [{port}]\n")
+        endpoints = "".join(f"  - addresses: [{a}]\n" for a in backend_ips)
+        docs.append(f"apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}-1\n"
+                    f"  namespace: default\n  labels: {{kubernetes.io/service-name: {name}}}\n"
+                    f"addressType: IPv4\nports: [{{port: 80, protocol: TCP}}]\nendpoints:\n{endpoints}")
+    return "---\n".join(docs)
+
+
+def build(routing: Routing = "native", lb_mode: LbMode = "snat", kvstore: str = "memory") -> Demo:
+    """The seed's cluster, services and outside client (``kvstore="etcd"``: agents over etcd, the
+    services applied as manifests). Raises :class:`ValidationError` for another ``kvstore``, and what
+    building the lab raises (it is removed again then)."""
+    if kvstore not in KVSTORES:
+        raise ValidationError(f"kvstore must be one of {', '.join(KVSTORES)}, not {kvstore!r}")
+    lab = Lab("demo", store="etcd" if kvstore == "etcd" else None)
     try:
         cluster = lab.cluster(NODES, routing=routing, load_balancer_mode=lb_mode if routing == "native" else "snat",
                               bpf_masquerade=True)
         for node in cluster.nodes():
             node.add_pod("client")
             node.add_pod("testappds").ensure_echo_server(80)
-        backends = [Backend(p.ip, 80) for p in (n.pods["testappds"] for n in cluster.nodes())]
-        cluster.upsert_service(Service(name="testapp", frontend=Frontend(CLUSTER_IP, 80), backends=backends))
-        cluster.upsert_service(Service(name="testapp-np", frontend=Frontend("10.96.0.11", 80), type="NodePort",
-                                       node_port=NODE_PORT, backends=backends))
+        ips = [p.ip for p in (n.pods["testappds"] for n in cluster.nodes())]
+        if kvstore == "etcd":
+            lab.apply(seed_manifests(ips))  # returns once every agent has programmed them
+        else:
+            backends = [Backend(ip, 80) for ip in ips]
+            cluster.upsert_service(Service(name="testapp", frontend=Frontend(CLUSTER_IP, 80), backends=backends))
+            cluster.upsert_service(Service(name="testapp-np", frontend=Frontend("10.96.0.11", 80), type="NodePort",
+                                           node_port=NODE_PORT, backends=backends))
         lab.outside()
     except BaseException:
         lab.close()
         raise
-    return Demo(lab, cluster, routing, lb_mode)
+    return Demo(lab, cluster, routing, lb_mode, kvstore=kvstore)
 
 
 def _tx_packets(pod: Pod) -> int:
@@ -92,14 +129,16 @@ def step_status(demo: Demo) -> StepResult:
     """Chapter 1: kube-proxy replacement status, like ``cilium status``."""
     lines, ok = [], True
     for node in demo.cluster.nodes():
-        assert node.datapath is not None
-        cfg = node.datapath.config
-        attached = len(node.datapath.attachments())
+        view = node.view
+        cfg = view.config
+        attached = len(view.attachments())
         ok = ok and cfg.kube_proxy_replacement and cfg.host_routing == "bpf" and attached > 0
         lines.append(f"{node.name}: KubeProxyReplacement: {cfg.kube_proxy_replacement} · Host Routing: "
                      f"{cfg.host_routing.upper()} · Routing: {cfg.routing} · Masquerading: "
                      f"{'BPF' if cfg.bpf_masquerade else 'Disabled'} · LB: {cfg.load_balancer_mode} · "
-                     f"{attached} programs attached · {len(node.datapath.endpoints())} endpoints")
+                     f"{attached} programs attached · {len(view.endpoints())} endpoints"
+                     + (f" · agent pid {node.agent.pid}, kvstore etcd" if isinstance(node, AgentNode) and node.agent
+                        else ""))
     return StepResult("kube-proxy replacement status", ok, lines)
 
 
@@ -107,18 +146,18 @@ def step_host_routing(demo: Demo) -> StepResult:
     """Chapter 2: same-node pods; bpf_redirect_peer bypasses the destination's lxc device."""
     node = demo.cluster.node("worker3")
     client, test = node.pods["client"], node.pods["testappds"]
-    assert node.datapath is not None
-    fwd0 = node.datapath.count(Reason.FORWARDED)
+    view = node.view
+    fwd0 = view.count(Reason.FORWARDED)
     before = _tx_packets(test)
     ping = client.ping(test, count=5, interval=0.05)
     moved = _tx_packets(test) - before
-    fwd = node.datapath.count(Reason.FORWARDED) - fwd0
+    fwd = view.count(Reason.FORWARDED) - fwd0
     return StepResult("same-node host routing (redirect_peer)", ping.ok and moved < ping.received and fwd > 0, [
         f"worker3: client {client.ip} -> testappds {test.ip}: {ping.received}/{ping.transmitted} replies, "
         f"avg {ping.rtt_avg_ms} ms",
         f"TX packets on testappds' lxc device moved by {moved} for {ping.received} echo requests "
         "(bypassed by bpf_redirect_peer: tcpdump on that lxc sees nothing)",
-        f"BPF forwarded {fwd} packets; gateway ARP answered by BPF ({node.datapath.count(Reason.ARP_REPLY)} replies)",
+        f"BPF forwarded {fwd} packets; gateway ARP answered by BPF ({view.count(Reason.ARP_REPLY)} replies)",
     ])
 
 
@@ -145,12 +184,12 @@ def step_vxlan(demo: Demo) -> StepResult:
         client, _, lines, ok = _cross(cluster)
     vnis = {int.from_bytes(f.raw[46:49], "big") for f in cap.frames
             if f.proto == 17 and f.ports[1] == 8472 and f.src == sender.ip}
-    assert sender.datapath is not None
+    view = sender.view
     ok = ok and client.endpoint.identity in vnis
     return StepResult("VXLAN overlay (identity in the VNI)", ok, [
-        *lines, f"tunnel map on {sender.name}: {sender.datapath.tunnel.entries() if sender.datapath.tunnel else {}}",
+        *lines, f"tunnel map on {sender.name}: {view.tunnel_entries()}",
         f"on the wire from {sender.ip}: UDP 8472, VNIs {sorted(vnis)}; client's security identity "
-        f"{client.endpoint.identity}", f"encapsulated by BPF: {sender.datapath.count(Reason.ENCAPSULATED)} packets; "
+        f"{client.endpoint.identity}", f"encapsulated by BPF: {view.count(Reason.ENCAPSULATED)} packets; "
         "MACs rewritten only at the end, by from-overlay on the receiving node"])
 
 
@@ -159,19 +198,17 @@ def step_native(demo: Demo) -> StepResult:
     if demo.routing == "native":
         cluster = demo.cluster
     else:
-        lab = Lab("demo-bgp")
-        demo.extra_labs.append(lab)
-        cluster = lab.cluster(["k8s-master", "worker1"], routing="native")
+        cluster = demo.new_lab("demo-bgp").cluster(["k8s-master", "worker1"], routing="native")
     _, _, lines, ok = _cross(cluster)
     node = cluster.nodes()[-1]
-    assert node.datapath is not None and node.bird is not None
+    assert node.bird is not None
     sessions = [s for s in node.bird.status() if s.is_bgp]
     routes = [r.strip() for r in node.run("ip", "route").stdout.splitlines() if "proto bird" in r]
     ok = ok and all(s.established for s in sessions) and len(routes) == len(cluster.nodes()) - 1
     return StepResult("native routing with BGP (bird)", ok, [
         *lines, f"BGP on {node.name}: " + ", ".join(f"{s.name} {s.info or s.state}" for s in sessions),
         *[f"route: {r}" for r in routes],
-        f"FIB-redirected by BPF (pod veth -> NIC): {node.datapath.count(Reason.FIB_REDIRECT)} packets"])
+        f"FIB-redirected by BPF (pod veth -> NIC): {node.view.count(Reason.FIB_REDIRECT)} packets"])
 
 
 def step_socket_lb(demo: Demo) -> StepResult:
@@ -243,17 +280,29 @@ STEPS: list[tuple[str, Callable[[Demo], StepResult]]] = [
 
 
 def run_demo(*, routing: Routing = "native", lb_mode: LbMode = "snat", keep: bool = False,
-             only: list[str] | None = None,
+             only: list[str] | None = None, kvstore: str = "memory",
              on_step: Callable[[str, StepResult | None], None] | None = None) -> tuple[list[StepResult], Lab | None]:
-    """Build the cluster, run the chapters, tear everything down (unless ``keep``: the main lab stays)."""
+    """Build the cluster, run the chapters, tear everything down (unless ``keep``: the main lab stays).
+
+    ``kvstore="etcd"``: every lab runs etcd and an agent per node (see the module). Raises
+    :class:`ValidationError` for another ``kvstore``, or ``keep`` with etcd (an etcd lab ends with
+    this process), and what building the main cluster raises.
+    """
+    if kvstore not in KVSTORES:
+        raise ValidationError(f"kvstore must be one of {', '.join(KVSTORES)}, not {kvstore!r}")
+    if keep and kvstore == "etcd":
+        raise ValidationError("keep=True needs kvstore='memory': an etcd lab's etcd ends with this process")
     if on_step:
         on_step("building the cluster", None)
     t0 = time.monotonic()
-    demo = build(routing, lb_mode)
+    demo = build(routing, lb_mode, kvstore)
+    control = (f"etcd at {demo.lab.etcd.url} in {demo.lab.prefix}-fabric, an agent process per node, pods "
+               "through the CNI plugin, services applied as manifests" if demo.lab.etcd is not None
+               else "in-process datapaths, in-memory store")
     results = [StepResult("cluster built", True, [
         f"{len(NODES)} nodes ({', '.join(NODES)}), {routing} routing, leaf 10.0.0.254, "
         f"{sum(len(n.pods) for n in demo.cluster.nodes())} pods, services testapp ({CLUSTER_IP}:80) and "
-        f"testapp-np (NodePort {NODE_PORT}), outside client 203.0.113.10"], time.monotonic() - t0)]
+        f"testapp-np (NodePort {NODE_PORT}), outside client 203.0.113.10", control], time.monotonic() - t0)]
     try:
         for name, fn in STEPS:
             if only and name not in only:

@@ -7,6 +7,10 @@ cgroup), makes pod namespaces, and removes all of it on close: agents stopped by
 datapath's pins and registry entry, namespaces, the node's cgroups (also the v1 hierarchies a
 container runtime made under the node's name). Everything is in the lab's ownership record
 (:mod:`ciliumlite.lab.owned`) before it is made, so a crashed run is swept like any lab's.
+
+Unlike ``Lab(store="etcd")`` (one agent per node, managed by the lab), the tests here start any
+number of agents with any flags, also ones that must fail; the agent process, its command line
+and the removal of what a kept datapath leaves are the lab's (:mod:`ciliumlite.lab.agents`).
 """
 
 from __future__ import annotations
@@ -14,24 +18,24 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
+import shutil
 import signal
 import subprocess
-import sys
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from ciliumlite.agent.client import AgentClient, AgentError, AgentUnavailable
-from ciliumlite.bpf import fs
+from ciliumlite.agent.client import AgentClient
 from ciliumlite.datapath import registry
-from ciliumlite.datapath.config import PIN_BASE, RUN_BASE
+from ciliumlite.datapath.config import PIN_BASE, RUN_BASE, DatapathConfig
 from ciliumlite.datapath.devices import set_sysctl
 from ciliumlite.lab import Lab, owned, procs
+from ciliumlite.lab.agents import AGENT_ARGV, ROUTING_FLAG, AgentProc, agent_argv, remove_datapath_leftovers
 from ciliumlite.lab.fabric import LEAF_IP, node_ip
 
-AGENT = [sys.executable, "-m", "ciliumlite.cli", "agent"]
+AGENT = AGENT_ARGV
+#: ``--routing-mode`` -> ``DatapathConfig.routing``.
+ROUTING = {flag: routing for routing, flag in ROUTING_FLAG.items()}
 
 
 @dataclass
@@ -54,62 +58,6 @@ class AgentNode:
     def client(self, timeout: float = 60.0) -> AgentClient:
         """A client of this node's agent."""
         return AgentClient(self.socket, timeout=timeout)
-
-
-class AgentProc:
-    """One agent process; its stderr is collected by a thread (a full pipe would block it)."""
-
-    def __init__(self, alab: AgentLab, node: AgentNode, proc: subprocess.Popen[str], argv: list[str]) -> None:
-        self.alab = alab
-        self.node = node
-        self.proc = proc
-        self.argv = argv
-        self._lines: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        with contextlib.suppress(ValueError, OSError):  # the pipe closed under us on stop
-            assert self.proc.stderr is not None
-            for line in self.proc.stderr:
-                self._lines.append(line)
-
-    @property
-    def log(self) -> str:
-        """What the agent logged so far."""
-        return "".join(self._lines)
-
-    def wait_ready(self, timeout: float = 60.0) -> None:
-        """Until the API answers ``healthz`` with ok; raises AssertionError (with the log) otherwise."""
-        deadline = time.monotonic() + timeout
-        last = ""
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                self._reader.join(timeout=5)
-                raise AssertionError(f"agent {self.node.name} exited with {self.proc.returncode}:\n{self.log}")
-            try:
-                if self.node.client(timeout=5).healthz()["status"] == "ok":
-                    return
-            except (AgentUnavailable, AgentError) as exc:
-                last = str(exc)
-            time.sleep(0.1)
-        raise AssertionError(f"agent {self.node.name} not ready after {timeout:g} s ({last}):\n{self.log}")
-
-    def wait_exit(self, timeout: float = 60.0) -> int:
-        """The exit status (the process is then forgotten by the lab's group)."""
-        try:
-            rc = self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            raise AssertionError(f"agent {self.node.name} still runs after {timeout:g} s:\n{self.log}") from None
-        self._reader.join(timeout=5)
-        self.alab.forget(self)
-        return rc
-
-    def terminate(self, timeout: float = 60.0) -> int:
-        """SIGTERM (by pid) and the exit status."""
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-        return self.wait_exit(timeout)
 
 
 class AgentLab:
@@ -147,18 +95,16 @@ class AgentLab:
         ``etcd`` (an EtcdServer) selects the etcd kvstore with the lab's prefix as cluster name;
         otherwise the memory store. ``wait``: until its API is ready.
         """
-        argv = [*AGENT, "--node", node.name, "--netns", node.netns, "--pod-cidr", node.pod_cidr,
-                "--cgroup", node.cgroup, "--routing-mode", routing or ("tunnel" if node.ip else "none")]
-        if node.ip:
-            argv += ["--node-ip", node.ip]
+        mode = routing or ("tunnel" if node.ip else "none")
+        cfg = DatapathConfig(node_name=node.name, pod_cidr=node.pod_cidr, routing=ROUTING[mode],  # type: ignore[arg-type]
+                             node_ip=node.ip or "0.0.0.0")
         if etcd is not None:
-            argv += ["--kvstore", "etcd", "--kvstore-endpoints", etcd.url, "--cluster-name", self.lab.prefix,
-                     "--kvstore-lease-ttl", "10"]
+            argv = agent_argv(cfg, netns=node.netns, cgroup=node.cgroup, kvstore="etcd", endpoints=[etcd.url],
+                              cluster=self.lab.prefix, lease_ttl=10)
         else:
-            argv += ["--kvstore", "memory"]
+            argv = agent_argv(cfg, netns=node.netns, cgroup=node.cgroup)
         argv += list(args)
-        proc = self.lab.processes.popen(node.netns, argv, node.cgroup)
-        agent = AgentProc(self, node, proc, argv)
+        agent = AgentProc(self.lab.processes, node.name, node.socket, argv, node.netns, node.cgroup)
         self.agents.append(agent)
         if wait:
             agent.wait_ready()
@@ -204,11 +150,8 @@ class AgentLab:
     @staticmethod
     def remove_kept_datapath(node: AgentNode) -> None:
         """What an agent that kept its datapath left: pins (detaching its links) and the registry entry."""
-        pin_dir = f"{PIN_BASE}/{node.name}"
-        if os.path.isdir(pin_dir):
-            fs.remove_pin_dir(pin_dir)
-        registry.withdraw(node.name)
-        registry.release(node.name)
+        remove_datapath_leftovers(node.name, f"{PIN_BASE}/{node.name}")
+        shutil.rmtree(f"{RUN_BASE}/{node.name}/state", ignore_errors=True)  # what Datapath.restore would read
         with contextlib.suppress(OSError):
             os.rmdir(f"{RUN_BASE}/{node.name}")
 
@@ -221,7 +164,7 @@ class AgentLab:
 
     def stop_agents_of(self, node: AgentNode) -> None:
         """SIGTERM (then SIGKILL) the agents of one node, by pid."""
-        for agent in [a for a in self.agents if a.node is node]:
+        for agent in [a for a in self.agents if a.node == node.name]:
             with contextlib.suppress(Exception):
                 if agent.proc.poll() is None:
                     os.kill(agent.proc.pid, signal.SIGTERM)

@@ -26,6 +26,8 @@ def demo(keep: bool = typer.Option(False, "--keep", help="leave the cluster up t
          routing: str = typer.Option("native", "--routing", help="vxlan or native (the main cluster)"),
          lb_mode: str = typer.Option("snat", "--lb-mode", help="snat, dsr or hybrid (native routing only)"),
          step: list[str] = typer.Option(None, "--step", help="run only these chapters"),
+         kvstore: str = typer.Option("memory", "--kvstore", help="memory (datapaths in this process) or etcd "
+                                     "(etcd in the fabric, an agent process per node, pods through the CNI plugin)"),
          as_json: bool = typer.Option(False, "--json", help="machine-readable output")) -> None:
     """Build the seed's cluster in network namespaces and prove every path works."""
     from ciliumlite.demo import StepResult, run_demo
@@ -50,11 +52,17 @@ def demo(keep: bool = typer.Option(False, "--keep", help="leave the cluster up t
     try:
         if status is not None:
             status.start()
-        if routing not in ("vxlan", "native") or lb_mode not in ("snat", "dsr", "hybrid"):
-            console.print("[red]--routing is vxlan or native; --lb-mode is snat, dsr or hybrid[/]")
+        if routing not in ("vxlan", "native") or lb_mode not in ("snat", "dsr", "hybrid") \
+                or kvstore not in ("memory", "etcd"):
+            console.print("[red]--routing is vxlan or native; --lb-mode is snat, dsr or hybrid; --kvstore is memory "
+                          "or etcd[/]")
+            raise typer.Exit(2)
+        if keep and kvstore == "etcd":
+            console.print("[red]--keep needs --kvstore memory[/]: an etcd lab's etcd is a child of this command "
+                          "and ends with it")
             raise typer.Exit(2)
         results, kept = run_demo(routing=routing, lb_mode=lb_mode, keep=keep,  # type: ignore[arg-type]
-                                 only=step or None, on_step=on_step)
+                                 only=step or None, kvstore=kvstore, on_step=on_step)
     finally:
         if status is not None:
             status.stop()

@@ -35,6 +35,13 @@ class RoutingOpt(enum.StrEnum):
     native = "native"
 
 
+class KvstoreOpt(enum.StrEnum):
+    """--kvstore."""
+
+    memory = "memory"
+    etcd = "etcd"
+
+
 class LbModeOpt(enum.StrEnum):
     """--lb-mode."""
 
@@ -89,6 +96,9 @@ def connectivity_test(
                                       help="native routing: pod CIDRs over BGP (bird) or static routes")] = True,
     timeout: Annotated[float, typer.Option("--timeout", min=0.2, max=30.0,
                                            help="seconds to wait for each answer")] = 2.0,
+    kvstore: Annotated[KvstoreOpt, typer.Option("--kvstore", help="memory: datapaths in this process; etcd: etcd in "
+                                                "the fabric, an agent process per node, pods through the CNI "
+                                                "plugin")] = KvstoreOpt.memory,
     as_json: Annotated[bool, typer.Option("--json", help="print the results as JSON (nothing else)")] = False,
     junit: Annotated[Path | None, typer.Option("--junit", metavar="PATH", help="also write a JUnit XML report",
                                                dir_okay=False)] = None,
@@ -140,7 +150,8 @@ def connectivity_test(
 
     try:
         ct = ConnectivityTest(routing=routing.value, lb_mode=lb_mode.value, nodes=nodes, masquerade=masquerade,
-                              bgp=bgp if routing is RoutingOpt.native else None, timeout=timeout)
+                              bgp=bgp if routing is RoutingOpt.native else None, timeout=timeout,
+                              kvstore=kvstore.value)
     except CiliumliteError as exc:
         console.print(f"[red]Error:[/] {escape(str(exc))}")
         raise typer.Exit(2) from None
@@ -169,7 +180,7 @@ def connectivity_test(
     else:
         counts = summary(results)
         title = (f"connectivity-test: {config['routing']}, lb-mode {config['lb_mode']}, "
-                 f"masquerade {'on' if config['masquerade'] else 'off'}")
+                 f"masquerade {'on' if config['masquerade'] else 'off'}, kvstore {config.get('kvstore', 'memory')}")
         console.print(_table(results, title))
         color = "red" if counts["failed"] else "green"
         console.print(f"[{color}]{counts['passed']} passed, {counts['failed']} failed, {counts['skipped']} skipped[/] "

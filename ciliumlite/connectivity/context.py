@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from ciliumlite.bpf.errors import CiliumliteError
 from ciliumlite.datapath.config import DatapathConfig
 from ciliumlite.datapath.reasons import Reason
 from ciliumlite.lab import EchoResult, Host, Lab, LabCluster, Node, Pod, procs
@@ -116,10 +117,10 @@ class ConnectivityContext:
         Raises :class:`ValueError` if the first node has no datapath (the runner never builds
         such a context).
         """
-        dp = self.nodes[0].datapath
-        if dp is None:
-            raise ValueError(f"node {self.nodes[0].name} has no datapath")
-        return dp.config
+        try:
+            return self.nodes[0].view.config
+        except CiliumliteError:
+            raise ValueError(f"node {self.nodes[0].name} has no datapath") from None
 
     @property
     def lb_mode(self) -> str:
@@ -141,14 +142,12 @@ class ConnectivityContext:
         return self.echo_same if svc.startswith("echo-same") else self.echo_other
 
     def counter(self, node: Node, reason: Reason) -> int:
-        """A datapath counter of ``node`` (0 without a datapath)."""
-        return node.datapath.count(reason) if node.datapath is not None else 0
+        """A datapath counter of ``node`` (read through ``node.view``, wherever the datapath runs)."""
+        return node.view.count(reason)
 
     def drop_counts(self, node: Node) -> dict[tuple[int, int], int]:
-        """``node``'s drop counters: (reason, direction) -> packets (empty without a datapath)."""
-        if node.datapath is None:
-            return {}
-        return {(m.reason, m.direction): m.packets for m in node.datapath.metrics() if m.is_drop}
+        """``node``'s drop counters: (reason, direction) -> packets (empty without BPF)."""
+        return {(m.reason, m.direction): m.packets for m in node.view.metrics() if m.is_drop}
 
     def start_run(self) -> None:
         """Begin a run: remember every node's drop counters, and no drop is expected yet."""

@@ -23,7 +23,8 @@ class ConnectivityTest:
     """Deploy the test workloads and run scenarios.
 
     ``target`` None builds a fresh lab (``Lab(name)``, ``nodes`` nodes in ``routing`` mode with
-    ``load_balancer_mode=lb_mode`` and ``bpf_masquerade=masquerade``); ``close()`` removes it. A
+    ``load_balancer_mode=lb_mode`` and ``bpf_masquerade=masquerade``; ``kvstore="etcd"``:
+    ``Lab(name, store="etcd")``, an agent process per node over etcd); ``close()`` removes it. A
     :class:`Lab` (with one cluster, or none: one is built in it) or a :class:`LabCluster` is used as
     it is: the workloads go onto its first two nodes and ``close()`` removes only what was added.
 
@@ -33,7 +34,9 @@ class ConnectivityTest:
 
     def __init__(self, target: Lab | LabCluster | None = None, *, routing: str = "vxlan", lb_mode: str = "snat",
                  nodes: int = 2, masquerade: bool = True, bgp: bool | None = None, name: str = "conn",
-                 timeout: float = 2.0, extra_config: dict[str, Any] | None = None) -> None:
+                 timeout: float = 2.0, extra_config: dict[str, Any] | None = None, kvstore: str = "memory") -> None:
+        if kvstore not in ("memory", "etcd"):
+            raise ValidationError(f"kvstore must be memory or etcd, not {kvstore!r}")
         if routing not in ("vxlan", "native"):
             raise ValidationError(f"routing must be vxlan or native, not {routing!r}")
         if lb_mode not in LB_MODE:
@@ -46,7 +49,7 @@ class ConnectivityTest:
             raise ValidationError(f"timeout must be 0.2..30 seconds, not {timeout}")
         self.target = target
         self.routing, self.lb_mode, self.n_nodes, self.masquerade, self.bgp = routing, lb_mode, nodes, masquerade, bgp
-        self.name, self.timeout = name, timeout
+        self.name, self.timeout, self.kvstore = name, timeout, kvstore
         self.extra_config = dict(extra_config or {})
         self.ctx: ConnectivityContext | None = None
         self._cl: LabCluster | None = None
@@ -66,9 +69,11 @@ class ConnectivityTest:
                                    bgp=self.bgp, **config)
             if len(lab.clusters) != 1:
                 raise ValidationError(f"{lab!r} has {len(lab.clusters)} clusters: pass the LabCluster to test")
+            if lab.etcd is not None:  # its cluster's nodes are agents: the lab's AgentCluster drives them
+                return lab.lab_clusters[0]
             members = [lab.nodes[n.name] for n in lab.clusters[0].nodes() if n.name in lab.nodes]
             return LabCluster(lab, lab.clusters[0], members)
-        self._own_lab = Lab(self.name)
+        self._own_lab = Lab(self.name, store="etcd" if self.kvstore == "etcd" else None)
         try:
             return self._own_lab.cluster(list(NODE_NAMES[:self.n_nodes]), routing=self.routing,  # type: ignore[arg-type]
                                          bgp=self.bgp, **config)
@@ -104,7 +109,7 @@ class ConnectivityTest:
         return pod
 
     def _deploy(self, cl: LabCluster) -> ConnectivityContext:
-        nodes = sorted((n for n in cl.nodes() if n.datapath is not None and n.ip), key=lambda n: n.index)
+        nodes = sorted((n for n in cl.nodes() if n.ip), key=lambda n: n.index)
         if len(nodes) < 2:
             raise ValidationError("the connectivity test needs a cluster of at least 2 nodes on the underlay")
         first, second = nodes[0], nodes[1]
@@ -177,10 +182,10 @@ class ConnectivityTest:
         """What was tested (for reports): the options before :meth:`setup`, the live configuration after."""
         if self.ctx is None:
             return {"routing": self.routing, "lb_mode": self.lb_mode, "masquerade": self.masquerade,
-                    "nodes": self.n_nodes}
+                    "nodes": self.n_nodes, "kvstore": self.kvstore}
         cfg = self.ctx.config
-        return {"lab": self.ctx.lab.prefix, "routing": cfg.routing, "lb_mode": cfg.load_balancer_mode,
-                "masquerade": cfg.bpf_masquerade, "socket_lb": cfg.socket_lb,
+        return {"lab": self.ctx.lab.prefix, "kvstore": self.ctx.lab.kvstore, "routing": cfg.routing,
+                "lb_mode": cfg.load_balancer_mode, "masquerade": cfg.bpf_masquerade, "socket_lb": cfg.socket_lb,
                 "kube_proxy_replacement": cfg.kube_proxy_replacement, "nodes": [n.name for n in self.ctx.nodes],
                 "pod_mtu": cfg.pod_mtu}
 

@@ -49,16 +49,12 @@ def _addr(pair: tuple[str, int] | None) -> str:
 
 def _node_ips(node: Node) -> set[str]:
     """Addresses that mean "this node": its underlay address and its gateway in the pod CIDR."""
-    ips = {node.ip or ""}
-    if node.datapath is not None:
-        ips.add(str(node.datapath.config.gateway))
-    return ips
+    return {node.ip or "", str(node.view.config.gateway)}
 
 
 def _attached(node: Node, program: str) -> bool:
     """Whether ``node``'s datapath has ``program`` attached anywhere (node or endpoint programs)."""
-    return node.datapath is not None and any(lk.program == program and not lk.closed
-                                             for lk in node.datapath.attachments())
+    return any(a.program == program for a in node.view.attachments())
 
 
 def _note_to_netdev(c: Checks, nodes: Iterable[Node], why: str) -> None:
@@ -212,8 +208,8 @@ def host_to_pod(ctx: ConnectivityContext) -> ScenarioResult:
 def pod_to_host(ctx: ConnectivityContext) -> ScenarioResult:
     """Pod to node addresses (local and remote)."""
     c = Checks()
-    gw = ctx.client.node.datapath.config.gateway if ctx.client.node.datapath else None
-    for target in [n.ip or "" for n in ctx.nodes] + ([str(gw)] if gw else []):
+    gw = ctx.client.node.view.config.gateway
+    for target in [n.ip or "" for n in ctx.nodes] + [str(gw)]:
         ok, text = ctx.ping(ctx.client, target)
         c.expect(ok, text)
     return c.result()
@@ -404,7 +400,7 @@ def _churn(ctx: ConnectivityContext, c: Checks) -> None:
                                 bpf_masquerade=cfg.bpf_masquerade, kube_proxy_replacement=cfg.kube_proxy_replacement,
                                 socket_lb=cfg.socket_lb)
     added = time.monotonic() - t0
-    c.note(f"{CHURN_NODE} joined ({node.ip}, {node.datapath.config.pod_cidr if node.datapath else '?'}) "
+    c.note(f"{CHURN_NODE} joined ({node.ip}, {node.view.config.pod_cidr}) "
            f"in {added:.1f}s")
     time.sleep(0.3)
     t0 = time.monotonic()

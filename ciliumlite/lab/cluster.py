@@ -37,7 +37,7 @@ class LabCluster:
         :meth:`LabBgp.start` (the node stays a member of the cluster store then).
         """
         first = next(iter(self.members.values()), None)
-        routing = first.datapath.config.routing if first and first.datapath else "vxlan"
+        routing = first.view.config.routing if first else "vxlan"
         bgp = first is not None and first.bird is not None
         node = self.lab.add_node(name, routing=routing, bgp=bgp, **config)
         assert node.datapath is not None

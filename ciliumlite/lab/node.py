@@ -18,6 +18,7 @@ from ciliumlite.datapath.devices import set_sysctl
 from ciliumlite.lab import owned
 from ciliumlite.lab.fabric import node_ip
 from ciliumlite.lab.hosts import Pod
+from ciliumlite.lab.view import DatapathView, NodeView
 from ciliumlite.node import BgpRoutes, Datapath
 from ciliumlite.ownership.identity import ProcessId
 from ciliumlite.ownership.record import Entry
@@ -65,6 +66,12 @@ class Node:
             raise
 
     def _start_datapath(self, cfg: DatapathConfig) -> None:
+        self._claim_datapath(cfg)
+        self.datapath = Datapath(cfg, netns=self.netns, cgroup=self.cgroup)
+        self._settle_datapath(cfg)
+
+    def _claim_datapath(self, cfg: DatapathConfig) -> None:
+        """Record what the datapath will make, before it is made."""
         record = self.lab.record
         # What the Datapath makes is recorded first: its pins, its registry entry and, with BGP,
         # its bird (found by the lab's work directory on its command line until its pid is known).
@@ -75,8 +82,11 @@ class Node:
             bird = owned.claim(record, "processes", f"bird of {self.name}", netns=self.netns,
                                match=self.lab.workdir + "/")
             self._claims.append(("processes", bird))
-        self.datapath = Datapath(cfg, netns=self.netns, cgroup=self.cgroup)
-        owned.settle(record, "pin_dirs", pins, cfg.pin_dir if cfg.host_routing == "bpf" else None)
+
+    def _settle_datapath(self, cfg: DatapathConfig) -> None:
+        """Once the datapath is made: the inode of its pins, its bird's pid."""
+        record = self.lab.record
+        owned.settle(record, "pin_dirs", self._claims[0][1], cfg.pin_dir if cfg.host_routing == "bpf" else None)
         if self.bird is not None and self.bird.pid is not None:
             ident = ProcessId.of(self.bird.pid)
             if ident is not None:
@@ -137,6 +147,14 @@ class Node:
         """The node's BGP speaker (run by its datapath with BGP routing), or None."""
         routing = self.datapath.routing if self.datapath is not None else None
         return routing.bird if isinstance(routing, BgpRoutes) else None
+
+    @property
+    def view(self) -> NodeView:
+        """The datapath's settings, counters and tables, read-only (the same for a node run by its
+        agent). Raises :class:`CiliumliteError` once the node is closed."""
+        if self.datapath is None:
+            raise CiliumliteError(f"{self.name} has no datapath (closed)")
+        return DatapathView(self.datapath)
 
     @property
     def info(self) -> NodeInfo:

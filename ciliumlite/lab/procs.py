@@ -76,12 +76,13 @@ class ProcessGroup:
         return proc
 
     def run(self, netns: str, argv: Sequence[str], cgroup: str | None = None, timeout: float = 30.0,
-            check: bool = False) -> subprocess.CompletedProcess[str]:
+            check: bool = False, *, env: dict[str, str] | None = None,
+            input: str | None = None) -> subprocess.CompletedProcess[str]:
         """Run ``argv`` to completion in ``netns`` (and ``cgroup``), bounded by ``timeout``; recorded
         (by command line) while it runs. Raises as :func:`run`."""
         entry = self._claim(netns, argv)
         try:
-            return run(netns, argv, cgroup, timeout=timeout, check=check)
+            return run(netns, argv, cgroup, timeout=timeout, check=check, env=env, input=input)
         finally:
             self._forget(entry)
 
@@ -125,14 +126,17 @@ class ProcessGroup:
 
 
 def run(netns: str, argv: Sequence[str], cgroup: str | None = None, timeout: float = 30.0,
-        check: bool = False) -> subprocess.CompletedProcess[str]:
-    """Run ``argv`` to completion in ``netns`` (and ``cgroup``), bounded by ``timeout``.
+        check: bool = False, *, env: dict[str, str] | None = None,
+        input: str | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``argv`` to completion in ``netns`` (and ``cgroup``), bounded by ``timeout``; ``env``
+    replaces the environment, ``input`` is written to its stdin (else stdin is empty).
 
     Raises ``subprocess.TimeoutExpired`` (the process is killed), ``OSError`` or
     ``subprocess.SubprocessError`` if it cannot start, ``CalledProcessError`` with ``check``.
     """
+    stdin = subprocess.DEVNULL if input is None else None
     return subprocess.run(list(argv), preexec_fn=preexec(netns, cgroup), capture_output=True, text=True,
-                          timeout=timeout, check=check, stdin=subprocess.DEVNULL)
+                          timeout=timeout, check=check, stdin=stdin, input=input, env=env)
 
 
 def python_script(script: str, *args: str) -> list[str]:
