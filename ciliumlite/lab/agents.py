@@ -282,7 +282,8 @@ def remove_datapath_leftovers(node_name: str, pin_dir: str, bird: Bird | None = 
     if os.path.isdir(pin_dir):
         fs.remove_pin_dir(pin_dir)
         removed.append(pin_dir)
-    if registry.entry_path(node_name).exists() or (registry.run_dir() / f"{node_name}{registry.CLOSING_SUFFIX}").exists():
+    closing = registry.run_dir() / f"{node_name}{registry.CLOSING_SUFFIX}"
+    if registry.entry_path(node_name).exists() or closing.exists():
         registry.withdraw(node_name)
         registry.release(node_name)
         removed.append(f"registry entry {node_name}")
