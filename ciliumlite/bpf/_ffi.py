@@ -117,6 +117,8 @@ int bpf_link_get_next_id(__u32 start_id, __u32 *next_id);
 struct bpf_link_create_opts { size_t sz; __u32 flags; };
 int bpf_link_create(int prog_fd, int target_fd, int attach_type, const struct bpf_link_create_opts *opts);
 int bpf_link_detach(int link_fd);
+struct bpf_link_update_opts { size_t sz; __u32 flags; __u32 old_prog_fd; __u32 old_map_fd; };
+int bpf_link_update(int link_fd, int new_prog_fd, const struct bpf_link_update_opts *opts);
 
 struct bpf_test_run_opts {
     size_t sz;

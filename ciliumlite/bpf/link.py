@@ -23,6 +23,8 @@ LINK_TYPES = {1: "raw_tracepoint", 2: "tracing", 3: "cgroup", 4: "iter", 5: "net
               7: "perf_event", 8: "kprobe_multi", 9: "struct_ops", 10: "netfilter", 11: "tcx",
               12: "uprobe_multi", 13: "netkit"}
 TC_INGRESS_PARENT, TC_EGRESS_PARENT = 0xFFFFFFF2, 0xFFFFFFF3
+#: BPF_LINK_UPDATE only if the old program is the one named (include/uapi/linux/bpf.h).
+BPF_F_REPLACE = 1 << 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +118,35 @@ class FdLink(Link):
                 pass
             self.pin_path = None
 
+    def update(self, program: Any, *, expected_prog_fd: int | None = None) -> None:
+        """Swap the link's program for ``program`` (a :class:`Program` or a program fd) atomically.
+
+        BPF_LINK_UPDATE: every packet runs either the old or the new program, never none (how
+        Cilium replaces tcx, XDP and cgroup programs). With ``expected_prog_fd`` the kernel swaps
+        only if that program is still attached (``BPF_F_REPLACE``). Raises :class:`BpfError`:
+        ``ENOLINK`` for a defunct link (its device went), ``EPERM`` when the old program is not
+        ``expected_prog_fd``, ``EINVAL`` for a program of another type or attach type.
+        """
+        if self.closed:
+            raise BpfError("update link", errno.EBADF, target=self.program, hint="the link was closed")
+        prog_fd = program if isinstance(program, int) else int(program.fd)
+        opts = ffi.new("struct bpf_link_update_opts *", {"sz": ffi.sizeof("struct bpf_link_update_opts")})
+        if expected_prog_fd is not None:
+            opts.flags = BPF_F_REPLACE
+            opts.old_prog_fd = expected_prog_fd
+        rc = lib.bpf_link_update(self.fd, prog_fd, opts)
+        if rc < 0:
+            raise BpfError("update link", -rc, target=f"{self.program} at {self.point}")
+        if not isinstance(program, int):
+            self.program = program.name
+
+    def prog_fd(self) -> int:
+        """A new fd of the program attached now (the caller closes it). Raises :class:`BpfError`."""
+        fd = lib.bpf_prog_get_fd_by_id(self.info.prog_id)
+        if fd < 0:
+            raise BpfError("open attached program", -fd, target=self.program)
+        return int(fd)
+
     def destroy(self) -> None:
         """Detach now, even if pinned, and remove the pin."""
         if not self.closed:
@@ -187,6 +218,49 @@ class ClsactLink(Link):
                 hint = (f"a filter already uses priority {priority}: pass another priority="
                         if exc.code == errno.EEXIST else "")
                 raise BpfError("attach tc filter", exc.code, target=str(self.point), hint=hint) from exc
+
+    @classmethod
+    def adopt(cls, program: str, ifindex: int, direction: str, netns: NetnsRef, priority: int, handle: int,
+              device: str, *, created_qdisc: bool = True) -> ClsactLink:
+        """Take over a filter an earlier process attached (classic tc outlives its process).
+
+        Nothing is written; the filter is only checked to exist. ``created_qdisc`` says whether
+        ciliumlite made the clsact qdisc (then :meth:`close` may remove it once empty). Raises
+        :class:`BpfError` (``ENOENT``) when there is no filter at that priority and handle.
+        """
+        link = cls.__new__(cls)
+        Link.__init__(link, program, AttachPoint("clsact", device, ifindex, direction,
+                                                 "" if netns is None else str(netns)))
+        link._netns, link._ifindex = netns, ifindex
+        link._parent = TC_INGRESS_PARENT if direction == "ingress" else TC_EGRESS_PARENT
+        link._prio, link._handle = priority, handle
+        link._ns_key = (netns_inode(netns), ifindex)
+        with _iproute(netns) as ipr:
+            found = [f for f in ipr.get_filters(ifindex, parent=link._parent)
+                     if f.get_attr("TCA_OPTIONS") and (f["info"] >> 16) == priority]
+        if not found:
+            raise BpfError("adopt tc filter", errno.ENOENT, target=str(link.point),
+                           hint=f"no bpf filter with priority {priority}: the attachment is gone")
+        if created_qdisc:
+            with _qdisc_lock:
+                _created_qdiscs.add(link._ns_key)
+        return link
+
+    def replace(self, prog_fd: int, program: str) -> None:
+        """Swap the filter's program in place: same parent, priority and handle (``tc filter replace``).
+
+        The kernel swaps the classifier under RCU, so no packet sees the hook without a program
+        (Cilium's legacy-tc replacement). Raises :class:`BpfError` with the netlink errno.
+        """
+        from pyroute2.netlink.exceptions import NetlinkError
+
+        try:
+            with _iproute(self._netns) as ipr:
+                ipr.tc("replace-filter", "bpf", self._ifindex, self._handle, fd=prog_fd, name=program,
+                       parent=self._parent, prio=self._prio, classid=1, direct_action=True)
+        except NetlinkError as exc:
+            raise BpfError("replace tc filter", exc.code, target=str(self.point)) from exc
+        self.program = program
 
     def _drop_qdisc_if_empty(self, ipr: Any) -> None:
         if self._ns_key not in _created_qdiscs:
