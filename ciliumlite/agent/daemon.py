@@ -32,10 +32,11 @@ from ciliumlite.agent.api import ApiServer, claim_socket
 from ciliumlite.agent.config import AgentConfig
 from ciliumlite.agent.endpoints import EndpointRequest, EndpointTable
 from ciliumlite.agent.errors import AgentStartError, NotReady
-from ciliumlite.bpf.errors import CiliumliteError, NotSupportedError, ValidationError
+from ciliumlite.bpf.errors import CiliumliteError, ValidationError
 from ciliumlite.cluster.cluster import Cluster
 from ciliumlite.cluster.store import ClusterStore, InMemoryStore, NodeInfo
 from ciliumlite.node import Datapath
+from ciliumlite.node.state import state_path
 from ciliumlite.service import Service
 
 log = logging.getLogger("ciliumlite.agent")
@@ -185,7 +186,7 @@ class Agent:
         if self.store is None:
             return
         try:
-            self.datapath = Datapath(cfg.datapath_config(), netns=cfg.netns, cgroup=cfg.cgroup)
+            self.datapath = self._open_datapath()
         except (CiliumliteError, OSError) as exc:
             raise AgentStartError(f"datapath of {cfg.node} in {cfg.netns or 'this namespace'}: {exc}") from exc
         dp_cfg = self.datapath.config
@@ -297,6 +298,21 @@ class Agent:
         self.state = "stopped"
         return errors
 
+    def _open_datapath(self) -> Datapath:
+        """Adopt the datapath a previous agent kept (its state file exists), else build one.
+
+        A restore never rebuilds over a running datapath whose state it cannot trust: a bad state
+        (``StateError``) fails the start, leaving that datapath forwarding as it is.
+        """
+        cfg = self.config
+        dp_cfg = cfg.datapath_config()
+        if os.path.exists(state_path(dp_cfg)):
+            dp = Datapath.restore(dp_cfg, netns=cfg.netns, cgroup=cfg.cgroup)
+            log.info("datapath of %s restored (%d endpoints, %d services)", cfg.node, len(dp.endpoints()),
+                     len(dp.services()))
+            return dp
+        return Datapath(dp_cfg, netns=cfg.netns, cgroup=cfg.cgroup)
+
     def _release_datapath(self, dp: Datapath) -> list[str]:
         if self.config.remove_datapath_on_exit:
             try:
@@ -305,14 +321,13 @@ class Agent:
             except Exception as exc:
                 return [f"removing the datapath: {exc}"]
             return []
-        # Left in place, as cilium-agent does: tc links are pinned so the programs stay attached
-        # after this process exits; maps are pinned already. Pods keep forwarding.
+        # Left in place, as cilium-agent does: links and maps are pinned (since they were made), so
+        # the programs stay attached after this process exits and pods keep forwarding; detach()
+        # writes the state the next agent restores from.
         try:
-            dp.pin_links()
-        except NotSupportedError:
-            pass  # legacy host routing: the kernel's routes forward without any BPF link
+            dp.detach()
         except Exception as exc:
-            return [f"pinning the datapath's links: {exc}"]
+            return [f"keeping the datapath: {exc}"]
         log.info("datapath of %s left in place (pins in %s)", self.config.node, dp.config.pin_dir)
         return []
 

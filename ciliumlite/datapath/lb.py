@@ -239,6 +239,37 @@ class LbMaps:
         else:
             self._rows.pop(service, None)
 
+    def adopt(self, rows: dict[str, list[FrontendRow]]) -> None:
+        """Carry on from a previous process with the rows it wrote, by service; nothing is written.
+
+        The id allocations are read back from the maps, which are the truth a crash cannot skew
+        (as Cilium restores its services from the BPF maps): reverse-NAT ids from the frontend
+        rows, backend ids from the backend map. Raises ``ValueError`` when a row is not in the
+        maps as the services say (the maps were changed behind ciliumlite's back).
+        """
+        backends = {(b.address, b.port, b.proto): bid for bid, b in self.backends.items()}
+        fronts = {(k.address, k.dport, k.proto, k.scope): v.rev_nat_index
+                  for k, v in self.services.items() if k.backend_slot == 0}
+        self._backend_ids = {}
+        self._revnat_ids = {}
+        for service, service_rows in rows.items():
+            for row in service_rows:
+                rid = fronts.get(row.frontend)
+                if rid is None:
+                    raise ValueError(f"service {service}: frontend {row.address}:{row.port} is not in the map")
+                self._revnat_ids[row.frontend] = rid
+                for ip, port in row.backends:
+                    bid = backends.get((ip, port, row.proto))
+                    if bid is None:
+                        raise ValueError(f"service {service}: backend {ip}:{port} is not in the backend map")
+                    self._backend_ids[(ip, port, row.proto)] = bid
+        used = set(self._revnat_ids.values())
+        self._next_revnat = max(used, default=0) + 1
+        self._free_revnat = sorted(set(range(1, self._next_revnat)) - used, reverse=True)
+        self._next_backend = max(backends.values(), default=0) + 1
+        for service, service_rows in rows.items():
+            self._retain(service, [], service_rows)
+
     def revnat_ids(self) -> dict[tuple[IPv4Address, int, int, int], int]:
         """The reverse-NAT ids allocated now, by frontend (address, port, proto, scope)."""
         return dict(self._revnat_ids)

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from ciliumlite.bpf import BpfObject, Map
 from ciliumlite.bpf.errors import ValidationError
@@ -20,6 +21,7 @@ from ciliumlite.datapath import devices
 from ciliumlite.datapath.config import DatapathConfig
 from ciliumlite.datapath.records import ENDPOINT_F_HOST, EndpointInfo, EndpointKey
 from ciliumlite.endpoint import MAX_IDENTITY, Endpoint, identity_for, lxc_name
+from ciliumlite.node import links
 
 #: Cilium's reserved:host identity, carried by the node's own addresses in ``cilium_lxc``.
 HOST_IDENTITY = 1
@@ -62,13 +64,27 @@ class Endpoints:
     """
 
     def __init__(self, config: DatapathConfig, netns: NetnsRef, lxc: BpfObject | None,
-                 lxc_map: Map[EndpointKey, EndpointInfo] | None) -> None:
+                 lxc_map: Map[EndpointKey, EndpointInfo] | None, *, pin_dir: str | None = None,
+                 load_lxc: Callable[[], BpfObject] | None = None) -> None:
         self.config = config
         self.netns = netns
         self._lxc = lxc
         self._map = lxc_map
+        self._pin_dir = pin_dir
+        # A restored node loads bpf_lxc only when a new endpoint needs its program: adopting the
+        # running endpoints must not cost a verifier run.
+        self._load_lxc = load_lxc
         self._by_ip: dict[ipaddress.IPv4Address, Endpoint] = {}
         self._next_id = 1
+
+    @property
+    def lxc(self) -> BpfObject | None:
+        """The loaded ``bpf_lxc`` whose program new endpoints get (None until one is needed)."""
+        return self._lxc
+
+    def set_object(self, lxc: BpfObject, lxc_map: Map[EndpointKey, EndpointInfo]) -> None:
+        """Use ``lxc`` for new endpoints from now on (a reload); the caller closes the old object."""
+        self._lxc, self._map = lxc, lxc_map
 
     # -- address management
     def allocate_ip(self) -> ipaddress.IPv4Address:
@@ -158,14 +174,17 @@ class Endpoints:
         return idx, node_mac
 
     def _program(self, ep: Endpoint) -> None:
+        if self._lxc is None and self._load_lxc is not None:
+            self._lxc = self._load_lxc()
         if self._lxc is not None and self._map is not None:
             self._map.set(ep.key, ep.info)
-            ep.link = self._lxc.program("cil_from_container").attach_tc(
+            link = self._lxc.program("cil_from_container").attach_tc(
                 ep.ifindex, "ingress", netns=self.netns, mode=self.config.tc_mode)
+            ep.link = links.keep(link, self._pin_dir, f"ep-{ep.ifname}")
 
     def _unprogram(self, ep: Endpoint) -> None:
         if ep.link is not None:
-            ep.link.close()
+            links.drop(ep.link)
             ep.link = None
         if self._map is not None:
             self._map.pop(ep.key, None)
@@ -189,6 +208,46 @@ class Endpoints:
             devices.delete_link(self.netns, target.ifname)
         del self._by_ip[target.ip]
         return target
+
+    # -- state
+    def to_json(self) -> list[dict[str, Any]]:
+        """The endpoints as the state file keeps them (with their link's description)."""
+        return [{"id": e.id, "name": e.name, "ip": str(e.ip), "pod_netns": e.pod_netns, "ifname": e.ifname,
+                 "ifindex": e.ifindex, "mac": e.mac, "node_mac": e.node_mac, "identity": e.identity,
+                 "labels": e.labels, "adopted": e.adopted,
+                 "link": links.describe(e.link) if e.link is not None else None} for e in self.all()]
+
+    @property
+    def next_id(self) -> int:
+        """The id the next endpoint gets."""
+        return self._next_id
+
+    def adopt(self, rows: list[dict[str, Any]], next_id: int) -> None:
+        """Take over the endpoints a state file lists, and their links, touching nothing.
+
+        Raises :class:`~ciliumlite.node.links.AdoptError` for a link that is missing or not the
+        one named, ``KeyError``/``ValueError`` for a malformed row (the adopted links are let go).
+        """
+        try:
+            for row in rows:
+                link = links.adopt(row["link"], self.netns) if row.get("link") else None
+                ep = Endpoint(int(row["id"]), str(row["name"]), ipaddress.IPv4Address(row["ip"]),
+                              str(row["pod_netns"]), str(row["ifname"]), int(row["ifindex"]), str(row["mac"]),
+                              str(row["node_mac"]), int(row["identity"]), dict(row["labels"]),
+                              adopted=bool(row["adopted"]), link=link)
+                self._by_ip[ep.ip] = ep
+        except BaseException:
+            self.release()
+            raise
+        self._next_id = max([next_id, *(e.id + 1 for e in self._by_ip.values())])
+
+    def release(self) -> None:
+        """Let go of every endpoint and leave it running (links stay attached, rows stay)."""
+        for ep in self._by_ip.values():
+            if ep.link is not None:
+                links.release(ep.link)
+                ep.link = None
+        self._by_ip.clear()
 
     # -- reading
     def get(self, ip: str | ipaddress.IPv4Address) -> Endpoint:

@@ -10,6 +10,7 @@ from ciliumlite.bpf.netns import NetnsRef
 from ciliumlite.bpf.program import TcMode
 from ciliumlite.datapath import loader
 from ciliumlite.datapath.config import NodeRodata
+from ciliumlite.node import links
 
 
 class NativeDevice:
@@ -26,13 +27,29 @@ class NativeDevice:
         self._obj: BpfObject | None = loader.load_host(rodata, pin_dir)
         self._links: list[Link] = []
         try:
-            self._links.append(self._obj.program("cil_from_netdev").attach_tc(ifindex, "ingress", netns=netns,
-                                                                              mode=tc_mode))
-            self._links.append(self._obj.program("cil_to_netdev").attach_tc(ifindex, "egress", netns=netns,
-                                                                            mode=tc_mode))
+            self._links.append(links.keep(self._obj.program("cil_from_netdev").attach_tc(
+                ifindex, "ingress", netns=netns, mode=tc_mode), pin_dir, "netdev-ingress"))
+            self._links.append(links.keep(self._obj.program("cil_to_netdev").attach_tc(
+                ifindex, "egress", netns=netns, mode=tc_mode), pin_dir, "netdev-egress"))
         except BaseException:
             self.close()
             raise
+
+    @classmethod
+    def adopt(cls, netns: NetnsRef, ifindex: int, adopted: list[Link]) -> NativeDevice:
+        """The device's attachments a previous process made (ingress, egress), taken over as they run."""
+        self = cls.__new__(cls)
+        self.netns, self.ifindex, self._obj, self._links = netns, ifindex, None, list(adopted)
+        return self
+
+    def set_object(self, obj: BpfObject) -> BpfObject | None:
+        """Use the reloaded ``obj`` (its programs already swapped in); returns the old object to close."""
+        old, self._obj = self._obj, obj
+        return old
+
+    def release(self) -> None:
+        """Let go and leave both programs attached."""
+        self._shut(keep=True)
 
     @property
     def obj(self) -> BpfObject | None:
@@ -46,8 +63,11 @@ class NativeDevice:
 
     def close(self) -> None:
         """Detach both programs and close the object."""
+        self._shut(keep=False)
+
+    def _shut(self, *, keep: bool) -> None:
         for link in self._links:
-            link.close()
+            (links.release if keep else links.drop)(link)
         self._links.clear()
         if self._obj is not None:
             self._obj.close()

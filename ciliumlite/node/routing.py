@@ -40,6 +40,9 @@ class Routing(Protocol):
     def remove(self, node: NodeInfo) -> None:
         """Stop routing to ``node``'s pods; other nodes are untouched. Never raises for a gone node."""
 
+    def adopt(self, node: NodeInfo) -> None:
+        """Know ``node`` as routed already (a restored datapath): nothing is written."""
+
     def status(self) -> dict[str, object]:
         """What the strategy reports for ``Datapath.status()``."""
 
@@ -56,6 +59,9 @@ class NoRouting:
         """Nothing to do (a node without routing has no remote pods)."""
 
     def remove(self, node: NodeInfo) -> None:
+        """Nothing to do."""
+
+    def adopt(self, node: NodeInfo) -> None:
         """Nothing to do."""
 
     def status(self) -> dict[str, object]:
@@ -81,6 +87,10 @@ class TunnelRouting:
     def remove(self, node: NodeInfo) -> None:
         """The tunnel entry and route of ``node`` go."""
         self.tunnel.remove(node)
+
+    def adopt(self, node: NodeInfo) -> None:
+        """The tunnel entry and route of ``node`` exist already (see :meth:`Tunnel.adopt_route`)."""
+        self.tunnel.adopt_route(node)
 
     def status(self) -> dict[str, object]:
         """The tunnel device and its entries."""
@@ -110,6 +120,10 @@ class StaticRoutes:
         known = self._routes.pop(node.name, node)
         with devices.iproute(self.netns) as ipr, contextlib.suppress(Exception):
             ipr.route("del", dst=known.pod_cidr, gateway=known.ip)
+
+    def adopt(self, node: NodeInfo) -> None:
+        """The route to ``node``'s pods exists already: only recorded (removed with the node)."""
+        self._routes[node.name] = node
 
     def status(self) -> dict[str, object]:
         """The routes this strategy installed."""
@@ -144,6 +158,9 @@ class BgpRoutes:
 
     def remove(self, node: NodeInfo) -> None:
         """Nothing to delete: the route is withdrawn over BGP."""
+
+    def adopt(self, node: NodeInfo) -> None:
+        """Nothing to record: the route arrives over BGP."""
 
     def sessions(self) -> list[BgpSession]:
         """bird's BGP sessions (``birdc show protocols``)."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from ipaddress import IPv4Address, IPv4Network
+from typing import Any
 
 from ciliumlite.bpf import BpfObject
 from ciliumlite.bpf.errors import NotSupportedError, ValidationError
@@ -30,6 +31,7 @@ from ciliumlite.datapath.records import (
     SVC_FLAG_NODEPORT,
     SVC_FLAG_ROUTABLE,
 )
+from ciliumlite.node import links
 from ciliumlite.service import Service
 
 #: The cgroup hooks of ``bpf_sock`` (socket LB at connect time and for unconnected UDP).
@@ -125,11 +127,12 @@ class Services:
             if self._cgroup and self.config.socket_lb:
                 # Socket LB goes on the node's own cgroup, never the cgroup root.
                 for prog in SOCK_PROGRAMS:
-                    self._links.append(sock.program(prog).attach_cgroup(self._cgroup))
+                    self._links.append(links.keep(sock.program(prog).attach_cgroup(self._cgroup), self._pin_dir,
+                                                  f"sock-{prog}"))
             self._lb = LbMaps(self._pin_dir, self.config.maglev_table_size)
         except BaseException:
             for link in self._links:
-                link.close()
+                links.drop(link)
             self._links.clear()
             sock.close()
             raise
@@ -184,15 +187,66 @@ class Services:
             parts.append(f"{json.dumps(name)}: {cached[1]}")
         return "{" + ",".join(parts) + "}"
 
+    # -- state, restore and reload
+    def links_json(self) -> list[dict[str, Any]]:
+        """Socket LB's links as the state file keeps them (the services are :meth:`as_json`)."""
+        return [links.describe(lk) for lk in self._links]
+
+    def adopt(self, services: dict[str, Any], sock_links: list[dict[str, Any]], netns: Any) -> None:
+        """Carry on with the services a state file lists: the LB maps and socket LB's links as they
+        are (nothing is written; the id allocations are read back from the maps). Raises
+        :class:`~ciliumlite.node.links.AdoptError`, :class:`ValidationError` for a bad service,
+        ``KeyError``/``ValueError`` for a bad entry or rows missing from the maps, and what opening
+        the pinned LB maps raises; what was taken over is let go then."""
+        try:
+            svcs = [Service.from_dict(d) for d in services.values()]
+            for desc in sock_links:
+                self._links.append(links.adopt(desc, netns))
+            if svcs or self._links:
+                if self._pin_dir is None:
+                    raise ValueError("services without a pin directory")
+                self._lb = LbMaps(self._pin_dir, self.config.maglev_table_size)
+                self._lb.adopt({s.name: lb_rows(s, self.config.node_ip, self.config.network) for s in svcs})
+            self._by_name = {s.name: s for s in svcs}
+        except BaseException:
+            self.release()
+            raise
+
+    @property
+    def sock(self) -> BpfObject | None:
+        """The loaded ``bpf_sock`` (None before the first service, or for an adopted node)."""
+        return self._sock
+
+    @property
+    def active(self) -> bool:
+        """Whether socket LB and the LB maps are in use (a reload must load ``bpf_sock`` then)."""
+        return self._lb is not None
+
+    def set_sock(self, sock: BpfObject) -> BpfObject | None:
+        """Use the reloaded ``sock`` (its programs already swapped in); returns the old object to close."""
+        old, self._sock = self._sock, sock
+        return old
+
+    def set_rodata(self, rodata: NodeRodata) -> None:
+        """The rodata a later ``bpf_sock`` load uses (a reload with a new config, or a restore)."""
+        self._rodata = rodata
+
+    def release(self) -> None:
+        """Let go and leave socket LB and the LB maps as they are."""
+        self._shut(keep=True)
+
     def close(self) -> None:
         """Forget the services, close the LB maps, detach socket LB and close ``bpf_sock``."""
+        self._shut(keep=False)
+
+    def _shut(self, *, keep: bool) -> None:
         self._by_name.clear()
         self._json.clear()
         if self._lb is not None:
             self._lb.close()
             self._lb = None
         for link in self._links:
-            link.close()
+            (links.release if keep else links.drop)(link)
         self._links.clear()
         if self._sock is not None:
             self._sock.close()

@@ -22,6 +22,7 @@ from ciliumlite.bpf.program import TcMode
 from ciliumlite.datapath import devices, loader, maps
 from ciliumlite.datapath.config import VXLAN_PORT, NodeRodata
 from ciliumlite.datapath.records import TunnelKey, TunnelValue
+from ciliumlite.node import links
 
 if TYPE_CHECKING:
     from ciliumlite.cluster.store import NodeInfo
@@ -64,8 +65,41 @@ class Tunnel:
         """
         self._obj = loader.load_overlay(rodata, pin_dir)
         self._map = maps.TUNNEL.from_object(self._obj)
-        self._link = self._obj.program("cil_from_overlay").attach_tc(
-            self.ifindex, "ingress", netns=self.netns, mode=self.tc_mode)
+        self._link = links.keep(self._obj.program("cil_from_overlay").attach_tc(
+            self.ifindex, "ingress", netns=self.netns, mode=self.tc_mode), pin_dir, "overlay-ingress")
+
+    @classmethod
+    def adopt(cls, netns: NetnsRef, *, device: str, gateway: IPv4Address, tc_mode: TcMode, ifindex: int,
+              link: Link, tunnel_map: Map[TunnelKey, TunnelValue]) -> Tunnel:
+        """The overlay a previous process made, taken over as it runs (nothing is re-created).
+
+        ``tunnel_map`` is opened from its pin by the caller, who closes it.
+        """
+        self = cls.__new__(cls)  # the device exists: __init__ would create one
+        self.netns, self.device, self.gateway, self.tc_mode, self.ifindex = netns, device, gateway, tc_mode, ifindex
+        self._obj, self._link, self._map, self._routes = None, link, tunnel_map, {}
+        return self
+
+    @property
+    def obj(self) -> BpfObject | None:
+        """The loaded ``bpf_overlay`` (None for an adopted overlay until a reload)."""
+        return self._obj
+
+    def set_object(self, obj: BpfObject) -> BpfObject | None:
+        """Use the reloaded ``obj`` (its program already swapped in); returns the old object to close."""
+        old, self._obj = self._obj, obj
+        self._map = maps.TUNNEL.from_object(obj)
+        return old
+
+    def release(self) -> None:
+        """Let go and leave the overlay running: the link stays attached, device and routes stay."""
+        if self._link is not None:
+            links.release(self._link)
+            self._link = None
+        self._map = None
+        if self._obj is not None:
+            self._obj.close()
+            self._obj = None
 
     @property
     def links(self) -> list[Link]:
@@ -88,6 +122,10 @@ class Tunnel:
             if self._map is not None:
                 self._map.pop(key, None)
             raise
+        self._routes[node.name] = node
+
+    def adopt_route(self, node: NodeInfo) -> None:
+        """Know ``node`` as programmed already (its map entry and route exist): nothing is written."""
         self._routes[node.name] = node
 
     def remove(self, node: NodeInfo) -> None:
@@ -123,7 +161,7 @@ class Tunnel:
     def close(self) -> None:
         """Detach the overlay program, close its object and delete the device (and its routes)."""
         if self._link is not None:
-            self._link.close()
+            links.drop(self._link)
             self._link = None
         if self._obj is not None:
             self._obj.close()

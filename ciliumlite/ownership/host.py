@@ -42,7 +42,7 @@ from ciliumlite.ownership.sweep import Plan, Step, _remove_pin_dir
 
 #: Files a datapath (its bird) writes in its state directory: the only ones cleanup removes there.
 STATE_FILES = ("bird/bird.conf", "bird/bird.conf.tmp", "bird/bird.ctl", "bird/bird.pid", "bird/bird.log",
-               "bird/bird.out")
+               "bird/bird.out", "state/datapath.json")  # the last: what Datapath.restore reads
 PROGRAM_PREFIX = "cil_"
 
 
@@ -183,7 +183,7 @@ def _state_steps(state_dir: str) -> list[Step]:
             steps.append(Step("state", path, "", functools.partial(_unlink, path)))
 
     def rmdirs() -> None:
-        for d in (os.path.join(state_dir, "bird"), state_dir):
+        for d in (os.path.join(state_dir, "bird"), os.path.join(state_dir, "state"), state_dir):
             with contextlib.suppress(OSError):
                 os.rmdir(d)  # only once empty: anything else in it is not ours to remove
 
