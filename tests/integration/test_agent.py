@@ -98,10 +98,26 @@ def topo() -> Iterator[Topo]:
                       "m": alab.start_agent(m, "--remove-datapath-on-exit", wait=False)}
             for agent in agents.values():
                 agent.wait_ready()
-            yield Topo(alab, etcd, a, b, m, agents)
+            topo = Topo(alab, etcd, a, b, m, agents)
+            _load_socket_lb(topo)
+            yield topo
         finally:
             alab.close()  # the agents go before their etcd
             etcd.stop()
+
+
+def _load_socket_lb(topo: Topo) -> None:
+    """Put a service and delete it again: a node loads ``bpf_sock`` and attaches socket LB with its
+    first service and keeps it, so this makes those programs part of the module's lab rather than of
+    whichever test happens to add the first service (its leak check would count them)."""
+    svc = Service(name="warm-up", frontend=Frontend("10.96.0.99", 80), backends=[Backend("10.244.0.99", PORT)])
+    with topo.store() as store:
+        store.put_service(svc)
+        for node in (topo.a, topo.b):
+            eventually(lambda n=node: n.client().services(), f"the warm-up service on {node.name}")
+        store.delete_service(svc.name)
+    for node in (topo.a, topo.b):
+        eventually(lambda n=node: not n.client().services(), f"the warm-up service gone from {node.name}")
 
 
 @pytest.fixture(autouse=True)
