@@ -151,7 +151,7 @@ def load(directory: str | Path | None = None) -> Registry:
         raise InspectError(f"needs root (the datapath registry {d} is readable by root only)") from exc
     for path in paths:
         try:
-            state = json.loads(path.read_text())
+            state = registry.with_items(json.loads(path.read_text()))  # its items: the state directory
             dp = RegisteredDatapath.from_state(state, str(path))
         except PermissionError as exc:
             raise InspectError(f"needs root (the datapath registry {d} is readable by root only)") from exc

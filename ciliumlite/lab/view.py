@@ -148,10 +148,10 @@ class PinnedView(NodeView):
         return dict(self._client.status().get("datapath") or {})
 
     def attachments(self) -> list[Attachment]:
-        """From the datapath's registry entry (rewritten by the datapath on every change); empty
+        """From the datapath's registry entry and its state directory's endpoint files; empty
         when there is none (the agent has gone)."""
         try:
-            state = json.loads(registry.entry_path(self._config.node_name).read_text())
+            state = registry.with_items(json.loads(registry.entry_path(self._config.node_name).read_text()))
         except (OSError, ValueError):
             return []
         return [Attachment(str(a.get("program", "")), str(a.get("where", "")))

@@ -88,6 +88,7 @@ class Datapath(RestoreAndReload):
         self._remote: dict[str, NodeInfo] = {}
         self._endpoints = Endpoints(config, netns, None, None)
         self._services = Services(config, None, None, cgroup)
+        self._state = state_mod.StateWriter(config)
 
     def _setup(self) -> None:
         cfg, netns = self._config, self._netns
@@ -139,43 +140,52 @@ class Datapath(RestoreAndReload):
             if lo is not None and not any(a.get_attr("IFA_ADDRESS") == gw for a in ipr.get_addr(index=lo)):
                 ipr.addr("add", index=lo, address=gw, prefixlen=32)
 
-    def _publish(self) -> None:
+    def _publish(self, *changes: state_mod.Change) -> None:
         # Tell other processes (the CLI) about this datapath; BPF state itself lives in the pins.
+        # The entry has the node-level fields (rewritten only when they change); the endpoints,
+        # services and remote nodes are read from the state directory (``items``), one file each.
         if self._closing:
             return
-        eps = self._endpoints.all()
         registry.publish(self._config.node_name, {
             "node": self._config.node_name, "netns": self._netns, "pin_dir": self._pin_dir,
             "cgroup": self._cgroup, "pid": os.getpid(), "owner": ProcessId.me().as_dict(),
             "claims": {"pin_dir": self._config.pin_dir if self._config.host_routing == "bpf" else None,
                        "state_dir": self._config.run_dir},
             "processes": daemon_entries(getattr(self._routing, "bird", None)),
-            "config": dataclasses.asdict(self._config),
-            "endpoints": [e.as_row() for e in eps],
-            "remote_nodes": {n: dataclasses.asdict(i) for n, i in self._remote.items()},
-            "attachments": [{"program": lk.program, "where": str(lk.point)} for lk in self.attachments()],
-        }, raw={"services": self._services.as_json()})
-        self._save_state()
+            "config": dataclasses.asdict(self._config), "items": self._state.root,
+            "attachments": [{"program": lk.program, "where": str(lk.point)}
+                            for lk in self.attachments(endpoints=False)],
+        })
+        self._save_state(changes)
 
-    def _save_state(self) -> None:
-        # What a new process needs to adopt this node (restore()), written after every change.
-        if self._closing or self._maps is None or self._pin_dir is None:
+    def _save_state(self, changes: tuple[state_mod.Change, ...] = ()) -> None:
+        # What a new process needs to adopt this node (restore()): the files of ``changes``, and the
+        # node file when a node-level field changed (none before the pins exist, nor in legacy mode).
+        if self._closing:
+            return
+        if self._maps is None or self._pin_dir is None:
+            self._state.save(None, changes, None if self._state.synced else self._state_items())
             return
         node_links: dict[str, Any] = {}
         if self._tunnel is not None:
             node_links["overlay"] = [links.describe(lk) for lk in self._tunnel.links]
         if self._netdev is not None:
             node_links["netdev"] = [links.describe(lk) for lk in self._netdev.links]
-        state_mod.write(self._config, {
+        self._state.save({
             "config": state_mod.config_to_json(self._config),
             "netns": self._netns if isinstance(self._netns, str) else None, "cgroup": self._cgroup,
             "owner": ProcessId.me().as_dict(),
             "pins": {"pin_dir": self._pin_dir, "cilium_lxc_id": self._lxc_map_id, "links": node_links},
             "native_ifindex": self._native_ifindex,
-            "endpoints": self._endpoints.to_json(), "next_endpoint_id": self._endpoints.next_id,
+            "next_endpoint_id": self._endpoints.next_id,
             "sock_links": self._services.links_json(),
-            "remote_nodes": [dataclasses.asdict(n) for n in self._remote.values()],
-        }, raw={"services": self._services.as_json(), "end": "true"})
+        }, changes, None if self._state.synced else self._state_items())
+
+    def _state_items(self) -> dict[str, dict[str, dict[str, Any]]]:
+        # Every item, for a full rewrite (a new node's first save, a migration from version 1).
+        return {"endpoints": {str(e.id): Endpoints.entry(e) for e in self._endpoints.all()},
+                "services": {s.name: s.to_dict() for s in self._services.all()},
+                "remote_nodes": {n: dataclasses.asdict(i) for n, i in self._remote.items()}}
 
     # -- what the node is made of ----------------------------------------------------------------------
     @property
@@ -213,11 +223,12 @@ class Datapath(RestoreAndReload):
         """The other nodes this one routes to, by name (read-only)."""
         return MappingProxyType(self._remote)
 
-    def attachments(self) -> list[Link]:
-        """Every program attachment of the node: devices, socket LB hooks, then endpoints."""
+    def attachments(self, *, endpoints: bool = True) -> list[Link]:
+        """Every program attachment of the node: devices, socket LB hooks, then endpoints (not with
+        ``endpoints=False``)."""
         node_links = [*(self._tunnel.links if self._tunnel else []), *(self._netdev.links if self._netdev else []),
                       *self._services.links]
-        return node_links + [e.link for e in self._endpoints.all() if e.link is not None]
+        return node_links + ([e.link for e in self._endpoints.all() if e.link is not None] if endpoints else [])
 
     # -- other nodes ------------------------------------------------------------------------------------
     def add_remote_node(self, node: NodeInfo) -> None:
@@ -231,7 +242,7 @@ class Datapath(RestoreAndReload):
                 self._maps.nodes.set(int(IPv4Address(node.ip)), 1)
             self._routing.add(node)
             self._remote[node.name] = node
-            self._publish()
+            self._publish(("remote_nodes", node.name, dataclasses.asdict(node)))
 
     def remove_remote_node(self, node: NodeInfo) -> None:
         """Forget ``node``: its tunnel entry or route goes; other nodes' traffic is untouched."""
@@ -242,7 +253,7 @@ class Datapath(RestoreAndReload):
             if self._maps is not None:
                 self._maps.nodes.pop(int(IPv4Address(known.ip)), None)
             self._routing.remove(known)
-            self._publish()
+            self._publish(("remote_nodes", known.name, None))
 
     # -- services ---------------------------------------------------------------------------------------
     def validate_service(self, svc: Service) -> None:
@@ -259,13 +270,13 @@ class Datapath(RestoreAndReload):
         """
         with self._lock:
             self._services.upsert(svc)
-            self._publish()
+            self._publish(("services", svc.name, self._services.entry(svc.name)))
 
     def delete_service(self, name: str) -> None:
         """Remove a service from this node. Raises :class:`ValidationError` if it has none of that name."""
         with self._lock:
             self._services.delete(name)
-            self._publish()
+            self._publish(("services", name, None))
 
     def service(self, name: str) -> Service:
         """A programmed service by name. Raises :class:`ValidationError` if there is none."""
@@ -306,7 +317,7 @@ class Datapath(RestoreAndReload):
         with self._lock:
             ep = self._endpoints.add(pod_netns, name=name, ip=ip, labels=labels, identity=identity, ifname=ifname,
                                      pod_ifname=pod_ifname, adopt=adopt)
-            self._publish()
+            self._publish(("endpoints", str(ep.id), Endpoints.entry(ep)))
             return ep
 
     def remove_endpoint(self, ep: Endpoint | str | ipaddress.IPv4Address) -> None:
@@ -315,8 +326,8 @@ class Datapath(RestoreAndReload):
         Raises :class:`ValidationError` for an endpoint this node does not have.
         """
         with self._lock:
-            self._endpoints.remove(ep)
-            self._publish()
+            gone = self._endpoints.remove(ep)
+            self._publish(("endpoints", str(gone.id), None))
 
     def endpoints(self) -> list[Endpoint]:
         """Endpoints of this node, by id (like ``cilium endpoint list``)."""

@@ -210,12 +210,19 @@ class Endpoints:
         return target
 
     # -- state
+    @staticmethod
+    def entry(e: Endpoint) -> dict[str, Any]:
+        """One endpoint as its state file keeps it: what a restore needs (with its link's
+        description), plus the CLI's row and attachment (``row``, ``attachment``)."""
+        return {"id": e.id, "name": e.name, "ip": str(e.ip), "pod_netns": e.pod_netns, "ifname": e.ifname,
+                "ifindex": e.ifindex, "mac": e.mac, "node_mac": e.node_mac, "identity": e.identity,
+                "labels": e.labels, "adopted": e.adopted,
+                "link": links.describe(e.link) if e.link is not None else None, "row": e.as_row(),
+                "attachment": {"program": e.link.program, "where": str(e.link.point)} if e.link else None}
+
     def to_json(self) -> list[dict[str, Any]]:
-        """The endpoints as the state file keeps them (with their link's description)."""
-        return [{"id": e.id, "name": e.name, "ip": str(e.ip), "pod_netns": e.pod_netns, "ifname": e.ifname,
-                 "ifindex": e.ifindex, "mac": e.mac, "node_mac": e.node_mac, "identity": e.identity,
-                 "labels": e.labels, "adopted": e.adopted,
-                 "link": links.describe(e.link) if e.link is not None else None} for e in self.all()]
+        """Every endpoint as :meth:`entry` describes it, by id."""
+        return [self.entry(e) for e in self.all()]
 
     @property
     def next_id(self) -> int:

@@ -69,6 +69,7 @@ class RestoreAndReload:
     _remote: dict[str, NodeInfo]
     _endpoints: Endpoints
     _services: Services
+    _state: state_mod.StateWriter
 
     def _init_fields(self, config: DatapathConfig, netns: NetnsRef, cgroup: str | None) -> None:
         raise NotImplementedError
@@ -124,6 +125,7 @@ class RestoreAndReload:
         self = cls.__new__(cls)
         self._init_fields(stored, st["netns"] if netns is _UNSET else netns,
                           st["cgroup"] if cgroup is _UNSET else cgroup)
+        self._state.adopted(st)  # a version-2 directory is kept as it is; a version-1 file is rewritten
         try:
             self._adopt(st, path)
         except BaseException:

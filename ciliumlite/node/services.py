@@ -10,8 +10,6 @@ backend). :class:`Services` checks a service against the others, then writes its
 
 from __future__ import annotations
 
-import dataclasses
-import json
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
@@ -32,7 +30,7 @@ from ciliumlite.datapath.records import (
     SVC_FLAG_ROUTABLE,
 )
 from ciliumlite.node import links
-from ciliumlite.service import Service
+from ciliumlite.service import Frontend, Service
 
 #: The cgroup hooks of ``bpf_sock`` (socket LB at connect time and for unconnected UDP).
 SOCK_PROGRAMS = ("cil_sock4_connect", "cil_sock4_sendmsg", "cil_sock4_recvmsg", "cil_sock4_getpeername")
@@ -73,19 +71,47 @@ def lb_rows(svc: Service, node_ip: IPv4Address | str, pod_network: IPv4Network |
 
 
 def check_conflicts(svc: Service, others: dict[str, Service]) -> None:
-    """Raise :class:`ValidationError` if ``svc`` takes a frontend or node port of another service."""
-    if not isinstance(svc, Service):
-        raise ValidationError(f"expected a Service, got {type(svc).__name__}")
+    """Raise :class:`ValidationError` if ``svc`` takes a frontend or node port of another service.
+
+    O(len(others)): for one check. :class:`Services` keeps indexes instead (O(1) per check).
+    """
+    index = _Claims()
     for other in others.values():
-        if other.name == svc.name:
-            continue
-        if other.frontend == svc.frontend:
+        index.add(other)
+    index.check(svc)
+
+
+class _Claims:
+    """Which service holds each frontend and each node port (per protocol): conflict checks
+    without a scan of every service (10,000 upserts would otherwise cost 50M comparisons)."""
+
+    def __init__(self) -> None:
+        self.frontends: dict[Frontend, str] = {}
+        self.node_ports: dict[tuple[int, str], str] = {}
+
+    def check(self, svc: Service) -> None:
+        if not isinstance(svc, Service):
+            raise ValidationError(f"expected a Service, got {type(svc).__name__}")
+        other = self.frontends.get(svc.frontend)
+        if other is not None and other != svc.name:
             raise ValidationError(f"service {svc.name}: frontend {svc.frontend.ip}:{svc.frontend.port}/"
-                                  f"{svc.frontend.protocol} is already used by {other.name}")
-        if svc.node_port is not None and other.node_port == svc.node_port and \
-                other.frontend.protocol == svc.frontend.protocol:
-            raise ValidationError(f"service {svc.name}: node port {svc.node_port}/{svc.frontend.protocol} "
-                                  f"is already taken by {other.name}")
+                                  f"{svc.frontend.protocol} is already used by {other}")
+        if svc.node_port is not None:
+            other = self.node_ports.get((svc.node_port, svc.frontend.protocol))
+            if other is not None and other != svc.name:
+                raise ValidationError(f"service {svc.name}: node port {svc.node_port}/{svc.frontend.protocol} "
+                                      f"is already taken by {other}")
+
+    def add(self, svc: Service) -> None:
+        self.frontends.setdefault(svc.frontend, svc.name)
+        if svc.node_port is not None:
+            self.node_ports.setdefault((svc.node_port, svc.frontend.protocol), svc.name)
+
+    def remove(self, svc: Service) -> None:
+        if self.frontends.get(svc.frontend) == svc.name:
+            del self.frontends[svc.frontend]
+        if svc.node_port is not None and self.node_ports.get((svc.node_port, svc.frontend.protocol)) == svc.name:
+            del self.node_ports[(svc.node_port, svc.frontend.protocol)]
 
 
 class Services:
@@ -101,7 +127,7 @@ class Services:
         self._pin_dir = pin_dir
         self._cgroup = cgroup
         self._by_name: dict[str, Service] = {}
-        self._json: dict[str, tuple[Service, str]] = {}
+        self._claims = _Claims()
         self._lb: LbMaps | None = None
         self._sock: BpfObject | None = None
         self._links: list[Link] = []
@@ -141,13 +167,21 @@ class Services:
 
     def validate(self, svc: Service) -> None:
         """Raise :class:`ValidationError` if ``svc`` clashes with another service here."""
-        check_conflicts(svc, self._by_name)
+        self._claims.check(svc)
 
     def upsert(self, svc: Service) -> None:
-        """Validate, then write ``svc``'s rows; a map failure keeps the previous state."""
-        check_conflicts(svc, self._by_name)
+        """Validate, then write ``svc``'s rows; a map failure keeps the previous state. O(size of
+        ``svc``), whatever the number of services."""
+        self._claims.check(svc)
         self._ensure_lb().program(svc.name, lb_rows(svc, self.config.node_ip, self.config.network))
+        self._set(svc)
+
+    def _set(self, svc: Service) -> None:
+        old = self._by_name.get(svc.name)
+        if old is not None:
+            self._claims.remove(old)
         self._by_name[svc.name] = svc
+        self._claims.add(svc)
 
     def delete(self, name: str) -> None:
         """Remove a service. Raises :class:`ValidationError` when there is none of that name."""
@@ -155,8 +189,7 @@ class Services:
             raise ValidationError(f"no service {name!r} on {self.config.node_name}")
         if self._lb is not None:
             self._lb.remove(name)
-        del self._by_name[name]
-        self._json.pop(name, None)
+        self._claims.remove(self._by_name.pop(name))
 
     def get(self, name: str) -> Service:
         """A programmed service by name. Raises :class:`ValidationError` when there is none."""
@@ -172,24 +205,13 @@ class Services:
     def __contains__(self, name: object) -> bool:
         return name in self._by_name
 
-    def as_json(self) -> str:
-        """The services as one JSON object by name (for the registry).
-
-        Rendering every service on every change would make N updates cost O(N^2): each service's
-        text is cached until the service object changes.
-        """
-        parts = []
-        for name, svc in self._by_name.items():
-            cached = self._json.get(name)
-            if cached is None or cached[0] is not svc:
-                cached = (svc, json.dumps(dataclasses.asdict(svc), default=str))
-                self._json[name] = cached
-            parts.append(f"{json.dumps(name)}: {cached[1]}")
-        return "{" + ",".join(parts) + "}"
+    def entry(self, name: str) -> dict[str, Any]:
+        """One service as its state file keeps it (and the CLI reads it): :meth:`Service.to_dict`."""
+        return self._by_name[name].to_dict()
 
     # -- state, restore and reload
     def links_json(self) -> list[dict[str, Any]]:
-        """Socket LB's links as the state file keeps them (the services are :meth:`as_json`)."""
+        """Socket LB's links as the state file keeps them (the services are one :meth:`entry` each)."""
         return [links.describe(lk) for lk in self._links]
 
     def adopt(self, services: dict[str, Any], sock_links: list[dict[str, Any]], netns: Any) -> None:
@@ -207,7 +229,9 @@ class Services:
                     raise ValueError("services without a pin directory")
                 self._lb = LbMaps(self._pin_dir, self.config.maglev_table_size)
                 self._lb.adopt({s.name: lb_rows(s, self.config.node_ip, self.config.network) for s in svcs})
-            self._by_name = {s.name: s for s in svcs}
+            self._by_name, self._claims = {}, _Claims()
+            for s in svcs:
+                self._set(s)
         except BaseException:
             self.release()
             raise
@@ -241,7 +265,7 @@ class Services:
 
     def _shut(self, *, keep: bool) -> None:
         self._by_name.clear()
-        self._json.clear()
+        self._claims = _Claims()
         if self._lb is not None:
             self._lb.close()
             self._lb = None

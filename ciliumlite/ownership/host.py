@@ -33,7 +33,7 @@ from typing import Any
 from ciliumlite.bpf import fs
 from ciliumlite.bpf import netns as nsmod
 from ciliumlite.bpf.errors import NotSupportedError
-from ciliumlite.datapath import registry
+from ciliumlite.datapath import registry, statedir
 from ciliumlite.datapath.config import PIN_BASE
 from ciliumlite.ownership import bpfobjs, identity
 from ciliumlite.ownership.identity import ProcessId
@@ -177,13 +177,19 @@ def _process_steps(state: dict[str, Any], state_dir: str | None, netns: str | No
 
 def _state_steps(state_dir: str) -> list[Step]:
     steps = []
+    items_root = os.path.join(state_dir, "state")  # the node's item files: ciliumlite.node.state's layout
     for rel in STATE_FILES:
         path = os.path.join(state_dir, rel)
         if os.path.lexists(path):
             steps.append(Step("state", path, "", functools.partial(_unlink, path)))
+    items = statedir.files(items_root)
+    if items:  # one step for them all: a node may have 10,000 services
+        steps.append(Step("state", items_root + "/*/", f"{len(items)} endpoint, service and remote node files",
+                          functools.partial(statedir.clear, items_root)))
 
     def rmdirs() -> None:
-        for d in (os.path.join(state_dir, "bird"), os.path.join(state_dir, "state"), state_dir):
+        kinds = [statedir.item_dir(items_root, k) for k in statedir.ITEM_KINDS]
+        for d in (os.path.join(state_dir, "bird"), *kinds, items_root, state_dir):
             with contextlib.suppress(OSError):
                 os.rmdir(d)  # only once empty: anything else in it is not ours to remove
 

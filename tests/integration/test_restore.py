@@ -367,6 +367,8 @@ def test_bad_state_is_refused_and_the_datapath_is_untouched(topo: Topo) -> None:
         pass
     path = Path(state_mod.state_path(topo.cfg_a))
     good = path.read_text()
+    ep_path = Path(state_mod.item_path(topo.cfg_a, "endpoints", "1"))  # a1's file
+    good_ep = ep_path.read_text()
     try:
         path.write_text(good[: len(good) // 2])
         print("\ntruncated:", _refused(topo, "corrupt"))
@@ -374,6 +376,13 @@ def test_bad_state_is_refused_and_the_datapath_is_untouched(topo: Topo) -> None:
         _refused(topo, "corrupt")
         path.write_text(json.dumps({**json.loads(good), "version": state_mod.STATE_VERSION + 1}))
         print("future version:", _refused(topo, "version"))
+        path.write_text(good)
+        # One endpoint's file cut short, or of a newer version: the whole restore is refused.
+        ep_path.write_text(good_ep[: len(good_ep) // 2])
+        print("truncated endpoint file:", _refused(topo, "corrupt"))
+        ep_path.write_text(json.dumps({**json.loads(good_ep), "version": state_mod.STATE_VERSION + 1}))
+        _refused(topo, "version")
+        ep_path.write_text(good_ep)
         # Another node's pins: the state names B's pin directory (and B's config otherwise A's).
         st = json.loads(good)
         st["config"]["pin_root"] = topo.cfg_b.pin_dir
@@ -383,22 +392,47 @@ def test_bad_state_is_refused_and_the_datapath_is_untouched(topo: Topo) -> None:
             Datapath.restore(topo.cfg_a.node_name)
         assert exc.value.reason == "other-node", exc.value
         print("other node's pins:", exc.value)
+        path.write_text(good)
         # A missing object: the state names a link pin (a tc filter's device) that does not exist.
-        st = json.loads(good)
-        if st["endpoints"][0]["link"]["kind"] == "fd":
-            st["endpoints"][0]["link"]["pin"] += "-gone"
+        ep = json.loads(good_ep)
+        if ep["value"]["link"]["kind"] == "fd":
+            ep["value"]["link"]["pin"] += "-gone"
         else:
-            st["endpoints"][0]["link"]["point"]["ifindex"] = 99999
-        path.write_text(json.dumps(st))
+            ep["value"]["link"]["point"]["ifindex"] = 99999
+        ep_path.write_text(json.dumps(ep))
         print("missing pin:", _refused(topo, "pins"))
-        # The file of another node.
+        ep_path.write_text(good_ep)
+        # The file of another node, and an endpoint file of another node.
         st = json.loads(good)
         st["node"] = topo.cfg_b.node_name
         path.write_text(json.dumps(st))
         _refused(topo, "other-node")
+        path.write_text(good)
+        ep_path.write_text(json.dumps({**json.loads(good_ep), "node": topo.cfg_b.node_name}))
+        _refused(topo, "other-node")
     finally:
         path.write_text(good)
-    assert not any(p.name.startswith(".") for p in path.parent.iterdir())  # no temp file left
+        ep_path.write_text(good_ep)
+    for d in (path.parent, ep_path.parent):
+        assert not any(p.name.startswith(".") for p in d.iterdir())  # no temp file left
+
+
+def test_a_version_1_state_file_is_read_and_migrated(topo: Topo) -> None:
+    # What ciliumlite wrote before the state directory: one file holding everything. A restore
+    # reads it; the restored node's first save writes the item files, then the version-2 node file.
+    with adopted(topo):
+        pass
+    st = state_mod.read(topo.cfg_a)
+    v1 = {**{k: v for k, v in st.items() if k != "end"}, "version": 1, "end": True}
+    services, endpoints = dict(st["services"]), list(st["endpoints"])
+    state_mod.remove(topo.cfg_a)
+    os.makedirs(state_mod.state_dir(topo.cfg_a))
+    Path(state_mod.state_path(topo.cfg_a)).write_text(json.dumps(v1))
+    with adopted(topo) as dp:
+        assert [e.name for e in dp.endpoints()] == ["a1", "a2"] and [s.name for s in dp.services()] == ["echo", "np"]
+        _probe(topo)
+    again = state_mod.read(topo.cfg_a)
+    assert again["version"] == 2 and again["services"] == services and again["endpoints"] == endpoints
 
 
 def _fds() -> int:
