@@ -11,6 +11,7 @@ GET        ``/v1/endpoint/{id}``       200 one endpoint (``?check=true``: verifi
 PUT        ``/v1/endpoint/{id}``       201 made (200: it existed, the same), 400, 409, 503
 DELETE     ``/v1/endpoint/{id}``       204 removed, 404 unknown
 GET        ``/v1/service``             200 the services programmed on this node
+POST       ``/v1/datapath/reload``     200 every program replaced (``Datapath.reload``), 501, 503
 =========  ==========================  =============================================================
 
 Every error is ``{"error": {"code": "...", "message": "..."}}``. The handlers run the agent's
@@ -33,7 +34,7 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from ciliumlite.agent.errors import AgentApiError, AgentStartError
-from ciliumlite.bpf.errors import ValidationError
+from ciliumlite.bpf.errors import NotSupportedError, ValidationError
 
 log = logging.getLogger("ciliumlite.agent")
 
@@ -68,6 +69,9 @@ class AgentBackend(Protocol):
     def service_list(self) -> list[dict[str, Any]]:
         """The node's services."""
 
+    def datapath_reload(self) -> dict[str, Any]:
+        """Replace every program of the datapath (reusing its maps)."""
+
 
 def _dumps(obj: Any) -> str:
     return json.dumps(obj, default=str)  # datetimes and addresses as text
@@ -92,6 +96,8 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return error_response(exc.status, exc.code, exc.message)
     except ValidationError as exc:
         return error_response(400, "invalid", str(exc))
+    except NotSupportedError as exc:
+        return error_response(501, "not-supported", str(exc))
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -128,6 +134,7 @@ class ApiServer:
             web.put("/v1/endpoint/{container_id}", self._put_endpoint),
             web.delete("/v1/endpoint/{container_id}", self._delete_endpoint),
             web.get("/v1/service", self._call(lambda r: self.backend.service_list())),
+            web.post("/v1/datapath/reload", self._call(lambda r: self.backend.datapath_reload())),
         ])
         return app
 

@@ -152,6 +152,13 @@ class AgentClient:
         """``DELETE /v1/endpoint/{id}``. Raises :class:`AgentError` (404) for an unknown container."""
         self.request("DELETE", f"/v1/endpoint/{quote(container_id, safe='')}")
 
+    def reload(self) -> dict[str, Any]:
+        """``POST /v1/datapath/reload``: replace every program of the node's datapath with a freshly
+        loaded build, reusing its maps (``{"reloads", "seconds", "programs"}``). Raises
+        :class:`AgentError` (501 legacy host routing, 503 not ready, 500 the build did not load:
+        nothing was swapped)."""
+        return dict(self.request("POST", "/v1/datapath/reload")[1])
+
     def services(self) -> list[dict[str, Any]]:
         """``GET /v1/service``: the services programmed on this node (``Service.to_dict`` form)."""
         return list(self._get("/v1/service"))

@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from ciliumlite.agent import endpoint_state
 from ciliumlite.agent.api import ApiServer, claim_socket
 from ciliumlite.agent.config import AgentConfig
 from ciliumlite.agent.endpoints import EndpointRequest, EndpointTable
@@ -114,6 +115,9 @@ class Agent:
         self.datapath: Datapath | None = None
         self.cluster: Cluster | None = None
         self.table: EndpointTable | None = None
+        #: Whether the datapath was adopted from a previous agent (rather than built).
+        self.restored = False
+        self.reloads = 0
         self.state = "starting"
         self.started_at = time.time()
         self._started_mono = time.monotonic()
@@ -191,7 +195,9 @@ class Agent:
             raise AgentStartError(f"datapath of {cfg.node} in {cfg.netns or 'this namespace'}: {exc}") from exc
         dp_cfg = self.datapath.config
         self.table = EndpointTable(self.datapath, self.store, node_netns=cfg.netns, gateway=str(dp_cfg.gateway),
-                                   mtu=dp_cfg.pod_mtu, node_ip=cfg.node_ip, on_error=self._record_error)
+                                   mtu=dp_cfg.pod_mtu, node_ip=cfg.node_ip, on_error=self._record_error,
+                                   state_path=self._table_path, node_name=cfg.node)
+        self._restore_table(self.table, self.datapath)
         self.cluster = Cluster(self.store)
         try:
             self.cluster.join(NodeInfo(cfg.node, cfg.node_ip, cfg.pod_cidr), _Sink(self.datapath, self._record_error))
@@ -298,6 +304,10 @@ class Agent:
         self.state = "stopped"
         return errors
 
+    @property
+    def _table_path(self) -> str:  # the container-id table beside the datapath's state
+        return endpoint_state.table_path(self.config.run_dir)
+
     def _open_datapath(self) -> Datapath:
         """Adopt the datapath a previous agent kept (its state file exists), else build one.
 
@@ -308,10 +318,27 @@ class Agent:
         dp_cfg = cfg.datapath_config()
         if os.path.exists(state_path(dp_cfg)):
             dp = Datapath.restore(dp_cfg, netns=cfg.netns, cgroup=cfg.cgroup)
+            self.restored = True
             log.info("datapath of %s restored (%d endpoints, %d services)", cfg.node, len(dp.endpoints()),
                      len(dp.services()))
             return dp
         return Datapath(dp_cfg, netns=cfg.netns, cgroup=cfg.cgroup)
+
+    def _restore_table(self, table: EndpointTable, dp: Datapath) -> None:
+        """The container ids of a restored datapath's endpoints, from the previous agent's table (a
+        fresh datapath has none of the old endpoints: a table left from before is dropped; one that
+        cannot be trusted leaves this one empty, the error says why)."""
+        if not self.restored:
+            endpoint_state.remove(self._table_path)
+            return
+        try:
+            notes = table.restore(dp.endpoints())
+        except endpoint_state.EndpointStateError as exc:
+            self._record_error(f"endpoint table not restored: {exc}")
+            return
+        for note in notes:
+            self._record_error(f"restoring the endpoint table: {note}")
+        log.info("endpoint table of %s restored: %d containers", self.config.node, len(table))
 
     def _release_datapath(self, dp: Datapath) -> list[str]:
         if self.config.remove_datapath_on_exit:
@@ -320,6 +347,7 @@ class Agent:
                 log.info("datapath of %s removed", self.config.node)
             except Exception as exc:
                 return [f"removing the datapath: {exc}"]
+            endpoint_state.remove(self._table_path)  # its endpoints went with the datapath
             return []
         # Left in place, as cilium-agent does: links and maps are pinned (since they were made), so
         # the programs stay attached after this process exits and pods keep forwarding; detach()
@@ -374,6 +402,7 @@ class Agent:
             "cluster_nodes": sorted(n.name for n in self.cluster.nodes()) if self.cluster is not None
             and self.kvstore_status().get("connected") else None,
             "endpoints": len(self.table) if self.table is not None else 0,
+            "restored": self.restored, "reloads": self.reloads,
             "errors": {"count": self._error_count,
                        "recent": [{"time": datetime.datetime.fromtimestamp(t, datetime.UTC).isoformat(),
                                    "message": m} for t, m in self._errors]},
@@ -408,6 +437,22 @@ class Agent:
     def endpoint_delete(self, container_id: str) -> None:
         """Remove a container's endpoint. Raises :class:`NotFound`."""
         self._ready_table().remove(container_id)
+
+    def datapath_reload(self) -> dict[str, Any]:
+        """Replace every program of the datapath with a freshly loaded build (``Datapath.reload``),
+        reusing the pinned maps; returns ``{"reloads", "seconds", "programs"}``.
+
+        Raises :class:`NotReady` while starting or stopping, and what ``Datapath.reload`` raises
+        (:class:`NotSupportedError` with legacy host routing; a load that fails swaps nothing).
+        """
+        self._ready_table()
+        assert self.datapath is not None
+        t0 = time.monotonic()
+        self.datapath.reload()
+        self.reloads += 1
+        took = time.monotonic() - t0
+        log.info("datapath of %s reloaded in %.2f s (reload %d)", self.config.node, took, self.reloads)
+        return {"reloads": self.reloads, "seconds": round(took, 3), "programs": len(self.datapath.attachments())}
 
     def service_list(self) -> list[dict[str, Any]]:
         """The services programmed on this node (``Service.to_dict`` form)."""

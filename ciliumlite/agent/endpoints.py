@@ -15,11 +15,12 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ciliumlite.agent.errors import Conflict, KvstoreUnavailable, NotFound
+from ciliumlite.agent import endpoint_state
+from ciliumlite.agent.errors import AgentApiError, Conflict, KvstoreUnavailable, NotFound
 from ciliumlite.bpf.errors import ValidationError
 from ciliumlite.bpf.netns import NETNS_RUN_DIR, NetnsRef, netns_inode
 from ciliumlite.cluster.store import ClusterStore
@@ -72,6 +73,13 @@ class AgentEndpoint:
                 "ifname": self.ifname, "netns": self.netns, "host_ifname": ep.ifname,
                 "host_ifindex": ep.ifindex, "host_mac": ep.node_mac, "identity": ep.identity,
                 "labels": dict(self.labels), "mtu": self.mtu, "created": self.created}
+
+    def record(self) -> dict[str, Any]:
+        """The row the agent's table on disk keeps (:mod:`ciliumlite.agent.endpoint_state`)."""
+        return {"container_id": self.container_id, "netns": self.netns, "ifname": self.ifname, "name": self.name,
+                "labels": dict(self.labels), "netns_inode": self.netns_inode, "gateway": self.gateway,
+                "mtu": self.mtu, "created": self.created, "ip": str(self.endpoint.ip),
+                "endpoint_id": self.endpoint.id}
 
 
 @dataclass(frozen=True)
@@ -159,11 +167,14 @@ class EndpointTable:
     ``store`` allocates identities (``allocate_identity``) and, when it has them, records the
     ipcache (``put_ip_identity`` / ``delete_ip_identity``: each endpoint's IP, identity, this
     node's ``node_ip``, the pod's namespace from its ``io.kubernetes.pod.namespace`` label).
+    With ``state_path``, the table is kept on disk there after every change (see
+    :mod:`ciliumlite.agent.endpoint_state`) for :meth:`restore` in the next agent.
     """
 
     def __init__(self, datapath: EndpointDatapath, store: ClusterStore, *, node_netns: NetnsRef,
                  gateway: str, mtu: int, node_ip: str = "0.0.0.0",
-                 on_error: Callable[[str], None] | None = None) -> None:
+                 on_error: Callable[[str], None] | None = None, state_path: str | None = None,
+                 node_name: str = "") -> None:
         self._datapath = datapath
         self._datapath_has_bpf = getattr(datapath, "maps", None) is not None
         self._node_ip = node_ip
@@ -173,6 +184,10 @@ class EndpointTable:
         self._mtu = mtu
         self._on_error = on_error or (lambda _msg: None)
         self._by_id: dict[str, AgentEndpoint] = {}
+        # Containers whose endpoint is being made: on disk before the datapath is touched.
+        self._pending: dict[str, dict[str, Any]] = {}
+        self._state_path = state_path
+        self._node_name = node_name
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -247,11 +262,22 @@ class EndpointTable:
                 raise
             except Exception as exc:
                 raise KvstoreUnavailable(f"cannot allocate a security identity: {type(exc).__name__}: {exc}") from exc
-            ep = self._datapath.add_endpoint(req.netns, name=req.name, labels=labels, identity=identity,
-                                             pod_ifname=req.ifname)
+            self._pending[req.container_id] = {
+                "container_id": req.container_id, "netns": req.netns, "ifname": req.ifname, "name": req.name,
+                "labels": labels, "netns_inode": inode, "gateway": self._gateway, "mtu": self._mtu,
+                "created": time.time(), "ip": None, "endpoint_id": None}
+            try:
+                self._save()  # the intent first: a crash after the datapath made it still finds the container
+                ep = self._datapath.add_endpoint(req.netns, name=req.name, labels=labels, identity=identity,
+                                                 pod_ifname=req.ifname)
+            except BaseException:
+                self._pending.pop(req.container_id, None)
+                self._save_quietly()
+                raise
             rec = AgentEndpoint(req.container_id, req.netns, req.ifname, req.name, labels, ep, inode,
-                                self._gateway, self._mtu)
+                                self._gateway, self._mtu, created=self._pending.pop(req.container_id)["created"])
             self._by_id[req.container_id] = rec
+            self._save_quietly()  # the pending record on disk matches the endpoint already
         self._publish_ip(rec)
         log.info("endpoint %s: %s (identity %d) for container %s in %s", ep.id, ep.ip, identity,
                  req.container_id, req.netns)
@@ -265,9 +291,87 @@ class EndpointTable:
                 raise NotFound(f"no endpoint for container {container_id!r}")
             self._datapath.remove_endpoint(rec.endpoint)
             del self._by_id[container_id]
+            self._save_quietly()  # a stale record is dropped by the next restore (no endpoint matches)
         self._withdraw_ip(rec)
         log.info("endpoint %s: %s of container %s removed", rec.endpoint.id, rec.endpoint.ip, container_id)
         return rec
+
+    # -- the table on disk --------------------------------------------------------------------------
+    def _records(self) -> list[dict[str, Any]]:
+        done = [r.record() for r in sorted(self._by_id.values(), key=lambda e: e.endpoint.id)]
+        return done + [dict(p) for p in self._pending.values()]
+
+    def _save(self) -> None:
+        """Write the table (under the lock). Raises :class:`AgentApiError` when it cannot be written."""
+        if self._state_path is None:
+            return
+        try:
+            endpoint_state.write(self._state_path, self._node_name, self._records())
+        except OSError as exc:
+            raise AgentApiError(f"cannot record the endpoint table in {self._state_path}: {exc}") from exc
+
+    def _save_quietly(self) -> None:
+        # After the datapath changed: the change stands; a failed write is reported, and the next
+        # successful one (or the restore's matching by namespace) catches up.
+        try:
+            self._save()
+        except AgentApiError as exc:
+            self._on_error(str(exc))
+
+    def restore(self, endpoints: Sequence[Endpoint]) -> list[str]:
+        """Take the containers back from the table on disk for a restored datapath's ``endpoints``.
+
+        A record is matched to the endpoint with its address (or, for one written before its
+        endpoint existed, with its pod namespace and interface); its identity is claimed again and
+        its ipcache entry re-published (the dead agent's lease takes them with it). Records whose
+        endpoint is gone are dropped; endpoints without a record stay in the datapath but cannot
+        be deleted by container id. Returns one line for each such discrepancy (empty: all
+        restored). Raises :class:`~ciliumlite.agent.endpoint_state.EndpointStateError` for a table
+        that cannot be trusted (nothing is taken then).
+        """
+        if self._state_path is None:
+            return []
+        records = endpoint_state.read(self._state_path, self._node_name)
+        by_ip = {str(ep.ip): ep for ep in endpoints}  # those not taken by a record yet
+        notes: list[str] = []
+        restored: list[AgentEndpoint] = []
+        with self._lock:
+            for r in records:
+                ep = by_ip.get(str(r["ip"])) if r["ip"] is not None else self._match_pending(r, by_ip.values())
+                if ep is None or (r["endpoint_id"] is not None and ep.id != r["endpoint_id"]):
+                    notes.append(f"container {r['container_id']}: its endpoint ({r['ip'] or 'being made'}) is "
+                                 "not in the datapath any more: record dropped")
+                    continue
+                rec = AgentEndpoint(str(r["container_id"]), str(r["netns"]), str(r["ifname"]), str(r["name"]),
+                                    dict(r["labels"]), ep, int(r["netns_inode"]), str(r["gateway"]), int(r["mtu"]),
+                                    created=float(r["created"]))
+                self._by_id[rec.container_id] = rec
+                by_ip.pop(str(ep.ip), None)
+                restored.append(rec)
+            notes += [f"endpoint {ep.id} ({ep.ip}, {ep.pod_netns}) has no container id on record: it keeps "
+                      "forwarding, but no CNI DEL can name it" for ep in by_ip.values()]
+            self._save_quietly()
+        for rec in restored:
+            self._reclaim(rec)
+        return notes
+
+    @staticmethod
+    def _match_pending(r: dict[str, Any], endpoints: Iterable[Endpoint]) -> Endpoint | None:
+        # A record written before its endpoint existed: the endpoint made in its namespace, if any
+        # (the datapath names the pod side by the namespace the request gave).
+        return next((ep for ep in endpoints if ep.pod_netns == r["netns"]), None)
+
+    def _reclaim(self, rec: AgentEndpoint) -> None:
+        """Claim a restored endpoint's identity and ipcache entry again, on this agent's lease."""
+        try:
+            identity = self._store.allocate_identity(rec.labels)
+        except Exception as exc:
+            self._on_error(f"identity of restored endpoint {rec.endpoint.ip}: {exc}")
+        else:
+            if identity != rec.endpoint.identity:
+                self._on_error(f"restored endpoint {rec.endpoint.ip} has identity {rec.endpoint.identity}, but its "
+                               f"labels now have {identity}: recreate the pod to pick it up")
+        self._publish_ip(rec)
 
     # The ipcache entries are best effort: the endpoint works without them (nothing reads them
     # yet but other agents' policy), and a kvstore outage must not fail a pod's creation.

@@ -76,6 +76,8 @@ def _table(results: list[ScenarioResult], title: str) -> Table:
             evidence = r.skipped or ""
         else:
             evidence = f"{sum(d.startswith('✔') for d in r.details)} checks"
+        if r.counts and r.status != "skipped":
+            evidence += " (" + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in r.counts.items()) + ")"
         table.add_row(r.name, _MARK[r.status] + " " + r.status, f"{r.seconds:.1f}s", escape(evidence))
     return table
 

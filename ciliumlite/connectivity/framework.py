@@ -29,6 +29,7 @@ class ScenarioResult:
 
     ``skipped`` holds the reason when the scenario does not apply to the lab's configuration
     (e.g. DSR in SNAT mode); a skipped result is ``ok`` and never hides a datapath failure.
+    ``counts`` are the numbers a scenario measured (e.g. ``broken_connections``), for reports.
     """
 
     name: str
@@ -39,6 +40,7 @@ class ScenarioResult:
     description: str = ""
     cilium: str = ""
     acceptance: str = ""
+    counts: dict[str, int] = field(default_factory=dict)
 
     @property
     def status(self) -> Status:
@@ -56,15 +58,17 @@ class ScenarioResult:
         """The result as plain JSON types (one entry of ``--json``'s ``results``)."""
         return {"name": self.name, "status": self.status, "ok": self.ok, "seconds": round(self.seconds, 3),
                 "details": list(self.details), "skipped": self.skipped, "description": self.description,
-                "cilium": self.cilium, "acceptance": self.acceptance}
+                "cilium": self.cilium, "acceptance": self.acceptance, "counts": dict(self.counts)}
 
 
 class Checks:
-    """Collects the checks of one scenario: ``expect`` records pass/fail lines, ``note`` evidence."""
+    """Collects the checks of one scenario: ``expect`` records pass/fail lines, ``note`` evidence,
+    ``count`` numbers for the report."""
 
     def __init__(self) -> None:
         self.ok = True
         self.details: list[str] = []
+        self.counts: dict[str, int] = {}
 
     def expect(self, cond: bool, text: str) -> bool:
         """Record a check and return ``cond``; the scenario fails if any check fails."""
@@ -76,6 +80,10 @@ class Checks:
         """Record evidence that is not a check."""
         self.details.append("· " + text)
 
+    def count(self, name: str, n: int) -> None:
+        """Add ``n`` to the count ``name`` (it exists from the first call, also with 0)."""
+        self.counts[name] = self.counts.get(name, 0) + n
+
     def result(self) -> ScenarioResult:
         """The scenario's result (``Scenario.run`` fills in name and timing).
 
@@ -83,7 +91,7 @@ class Checks:
         """
         if not any(d[0] in "✔✘" for d in self.details):
             self.expect(False, "the scenario checked nothing")
-        return ScenarioResult("", self.ok, self.details)
+        return ScenarioResult("", self.ok, self.details, counts=dict(self.counts))
 
 
 class ScenarioContext(Protocol):

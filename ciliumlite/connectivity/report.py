@@ -29,8 +29,9 @@ def write_junit(results: Sequence[ScenarioResult], path: str, *, suite: str = "c
     """Write a JUnit XML report to ``path``: one ``testsuite``, one ``testcase`` per scenario.
 
     A failed scenario carries a ``failure`` element, a skipped one a ``skipped`` element; every
-    case has its detail lines as ``system-out``, and ``properties`` (e.g. the lab's configuration)
-    become the suite's properties. Raises :class:`OSError` if ``path`` cannot be written.
+    case has its detail lines as ``system-out`` and its ``counts`` as its properties, and
+    ``properties`` (e.g. the lab's configuration) become the suite's properties. Raises
+    :class:`OSError` if ``path`` cannot be written.
     """
     s = summary(results)
     counts = {"tests": str(s["total"]), "failures": str(s["failed"]), "skipped": str(s["skipped"]),
@@ -43,6 +44,10 @@ def write_junit(results: Sequence[ScenarioResult], path: str, *, suite: str = "c
             ET.SubElement(props, "property", name=str(k), value=str(v))
     for r in results:
         tc = ET.SubElement(ts, "testcase", classname=f"ciliumlite.{suite}", name=r.name, time=f"{r.seconds:.3f}")
+        if r.counts:  # what the scenario measured (broken connections, lost datagrams, ...)
+            props = ET.SubElement(tc, "properties")
+            for k, v in r.counts.items():
+                ET.SubElement(props, "property", name=k, value=str(v))
         if r.status == "failed":
             # Only the failed checks in the message (JUnit viewers show it on one line); all of them below.
             fail = ET.SubElement(tc, "failure", message="; ".join(d[2:] for d in r.failures)[:500] or "failed",

@@ -6,7 +6,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ciliumlite.bpf.errors import CiliumliteError, ValidationError
-from ciliumlite.connectivity import scenarios  # noqa: F401  (importing it registers the scenarios select() picks)
+
+# Importing drops registers every scenario select() picks: it imports disruption, which imports
+# scenarios, so they register in the order a run takes them (the drops check last).
+from ciliumlite.connectivity import drops  # noqa: F401
 from ciliumlite.connectivity.context import ECHO_PORT, SERVICES, ConnectivityContext
 from ciliumlite.connectivity.framework import Scenario, ScenarioResult, select
 from ciliumlite.datapath.config import LB_MODE

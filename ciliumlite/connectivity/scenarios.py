@@ -1,22 +1,18 @@
-"""The 17 scenarios of ``cilium connectivity test`` that a lab can run, registered in order.
+"""The traffic scenarios of ``cilium connectivity test`` (pod to pod, services, NodePort, world, MTU).
 
 Each is a function of a :class:`~ciliumlite.connectivity.context.ConnectivityContext` registered with
-:func:`~ciliumlite.connectivity.framework.scenario`; importing this module registers them all in
-:data:`~ciliumlite.connectivity.framework.SCENARIOS`, in the order a run takes them
-(``no-unexpected-packet-drops`` last: it compares the drop counters of the whole run). A scenario
-whose setup or feature is missing fails with the evidence; one the lab's configuration does not
-cover (``applies``) is skipped with the reason.
+:func:`~ciliumlite.connectivity.framework.scenario`; importing this module registers them in
+:data:`~ciliumlite.connectivity.framework.SCENARIOS`, in the order a run takes them. The
+``no-interrupted-connections`` family follows (:mod:`~ciliumlite.connectivity.disruption`) and
+``no-unexpected-packet-drops`` comes last (:mod:`~ciliumlite.connectivity.drops`); the runner
+imports the three in that order. A scenario whose setup or feature is missing fails with the
+evidence; one the lab's configuration does not cover (``applies``) is skipped with the reason.
 """
 
 from __future__ import annotations
 
-import json
 import re
-import signal
-import subprocess
-import time
 from collections.abc import Iterable
-from pathlib import Path
 
 from ciliumlite.connectivity.context import (
     ECHO_PORT,
@@ -27,19 +23,11 @@ from ciliumlite.connectivity.context import (
     source_label,
 )
 from ciliumlite.connectivity.framework import Checks, ScenarioResult, scenario
-from ciliumlite.datapath.reasons import Reason, describe
-from ciliumlite.lab import Node, Pod, procs
-from ciliumlite.service import Backend, Frontend, Protocol, Service
+from ciliumlite.datapath.reasons import Reason
+from ciliumlite.lab import Node, Pod
+from ciliumlite.service import Protocol
 
-__all__ = ["CHURN_NODE", "STREAM_PORT", "STREAM_SERVICE"]
-
-#: The long-lived connections of node-churn: their port, and the ClusterIP service in front of it.
-STREAM_PORT = 8081
-STREAM_SERVICE = ("echo-other-node-stream", "10.96.77.13")
-#: The node node-churn adds to the cluster and removes again.
-CHURN_NODE = "conn-churn"
-# The line-echo server and the client that keeps one connection busy (a script, like the lab's probe).
-STREAM = str(Path(__file__).with_name("_stream.py"))
+__all__: list[str] = []
 
 
 # -- evidence helpers --------------------------------------------------------------------------------
@@ -348,102 +336,4 @@ def pod_to_pod_no_frag(ctx: ConnectivityContext) -> ScenarioResult:
         res = ctx.client.ping(ctx.echo_other.ip, count=1, size=mtu - 27, dont_fragment=True, timeout=1.0)
         c.expect(not res.ok, f"{ctx.client.name} -> {ctx.echo_other.ip} ICMP {mtu - 27}+28 bytes DF: "
                  f"{'refused' if not res.ok else 'answered (the pod MTU is smaller than the path allows?)'}")
-    return c.result()
-
-
-@scenario("no-interrupted-connections/node-churn", "long-lived TCP connections (pod to pod, and through a "
-          "ClusterIP) keep answering while another node joins and leaves the cluster",
-          cilium="no-interrupted-connections", acceptance="A11 (partial: no datapath reload API yet)")
-def no_interrupted_connections(ctx: ConnectivityContext) -> ScenarioResult:
-    """Connections survive cluster membership changes (Datapath has no program reload to test yet)."""
-    c = Checks()
-    pg = ctx.lab.processes
-    server = ctx.echo_other.popen(*procs.python_script(STREAM, "server", ctx.echo_other.name, str(STREAM_PORT)))
-    clients: list[tuple[str, subprocess.Popen[str]]] = []
-    svc_up = False
-    try:
-        line = server.stdout.readline() if server.stdout else ""
-        if line.strip() != "ready":
-            c.expect(False, f"stream server on {ctx.echo_other.name}:{STREAM_PORT} did not start: {line!r}")
-            return c.result()
-        targets = [("pod-to-pod", ctx.echo_other.ip)]
-        if "services" not in ctx.setup_errors and ctx.config.kube_proxy_replacement:
-            name, vip = STREAM_SERVICE
-            ctx.cluster.upsert_service(Service(name, Frontend(vip, STREAM_PORT),
-                                               [Backend(ctx.echo_other.ip, STREAM_PORT)]))
-            svc_up = True
-            targets.append((f"ClusterIP {name}", vip))
-        for label, ip in targets:
-            proc = ctx.client.popen(*procs.python_script(STREAM, "client", ip, str(STREAM_PORT), "0.05", "60"))
-            clients.append((label, proc))
-            first = proc.stdout.readline() if proc.stdout else ""
-            if first.strip() != "connected":
-                c.expect(False, f"{label}: could not open the connection: {first.strip()}")
-        time.sleep(0.3)
-        _churn(ctx, c)
-    finally:
-        for label, proc in clients:
-            _expect_stream(c, pg, label, proc)
-        pg.stop(server)
-        if svc_up:
-            ctx.cluster.delete_service(STREAM_SERVICE[0])
-        if CHURN_NODE in ctx.cluster.members:
-            ctx.cluster.remove_node(CHURN_NODE)
-    return c.result()
-
-
-def _churn(ctx: ConnectivityContext, c: Checks) -> None:
-    """Add :data:`CHURN_NODE` to the cluster and remove it again, noting how long each took."""
-    t0 = time.monotonic()
-    cfg = ctx.config  # LabCluster.add_node takes the routing from the cluster, the rest from us
-    node = ctx.cluster.add_node(CHURN_NODE, load_balancer_mode=cfg.load_balancer_mode,
-                                bpf_masquerade=cfg.bpf_masquerade, kube_proxy_replacement=cfg.kube_proxy_replacement,
-                                socket_lb=cfg.socket_lb)
-    added = time.monotonic() - t0
-    c.note(f"{CHURN_NODE} joined ({node.ip}, {node.view.config.pod_cidr}) "
-           f"in {added:.1f}s")
-    time.sleep(0.3)
-    t0 = time.monotonic()
-    ctx.cluster.remove_node(CHURN_NODE)
-    c.note(f"{CHURN_NODE} left in {time.monotonic() - t0:.1f}s")
-    time.sleep(0.3)
-
-
-def _expect_stream(c: Checks, pg: procs.ProcessGroup, label: str, proc: subprocess.Popen[str]) -> None:
-    """Stop one stream client (SIGUSR1: it reports and exits) and check its connection never broke."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGUSR1)
-    try:
-        proc.wait(timeout=5)
-        text = proc.stdout.read() if proc.stdout else ""
-    except subprocess.TimeoutExpired:
-        text = ""
-    pg.stop(proc)
-    try:
-        st = json.loads(text.strip().splitlines()[-1])
-    except (IndexError, ValueError):
-        c.expect(False, f"{label}: the client reported nothing")
-        return
-    c.expect(not st["error"] and st["answered"] == st["sent"] > 0,
-             f"{label}: {st['answered']}/{st['sent']} requests answered by {st['server'] or '-'} on one "
-             f"connection, slowest {st['max_rtt'] * 1000:.0f} ms" + (f", error: {st['error']}" if st["error"]
-                                                                     else ""))
-
-
-@scenario("no-unexpected-packet-drops", "the datapath's drop counters did not move during the run, except for "
-          "reasons a scenario provokes on purpose", cilium="no-unexpected-packet-drops", acceptance="A10")
-def no_unexpected_packet_drops(ctx: ConnectivityContext) -> ScenarioResult:
-    """Drop counters per node, before and after (run it last)."""
-    c = Checks()
-    for node in ctx.nodes:
-        before = ctx.drops_before.get(node.name, {})
-        now = ctx.drop_counts(node)
-        moved = {k: v - before.get(k, 0) for k, v in now.items() if v > before.get(k, 0)}
-        unexpected = {k: v for k, v in moved.items() if k[0] not in ctx.expected_drops}
-        for (reason, direction), n in sorted(moved.items()):
-            if reason in ctx.expected_drops:
-                c.note(f"{node.name}: {n} x {describe(reason)} (dir {direction}), expected: "
-                       f"{ctx.expected_drops[reason]}")
-        text = ", ".join(f"{n} x {describe(r)} (reason {r}, dir {d})" for (r, d), n in sorted(unexpected.items()))
-        c.expect(not unexpected, f"{node.name}: " + (text or "no unexpected drops"))
     return c.result()

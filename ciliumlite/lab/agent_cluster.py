@@ -150,6 +150,17 @@ class AgentCluster(LabCluster):
         if had_bgp:
             self.lab.bgp.reload()
 
+    def restart_node(self, name: str) -> float:
+        """SIGKILL a member's agent and start a new one (:meth:`AgentNode.restart_agent`); return
+        once every member routes to it again, with the seconds from the kill to ready. Raises
+        ``KeyError`` for a node not in this cluster, and as that and :func:`wait_converged`."""
+        node = self.members[name]
+        if not isinstance(node, AgentNode):
+            raise ValidationError(f"{name}: an AgentCluster takes nodes of an etcd lab")
+        took = node.restart_agent()
+        wait_converged(self.agent_nodes())
+        return took
+
     def upsert_service(self, svc: Any, timeout: float = CONVERGE_TIMEOUT) -> None:
         """Write ``svc`` to etcd and wait until every node has programmed it."""
         self.control.store.put_service(svc)

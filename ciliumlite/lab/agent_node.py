@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from ciliumlite.agent.client import SOCKET_NAME, AgentClient
 from ciliumlite.agent.errors import AgentStartError
 from ciliumlite.bgp import Bird
-from ciliumlite.bpf.errors import CiliumliteError, ValidationError
+from ciliumlite.bpf.errors import CiliumliteError, NotSupportedError, ValidationError
 from ciliumlite.bpf.offloop import public_methods_off_event_loop
 from ciliumlite.cluster import NodeInfo
 from ciliumlite.datapath.config import DatapathConfig, HostRouting
@@ -141,6 +141,40 @@ class AgentNode(Node):
         if not self.agent.running:
             return self.agent.wait_exit(1.0)
         return self.agent.stop(timeout)
+
+    def restart_agent(self, timeout: float = READY_TIMEOUT) -> float:
+        """Crash the agent (SIGKILL: none of its cleanup runs, its datapath keeps forwarding) and
+        start a new one with the same command line, which restores the datapath and the endpoint
+        table at start; return once it answers, with the seconds from the kill to ready.
+
+        Raises :class:`NotSupportedError` (before killing anything) for a BGP node (a restore does
+        not adopt a running bird), :class:`CiliumliteError` without a running agent, and
+        :class:`AgentStartError` (with the new agent's log) when it does not come up.
+        """
+        cfg = self._cfg()
+        if cfg.bgp_asn is not None or cfg.host_routing != "bpf":
+            raise NotSupportedError("an agent restart needs BPF host routing and no BGP speaker (Datapath.restore "
+                                    "does not adopt a running bird)", feature="restore")
+        old = self.agent
+        if old is None or not old.running:
+            raise CiliumliteError(f"{self.name} has no running agent to restart")
+        old.kill()
+        t0 = time.monotonic()
+        self._ready = False
+        self.agent = AgentProc(self.lab.processes, cfg.node_name, self.socket, old.argv, self.netns, self.cgroup)
+        self.ready(timeout)
+        return time.monotonic() - t0
+
+    def reload_datapath(self) -> float:
+        """Replace every program of the node through its agent (``POST /v1/datapath/reload``);
+        the seconds it took. Raises ``AgentError`` / ``AgentUnavailable``."""
+        t0 = time.monotonic()
+        self.client(timeout=120).reload()
+        return time.monotonic() - t0
+
+    def restart_datapath(self) -> float:
+        """The agent's restart (:meth:`restart_agent`): the agent owns this node's datapath."""
+        return self.restart_agent()
 
     # -- pods, through the CNI plugin ---------------------------------------------------------------
     def _cni(self, command: str, container_id: str, netns: str, pod: str,

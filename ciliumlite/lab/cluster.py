@@ -64,6 +64,21 @@ class LabCluster:
         if had_bgp:  # the leaf drops the session to the node that has gone
             self.lab.bgp.reload()
 
+    def restart_node(self, name: str) -> float:
+        """Restart a member's owner (:meth:`Node.restart_datapath`: detach, restore) and join the
+        restored datapath to the cluster again, which replays every node and service into it as a
+        restarted agent's resync does. Returns the seconds the node had no owner. Raises
+        ``KeyError`` for a node not in this cluster, and as :meth:`Node.restart_datapath`."""
+        node = self.members[name]
+        took = node.restart_datapath()
+        assert node.datapath is not None
+        self.control.join(node.info, node.datapath)
+        return took
+
+    def reload_node(self, name: str) -> float:
+        """Replace every program of a member (:meth:`Node.reload_datapath`); the seconds it took."""
+        return self.members[name].reload_datapath()
+
     def nodes(self) -> list[Node]:
         """The member nodes."""
         return list(self.members.values())

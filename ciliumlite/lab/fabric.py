@@ -14,6 +14,8 @@ if TYPE_CHECKING:
     from ciliumlite.lab.lab import Lab
 
 UNDERLAY = ipaddress.IPv4Network("10.0.0.0/24")
+#: The leaf router's MAC on the underlay (locally administered; each lab's underlay is its own segment).
+LEAF_MAC = "02:c1:00:00:00:fe"
 LEAF_IP = "10.0.0.254"
 FIRST_NODE_HOST = 11  # k8s-master is 10.0.0.11 in the seed
 WORLD = ipaddress.IPv4Network("203.0.113.0/24")  # documentation range: "the world"
@@ -52,7 +54,10 @@ class Fabric:
         self.netns = owned.make_netns(lab.record, f"{lab.prefix}-fabric")
         try:
             with IPRoute(netns=self.netns) as ipr:
-                ipr.link("add", ifname="br0", kind="bridge")
+                # A fixed address: a bridge without one takes the lowest of its ports' and changes it
+                # when a node with a lower one joins, which leaves every node's neighbour entry of the
+                # leaf stale (traffic through the leaf stops for about a second).
+                ipr.link("add", ifname="br0", kind="bridge", address=LEAF_MAC)
                 _address(ipr, "br0", LEAF_IP, UNDERLAY.prefixlen)
             set_sysctl(self.netns, "net.ipv4.ip_forward", "1")
         except BaseException:

@@ -7,9 +7,10 @@ its Datapath will make (pin directory, registry entry, bird) before each is made
 from __future__ import annotations
 
 import os
+import time
 from typing import TYPE_CHECKING, Any
 
-from ciliumlite.bpf.errors import CiliumliteError, ValidationError
+from ciliumlite.bpf.errors import CiliumliteError, NotSupportedError, ValidationError
 from ciliumlite.bpf.offloop import public_methods_off_event_loop
 from ciliumlite.cluster import NodeInfo
 from ciliumlite.datapath import registry
@@ -46,6 +47,7 @@ class Node:
         self.datapath: Datapath | None = None
         self.pods: dict[str, Pod] = {}
         self.ip: str | None = None
+        self._detached: DatapathConfig | None = None  # a datapath left running by a failed restart
         self._claims: list[tuple[str, Entry]] = []
         try:
             if config.get("routing", "none") != "none":
@@ -138,6 +140,43 @@ class Node:
         self.datapath.remove_endpoint(pod.endpoint)
         owned.remove_netns(self.lab.record, pod.netns)
 
+    # -- restart and hot replacement --------------------------------------------------------------
+    def restart_datapath(self) -> float:
+        """Restart the node's owner as a new process would: :meth:`Datapath.detach` (everything keeps
+        forwarding), then :meth:`Datapath.restore` from the pins and state; the pods' endpoints are
+        the restored ones afterwards. Returns the seconds the node had no owner. A cluster the node
+        is in still holds the old object: :meth:`LabCluster.restart_node` joins the new one.
+
+        Raises :class:`NotSupportedError` (before touching anything) for legacy host routing or a
+        BGP node (a restore does not adopt a running bird), and what :meth:`Datapath.restore`
+        raises; the detached datapath is then left running and removed by :meth:`close`.
+        """
+        dp = self.datapath
+        if dp is None:
+            raise CiliumliteError(f"{self.name} has no datapath (closed)")
+        cfg = dp.config
+        if cfg.host_routing != "bpf" or cfg.bgp_asn is not None:
+            raise NotSupportedError("a restart needs BPF host routing and no BGP speaker (Datapath.restore does "
+                                    "not adopt a running bird)", feature="restore")
+        t0 = time.monotonic()
+        dp.detach()
+        self.datapath = None
+        self._detached = cfg
+        restored = Datapath.restore(cfg, netns=self.netns, cgroup=self.cgroup)
+        self.datapath, self._detached = restored, None
+        for pod in self.pods.values():
+            pod.endpoint = restored.endpoint(pod.endpoint.ip)
+        return time.monotonic() - t0
+
+    def reload_datapath(self) -> float:
+        """Replace every program of the node with a freshly loaded build (:meth:`Datapath.reload`);
+        the seconds it took. Raises what that raises (nothing is swapped on a load failure)."""
+        if self.datapath is None:
+            raise CiliumliteError(f"{self.name} has no datapath (closed)")
+        t0 = time.monotonic()
+        self.datapath.reload()
+        return time.monotonic() - t0
+
     def run(self, *argv: str, timeout: float = 30.0) -> Any:
         """Run a command in the node namespace (and cgroup): a ``CompletedProcess``; raises as :meth:`Host.run`."""
         return self.lab.processes.run(self.netns, argv, self.cgroup, timeout=timeout)
@@ -176,6 +215,14 @@ class Node:
             except Exception as exc:
                 failure = exc
             self.datapath = None
+        if self._detached is not None:  # a restart that could not restore: its pins are ours to remove
+            from ciliumlite.lab.agent_proc import remove_datapath_leftovers
+
+            try:
+                remove_datapath_leftovers(self._detached.node_name, self._detached.pin_dir)
+            except Exception as exc:
+                failure = failure or exc
+            self._detached = None
         self._release_datapath()
         for pod in self.pods.values():
             owned.remove_netns(self.lab.record, pod.netns)

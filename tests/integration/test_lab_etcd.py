@@ -28,7 +28,7 @@ from ciliumlite.bpf import fs
 from ciliumlite.bpf import netns as nsmod
 from ciliumlite.cluster.etcd import KvstoreError
 from ciliumlite.connectivity import ConnectivityTest
-from ciliumlite.connectivity.scenarios import STREAM
+from ciliumlite.connectivity.disruption import STREAM
 from ciliumlite.datapath import registry
 from ciliumlite.datapath.config import PIN_BASE
 from ciliumlite.demo import run_demo
@@ -259,6 +259,10 @@ def test_a_joining_node_is_reachable_from_the_others_within_a_bounded_time(topo:
     assert len(topo.node_keys()) == 3
 
 
+# agent-restart SIGKILLs agents and starts new ones: children of this process that outlive the test
+# (the lab stops them), which the per-test leak check would report; the module's teardown checks that
+# nothing of the lab is left.
+@pytest.mark.no_leak_check
 def test_the_connectivity_test_passes_against_the_etcd_lab(topo: Topo) -> None:
     t0 = time.monotonic()
     with ConnectivityTest(topo.lab) as ct:
@@ -268,6 +272,12 @@ def test_the_connectivity_test_passes_against_the_etcd_lab(topo: Topo) -> None:
     failed = {r.name: r.details for r in results if r.status == "failed"}
     assert not failed, failed
     assert {r.name for r in results if r.status == "skipped"} == {"outside-to-nodeport/dsr"}
+    by_name = {r.name: r for r in results}
+    for name in ("node-churn", "agent-restart", "program-replacement"):  # SIGKILLed agents, reloads: 0 lost
+        counts = by_name[f"no-interrupted-connections/{name}"].counts
+        print(f"[counts] etcd lab, no-interrupted-connections/{name}: {counts}")
+        assert counts["broken_connections"] == counts["connect_failures"] == counts["lost_datagrams"] == 0, counts
+        assert counts["exchanges"] > 0 and counts["connections"] > 0 and counts["datagrams"] > 0, counts
     assert sorted(topo.cluster.members) == ["a", "b", "c"]  # the churn node came and went
     assert [p for n in topo.nodes for p in n.pods] == ["cli", "srv", "srv"]  # its pods are gone again
 
@@ -404,3 +414,54 @@ def test_a_killed_agent_leaves_the_others_forwarding_and_its_node_expires(topo: 
     assert not os.path.exists(f"{PIN_BASE}/{v.info.name}")  # ... the lab removed
     assert not registry.entry_path(v.info.name).exists()
     assert sorted(topo.cluster.members) == ["a", "b", "c"] and len(topo.node_keys()) == 3
+
+
+@pytest.mark.no_leak_check  # the new agent outlives the test (as above)
+def test_a_sigkilled_agent_is_replaced_by_one_that_adopts_its_datapath_and_containers(topo: Topo) -> None:
+    """kill -9 of an agent with pods from the CNI plugin; the new agent restores the datapath and the
+    container-id table: the pods keep forwarding, a CNI DEL of a pod made before the restart works,
+    and the ipcache entries outlive the dead agent's lease."""
+    a = topo.a
+    assert a.agent is not None and topo.lab.etcd is not None
+    early = a.add_pod("early")
+    early.ensure_echo_server(ECHO)
+    cid = f"{topo.lab.prefix}-a-early"
+    before = {e["container_id"]: e for e in a.client().endpoints()}
+    assert cid in before and before[cid]["ip"] == early.ip
+    old_pid = a.agent.pid
+    ip_prefix = f"cilium/state/ip/v1/{topo.lab.prefix}/"
+    server, client = _stream(topo)  # a long-lived connection from cli on a to srv on b, through it all
+    try:
+        took = topo.cluster.restart_node("a")  # SIGKILL, a new agent, every node routing to it again
+        measure("agent of a: SIGKILL -> a new agent restored the datapath and answers", took)
+        assert a.agent.pid != old_pid and a.agent.running
+        st = a.status()
+        assert st["restored"] is True and st["errors"]["count"] == 0, st["errors"]
+        after = {e["container_id"]: e for e in a.client().endpoints()}
+        assert set(after) == set(before)  # the table came back, not just the datapath
+        for key, ep in before.items():
+            assert (after[key]["ip"], after[key]["identity"], after[key]["host_ifname"]) == \
+                (ep["ip"], ep["identity"], ep["host_ifname"]), key
+        check = a.client().endpoint(cid, check=True)["check"]
+        assert check["ok"], check
+        assert topo.talk(via=WEB_IP) == [] and topo.srv_b.tcp_echo(early.ip, ECHO).ok
+        # The dead agent's lease expires (TTL 15 s): the ipcache entries re-published on the new
+        # agent's lease stay, and so does the node's record.
+        time.sleep(topo.lab.lease_ttl + 3)
+        ip_keys = topo.etcd_keys(ip_prefix)
+        assert any(k.endswith(early.ip) for k in ip_keys) and any(k.endswith(topo.cli.ip) for k in ip_keys), ip_keys
+        assert len(topo.node_keys()) == 3
+        assert topo.talk(via=WEB_IP) == []
+        # CNI DEL of the pod made before the restart: the new agent knows its container.
+        a.remove_pod("early")
+        assert cid not in {e["container_id"] for e in a.client().endpoints()}
+        assert not any(k.endswith(early.ip) for k in topo.etcd_keys(ip_prefix))
+        late = a.add_pod("late")  # and a new pod comes up on the restored datapath
+        try:
+            assert late.ping(topo.srv_b, count=2, interval=0.05).ok
+        finally:
+            a.remove_pod("late")
+    finally:
+        result = _stream_result(topo, server, client)
+    assert not result["error"] and result["answered"] == result["sent"] > 20, result
+    measure("slowest answer on the long-lived connection across the agent's restart", result["max_rtt"])

@@ -15,13 +15,15 @@ from typing import Any
 
 import pytest
 
+from ciliumlite.agent import endpoint_state
 from ciliumlite.agent.api import ApiServer, claim_socket
 from ciliumlite.agent.client import AgentClient, AgentError, AgentUnavailable, default_socket
 from ciliumlite.agent.config import AgentConfig, load_file
-from ciliumlite.agent.endpoints import EndpointRequest
-from ciliumlite.agent.errors import AgentStartError, Conflict, KvstoreUnavailable, NotFound
-from ciliumlite.bpf.errors import ValidationError
+from ciliumlite.agent.endpoints import EndpointRequest, EndpointTable
+from ciliumlite.agent.errors import AgentStartError, Conflict, KvstoreUnavailable, NotFound, NotReady
+from ciliumlite.bpf.errors import NotSupportedError, ValidationError
 from ciliumlite.cli.agent import kvstore_text
+from ciliumlite.endpoint import Endpoint
 
 pytestmark = pytest.mark.unit
 
@@ -161,18 +163,32 @@ class FakeBackend:
     def service_list(self) -> list[dict[str, Any]]:
         return []
 
+    reload_answer = "ok"
+    reloads = 0
+
+    def datapath_reload(self) -> dict[str, Any]:
+        if self.reload_answer == "legacy":
+            raise NotSupportedError("legacy host routing has no programs to reload", feature="bpf host routing")
+        if self.reload_answer == "starting":
+            raise NotReady("the agent is starting")
+        self.reloads += 1
+        return {"reloads": self.reloads, "seconds": 0.1, "programs": 7}
+
 
 @pytest.fixture
 def api(tmp_path: Path) -> Iterator[AgentClient]:
     path = str(tmp_path / "run" / "agent.sock")
     loop = asyncio.new_event_loop()
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
-    server = ApiServer(FakeBackend(), path, pool)
+    backend = FakeBackend()
+    server = ApiServer(backend, path, pool)
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
     asyncio.run_coroutine_threadsafe(server.start(), loop).result(10)
     try:
-        yield AgentClient(path, timeout=10)
+        client = AgentClient(path, timeout=10)
+        client.backend = backend  # type: ignore[attr-defined]  # the tests steer the fake through it
+        yield client
     finally:
         asyncio.run_coroutine_threadsafe(server.stop(), loop).result(10)
         loop.call_soon_threadsafe(loop.stop)
@@ -202,6 +218,20 @@ def test_api_round_trip_and_error_shapes(api: AgentClient) -> None:
             call()
         assert (err.value.status, err.value.code) == (status, code), err.value
         assert err.value.message
+
+
+def test_reload_through_the_api(api: AgentClient) -> None:
+    backend: FakeBackend = api.backend  # type: ignore[attr-defined]
+    assert api.reload() == {"reloads": 1, "seconds": 0.1, "programs": 7}
+    assert api.reload()["reloads"] == 2
+    for answer, status, code in (("legacy", 501, "not-supported"), ("starting", 503, "not-ready")):
+        backend.reload_answer = answer
+        with pytest.raises(AgentError) as err:
+            api.reload()
+        assert (err.value.status, err.value.code) == (status, code) and err.value.message
+    with pytest.raises(AgentError) as err:
+        api.request("GET", "/v1/datapath/reload")
+    assert err.value.status == 405
 
 
 def test_a_live_socket_is_not_taken_and_a_stale_one_is(api: AgentClient, tmp_path: Path) -> None:
@@ -243,3 +273,72 @@ def test_kvstore_line() -> None:
     down = kvstore_text({**kv, "connected": False, "last_error": "connection refused"})
     assert down.startswith("Failure  etcd: 0/1 connected") and "(last error: connection refused)" in down
     assert kvstore_text({"backend": "memory", "connected": True}).startswith("Ok  memory")
+
+
+# -- the agent's endpoint table on disk ------------------------------------------------------------------
+
+
+def _ep(i: int, netns: str) -> Endpoint:
+    import ipaddress
+
+    return Endpoint(id=i, name=f"p{i}", ip=ipaddress.IPv4Address(f"10.244.0.{i + 1}"), pod_netns=netns,
+                    ifname=f"lxc{i}", ifindex=10 + i, mac="02:00:00:00:00:01", node_mac="02:00:00:00:00:02",
+                    identity=300 + i, labels={"name": f"p{i}"})
+
+
+def _record(cid: str, ep: Endpoint | None, netns: str) -> dict[str, Any]:
+    return {"container_id": cid, "netns": netns, "ifname": "eth0", "name": cid, "labels": {"name": cid},
+            "netns_inode": 1, "gateway": "10.244.0.1", "mtu": 1450, "created": 1.0,
+            "ip": str(ep.ip) if ep else None, "endpoint_id": ep.id if ep else None}
+
+
+class _Store:
+    def __init__(self) -> None:
+        self.ips: list[str] = []
+
+    def allocate_identity(self, labels: dict[str, str]) -> int:
+        return 300 + int(labels["name"][-1]) if labels["name"][-1].isdigit() else 999
+
+    def put_ip_identity(self, ip: str, identity: int, host: str, **kw: Any) -> None:
+        self.ips.append(ip)
+
+
+def test_endpoint_table_round_trip_and_refusals(tmp_path: Path) -> None:
+    path = str(tmp_path / "agent-endpoints.json")
+    assert endpoint_state.read(path, "n1") == []  # no file: nothing to restore
+    endpoint_state.write(path, "n1", [_record("c1", _ep(1, "ns1"), "ns1")])
+    assert [r["container_id"] for r in endpoint_state.read(path, "n1")] == ["c1"]
+    with pytest.raises(endpoint_state.EndpointStateError) as err:
+        endpoint_state.read(path, "n2")
+    assert err.value.reason == "other-node"
+    text = Path(path).read_text()
+    for bad, reason in ((text[: len(text) // 2], "corrupt"), (text.replace('"end": true', '"end": false'), "corrupt"),
+                        (text.replace('"version": 1', '"version": 99'), "version"),
+                        (text.replace('"netns_inode": 1, ', ""), "corrupt")):
+        with open(path, "w") as f:
+            f.write(bad)
+        with pytest.raises(endpoint_state.EndpointStateError) as err:
+            endpoint_state.read(path, "n1")
+        assert err.value.reason == reason, bad
+    endpoint_state.remove(path)
+    assert os.listdir(tmp_path) == []
+
+
+def test_endpoint_table_restore_matches_records_to_the_datapath(tmp_path: Path) -> None:
+    path = str(tmp_path / "agent-endpoints.json")
+    eps = [_ep(1, "ns1"), _ep(2, "ns2"), _ep(3, "ns3")]
+    # c1 complete; c2 written before its endpoint existed (killed in between); c9's endpoint is gone;
+    # endpoint 3 has no record at all.
+    endpoint_state.write(path, "n1", [_record("c1", eps[0], "ns1"), _record("c2", None, "ns2"),
+                                      _record("c9", _ep(9, "ns9"), "ns9")])
+    store = _Store()
+    table = EndpointTable(object(), store, node_netns="x", gateway="10.244.0.1", mtu=1450,  # type: ignore[arg-type]
+                          state_path=path, node_name="n1")
+    notes = table.restore(eps)
+    assert sorted(e.container_id for e in table.all()) == ["c1", "c2"]
+    assert table.get("c2").endpoint is eps[1] and table.get("c1").endpoint is eps[0]
+    assert len(notes) == 2 and "c9" in notes[0] and "endpoint 3" in notes[1], notes
+    assert sorted(store.ips) == ["10.244.0.2", "10.244.0.3"]  # re-published on this agent's lease
+    # What is on disk now is the restored table: both complete, c9 gone.
+    assert [(r["container_id"], r["ip"]) for r in endpoint_state.read(path, "n1")] == [
+        ("c1", "10.244.0.2"), ("c2", "10.244.0.3")]
