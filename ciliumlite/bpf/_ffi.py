@@ -79,6 +79,8 @@ _Bool bpf_map__is_internal(const struct bpf_map *map);
 __u32 bpf_map__btf_key_type_id(const struct bpf_map *map);
 __u32 bpf_map__btf_value_type_id(const struct bpf_map *map);
 const char *bpf_map__pin_path(const struct bpf_map *map);
+int bpf_map__set_pin_path(struct bpf_map *map, const char *path);
+__u32 bpf_map__map_flags(const struct bpf_map *map);
 
 struct btf_type { __u32 name_off; __u32 info; __u32 size_or_type; };
 struct btf_member { __u32 name_off; __u32 type; __u32 offset; };

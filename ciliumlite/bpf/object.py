@@ -7,17 +7,35 @@ import os
 import struct
 import weakref
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ciliumlite.bpf._ffi import cstr, ffi, lib
 from ciliumlite.bpf.btf import Btf, StructInfo, TypeInfo
 from ciliumlite.bpf.errors import BpfError, ValidationError, VerifierError, check
-from ciliumlite.bpf.map import Map, MapInfo
+from ciliumlite.bpf.map import Map, MapInfo, MapType
 from ciliumlite.bpf.program import Program
 
 _LOG_SIZE = 16 << 20
 _INT_FMT = {1: "B", 2: "H", 4: "I", 8: "Q"}
+
+
+@dataclass(frozen=True)
+class MapLayout:
+    """What decides whether a pinned map can serve a build: what libbpf compares before it reuses
+    a pin (type, key and value size, max_entries, flags) plus the key and value types' BTF layout
+    (None for a map without BTF). :meth:`BpfObject.map_layout` gives a build's;
+    :class:`ciliumlite.datapath.migrate.Migration` reads a pinned one's from the kernel."""
+
+    name: str
+    type: MapType
+    key_size: int
+    value_size: int
+    max_entries: int
+    flags: int
+    key: StructInfo | None = None
+    value: StructInfo | None = None
 
 
 class Rodata(Mapping[str, Any]):
@@ -158,6 +176,7 @@ class BpfObject:
             self.programs[p.name] = p
             prog = lib.bpf_object__next_program(h, prog)
         self._map_handles: dict[str, Any] = {}
+        self._map_btf_ids: dict[str, tuple[int, int]] = {}
         rodata_handle = None
         m = lib.bpf_object__next_map(h, ffi.NULL)
         while m != ffi.NULL:
@@ -167,6 +186,10 @@ class BpfObject:
                     rodata_handle = m
             else:
                 self._map_handles[mname] = m
+                # Read now: for a map reused from a pin, load() replaces these with the type ids of
+                # the BTF of the object that created the map, which this object's BTF does not share.
+                self._map_btf_ids[mname] = (int(lib.bpf_map__btf_key_type_id(m)),
+                                            int(lib.bpf_map__btf_value_type_id(m)))
             m = lib.bpf_object__next_map(h, m)
         self.rodata = Rodata(self, rodata_handle, self._btf)
         self._map_views: weakref.WeakSet[Map[Any, Any]] = weakref.WeakSet()
@@ -216,6 +239,35 @@ class BpfObject:
                                   f"not {max_entries!r}")
         check(lib.bpf_map__set_max_entries(h, max_entries), "resize map", f"{map_name} to {max_entries}")
 
+    def map_layout(self, map_name: str) -> MapLayout:
+        """The layout this object gives map ``map_name`` (read before or after load)."""
+        h = self._handle(map_name)
+        try:
+            mtype = MapType(int(lib.bpf_map__type(h)))
+        except ValueError:
+            mtype = MapType.UNSPEC
+        return MapLayout(map_name, mtype, int(lib.bpf_map__key_size(h)), int(lib.bpf_map__value_size(h)),
+                         int(lib.bpf_map__max_entries(h)), int(lib.bpf_map__map_flags(h)),
+                         self._btf_of(lib.bpf_map__btf_key_type_id(h)), self._btf_of(lib.bpf_map__btf_value_type_id(h)))
+
+    def map_pin_path(self, map_name: str) -> str | None:
+        """Where map ``map_name`` is pinned (or its pin reused) at load; None for an unpinned map."""
+        return cstr(lib.bpf_map__pin_path(self._handle(map_name))) or None
+
+    def set_pin_path(self, map_name: str, path: str) -> None:
+        """Pin (or reuse the pin of) map ``map_name`` at ``path`` instead of ``pin_root/<name>``,
+        before ``load()``: how an upgrade builds a new map beside the one the running datapath uses."""
+        if self.loaded:
+            raise ValidationError(f"{self.name}: set the pin path of {map_name!r} before load()")
+        h = self._handle(map_name)
+        check(lib.bpf_map__set_pin_path(h, path.encode()), "set map pin path", f"{map_name} to {path}")
+
+    def _handle(self, map_name: str) -> Any:
+        h = self._map_handles.get(map_name)
+        if h is None:
+            raise ValidationError(f"{self.name}: no map {map_name!r} (has: {', '.join(self._map_handles)})")
+        return h
+
     # -- access ----------------------------------------------------------------------------------------
     def program(self, name: str) -> Program:
         """A program by its C function name."""
@@ -238,7 +290,8 @@ class BpfObject:
             raise ValidationError(f"{self.name}: no map {name!r} (has: {', '.join(self._map_handles)})")
         fd = int(lib.bpf_map__fd(h))
         info = MapInfo.from_fd(fd)
-        kb, vb = self._btf_of(lib.bpf_map__btf_key_type_id(h)), self._btf_of(lib.bpf_map__btf_value_type_id(h))
+        key_id, value_id = self._map_btf_ids[name]
+        kb, vb = self._btf_of(key_id), self._btf_of(value_id)
         m: Map[Any, Any] = Map(fd, info, key=key, value=value, key_btf=kb, value_btf=vb,
                                pin_path=cstr(lib.bpf_map__pin_path(h)) or None)
         m._views = self._map_views

@@ -33,6 +33,9 @@ class DatapathConfig:
 
     ``host_routing="bpf"`` routes pods with BPF (redirect_peer, proxy ARP in BPF);
     ``"legacy"`` uses the kernel stack (per-pod routes and proxy_arp), with no BPF on the path.
+    ``objects_dir`` is the build the node runs (a directory of ``bpf_*.o``; "" for the package's or
+    ``$CILIUMLITE_OBJECTS``): ``Datapath.reload`` with another one upgrades the node, migrating the
+    maps whose layout changed (:mod:`ciliumlite.datapath.migrate`).
 
     Monitoring (``ciliumlite monitor``, :mod:`ciliumlite.datapath.events`): every object sends drop
     events (``monitor_drops``); ``monitor_trace=True`` adds trace events at every forward decision.
@@ -56,6 +59,7 @@ class DatapathConfig:
     tc_mode: TcMode = "auto"
     pin_root: str = ""
     state_dir: str = ""
+    objects_dir: str = ""
     node_ip: str = "0.0.0.0"
     routing: Routing = "none"
     underlay_device: str = "eth0"
@@ -84,6 +88,8 @@ class DatapathConfig:
             raise ValidationError(f"host_routing must be 'bpf' or 'legacy', not {self.host_routing!r}")
         if self.tc_mode not in ("auto", "tcx", "clsact"):
             raise ValidationError(f"tc_mode must be auto, tcx or clsact, not {self.tc_mode!r}")
+        if not isinstance(self.objects_dir, str):
+            raise ValidationError(f"objects_dir must be a directory path (str), not {self.objects_dir!r}")
         if not 576 <= self.mtu <= 65535:
             raise ValidationError(f"mtu {self.mtu} is outside 576..65535")
         try:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from ipaddress import IPv4Address
-from typing import Any
+from typing import Any, Final
 
 from ciliumlite.bpf import Map
 from ciliumlite.bpf.errors import MapFullError
@@ -60,6 +60,10 @@ class FrontendRow:
 
 class LbMaps:
     """The LB4 maps of one node, opened from their pins, and the ids ciliumlite allocated in them."""
+
+    #: The pinned maps an instance holds open (an upgrade that replaces one reopens them).
+    MAP_NAMES: Final = frozenset(m.name for m in (maps.LB_SERVICES, maps.LB_BACKENDS, maps.LB_REVNAT,
+                                                  maps.LB_MAGLEV, maps.LB_AFFINITY))
 
     def __init__(self, pin_dir: str, maglev_table_size: int = maglev.DEFAULT_TABLE_SIZE) -> None:
         self.services: Map[Lb4Key, Lb4Service] = maps.LB_SERVICES.from_pins(pin_dir)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -27,13 +27,41 @@ OBJECTS_ENV = "CILIUMLITE_OBJECTS"
 OBJECTS = ("bpf_lxc", "bpf_host", "bpf_overlay", "bpf_sock")
 
 
-def object_path(name: str) -> Path:
-    """Path of a compiled datapath object (``bpf_lxc`` -> .../ciliumlite/objects/bpf_lxc.o).
+#: The objects directory of each node that runs another build than the default (by pin
+#: directory, which names one node): set by the node (:func:`use_objects`) so that every later load
+#: of the node (a new endpoint, the first service) takes its objects from the same build.
+_NODE_OBJECTS: dict[str, str] = {}
+#: Called with each object of a node opened while :func:`set_prepare` is in force, before it loads.
+Prepare = Callable[[BpfObject], None]
+_PREPARE: dict[str, Prepare] = {}
+
+
+def use_objects(pin_dir: str, objects_dir: str) -> None:
+    """Load the node of ``pin_dir`` from the objects in ``objects_dir`` from now on ("": the default)."""
+    if objects_dir:
+        _NODE_OBJECTS[pin_dir] = objects_dir
+    else:
+        _NODE_OBJECTS.pop(pin_dir, None)
+
+
+def set_prepare(pin_dir: str, prepare: Prepare | None) -> None:
+    """Hand every object loaded for the node of ``pin_dir`` to ``prepare`` after it is opened and
+    before it loads, until called again with None: an upgrade (:mod:`ciliumlite.datapath.migrate`)
+    points the maps whose layout changed at new pins. The node's lock keeps other loads out meanwhile."""
+    if prepare is None:
+        _PREPARE.pop(pin_dir, None)
+    else:
+        _PREPARE[pin_dir] = prepare
+
+
+def object_path(name: str, objects_dir: str = "") -> Path:
+    """Path of a compiled datapath object (``bpf_lxc`` -> .../ciliumlite/objects/bpf_lxc.o), from
+    ``objects_dir`` when given, else ``$CILIUMLITE_OBJECTS``, else the package's objects.
 
     Raises :class:`NotSupportedError` when the object was not built.
     """
-    base = Path(os.environ[OBJECTS_ENV]) if OBJECTS_ENV in os.environ else \
-        Path(str(resources.files("ciliumlite") / "objects"))
+    base = Path(objects_dir) if objects_dir else Path(os.environ[OBJECTS_ENV]) if OBJECTS_ENV in os.environ \
+        else Path(str(resources.files("ciliumlite") / "objects"))
     path = base / f"{name}.o"
     if not path.is_file():
         raise NotSupportedError(f"datapath object {path} is missing", feature=f"{name}.o",
@@ -64,10 +92,17 @@ def check_overrides(rodata: NodeRodata, objects: Iterable[str] = OBJECTS) -> Non
                               f"declares (known: {', '.join(sorted(known - {'_license'}))})")
 
 
+def node_object_path(name: str, pin_dir: str) -> Path:
+    """Path of object ``name`` for the node of ``pin_dir`` (its :func:`use_objects` build)."""
+    return object_path(name, _NODE_OBJECTS.get(pin_dir, ""))
+
+
 def _load(name: str, rodata: NodeRodata, pin_dir: str, knobs: Mapping[str, Any]) -> BpfObject:
     check_overrides(rodata)  # a misspelt knob fails here too, before anything is loaded
-    obj = BpfObject(object_path(name), pin_root=pin_dir)
+    obj = BpfObject(node_object_path(name, pin_dir), pin_root=pin_dir)
     try:
+        if (prepare := _PREPARE.get(pin_dir)) is not None:
+            prepare(obj)
         missing = sorted(k for k in rodata.globals() if k not in obj.rodata)
         if missing:
             raise LayoutError(f"{name}.o does not declare the config.h globals {', '.join(missing)}: it is from "

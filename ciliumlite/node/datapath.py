@@ -116,6 +116,7 @@ class Datapath(RestoreAndReload):
         # node from the start (a leak check taken after setup must not see it appear).
         os.makedirs(links.link_pin(self._pin_dir, ""), exist_ok=True)
         self._rodata, self._native_ifindex = rodata, native_ifindex
+        loader.use_objects(self._pin_dir, cfg.objects_dir)  # every load of this node takes its build
         self._lxc = loader.load_lxc(rodata, self._pin_dir)
         self._maps = NodeMaps.from_object(self._lxc)
         self._lxc_map_id = self._maps.endpoints.info.id

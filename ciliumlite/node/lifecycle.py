@@ -12,6 +12,7 @@ import dataclasses
 import os
 import socket
 import threading
+from collections.abc import Mapping
 from typing import Any, TypeVar
 
 from ciliumlite.bpf import BpfObject
@@ -20,7 +21,7 @@ from ciliumlite.bpf.link import Link
 from ciliumlite.bpf.netns import NetnsRef, entered
 from ciliumlite.bpf.program import resolve_ifindex
 from ciliumlite.cluster.store import NodeInfo
-from ciliumlite.datapath import loader, registry
+from ciliumlite.datapath import loader, migrate, registry
 from ciliumlite.datapath.config import DatapathConfig, NodeRodata
 from ciliumlite.datapath.maps import TUNNEL, NodeMaps
 from ciliumlite.node import links
@@ -36,6 +37,8 @@ SO_NETNS_COOKIE = 71
 #: Config fields a :meth:`Datapath.reload` may change: they only reach the programs' ``.rodata``.
 #: Everything else shapes devices, routes, maps or pins, which a reload keeps as they are.
 RELOADABLE = frozenset({"monitor_drops", "monitor_trace", "events_per_sec", "extra_rodata"})
+#: A reload with another build is an upgrade (its changed maps migrated: ciliumlite.datapath.migrate).
+RELOADABLE |= {"objects_dir"}
 _UNSET: Any = object()
 _D = TypeVar("_D", bound="RestoreAndReload")
 
@@ -99,6 +102,11 @@ class RestoreAndReload:
         ``owner`` when the owner still runs, ``pins`` for a missing or foreign pin, ``layout``
         for a map of another layout) and :class:`NotSupportedError` for BGP or legacy nodes. On
         any error the running datapath is left exactly as it was.
+
+        A ``config`` that differs from the stored one only in ``objects_dir`` is an upgrade: the
+        node is adopted, then reloaded with that build (:meth:`reload`, which migrates the maps
+        whose layout changed); if the reload refuses (:class:`~ciliumlite.datapath.migrate.MigrationError`)
+        the node is detached again, still running the old build.
         """
         by_name = isinstance(config, str)
         if isinstance(config, str):
@@ -106,7 +114,9 @@ class RestoreAndReload:
         st = state_mod.read(config)
         path = state_mod.state_path(config)
         stored = state_mod.config_from_json(st["config"], path)
-        if not by_name and stored != config:
+        upgrade = not by_name and stored != config and stored == dataclasses.replace(config,
+                                                                                    objects_dir=stored.objects_dir)
+        if not by_name and stored != config and not upgrade:
             differ = ", ".join(f.name for f in dataclasses.fields(DatapathConfig)
                                if getattr(stored, f.name) != getattr(config, f.name))
             raise state_mod.StateError(f"{config.node_name}: the config given differs from the one the running "
@@ -132,6 +142,12 @@ class RestoreAndReload:
             self._let_go()
             raise
         self._publish()
+        if upgrade:
+            try:
+                self.reload(config)
+            except BaseException:
+                self.detach()  # type: ignore[attr-defined]  # the facade's: keeps the old build running
+                raise
         return self
 
     def _adopt(self, st: dict[str, Any], path: str) -> None:
@@ -141,6 +157,7 @@ class RestoreAndReload:
         if pins.get("pin_dir") != pin_dir or not os.path.isdir(pin_dir):
             raise state_mod.StateError(f"{cfg.node_name}: the pin directory {pin_dir} is missing (or the state "
                                        f"names {pins.get('pin_dir')})", reason="pins", path=pin_dir)
+        loader.use_objects(pin_dir, cfg.objects_dir)  # later loads (a new endpoint) take the node's build
         maps = NodeMaps.from_pins(pin_dir)
         self._maps = maps
         try:
@@ -213,7 +230,8 @@ class RestoreAndReload:
         return self._lxc
 
 
-    def reload(self, config: DatapathConfig | None = None) -> None:
+    def reload(self, config: DatapathConfig | None = None, *, converters: Mapping[str, migrate.Converter] | None = None,
+               strict: bool = False) -> migrate.MigrationReport:
         """Replace every program with a freshly loaded build (or the same build with ``config``).
 
         The objects are loaded again reusing the pinned maps (nothing is cleared), then each
@@ -221,10 +239,20 @@ class RestoreAndReload:
         in-place ``tc filter replace`` (same priority and handle) for clsact filters. No packet
         sees a missing program. ``config`` may change only :data:`RELOADABLE` fields.
 
+        An upgrade is a reload with another build (``config.objects_dir``, or new objects in the
+        same place): a pinned map whose layout the new build changed is migrated first
+        (:mod:`ciliumlite.datapath.migrate`): a new map is built and filled before any program is
+        swapped, entries the old programs added meanwhile are copied after the swap, then the new
+        map takes the pin. ``converters`` (map name -> function) migrate maps whose key or type
+        changed; ``strict`` refuses rather than starting a soft-state map (conntrack, NAT) empty.
+        Returns what was migrated (:class:`~ciliumlite.datapath.migrate.MigrationReport`).
+
         Raises :class:`ValidationError` for a config change a reload cannot make,
         :class:`NotSupportedError` with legacy host routing, and what loading raises
-        (:class:`VerifierError`, :class:`LayoutError`, :class:`BpfError`): nothing was swapped
-        then. A swap that fails part-way puts the old programs back and raises its error.
+        (:class:`VerifierError`, :class:`LayoutError`, :class:`BpfError`), and
+        :class:`~ciliumlite.datapath.migrate.MigrationError` for a map that cannot migrate (it
+        says which, what changed and why): nothing was swapped then, and the new maps are gone.
+        A swap that fails part-way puts the old programs back and raises its error.
         """
         with self._lock:
             if self._pin_dir is None or self._rodata is None:
@@ -239,6 +267,9 @@ class RestoreAndReload:
                                          native_ifindex=self._native_ifindex,
                                          host_netns_cookie=netns_cookie(self._netns))
             loader.check_overrides(rodata)
+            migration = migrate.Migration(self._pin_dir, converters=dict(converters or {}), strict=strict)
+            loader.use_objects(self._pin_dir, new_cfg.objects_dir)  # the build the loads below take
+            loader.set_prepare(self._pin_dir, migration.prepare)
             fresh: dict[str, BpfObject] = {}
             try:
                 fresh["lxc"] = loader.load_lxc(rodata, self._pin_dir)
@@ -248,13 +279,29 @@ class RestoreAndReload:
                     fresh["host"] = loader.load_host(rodata, self._pin_dir)
                 if self._services.active:
                     fresh["sock"] = loader.load_sock(rodata, self._pin_dir)
+                loader.set_prepare(self._pin_dir, None)
+                migration.fill()  # every new map complete before the first program swap
                 self._swap_all(fresh)
             except BaseException:
+                loader.set_prepare(self._pin_dir, None)
+                migration.abort()
+                loader.use_objects(self._pin_dir, self._config.objects_dir)  # the build that still runs
                 for obj in fresh.values():
                     obj.close()
                 raise
+            report = migration.commit()
             self._commit_reload(fresh, new_cfg, rodata)
+            self._after_migration(report)
             self._publish()
+            return report
+
+    def _after_migration(self, report: migrate.MigrationReport) -> None:
+        # The parts that hold a map open take the new one of each migrated map (the endpoints,
+        # tunnel and node maps come from the new objects already); the state names the new lxc map.
+        assert self._maps is not None
+        self._lxc_map_id = self._maps.endpoints.info.id
+        if report.changes:
+            self._services.maps_replaced({c.name for c in report.changes})
 
     def _swaps(self, fresh: dict[str, BpfObject]) -> list[tuple[Link, Any, Any]]:
         # (link, new program, the old object's program for a clsact rollback)

@@ -255,6 +255,20 @@ class Services:
         """The rodata a later ``bpf_sock`` load uses (a reload with a new config, or a restore)."""
         self._rodata = rodata
 
+    def maps_replaced(self, names: set[str]) -> None:
+        """An upgrade put new maps under the pins ``names``: if the LB maps are among them, open
+        them again (the id allocations are read back from the new maps, which hold the old rows)."""
+        if self._lb is None or self._pin_dir is None or not names & LbMaps.MAP_NAMES:
+            return
+        fresh = LbMaps(self._pin_dir, self.config.maglev_table_size)
+        try:
+            fresh.adopt({s.name: lb_rows(s, self.config.node_ip, self.config.network) for s in self._by_name.values()})
+        except BaseException:
+            fresh.close()
+            raise
+        old, self._lb = self._lb, fresh
+        old.close()
+
     def release(self) -> None:
         """Let go and leave socket LB and the LB maps as they are."""
         self._shut(keep=True)

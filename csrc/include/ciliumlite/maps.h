@@ -12,6 +12,16 @@
  *
  * Byte layouts are Cilium's (bpf/lib/maps.h, bpf/lib/common.h); sizes are
  * asserted at the bottom.
+ *
+ * Two test builds of the same sources change layouts on purpose (CMake's
+ * layout-next/ and layout-break/ objects; ciliumlite.datapath.migrate moves
+ * a running node between builds):
+ *   CILIUMLITE_LAYOUT_NEXT  appends a field to ct_entry and doubles
+ *                           cilium_lxc's max_entries (an upgrade that
+ *                           migrates: copy with zero fill, copy all);
+ *   CILIUMLITE_LAYOUT_BREAK widens endpoint_key and shrinks cilium_node_map
+ *                           to one entry (an upgrade that is refused).
+ * Python's records describe the default build only.
  */
 #ifndef __CILIUMLITE_MAPS_H
 #define __CILIUMLITE_MAPS_H
@@ -26,7 +36,11 @@
  * cilium_lxc: local endpoints (pods) and the node's own IPs.
  * ------------------------------------------------------------------------ */
 
+#ifdef CILIUMLITE_LAYOUT_NEXT
+#define ENDPOINTS_MAP_SIZE	131070
+#else
 #define ENDPOINTS_MAP_SIZE	65535
+#endif
 
 #define ENDPOINT_KEY_IPV4	1	/* endpoint_key.family */
 #define ENDPOINT_KEY_IPV6	2	/* reserved; ciliumlite is IPv4-only */
@@ -43,6 +57,9 @@ struct endpoint_key {
 	__u8	family;		/* ENDPOINT_KEY_IPV4 */
 	__u8	key;		/* 0 */
 	__u16	cluster_id;	/* 0 */
+#ifdef CILIUMLITE_LAYOUT_BREAK
+	__u32	zone;		/* the refused upgrade's key change */
+#endif
 } __packed;
 
 /* 48 bytes. All integers in host byte order.
@@ -335,7 +352,11 @@ struct {
 #define CT_MAP_SIZE_TCP		524288
 #define CT_MAP_SIZE_ANY		262144
 #define SNAT_MAPPING_MAP_SIZE	524288
+#ifdef CILIUMLITE_LAYOUT_BREAK
+#define NODE_MAP_SIZE		1	/* fewer than a cluster's nodes: the shrink does not fit */
+#else
 #define NODE_MAP_SIZE		16384
+#endif
 
 /* ipv4_ct_tuple.flags */
 #define TUPLE_F_OUT		0	/* CT: connection; NAT: egress / source-NAT direction */
@@ -378,6 +399,9 @@ struct ct_entry {
 	__u32	src_sec_id;
 	__u32	last_tx_report;
 	__u32	last_rx_report;
+#ifdef CILIUMLITE_LAYOUT_NEXT
+	__u64	next_field;	/* appended by the next layout: 0 in migrated entries */
+#endif
 };
 
 /* 40 bytes. Value of cilium_snat_v4_external. TUPLE_F_OUT entries: to_addr/
@@ -462,7 +486,9 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } cilium_events_ratelimit SEC(".maps");
 
+#ifndef CILIUMLITE_LAYOUT_BREAK
 CL_STATIC_ASSERT(sizeof(struct endpoint_key) == 20, "endpoint_key must be 20 bytes");
+#endif
 CL_STATIC_ASSERT(sizeof(struct endpoint_info) == 48, "endpoint_info must be 48 bytes");
 CL_STATIC_ASSERT(__builtin_offsetof(struct endpoint_info, mac) == 16, "endpoint_info.mac at 16");
 CL_STATIC_ASSERT(__builtin_offsetof(struct endpoint_info, node_mac) == 24, "endpoint_info.node_mac at 24");
@@ -486,7 +512,11 @@ CL_STATIC_ASSERT(sizeof(struct lb4_affinity_key) == 16, "lb4_affinity_key must b
 CL_STATIC_ASSERT(sizeof(struct lb_affinity_val) == 16, "lb_affinity_val must be 16 bytes");
 CL_STATIC_ASSERT(sizeof(struct lb4_maglev_key) == 8, "lb4_maglev_key must be 8 bytes");
 CL_STATIC_ASSERT(sizeof(struct ipv4_ct_tuple) == 14, "ipv4_ct_tuple must be 14 bytes");
+#ifdef CILIUMLITE_LAYOUT_NEXT
+CL_STATIC_ASSERT(sizeof(struct ct_entry) == 64, "ct_entry must be 64 bytes in the next layout");
+#else
 CL_STATIC_ASSERT(sizeof(struct ct_entry) == 56, "ct_entry must be 56 bytes");
+#endif
 CL_STATIC_ASSERT(__builtin_offsetof(struct ct_entry, lifetime) == 32, "ct_entry.lifetime at 32");
 CL_STATIC_ASSERT(__builtin_offsetof(struct ct_entry, flags) == 36, "ct_entry.flags at 36");
 CL_STATIC_ASSERT(__builtin_offsetof(struct ct_entry, rev_nat_index) == 38, "ct_entry.rev_nat_index at 38");
