@@ -137,8 +137,9 @@ def _members(s: StructInfo | None) -> tuple[tuple[str, int, int, int], ...] | No
 def _show(s: StructInfo | None, size: int) -> str:
     if s is None:
         return f"{size} bytes"
-    names = ", ".join(m.name for m in s.members)
-    return f"{s.kind} {s.name or '?'} ({size} bytes{': ' + names if names else ''})"
+    if not s.members:
+        return f"{s.name or s.kind} ({size} bytes)"
+    return f"{s.kind} {s.name or '?'} ({size} bytes: {', '.join(m.name for m in s.members)})"
 
 
 def _appended(old: StructInfo | None, new: StructInfo | None) -> list[str] | None:
