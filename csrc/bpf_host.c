@@ -98,11 +98,34 @@
 #include "ciliumlite/lb.h"
 #include "ciliumlite/nat.h"
 #include "ciliumlite/dsr.h"
+#include "ciliumlite/tailcall.h"
 
 /* Cilium's reserved identity of traffic from outside the cluster. */
 #define WORLD_ID		2
 
 #define pass_to_stack(ctx)	send_to_stack((ctx), METRIC_INGRESS)
+
+/* This object's tail calls (tailcall.h): filled by the loader after load. */
+CL_CALLS_MAP(cilium_calls_host, CL_CALLS_HOST_SIZE);
+
+/* ctx->cb[] words handed from one tail call to the next (tc keeps them for
+ * the whole run of a packet through this object's programs). */
+#define CB_SNAT_PORT	0	/* the source port a new mapping chose (network order) */
+
+/* Parse the IPv4 packet at ETH_HLEN into @p: every program of this object
+ * (entry or tail call) starts here, so a tail call needs nothing passed but
+ * the packet. Returns 0, or -1 for a packet that is not valid IPv4. p->proto
+ * is TCP/UDP, ICMP echo with masquerade on, or 0 (not translatable). */
+static __always_inline int host_parse4(struct __sk_buff *ctx, struct pkt4 *p, __u32 *hdr_len)
+{
+	if (ipv4_validate(ctx, ETH_HLEN, hdr_len))
+		return -1;
+	if (pkt4_extract(ctx, ETH_HLEN, *hdr_len, p))
+		return -1;
+	if (!p->proto && enable_masquerade)
+		pkt4_extract_icmp_echo(ctx, p);
+	return 0;
+}
 
 /* cil_to_netdev: let the packet leave untouched, counted REASON_TO_NETDEV. */
 #define send_to_stack_egress(ctx)					\
@@ -183,11 +206,47 @@ nodeport_lb4(struct __sk_buff *ctx, struct pkt4 *p, struct lb4_key *key,
 		return ipv4_local_delivery(ctx, p->l3_off, ep, METRIC_INGRESS, false);
 	}
 
-	/* Remote backend, SNAT mode: the reply must come back through us. */
-	ret = snat_v4_apply(ctx, p, node_ipv4, true);
+	/* Remote backend, SNAT mode: the reply must come back through us.
+	 * The mapping and the rewrite are tail calls (verified apart). */
+	return tail_call_or_drop(ctx, cilium_calls_host, CL_CALL_HOST_NODEPORT_SNAT, METRIC_INGRESS);
+}
+
+/* Tail call CL_CALL_HOST_NODEPORT_SNAT of cil_from_netdev: a NodePort
+ * packet already DNATed to a remote backend (connection entry made) gets a
+ * mapping to node_ipv4 (nat.h), port in CB_SNAT_PORT for tail_nodeport_fwd. */
+SEC("tc")
+int tail_nodeport_snat(struct __sk_buff *ctx)
+{
+	struct pkt4 p = {};
+	__u32 hdr_len = 0;
+	__be16 port = 0;
+	int ret;
+
+	if (host_parse4(ctx, &p, &hdr_len) || !p.proto)
+		return send_drop(ctx, DROP_INVALID, METRIC_INGRESS);
+	ret = snat_v4_mapping(&p, node_ipv4, true, &port);
 	if (ret)
 		return send_drop(ctx, ret, METRIC_INGRESS);
-	return nodeport_fwd(ctx, p);
+	ctx->cb[CB_SNAT_PORT] = port;
+	return tail_call_or_drop(ctx, cilium_calls_host, CL_CALL_HOST_NODEPORT_FWD, METRIC_INGRESS);
+}
+
+/* Tail call CL_CALL_HOST_NODEPORT_FWD of tail_nodeport_snat: source :=
+ * node_ipv4:CB_SNAT_PORT, then out to the backend (nodeport_fwd). */
+SEC("tc")
+int tail_nodeport_fwd(struct __sk_buff *ctx)
+{
+	__be16 port = (__be16)ctx->cb[CB_SNAT_PORT];
+	struct pkt4 p = {};
+	__u32 hdr_len = 0;
+	int ret;
+
+	if (host_parse4(ctx, &p, &hdr_len) || !p.proto)
+		return send_drop(ctx, DROP_INVALID, METRIC_INGRESS);
+	ret = pkt4_snat(ctx, &p, node_ipv4, port);
+	if (ret)
+		return send_drop(ctx, ret, METRIC_INGRESS);
+	return nodeport_fwd(ctx, &p);
 }
 
 static __always_inline int handle_ipv4(struct __sk_buff *ctx)
@@ -314,7 +373,6 @@ static __always_inline bool masq_wanted(const struct pkt4 *p)
  * flows are not translated (no RELATED tracking). */
 static __always_inline int to_netdev_ipv4(struct __sk_buff *ctx)
 {
-	const __u32 l3_off = ETH_HLEN;
 	struct ipv4_nat_entry *e;
 	struct ipv4_ct_tuple t = {};
 	struct pkt4 p = {};
@@ -323,13 +381,7 @@ static __always_inline int to_netdev_ipv4(struct __sk_buff *ctx)
 	__be16 port;
 	int ret;
 
-	if (ipv4_validate(ctx, l3_off, &hdr_len))
-		return send_to_stack_egress(ctx);
-	if (pkt4_extract(ctx, l3_off, hdr_len, &p))
-		return send_to_stack_egress(ctx);
-	if (!p.proto && enable_masquerade)
-		pkt4_extract_icmp_echo(ctx, &p);
-	if (!p.proto)
+	if (host_parse4(ctx, &p, &hdr_len) || !p.proto)
 		return send_to_stack_egress(ctx);
 
 	nat_tuple(&t, p.saddr, p.daddr, p.sport, p.dport, p.proto, TUPLE_F_OUT);
@@ -377,18 +429,58 @@ static __always_inline int to_netdev_ipv4(struct __sk_buff *ctx)
 		}
 	}
 
-	if (masq_wanted(&p)) {
-		struct ipv4_ct_tuple ct = {};
-
-		ct_tuple_orig(&ct, &p, TUPLE_F_OUT);
-		ret = ct_create(&ct, &p, ctx->len, 0, 0, 0, 0, ctx->ifindex);
-		if (!ret)
-			ret = snat_v4_apply(ctx, &p, node_ipv4, true);
-		if (ret)
-			return send_drop(ctx, ret, METRIC_EGRESS);
-		return send_nat_egress(ctx);
-	}
+	/* A new mapping (the port search) is verified apart: tail_masq_new. */
+	if (masq_wanted(&p))
+		return tail_call_or_drop(ctx, cilium_calls_host, CL_CALL_HOST_MASQ_NEW, METRIC_EGRESS);
 	return send_to_stack_egress(ctx);
+}
+
+/* Tail call CL_CALL_HOST_MASQ_NEW of cil_to_netdev: pod traffic leaving the
+ * cluster that masq_wanted() and that has no mapping yet: connection entry
+ * (flags 0, for Python's NAT GC) and a new mapping to node_ipv4 with a port
+ * from snat_port_min..max (nat.h); exhaustion -> DROP_NAT_NO_MAPPING. The
+ * port search is the costliest code to verify (each of its
+ * SNAT_COLLISION_RETRIES exits is a path), so the rewrite that follows is a
+ * tail call of its own (tail_masq_rewrite), port in CB_SNAT_PORT. */
+SEC("tc")
+int tail_masq_new(struct __sk_buff *ctx)
+{
+	struct ipv4_ct_tuple ct = {};
+	struct pkt4 p = {};
+	__u32 hdr_len = 0;
+	__be16 port = 0;
+	int ret;
+
+	/* cil_to_netdev parsed this unchanged packet: a failure is a bug,
+	 * and the packet leaves untouched as it would have before. */
+	if (host_parse4(ctx, &p, &hdr_len) || !p.proto)
+		return send_to_stack_egress(ctx);
+	ct_tuple_orig(&ct, &p, TUPLE_F_OUT);
+	ret = ct_create(&ct, &p, ctx->len, 0, 0, 0, 0, ctx->ifindex);
+	if (!ret)
+		ret = snat_v4_mapping(&p, node_ipv4, true, &port);
+	if (ret)
+		return send_drop(ctx, ret, METRIC_EGRESS);
+	ctx->cb[CB_SNAT_PORT] = port;
+	return tail_call_or_drop(ctx, cilium_calls_host, CL_CALL_HOST_MASQ_REWRITE, METRIC_EGRESS);
+}
+
+/* Tail call CL_CALL_HOST_MASQ_REWRITE of tail_masq_new: source :=
+ * node_ipv4:CB_SNAT_PORT, counted REASON_NAT_EGRESS. */
+SEC("tc")
+int tail_masq_rewrite(struct __sk_buff *ctx)
+{
+	__be16 port = (__be16)ctx->cb[CB_SNAT_PORT];
+	struct pkt4 p = {};
+	__u32 hdr_len = 0;
+	int ret;
+
+	if (host_parse4(ctx, &p, &hdr_len) || !p.proto)
+		return send_to_stack_egress(ctx);
+	ret = pkt4_snat(ctx, &p, node_ipv4, port);
+	if (ret)
+		return send_drop(ctx, ret, METRIC_EGRESS);
+	return send_nat_egress(ctx);
 }
 
 SEC("tc")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import socket
+import struct
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Annotated, Any, Literal
@@ -12,7 +13,7 @@ from typing import Annotated, Any, Literal
 from ciliumlite.bpf import features
 from ciliumlite.bpf._ffi import cstr, ffi, lib
 from ciliumlite.bpf.btf import kernel_enum
-from ciliumlite.bpf.errors import BpfError, ValidationError
+from ciliumlite.bpf.errors import BpfError, ValidationError, check
 from ciliumlite.bpf.link import AttachPoint, ClsactLink, FdLink, Link
 from ciliumlite.bpf.netns import NetnsRef, entered
 from ciliumlite.bpf.record import U32, At, Record
@@ -120,6 +121,69 @@ class RunResult:
         return XdpAction(self.retval)
 
 
+# struct bpf_prog_info (UAPI): type, id, tag[8], jited_prog_len, xlated_prog_len at 0..24; name[16]
+# at 64; run_time_ns, run_cnt at 192; verified_insns at 216 (Linux 5.16+). 232 bytes on 6.x.
+_PROG_INFO_SIZE = 232
+_PROG_INFO_HEAD = struct.Struct("<II8sII")
+_PROG_INFO_NAME = 64
+_PROG_INFO_RUN = struct.Struct("<QQ")
+_PROG_INFO_RUN_AT = 192
+_PROG_INFO_VERIFIED_AT = 216
+
+
+@dataclass(frozen=True, slots=True)
+class ProgInfo:
+    """What the kernel says about a loaded program (``BPF_OBJ_GET_INFO_BY_FD``).
+
+    ``verified_insns`` is the number of instructions the verifier processed to accept it (the
+    figure its 1,000,000 limit applies to); ``None`` on kernels before 5.16, which do not report
+    it. ``run_time_ns``/``run_cnt`` stay 0 unless ``kernel.bpf_stats_enabled`` is on. ``name`` is
+    the kernel's: the first 15 bytes of the C function's name.
+    """
+
+    id: int
+    type: ProgType | int
+    name: str
+    tag: str
+    xlated_len: int
+    jited_len: int
+    verified_insns: int | None
+    run_time_ns: int = 0
+    run_cnt: int = 0
+
+    @classmethod
+    def from_fd(cls, fd: int) -> ProgInfo:
+        """Ask the kernel about the program behind ``fd``. Raises :class:`BpfError` (``EINVAL``
+        for an fd that is no program)."""
+        buf = ffi.new("char[]", _PROG_INFO_SIZE)
+        n = ffi.new("__u32 *", _PROG_INFO_SIZE)
+        check(lib.bpf_obj_get_info_by_fd(fd, buf, n), "get program info", f"fd {fd}")
+        raw = bytes(ffi.buffer(buf, _PROG_INFO_SIZE))
+        ptype, pid, tag, jited, xlated = _PROG_INFO_HEAD.unpack_from(raw)
+        run_ns, run_cnt = _PROG_INFO_RUN.unpack_from(raw, _PROG_INFO_RUN_AT)
+        # The kernel writes min(its size, ours) bytes and says how many: older kernels stop earlier.
+        verified = struct.unpack_from("<I", raw, _PROG_INFO_VERIFIED_AT)[0] \
+            if int(n[0]) >= _PROG_INFO_VERIFIED_AT + 4 else None
+        try:
+            kind: ProgType | int = ProgType(ptype)
+        except ValueError:
+            kind = ptype
+        name = raw[_PROG_INFO_NAME:_PROG_INFO_NAME + 16].split(b"\0", 1)[0].decode(errors="replace")
+        return cls(pid, kind, name, tag.hex(), xlated, jited, verified, run_ns, run_cnt)
+
+    @classmethod
+    def from_id(cls, prog_id: int) -> ProgInfo:
+        """Ask the kernel about program ``prog_id`` (as a prog array or a link names it). Raises
+        :class:`BpfError` (``ENOENT`` when no such program is loaded)."""
+        fd = lib.bpf_prog_get_fd_by_id(prog_id)
+        if fd < 0:
+            raise BpfError("open program by id", -fd, target=f"id {prog_id}")
+        try:
+            return cls.from_fd(fd)
+        finally:
+            os.close(fd)
+
+
 def resolve_ifindex(device: str | int, netns: NetnsRef) -> tuple[int, str]:
     """(ifindex, name) of a device given by name or index, looked up in ``netns``."""
     with entered(netns):
@@ -168,6 +232,11 @@ class Program:
     def __repr__(self) -> str:
         t = self.type
         return f"<Program {self.name} sec={self.section} type={getattr(t, 'name', t)}>"
+
+    def info(self) -> ProgInfo:
+        """The kernel's view of the loaded program: its id, sizes and ``verified_insns`` (how much
+        of the verifier's 1M-instruction budget it used). Raises :class:`BpfError` before load."""
+        return ProgInfo.from_fd(self.fd)
 
     # -- attach ----------------------------------------------------------------------------------------
     def attach_tc(self, device: str | int, direction: Literal["ingress", "egress"] = "ingress", *,

@@ -20,6 +20,7 @@ from typing import Any
 
 from ciliumlite.bpf import BpfObject
 from ciliumlite.bpf.errors import LayoutError, NotSupportedError, ValidationError
+from ciliumlite.datapath import tailcalls
 from ciliumlite.datapath.config import NodeRodata
 
 OBJECTS_ENV = "CILIUMLITE_OBJECTS"
@@ -97,7 +98,8 @@ def node_object_path(name: str, pin_dir: str) -> Path:
     return object_path(name, _NODE_OBJECTS.get(pin_dir, ""))
 
 
-def _load(name: str, rodata: NodeRodata, pin_dir: str, knobs: Mapping[str, Any]) -> BpfObject:
+def _load(name: str, rodata: NodeRodata, pin_dir: str, knobs: Mapping[str, Any], *,
+          pending: bool = False) -> BpfObject:
     check_overrides(rodata)  # a misspelt knob fails here too, before anything is loaded
     obj = BpfObject(node_object_path(name, pin_dir), pin_root=pin_dir)
     try:
@@ -110,7 +112,11 @@ def _load(name: str, rodata: NodeRodata, pin_dir: str, knobs: Mapping[str, Any])
         obj.rodata.update(rodata.globals())
         obj.rodata.update(knobs)  # Rodata refuses a name the object lacks (ValidationError)
         obj.rodata.update({k: v for k, v in rodata.overrides if k in obj.rodata})
-        return obj.load()
+        obj.load()
+        # Every tail call filled before any program of the object can be attached.
+        tailcalls.fill(name, obj)
+        tailcalls.pin(name, obj, pin_dir, pending=pending)
+        return obj
     except BaseException:
         obj.close()
         raise
@@ -125,12 +131,16 @@ def load_lxc(rodata: NodeRodata, pin_dir: str, *, arp_responder: bool = True) ->
     return _load("bpf_lxc", rodata, pin_dir, {"enable_arp_responder": int(arp_responder)})
 
 
-def load_host(rodata: NodeRodata, pin_dir: str) -> BpfObject:
-    """``bpf_host.o``: ``cil_from_netdev`` / ``cil_to_netdev`` for the node's native device.
+def load_host(rodata: NodeRodata, pin_dir: str, *, pending: bool = False) -> BpfObject:
+    """``bpf_host.o``: ``cil_from_netdev`` / ``cil_to_netdev`` for the node's native device, with
+    its calls map (``cilium_calls_host``) filled and pinned in ``pin_dir``
+    (:mod:`ciliumlite.datapath.tailcalls`). ``pending=True`` (a reload, while the old programs
+    still run) pins it at the pending name, for :func:`tailcalls.commit` after the swap.
 
-    Raises as :func:`load_lxc`.
+    Raises as :func:`load_lxc`, and :class:`~ciliumlite.datapath.tailcalls.TailCallError` (a
+    :class:`LayoutError`) when a tail-call target is missing.
     """
-    return _load("bpf_host", rodata, pin_dir, {})
+    return _load("bpf_host", rodata, pin_dir, {}, pending=pending)
 
 
 def load_overlay(rodata: NodeRodata, pin_dir: str) -> BpfObject:

@@ -21,7 +21,7 @@ from ciliumlite.bpf.link import Link
 from ciliumlite.bpf.netns import NetnsRef, entered
 from ciliumlite.bpf.program import resolve_ifindex
 from ciliumlite.cluster.store import NodeInfo
-from ciliumlite.datapath import loader, migrate, registry
+from ciliumlite.datapath import loader, migrate, registry, tailcalls
 from ciliumlite.datapath.config import DatapathConfig, NodeRodata
 from ciliumlite.datapath.maps import TUNNEL, NodeMaps
 from ciliumlite.node import links
@@ -276,7 +276,8 @@ class RestoreAndReload:
                 if self._tunnel is not None:
                     fresh["overlay"] = loader.load_overlay(rodata, self._pin_dir)
                 if self._netdev is not None:
-                    fresh["host"] = loader.load_host(rodata, self._pin_dir)
+                    # Its calls map is pinned as pending: the old programs still jump through theirs.
+                    fresh["host"] = loader.load_host(rodata, self._pin_dir, pending=True)
                 if self._services.active:
                     fresh["sock"] = loader.load_sock(rodata, self._pin_dir)
                 loader.set_prepare(self._pin_dir, None)
@@ -286,12 +287,15 @@ class RestoreAndReload:
                 loader.set_prepare(self._pin_dir, None)
                 migration.abort()
                 loader.use_objects(self._pin_dir, self._config.objects_dir)  # the build that still runs
+                tailcalls.discard(self._pin_dir)
                 for obj in fresh.values():
                     obj.close()
                 raise
             report = migration.commit()
             self._commit_reload(fresh, new_cfg, rodata)
             self._after_migration(report)
+            # Only now, with no old program attached, the new calls maps replace the old pins.
+            tailcalls.commit(self._pin_dir)
             self._publish()
             return report
 
