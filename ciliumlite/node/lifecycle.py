@@ -158,6 +158,7 @@ class RestoreAndReload:
             raise state_mod.StateError(f"{cfg.node_name}: the pin directory {pin_dir} is missing (or the state "
                                        f"names {pins.get('pin_dir')})", reason="pins", path=pin_dir)
         loader.use_objects(pin_dir, cfg.objects_dir)  # later loads (a new endpoint) take the node's build
+        recovered = migrate.recover(pin_dir)  # an upgrade killed half-way: its new pins finished or removed
         maps = NodeMaps.from_pins(pin_dir)
         self._maps = maps
         try:
@@ -172,7 +173,7 @@ class RestoreAndReload:
         except BpfError as exc:
             raise state_mod.StateError(f"{cfg.node_name}: a pinned map is missing: {exc}", reason="pins",
                                        path=pin_dir) from exc
-        if found_id != pins.get("cilium_lxc_id"):
+        if found_id != pins.get("cilium_lxc_id") and recovered.get("cilium_lxc") != "finished":
             raise state_mod.StateError(f"{cfg.node_name}: the maps pinned in {pin_dir} are not the ones the state "
                                        f"names (cilium_lxc is map {found_id}, not {pins.get('cilium_lxc_id')}): "
                                        "pins of another node or of another run", reason="other-node", path=pin_dir)

@@ -163,3 +163,30 @@ def test_a_leftover_staging_pin_is_never_reused(running: BpfObject, test_objects
         mig.commit()
     with Map.open_pinned(os.path.join(bpffs_dir, "mig_grow")) as m:
         assert u32(63) not in m and len(m) == 5
+
+
+def test_recover_finishes_a_swapped_upgrade_and_removes_an_unswapped_one(running: BpfObject, test_objects: Path,
+                                                                        bpffs_dir: str) -> None:
+    # An upgrade killed after its loads: its new maps are pinned at <name>:next, filled.
+    running.map("mig_shrink").delete(u32(9))
+    running.map("mig_shrink").delete(u32(8))
+    before = _view(bpffs_dir)
+    new, mig = _upgrade(test_objects, bpffs_dir, converters={"mig_key": _widen})
+    with new:
+        mig.fill()
+        new_ids = {n: new.map(n).info.id for n in mig.changes}
+        # Its programs were swapped in (here: loaded and alive, so they use the new maps): finished.
+        assert migrate.recover(bpffs_dir) == dict.fromkeys(sorted(new_ids), "finished")
+        after = _view(bpffs_dir)
+        assert {n: after[n][0] for n in new_ids} == new_ids and not migrate.stale_staging_pins(bpffs_dir)
+        assert after["mig_same"] == before["mig_same"]
+    # Killed before any swap (no program uses the new maps): removed, the running maps kept.
+    with BpfObject(test_objects / "test_migrate_v1.o", pin_root=bpffs_dir) as again:
+        # The pins now hold the new layout: back to v1 would shrink values; stage by hand instead.
+        for n in NAMES:
+            again.set_pin_path(n, os.path.join(bpffs_dir, n + migrate.STAGING_SUFFIX))
+        again.load()
+        staged = {n: again.map(n).info.id for n in NAMES}
+    assert migrate.recover(bpffs_dir) == dict.fromkeys(sorted(NAMES), "removed")
+    assert _freed(set(staged.values())) and not migrate.stale_staging_pins(bpffs_dir)
+    assert {n: m[0] for n, m in _view(bpffs_dir).items()} == {n: after[n][0] for n in NAMES}

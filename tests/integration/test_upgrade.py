@@ -26,7 +26,7 @@ import pytest
 import test_restore as harness
 from test_restore import Topo, Traffic, _check, _kernel_view, _probe
 
-from ciliumlite.bpf import Map, inventory
+from ciliumlite.bpf import BpfObject, Map, inventory
 from ciliumlite.datapath import loader, migrate
 from ciliumlite.lab import owned
 from ciliumlite.node import Datapath
@@ -86,7 +86,7 @@ def _late_endpoint(topo: Topo, dp: Datapath) -> None:
 
 
 @pytest.mark.no_leak_check  # a failed refusal would have swapped programs: the test compares the kernel itself
-def test_a_refused_upgrade_leaves_the_datapath_untouched(node: Topo) -> None:
+def test_a_refused_upgrade_leaves_the_datapath_untouched(node: Topo, bpffs_dir: str) -> None:
     topo = node
     broken = _variant("layout-break")
     with owned_a(topo) as dp:
@@ -116,6 +116,15 @@ def test_a_refused_upgrade_leaves_the_datapath_untouched(node: Topo) -> None:
         Datapath.restore(replace(topo.cfg_a, objects_dir=broken))
     assert _kernel_view(topo) == before and _pins(topo) == pins
     _probe(topo)
+    # What an upgrade killed before its swap leaves (a new map at <name>:next that no program
+    # uses): the next restore removes it and adopts the node as it runs.
+    debris = f"{topo.cfg_a.pin_dir}/cilium_node_map{migrate.STAGING_SUFFIX}"
+    with BpfObject(loader.object_path("bpf_lxc", broken), pin_root=bpffs_dir) as obj:  # its other maps: private
+        obj.set_pin_path("cilium_node_map", debris)
+        obj.load()
+    with owned_a(topo):
+        assert not Path(debris).exists() and _pins(topo) == pins
+        _probe(topo)
 
 
 @pytest.mark.no_leak_check  # an upgrade replaces programs and maps by design: the test checks its own leaks
