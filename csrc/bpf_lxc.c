@@ -32,6 +32,10 @@
  *        connection CT entry drives the reverse NAT. A frontend hit means
  *        socket LB did not translate the flow (raw socket, socket LB off),
  *        so this happens whatever enable_per_packet_lb says;
+ *      - else (no frontend, a direct flow): a TCP SYN or UDP datagram whose
+ *        tuple has a connection entry with a rev_nat_index (a service
+ *        connection from the same client port to this very backend) starts
+ *        a fresh entry without it, so its replies are not reverse-NATed;
  *      then the steps below run on the translated destination;
  *   2. daddr is a local pod          -> ipv4_local_delivery (redirect_peer);
  *      daddr is a local host IP      -> stack;
@@ -177,7 +181,9 @@ static __always_inline int handle_arp(struct __sk_buff *ctx)
  * backend (CT service entry, affinity by client IP, random), DNAT, and for a
  * hairpin (the backend is the client itself) SNAT the source to
  * 169.254.42.1; then create/refresh the connection entry that drives the
- * reverse NAT of replies. Returns 0 (translated or not a service) or a DROP_*. */
+ * reverse NAT of replies. Not a service: lb4_ct_untranslated (a direct flow
+ * never inherits a service connection's rev-NAT). Returns 0 (translated or
+ * not a service) or a DROP_*. */
 static __always_inline int
 lxc_svc_xlate(struct __sk_buff *ctx, struct pkt4 *p, __u32 src_sec_id)
 {
@@ -192,7 +198,9 @@ lxc_svc_xlate(struct __sk_buff *ctx, struct pkt4 *p, __u32 src_sec_id)
 	key.proto = p->proto;
 	svc = lb4_lookup_service(&key, true);
 	if (!svc)
-		return 0;
+		/* Not a service: a direct flow, which must not inherit the
+		 * rev-NAT of a service connection that had its tuple. */
+		return lb4_ct_untranslated(ctx, p, src_sec_id);
 	/* A frontend hit means socket LB did not translate this flow (raw
 	 * socket, socket LB off or not attached): translate it here whatever
 	 * enable_per_packet_lb says. */

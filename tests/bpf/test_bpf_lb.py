@@ -60,7 +60,7 @@ pytestmark = pytest.mark.bpf
 
 TUPLE_F_OUT, TUPLE_F_SERVICE = 0, 4
 CT_F_NODE_PORT, CT_F_DSR_INTERNAL = 0x20, 0x80
-SYN, ACK, PSH = 0x02, 0x10, 0x08
+SYN, ACK, PSH, FIN = 0x02, 0x10, 0x08, 0x01
 
 NODE_IP = "10.0.0.12"           # this node
 LB_NODE_IP = "10.0.0.11"        # another cluster node (the DSR LB node, seen from the backend)
@@ -384,6 +384,84 @@ def test_cluster_ip_without_backends_answers_port_unreachable(node: DatapathObje
     assert icmp[8:28] == syn[ETH_HLEN:ETH_HLEN + 20], "quotes the original IP header"
     assert run.by_direction == by_direction(Reason.DROP_NO_SERVICE, Direction.EGRESS)
     assert node.maps.get(CT_TCP).get(ct_service_key(c.ip, 40004, CLUSTER_IP, SVC_PORT)) is None
+
+
+# -- a direct flow that reuses the tuple of an earlier translated one -------------------------------------
+# The client opens a connection to the ClusterIP from port P (DNATed to the backend: a connection entry
+# client:P -> backend with the service's rev-NAT index), then one straight to the backend from the same
+# port P: the very tuple of that entry. Its replies must come back from the backend, not be
+# reverse-translated to the ClusterIP (the client's socket would never see them).
+def _l4_frame(proto: int, src: str, dst: str, sport: int, dport: int, *, smac: str, dmac: str, flags: int = SYN,
+              ttl: int = 64) -> bytes:
+    if proto == IPPROTO_TCP:
+        return tcp_frame(src, dst, sport, dport, flags, smac=smac, dmac=dmac, ttl=ttl)
+    frame = udp_frame(src, dst, sport, dport, b"ping", smac=smac, dmac=dmac)
+    if ttl != 64:  # a routed reply: the TTL the remote node left (checksum kept valid)
+        return rewritten(frame, dmac=dmac, smac=smac, ttl_dec=64 - ttl)
+    return frame
+
+
+@pytest.mark.parametrize("where", ["local", "remote"])
+@pytest.mark.parametrize("proto", [IPPROTO_TCP, IPPROTO_UDP], ids=["tcp", "udp"])
+def test_direct_flow_reusing_a_translated_tuple_is_not_reverse_nated(node: DatapathObjects, client: EndpointRow,
+                                                                    backend: EndpointRow, eth0: int, proto: int,
+                                                                    where: str) -> None:
+    c = client
+    b_ip = backend.ip if where == "local" else REMOTE_BACKEND
+    rid = program(node.lb, service("web", [(b_ip, BACKEND_PORT)], protocol="TCP" if proto == IPPROTO_TCP else "UDP"))
+    ct = node.maps.get(CT_TCP if proto == IPPROTO_TCP else CT_ANY)
+    sport = 40030
+
+    def reply(flags: int) -> tuple[TcAction, bytes]:
+        # The backend's answer to the client: through the backend's lxc (local) or from the underlay,
+        # routed by the backend's node (remote), reverse-NATed there on delivery.
+        if where == "local":
+            run = node.run(_l4_frame(proto, b_ip, c.ip, BACKEND_PORT, sport, smac=backend.mac, dmac=backend.node_mac,
+                                     flags=flags), ifindex=backend.ifindex)
+        else:
+            run = node.run(_l4_frame(proto, b_ip, c.ip, BACKEND_PORT, sport, smac=REMOTE_MAC, dmac=UNDERLAY_MAC,
+                                     flags=flags, ttl=63), "cil_from_netdev", ifindex=eth0)
+        return run.verdict, run.data
+
+    # A direct flow with no earlier connection on its tuple: no entry is made (no cost per flow).
+    direct = _l4_frame(proto, c.ip, b_ip, sport, BACKEND_PORT, smac=c.mac, dmac=c.node_mac)
+    assert node.run(direct, ifindex=c.ifindex).verdict == TcAction.REDIRECT
+    assert ct.get(ct_conn_key(c.ip, sport, b_ip, BACKEND_PORT, proto)) is None
+    # Through the ClusterIP first: translated, its replies come from the ClusterIP.
+    to_vip = _l4_frame(proto, c.ip, CLUSTER_IP, sport, SVC_PORT, smac=c.mac, dmac=c.node_mac)
+    run = node.run(to_vip, ifindex=c.ifindex)
+    assert run.verdict == TcAction.REDIRECT and parse_ipv4(run.data).dst == b_ip, run.by_direction
+    assert ct[ct_conn_key(c.ip, sport, b_ip, BACKEND_PORT, proto)].rev_nat_index == rid
+    verdict, out = reply(SYN | ACK)
+    assert verdict == TcAction.REDIRECT and (parse_ipv4(out).src, parse_l4(out).sport) == (CLUSTER_IP, SVC_PORT)
+    if proto == IPPROTO_TCP:  # the client closes it (its FIN, the backend's FIN, the last ACK)
+        fin = _l4_frame(proto, c.ip, CLUSTER_IP, sport, SVC_PORT, smac=c.mac, dmac=c.node_mac, flags=FIN | ACK)
+        assert node.run(fin, ifindex=c.ifindex).verdict == TcAction.REDIRECT
+        assert reply(FIN | ACK)[0] == TcAction.REDIRECT
+    # Then straight to the backend from the same port: the translated connection's tuple.
+    run = node.run(direct, ifindex=c.ifindex)
+    assert run.verdict == TcAction.REDIRECT, run.by_direction
+    if where == "local":
+        same_but_checksums(run.data, rewritten(direct, dmac=backend.mac, smac=backend.node_mac))
+    else:
+        same_but_checksums(run.data, rewritten(direct, dmac=REMOTE_MAC, smac=UNDERLAY_MAC))
+    entry = ct[ct_conn_key(c.ip, sport, b_ip, BACKEND_PORT, proto)]
+    assert (entry.rev_nat_index, entry.backend_id) == (0, 0), "a fresh entry without the rev-NAT index"
+    verdict, out = reply(SYN | ACK)
+    assert verdict == TcAction.REDIRECT
+    assert (parse_ipv4(out).src, parse_l4(out).sport, parse_ipv4(out).dst) == (b_ip, BACKEND_PORT, c.ip), \
+        "the direct flow's reply was reverse-NATed to the ClusterIP"
+    # A data packet of the direct flow (not a SYN) keeps the fresh entry as it is.
+    if proto == IPPROTO_TCP:
+        ack = _l4_frame(proto, c.ip, b_ip, sport, BACKEND_PORT, smac=c.mac, dmac=c.node_mac, flags=ACK)
+        assert node.run(ack, ifindex=c.ifindex).verdict == TcAction.REDIRECT
+        assert ct[ct_conn_key(c.ip, sport, b_ip, BACKEND_PORT, proto)].rev_nat_index == 0
+    # And through the ClusterIP again from that port: translated again, its replies from the ClusterIP.
+    run = node.run(to_vip, ifindex=c.ifindex)
+    assert run.verdict == TcAction.REDIRECT and parse_ipv4(run.data).dst == b_ip
+    assert ct[ct_conn_key(c.ip, sport, b_ip, BACKEND_PORT, proto)].rev_nat_index == rid
+    verdict, out = reply(SYN | ACK)
+    assert verdict == TcAction.REDIRECT and (parse_ipv4(out).src, parse_l4(out).sport) == (CLUSTER_IP, SVC_PORT)
 
 
 # == DSR on the LB node: cil_from_netdev, lb_mode=1 =========================================================

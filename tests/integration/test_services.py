@@ -638,6 +638,30 @@ class TestPerPacketLb:
         finally:
             drop_service(cl, f"pp-{proto}")
 
+    @pytest.mark.parametrize("where", ["local", "remote"])
+    @pytest.mark.parametrize("proto", ["tcp", "udp"])
+    def test_direct_connection_reusing_a_service_connections_port(self, pp: PpLab, proto: str, where: str) -> None:
+        # Through the ClusterIP from port P (DNATed to the backend), then straight to the backend from
+        # the same port P: after DNAT both have the same 5-tuple. The direct one's replies must come
+        # from the backend (before the fix they were reverse-NATed to the ClusterIP and lost), and
+        # the ClusterIP from that port again still works.
+        cl, vip = pp.cl, "10.96.30.5"
+        backend = pp.pb1 if where == "local" else pp.pb2
+        cl.upsert_service(Service(f"pp-reuse-{proto}", Frontend(vip, 80, proto.upper()),  # type: ignore[arg-type]
+                                  [Backend(backend.ip, ECHO)]))
+        sport = {("tcp", "local"): 45201, ("tcp", "remote"): 45202, ("udp", "local"): 45203,
+                 ("udp", "remote"): 45204}[(proto, where)]
+        try:
+            via_vip = requests(pp.client, proto, vip, 80, 1, sports=[sport])
+            direct = requests(pp.client, proto, backend.ip, ECHO, 1, sports=[sport])
+            again = requests(pp.client, proto, vip, 80, 1, sports=[sport])
+            assert via_vip[0]["ok"] and tuple(via_vip[0]["src"]) == (vip, 80), via_vip
+            assert direct[0]["ok"], f"the direct connection from port {sport} failed: {direct}"
+            assert tuple(direct[0]["src"]) == (backend.ip, ECHO) and direct[0]["server"] == backend.name, direct
+            assert again[0]["ok"] and tuple(again[0]["src"]) == (vip, 80), again
+        finally:
+            drop_service(cl, f"pp-reuse-{proto}")
+
     def test_affinity_by_client_ip(self, pp: PpLab) -> None:
         cl = pp.cl
         cl.upsert_service(Service("pp-aff", Frontend("10.96.30.2", 80), [Backend(pp.pb1.ip, ECHO),

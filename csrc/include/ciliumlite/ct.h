@@ -26,6 +26,13 @@
  *                                169.254.42.1 for a      CT_F_NODE_PORT (NodePort),
  *                                hairpin)                CT_F_DSR_INTERNAL (DSR backend
  *                                                        node; rev_nat_index 0)
+ *   direct      TUPLE_F_OUT      client -> server        rev_nat_index 0: made only when
+ *                                (no translation)        a direct flow's first packet meets
+ *                                                        a connection entry with a
+ *                                                        rev_nat_index on its tuple (the
+ *                                                        client reused a service
+ *                                                        connection's port; lb.h
+ *                                                        lb4_ct_untranslated)
  *
  * A reply (backend -> client') that hits a connection entry with a
  * rev_nat_index is reverse-NATed (lb.h). TCP state: tx = original direction,

@@ -290,6 +290,35 @@ lb4_ct_conn(struct __sk_buff *ctx, const struct pkt4 *p, __u16 flags,
 			 ctx->ifindex);
 }
 
+/* A packet @p that no service translated, in its original direction from a
+ * pod: a flow straight to a server. Its tuple can be the translated tuple of
+ * an earlier service connection when the client reuses that connection's port
+ * towards the backend itself (a connection entry client:P -> backend with a
+ * rev_nat_index, closing or still within its lifetime). That entry would
+ * reverse-translate this flow's replies to the frontend, and the client would
+ * never see them. So the first packet of a new flow (a TCP SYN; any UDP
+ * datagram, UDP having no first packet to tell) that meets an entry with a
+ * rev_nat_index starts a fresh entry without one, the choice Cilium makes for
+ * a connection that lands on a stale entry of another service ("recreate").
+ * Other packets, and flows that meet no entry, cost one lookup at most and
+ * create nothing; a later service connection on the tuple recreates its own
+ * entry the same way (lb4_ct_conn). From-container (tc) only. Returns 0 or
+ * DROP_CT_CREATE_FAILED. */
+static __always_inline int
+lb4_ct_untranslated(struct __sk_buff *ctx, const struct pkt4 *p, __u32 src_sec_id)
+{
+	struct ipv4_ct_tuple t = {};
+	struct ct_entry *e;
+
+	if (p->proto == IPPROTO_TCP && !pkt4_is_tcp_syn(p))
+		return 0;
+	ct_tuple_orig(&t, p, TUPLE_F_OUT);
+	e = ct_lookup(&t);
+	if (!e || !e->rev_nat_index)
+		return 0;
+	return ct_create(&t, p, ctx_full_len(ctx), 0, 0, 0, src_sec_id, ctx->ifindex);
+}
+
 /* Reverse NAT of a reply: if @p (backend -> client') hits a connection entry,
  * account it (rx) and, when the entry has a rev_nat_index, rewrite the source
  * to the frontend from cilium_lb4_reverse_nat (and, for a hairpin entry, the
