@@ -73,6 +73,7 @@ _NO_COPY = {MapType.PROG_ARRAY, MapType.SOCKMAP, MapType.SOCKHASH, MapType.ARRAY
             MapType.PERCPU_CGROUP_STORAGE, MapType.REUSEPORT_SOCKARRAY, MapType.STRUCT_OPS} | _EVENT_RINGS
 _ARRAYS = {MapType.ARRAY, MapType.PERCPU_ARRAY}
 _BATCH = 8192
+_NO_BATCH = (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, 524)  # 524: the kernel's ENOTSUPP
 
 
 class MigrationError(LayoutError):
@@ -362,7 +363,14 @@ class Migration:
     @staticmethod
     def _write(change: MapChange, new: Map[Any, Any], keys: list[bytes], values: list[Any]) -> int:
         try:
-            return new.update_batch(keys, values) if keys else 0
+            try:
+                return new.update_batch(keys, values) if keys else 0
+            except BpfError as exc:
+                if exc.errno not in _NO_BATCH:
+                    raise
+            for k, v in zip(keys, values, strict=True):  # a map without batch updates (LPM trie)
+                new.set(k, v)
+            return len(keys)
         except BpfError as exc:
             if exc.errno in (errno.E2BIG, errno.ENOSPC):
                 raise MigrationError(f"{change.name}: the new map (max_entries {change.new.max_entries}) is full "

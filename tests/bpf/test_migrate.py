@@ -25,7 +25,7 @@ from ciliumlite.datapath import migrate
 
 pytestmark = pytest.mark.bpf
 
-NAMES = ("mig_grow", "mig_pcpu", "mig_shrink", "mig_key", "mig_same")
+NAMES = ("mig_grow", "mig_pcpu", "mig_shrink", "mig_key", "mig_same", "mig_lpm")
 
 
 def u32(n: int) -> bytes:
@@ -45,6 +45,8 @@ def running(test_objects: Path, bpffs_dir: str) -> Iterator[BpfObject]:
             shrink.set(u32(i), u32(i * 2))
         for i in range(3):
             key.set(u32(i), u32(i + 40))
+        for plen in (8, 16, 24):
+            obj.map("mig_lpm").set(struct.pack("<I4s", plen, bytes([10, 1, 2, 0])), u32(plen))
         yield obj
 
 
@@ -103,7 +105,7 @@ def test_an_upgrade_copies_every_entry_then_takes_the_pins(running: BpfObject, t
     before = _view(bpffs_dir)
     new, mig = _upgrade(test_objects, bpffs_dir, converters={"mig_key": _widen})
     with new:
-        assert sorted(mig.changes) == ["mig_grow", "mig_key", "mig_pcpu", "mig_shrink"]  # mig_same reused
+        assert sorted(mig.changes) == ["mig_grow", "mig_key", "mig_lpm", "mig_pcpu", "mig_shrink"]  # mig_same reused
         mig.fill()
         # Written by the "old programs" after the copy (and one the new build already has).
         running.map("mig_grow").set(u32(9), struct.pack("<QII", 9, 9, 9))
@@ -121,6 +123,7 @@ def test_an_upgrade_copies_every_entry_then_takes_the_pins(running: BpfObject, t
         assert pcpu[u32(1)] == [struct.pack("<QI", 10 + c, 0) + bytes(4) for c in range(num_possible_cpus())]
         assert len(pcpu) == 8
         assert after["mig_shrink"][1] == before["mig_shrink"][1]
+        assert after["mig_lpm"][1] == before["mig_lpm"][1] and len(after["mig_lpm"][1]) == 3
         assert after["mig_key"][1] == {u32(i) + bytes(4): u32(i + 40) for i in range(3)}
         assert after["mig_same"][0] == before["mig_same"][0]  # reused, not copied
         assert all(after[n][0] != before[n][0] for n in by_name)
@@ -138,7 +141,7 @@ def test_an_abandoned_upgrade_removes_its_new_maps(running: BpfObject, test_obje
     before = _view(bpffs_dir)
     new, mig = _upgrade(test_objects, bpffs_dir, converters={"mig_key": _widen})
     staged = migrate.stale_staging_pins(bpffs_dir)
-    assert len(staged) == 4
+    assert len(staged) == 5
     with new:
         mig.fill()
         new_ids = {n: new.map(n).info.id for n in mig.changes}

@@ -64,6 +64,21 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } mig_same SEC(".maps");
 
+struct mig_prefix {
+	__u32 prefixlen;
+	__u32 addr;
+};
+
+/* v2: max_entries 16 -> 32 (an LPM trie has no batch updates: copied entry by entry). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 32);
+	__type(key, struct mig_prefix);
+	__type(value, __u32);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} mig_lpm SEC(".maps");
+
 /* Counts packets in mig_grow[0], so the maps belong to a program. */
 SEC("tc")
 int tc_mig_count(struct __sk_buff *skb)
