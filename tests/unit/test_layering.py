@@ -3,7 +3,8 @@
 Runtime imports only (``if TYPE_CHECKING:`` blocks are annotations, not arrows). The layers, from
 the bottom: ``bpf`` (the SDK) imports nothing above it; ``datapath`` only ``bpf`` and the pure
 ``bgp.config`` model; the parts of ``node`` never import the facade (``node.datapath``) or the
-package that re-exports it. Used by ``tests/unit/test_layering.py``.
+package that re-exports it; the parts of a package split by job (``STACKS``) import only the
+parts below them. Used by ``tests/unit/test_layering.py``.
 """
 
 from __future__ import annotations
@@ -23,6 +24,11 @@ ALLOWED = {
     "ciliumlite.bgp.config": ("ciliumlite.bpf", "ciliumlite.bgp.errors"),
 }
 FACADE = ("ciliumlite.node", "ciliumlite.node.datapath")
+#: Packages split by job into a stack of parts: a part imports only the parts before it, never the
+#: package that re-exports them (nor one after it).
+STACKS = {
+    "ciliumlite.cluster.etcd": ("keys", "records", "client", "stream", "lease", "watch", "identities", "store"),
+}
 
 
 def modules() -> dict[str, Path]:
@@ -70,6 +76,15 @@ def problems() -> list[str]:
                         if not d.startswith(layer) and not any(d == a or d.startswith(a + ".") for a in allowed)]
         if mod.startswith("ciliumlite.node.") and mod not in FACADE:
             out += [f"{mod} (a part) imports the facade {d}" for d in sorted(deps) if d in FACADE]
+    for pkg, parts in STACKS.items():
+        for i, part in enumerate(parts):
+            mod = f"{pkg}.{part}"
+            allowed = {f"{pkg}.{p}" for p in parts[:i]}
+            out += [f"{mod} imports {d}, not a part below it in {pkg}" for d in sorted(graph.get(mod, ()))
+                    if (d == pkg or d.startswith(pkg + ".")) and d not in allowed]
+        listed = {f"{pkg}.{p}" for p in parts}
+        out += [f"{mod} is not in the stack of {pkg} (list it in STACKS)" for mod in sorted(graph)
+                if mod.startswith(pkg + ".") and mod not in listed]
     state: dict[str, int] = {}
     stack: list[str] = []
 
@@ -106,3 +121,19 @@ def test_the_checker_sees_a_circle_and_an_upward_arrow(tmp_path: Path, monkeypat
     assert "ciliumlite.bpf imports ciliumlite.top, above ciliumlite.bpf" in found
     assert any(p.startswith("circle: ") and "ciliumlite.top" in p for p in found)
     assert not any("ciliumlite.x" in p for p in found), "TYPE_CHECKING imports are not arrows"
+
+
+def test_the_checker_sees_a_part_that_imports_upward(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pkg = tmp_path / "ciliumlite"
+    (pkg / "p").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "p" / "__init__.py").write_text("from ciliumlite.p.b import B\n")
+    (pkg / "p" / "a.py").write_text("from ciliumlite.p.b import B\n")
+    (pkg / "p" / "b.py").write_text("from ciliumlite.p.a import A\nB = 1\n")
+    (pkg / "p" / "c.py").write_text("from ciliumlite.p import B\n")
+    monkeypatch.setitem(globals(), "ROOT", pkg)
+    monkeypatch.setitem(globals(), "STACKS", {"ciliumlite.p": ("a", "b")})
+    found = problems()
+    assert "ciliumlite.p.a imports ciliumlite.p.b, not a part below it in ciliumlite.p" in found
+    assert "ciliumlite.p.b imports ciliumlite.p.a, not a part below it in ciliumlite.p" not in found
+    assert "ciliumlite.p.c is not in the stack of ciliumlite.p (list it in STACKS)" in found
