@@ -16,6 +16,7 @@ The modules:
   ``render_bird_config``; pure, no processes;
 - ``ciliumlite.bgp.status``: parsing ``birdc`` output (``BgpSession``, ``parse_protocols``,
   ``parse_routes``);
+- ``ciliumlite.bgp.proc``: finding bird2 (``bird``, ``birdc``) and looking at a pid in ``/proc``;
 - ``ciliumlite.bgp.bird``: the ``Bird`` process (start, stop, reload, status, routes,
   wait_established);
 - ``ciliumlite.bgp.errors``: ``BgpError``.
@@ -27,11 +28,11 @@ from __future__ import annotations
 
 # ``_binaries`` is not public but is used outside the package (the CLI's ``bgp status`` finds birdc
 # with it; the tests skip without bird2 and clear its cache): the explicit re-export keeps
-# ``bgp._binaries`` the one cached function Bird itself calls.
+# ``bgp._binaries`` the one cached function Bird itself calls (it lives in ``proc``).
 from ciliumlite.bgp.bird import Bird
-from ciliumlite.bgp.bird import _binaries as _binaries
 from ciliumlite.bgp.config import ASN_MAX, BgpConfig, BgpPeer, leaf_config, render_bird_config
 from ciliumlite.bgp.errors import BgpError
+from ciliumlite.bgp.proc import _binaries as _binaries
 from ciliumlite.bgp.status import BgpSession, parse_protocols, parse_routes
 
 # By layer, as the API page lists them.

@@ -4,18 +4,15 @@ through birdc and stops exactly the process it started.
 ``Bird`` starts ``bird -f -c CONF -s SOCK -P PIDFILE`` inside the namespace as a child of this
 process (or, with ``daemonize=True``, lets bird fork into the background as the seed's
 ``systemctl`` setup does). ``stop()`` ends exactly the pid bird wrote to *our* pidfile (checked
-against its command line) and waits until it is gone.
+against its command line) and waits until it is gone. Finding bird2 and looking at a pid are in
+``ciliumlite.bgp.proc``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
-import re
-import shutil
 import signal
-import socket
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -23,98 +20,16 @@ from types import TracebackType
 
 from ciliumlite.bgp.config import _SYMBOL, BgpConfig, _quoted, render_bird_config
 from ciliumlite.bgp.errors import BgpError
-from ciliumlite.bgp.status import BgpSession, parse_protocols, parse_routes
-from ciliumlite.bpf.errors import NotSupportedError, ValidationError
+from ciliumlite.bgp.proc import _binaries, _cmdline, _proc_state, _socket_ready, _tail
+from ciliumlite.bgp.status import BgpSession, _explain, parse_protocols, parse_routes
+from ciliumlite.bpf.errors import ValidationError
 from ciliumlite.bpf.netns import netns_path, preexec
 
 __all__ = ["Bird"]
 
 _SUN_PATH_MAX = 107  # sizeof(sockaddr_un.sun_path) - 1
-# Debian installs bird in /usr/sbin, which a non-root PATH (sudo -E, a venv shell) often lacks.
-_SBIN_DIRS = ("/usr/sbin", "/usr/local/sbin", "/sbin")
-_INSTALL_HINT = "apt-get install bird2"
 #: Replies of ``birdc configure`` that mean the new config was accepted.
 _RECONFIG_OK = ("Reconfigured", "Reconfiguration in progress", "queueing new config")
-
-
-def _explain(output: str, config_text: str) -> str:
-    """bird's message, plus the config line it points at (``file:LINE:COL message``)."""
-    out = output.strip()
-    m = re.search(r"\.conf:(\d+):(\d+)", out)
-    if m:
-        lines = config_text.splitlines()
-        n = int(m[1])
-        if 1 <= n <= len(lines):
-            out += f"\n(config line {n}: {lines[n - 1].strip()})"
-    return out
-
-
-
-
-def _find(name: str) -> str:
-    path = shutil.which(name)
-    if path:
-        return path
-    for d in _SBIN_DIRS:
-        cand = os.path.join(d, name)
-        if os.access(cand, os.X_OK):
-            return cand
-    raise NotSupportedError(f"{name} (BIRD 2) was not found on PATH or in {', '.join(_SBIN_DIRS)}",
-                            feature="bird2", hint=_INSTALL_HINT)
-
-
-@functools.lru_cache(maxsize=1)
-def _binaries() -> tuple[str, str]:
-    """``(bird, birdc)``, checked to be BIRD 2 (cached once found)."""
-    bird, birdc = _find("bird"), _find("birdc")
-    try:
-        r = subprocess.run([bird, "--version"], capture_output=True, text=True, timeout=5,
-                           stdin=subprocess.DEVNULL)
-    except (OSError, subprocess.SubprocessError) as exc:
-        raise NotSupportedError(f"cannot run {bird} --version: {exc}", feature="bird2", hint=_INSTALL_HINT) from exc
-    m = re.search(r"BIRD version (\d+)\.", r.stdout + r.stderr)
-    if not m or int(m[1]) < 2:
-        raise NotSupportedError(f"{bird} is not BIRD 2 ({(r.stdout + r.stderr).strip()!r})", feature="bird2",
-                                hint=_INSTALL_HINT)
-    return bird, birdc
-
-
-def _cmdline(pid: int) -> list[str]:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
-    except OSError:
-        return []
-
-
-def _proc_state(pid: int) -> str | None:
-    """The process state letter (``Z`` for a zombie), or None if there is no such process."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return None
-
-
-def _tail(path: str, lines: int) -> str:
-    try:
-        with open(path, errors="replace") as f:
-            return "\n".join(f.read().splitlines()[-lines:])
-    except OSError:
-        return ""
-
-
-def _socket_ready(path: str) -> bool:
-    """bird answers on its control socket (greeting ``0001 BIRD x.y.z ready.``)."""
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(0.5)
-    try:
-        s.connect(path)
-        return s.recv(64).startswith(b"0001")
-    except OSError:
-        return False
-    finally:
-        s.close()
 
 
 @dataclass

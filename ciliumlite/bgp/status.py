@@ -2,6 +2,7 @@
 ``show route`` (``parse_routes``).
 
 Text in, values out: nothing here runs birdc, so the CLI and tests parse captured output with it.
+``_explain`` adds to an error bird printed the config line it points at.
 """
 
 from __future__ import annotations
@@ -66,3 +67,15 @@ def parse_routes(text: str) -> list[str]:
     octet above 255, host bits set)."""
     found = {m[1] for m in map(_ROUTE_ROW.match, text.splitlines()) if m}
     return sorted(found, key=ipaddress.IPv4Network)
+
+
+def _explain(output: str, config_text: str) -> str:
+    """bird's message, plus the config line it points at (``file:LINE:COL message``)."""
+    out = output.strip()
+    m = re.search(r"\.conf:(\d+):(\d+)", out)
+    if m:
+        lines = config_text.splitlines()
+        n = int(m[1])
+        if 1 <= n <= len(lines):
+            out += f"\n(config line {n}: {lines[n - 1].strip()})"
+    return out

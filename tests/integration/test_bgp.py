@@ -267,7 +267,7 @@ Table master4:
 
 def test_missing_bird_is_not_supported(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))
-    monkeypatch.setattr(bgp.bird, "_SBIN_DIRS", ())
+    monkeypatch.setattr(bgp.proc, "_SBIN_DIRS", ())
     bgp._binaries.cache_clear()
     try:
         with pytest.raises(NotSupportedError, match="apt-get install bird2") as info:

@@ -28,6 +28,7 @@ FACADE = ("ciliumlite.node", "ciliumlite.node.datapath")
 #: package that re-exports them (nor one after it).
 STACKS = {
     "ciliumlite.cluster.etcd": ("keys", "records", "client", "stream", "lease", "watch", "identities", "store"),
+    "ciliumlite.bgp": ("errors", "config", "status", "proc", "bird"),
 }
 
 
