@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 import socket
@@ -96,6 +97,25 @@ class SkbContext(Record, c_name="__sk_buff", size=192):
     cb2: Annotated[int, U32, At(56)] = 0
     cb3: Annotated[int, U32, At(60)] = 0
     cb4: Annotated[int, U32, At(64)] = 0
+
+
+@dataclass(frozen=True, slots=True)
+class XdpContext(Record, c_name="xdp_md", size=24):
+    """The ``struct xdp_md`` of an XDP test run: the receiving device (and its rx queue); ``data_end``
+    is the frame's length (:meth:`Program.run` fills it in), ``data``/``data_meta`` 0 (no metadata);
+    the kernel refuses an ``egress_ifindex``."""
+
+    data: Annotated[int, U32] = 0
+    data_end: Annotated[int, U32] = 0
+    data_meta: Annotated[int, U32] = 0
+    ingress_ifindex: Annotated[int, U32] = 0
+    rx_queue_index: Annotated[int, U32] = 0
+    egress_ifindex: Annotated[int, U32] = 0
+
+
+#: ``BPF_PROG_TEST_RUN`` flag: XDP frames really leave (XDP_TX / XDP_REDIRECT) instead of being
+#: returned (Linux 5.18, "live frames"); needs ``repeat`` and an ``XdpContext.ingress_ifindex``.
+BPF_F_TEST_XDP_LIVE_FRAMES = 1 << 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,28 +319,38 @@ class Program:
         return FdLink(fd, self.name, point)
 
     # -- test run --------------------------------------------------------------------------------------
-    def run(self, data: bytes = b"", *, repeat: int = 1, ctx: SkbContext | bytes | None = None,
-            out_size: int | None = None) -> RunResult:
+    def run(self, data: bytes = b"", *, repeat: int = 1, ctx: SkbContext | XdpContext | bytes | None = None,
+            out_size: int | None = None, flags: int = 0, batch_size: int = 0) -> RunResult:
         """Run the program once (or ``repeat`` times) on ``data`` with BPF_PROG_TEST_RUN.
 
-        Redirect verdicts are returned, not performed. ``duration_ns`` is the kernel's average per run.
+        Redirect verdicts are returned, not performed, unless ``flags`` has
+        :data:`BPF_F_TEST_XDP_LIVE_FRAMES` (an XDP program's XDP_TX / XDP_REDIRECT frames then
+        leave its ``ctx.ingress_ifindex``, ``batch_size`` at a time; no output frame).
+        ``duration_ns`` is the kernel's average per run.
         """
         if repeat < 1:
             raise ValidationError("repeat must be >= 1")
         size_out = out_size or max(len(data) + 512, 256)
         out = ffi.new("char[]", size_out)
         din = ffi.from_buffer(data) if data else ffi.NULL
-        raw_ctx = ctx.pack() if isinstance(ctx, SkbContext) else ctx
+        if isinstance(ctx, XdpContext) and not ctx.data_end:
+            # The kernel wants data_end == the frame's length (it runs nothing and returns
+            # XDP_PASS otherwise on 6.18).
+            ctx = dataclasses.replace(ctx, data_end=len(data))
+        raw_ctx = ctx.pack() if isinstance(ctx, SkbContext | XdpContext) else ctx
         ctx_in = ffi.from_buffer(raw_ctx) if raw_ctx else ffi.NULL
         ctx_out = ffi.new("char[]", len(raw_ctx)) if raw_ctx else ffi.NULL
         opts = ffi.new("struct bpf_test_run_opts *", {
             "sz": ffi.sizeof("struct bpf_test_run_opts"), "data_in": din, "data_out": out,
             "data_size_in": len(data), "data_size_out": size_out, "ctx_in": ctx_in, "ctx_out": ctx_out,
             "ctx_size_in": len(raw_ctx or b""), "ctx_size_out": len(raw_ctx or b""), "repeat": repeat,
+            "flags": flags, "batch_size": batch_size,
         })
+        if flags & BPF_F_TEST_XDP_LIVE_FRAMES:  # the kernel refuses an output buffer in live mode
+            opts.data_out, opts.data_size_out, opts.ctx_out, opts.ctx_size_out = ffi.NULL, 0, ffi.NULL, 0
         rc = lib.bpf_prog_test_run_opts(self.fd, opts)
         if rc < 0:
             raise BpfError("test_run program", -rc, target=self.name)
-        ctx_bytes = bytes(ffi.buffer(ctx_out, opts.ctx_size_out)) if raw_ctx else b""
+        ctx_bytes = bytes(ffi.buffer(ctx_out, opts.ctx_size_out)) if raw_ctx and opts.ctx_size_out else b""
         return RunResult(int(ffi.cast("int", opts.retval)), bytes(ffi.buffer(out, opts.data_size_out)),
                          int(opts.duration), ctx_bytes)

@@ -15,6 +15,10 @@ Routing = Literal["none", "vxlan", "native"]
 LbMode = Literal["snat", "dsr", "hybrid"]
 LB_MODE = {"snat": 0, "dsr": 1, "hybrid": 2}
 ROUTING_MODE = {"none": 0, "vxlan": 1, "native": 2}
+#: Helm's ``loadBalancer.acceleration``: XDP NodePort in driver mode, driver mode where possible
+#: (else generic XDP), or none.
+Acceleration = Literal["native", "best-effort", "disabled"]
+ACCELERATION = ("native", "best-effort", "disabled")
 VXLAN_PORT = 8472
 VXLAN_OVERHEAD = 50
 PIN_BASE = "/sys/fs/bpf/ciliumlite"
@@ -44,6 +48,12 @@ class DatapathConfig:
     rate; 0 = no limit); what the limit or a full ring buffer holds back is counted in
     ``cilium_metrics`` as ``EVENT_LOST_RATE_LIMIT`` / ``EVENT_LOST_RING_FULL``.
 
+    ``acceleration`` (Helm's ``loadBalancer.acceleration``) runs NodePort for remote backends in XDP
+    on ``underlay_device`` (``bpf_xdp.o``, :mod:`ciliumlite.node.xdp`, ``docs/xdp.md``): ``"native"``
+    needs driver-mode XDP (a :class:`NotSupportedError` where the device cannot), ``"best-effort"``
+    falls back to generic XDP, ``"disabled"`` (the default) leaves NodePort to tc. The XDP
+    prefilter (``Datapath.prefilter``) works in every mode.
+
     How remote pods are reached (:mod:`ciliumlite.node.routing`) follows ``routing``:
     ``"vxlan"`` tunnels through ``tunnel_device``; ``"native"`` routes the underlay, with a static
     route per remote node (Cilium's auto-direct-node-routes) or, when ``bgp_asn`` is set, routes
@@ -70,6 +80,7 @@ class DatapathConfig:
     bpf_masquerade: bool = False
     load_balancer_mode: LbMode = "snat"
     maglev_table_size: int = 1021
+    acceleration: Acceleration = "disabled"
     monitor_drops: bool = True
     monitor_trace: bool = False
     events_per_sec: int = 1000
@@ -107,6 +118,13 @@ class DatapathConfig:
             raise ValidationError(f"maglev_table_size {self.maglev_table_size!r} must be a prime in 3..{MAGLEV_MAX}")
         if self.routing not in ROUTING_MODE:
             raise ValidationError(f"routing must be none, vxlan or native, not {self.routing!r}")
+        if self.acceleration not in ACCELERATION:
+            raise ValidationError(f"acceleration must be native, best-effort or disabled, not {self.acceleration!r}")
+        if self.acceleration != "disabled" and (self.routing != "native" or self.host_routing != "bpf"
+                                                 or not self.kube_proxy_replacement):
+            raise ValidationError(f"acceleration={self.acceleration!r} (XDP NodePort) needs routing='native', "
+                                  "host_routing='bpf' and kube_proxy_replacement, as Cilium's needs direct "
+                                  "routing: leave it 'disabled' here")
         try:
             ipaddress.IPv4Network(self.native_routing_cidr)
         except ValueError as exc:

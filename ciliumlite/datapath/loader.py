@@ -25,7 +25,7 @@ from ciliumlite.datapath.config import NodeRodata
 
 OBJECTS_ENV = "CILIUMLITE_OBJECTS"
 #: The datapath's objects, by the name of their ``.o``.
-OBJECTS = ("bpf_lxc", "bpf_host", "bpf_overlay", "bpf_sock")
+OBJECTS: tuple[str, ...] = ("bpf_lxc", "bpf_host", "bpf_overlay", "bpf_sock", "bpf_xdp")
 
 
 #: The objects directory of each node that runs another build than the default (by pin
@@ -154,3 +154,13 @@ def load_sock(rodata: NodeRodata, pin_dir: str) -> BpfObject:
     Raises as :func:`load_lxc`.
     """
     return _load("bpf_sock", rodata, pin_dir, {})
+def load_xdp(rodata: NodeRodata, pin_dir: str, *, nodeport: bool, native_mac: str | None = None) -> BpfObject:
+    """``bpf_xdp.o``: ``cil_xdp_entry`` for the node's native device: the prefilter (its two maps
+    pinned by name beside the node's others) and, with ``nodeport``, NodePort acceleration for
+    remote backends. ``native_mac`` (the device's MAC) keeps frames flooded to other hosts out of
+    NodePort.
+
+    Raises as :func:`load_lxc`.
+    """
+    mac = int.from_bytes(bytes.fromhex(native_mac.replace(":", "")).ljust(8, b"\0"), "little") if native_mac else 0
+    return _load("bpf_xdp", rodata, pin_dir, {"enable_xdp_nodeport": int(nodeport), "native_mac": mac})

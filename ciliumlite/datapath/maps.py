@@ -20,6 +20,8 @@ from ciliumlite.bpf import BE32, U8, BpfObject, Map
 from ciliumlite.bpf.record import BE16, U32
 from ciliumlite.datapath import reasons
 from ciliumlite.datapath.records import (
+    Cidr4Key,
+    Cidr4Value,
     CtEntry,
     EndpointInfo,
     EndpointKey,
@@ -73,6 +75,10 @@ LB_BACKENDS: Final = MapSpec[int, Lb4Backend]("cilium_lb4_backends_v3", U32, Lb4
 LB_REVNAT: Final = MapSpec[int, Lb4ReverseNat]("cilium_lb4_reverse_nat", BE16, Lb4ReverseNat)
 LB_MAGLEV: Final = MapSpec[Lb4MaglevKey, int]("cilium_lb4_maglev", Lb4MaglevKey, U32)
 LB_AFFINITY: Final = MapSpec[Lb4AffinityKey, LbAffinityVal]("cilium_lb4_affinity", Lb4AffinityKey, LbAffinityVal)
+#: The XDP prefilter's maps (``prefilter.h``), made by ``bpf_xdp.o`` only, so not in :data:`ALL`:
+#: denied source /32s in a hash, every other prefix in an LPM trie (Cilium's CIDR4_HMAP / CIDR4_LMAP).
+PREFILTER_FIX: Final = MapSpec[Cidr4Key, Cidr4Value]("cilium_cidr_v4_fix", Cidr4Key, Cidr4Value)
+PREFILTER_DYN: Final = MapSpec[Cidr4Key, Cidr4Value]("cilium_cidr_v4_dyn", Cidr4Key, Cidr4Value)
 #: Maps without a record here: read with :mod:`ciliumlite.datapath.events`.
 EVENTS_NAME: Final = "cilium_events"
 EVENTS_RATELIMIT_NAME: Final = "cilium_events_ratelimit"

@@ -9,7 +9,9 @@ Every packet the datapath forwards or drops is counted in ``cilium_metrics`` und
   ``LB_SOCK_*`` / ``LB_REVNAT_STALE`` (counted per socket operation, 0 bytes), ``TO_NETDEV`` and
   ``NAT_EGRESS`` are ciliumlite additions in ``100..127``, a range Cilium does not use for metrics, and
   so are ``EVENT_LOST_RATE_LIMIT`` / ``EVENT_LOST_RING_FULL``: a datapath event (``ciliumlite monitor``)
-  that was not sent, counted besides the packet's own reason (so they are not packets).
+  that was not sent, counted besides the packet's own reason (so they are not packets), and
+  ``XDP_FORWARDED`` (a NodePort packet sent on by ``bpf_xdp``). ``DROP_PREFILTER`` (220) is a
+  ciliumlite drop far above Cilium's numbers: Cilium's XDP prefilter drops without counting.
 * :class:`Direction` -- the ``dir`` byte (Cilium's ``enum metric_dir``).
 * :data:`SOURCE_FILES` -- the ``file`` byte: which C source counted the packet.
 
@@ -57,6 +59,7 @@ class Reason(enum.IntEnum):
     NAT_EGRESS = 109
     EVENT_LOST_RATE_LIMIT = 110
     EVENT_LOST_RING_FULL = 111
+    XDP_FORWARDED = 120
 
     # Drop reasons: Cilium's -DROP_* values, made positive.
     DROP_INVALID_SMAC = 130
@@ -90,6 +93,8 @@ class Reason(enum.IntEnum):
     DROP_INVALID_VNI = 183
     DROP_DSR_ENCAP_UNSUPP_PROTO = 193
     DROP_TTL_EXCEEDED = 196
+    # ciliumlite's own drops (Cilium's XDP prefilter drops without counting).
+    DROP_PREFILTER = 220
 
     @property
     def is_drop(self) -> bool:
@@ -132,6 +137,7 @@ _TEXT: Final[Mapping[Reason, str]] = MappingProxyType({
     Reason.NAT_EGRESS: "Source translated on egress",
     Reason.EVENT_LOST_RATE_LIMIT: "Event lost (rate limit)",
     Reason.EVENT_LOST_RING_FULL: "Event lost (ring buffer full)",
+    Reason.XDP_FORWARDED: "Forwarded by XDP (NodePort acceleration)",
     Reason.DROP_INVALID_SMAC: "Invalid source mac",
     Reason.DROP_INVALID_DMAC: "Invalid destination mac",
     Reason.DROP_INVALID_SIP: "Invalid source ip",
@@ -163,6 +169,7 @@ _TEXT: Final[Mapping[Reason, str]] = MappingProxyType({
     Reason.DROP_INVALID_VNI: "Incorrect VNI from VTEP",
     Reason.DROP_DSR_ENCAP_UNSUPP_PROTO: "Unsupported packet protocol for DSR encapsulation",
     Reason.DROP_TTL_EXCEEDED: "TTL exceeded",
+    Reason.DROP_PREFILTER: "Denied by the XDP prefilter",
 })
 
 SOURCE_FILES: Final[Mapping[int, str]] = MappingProxyType({

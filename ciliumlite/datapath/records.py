@@ -189,3 +189,21 @@ class LbAffinityVal(Record, c_name="lb_affinity_val", size=16):
 
     last_used: Annotated[int, U64]
     backend_id: Annotated[int, U32]
+
+
+@dataclass(frozen=True, slots=True)
+class Cidr4Key(Record, c_name="cidr4_key", size=8):
+    """Key of the XDP prefilter maps (``prefilter.h``): a prefix length and its network address.
+
+    ``cilium_cidr_v4_fix`` (hash) holds the /32s, ``cilium_cidr_v4_dyn`` (LPM trie) the rest.
+    """
+
+    prefixlen: Annotated[int, U32]
+    addr: Annotated[IPv4Address, IPV4]
+
+
+@dataclass(frozen=True, slots=True)
+class Cidr4Value(Record, c_name="cidr4_value", size=1):
+    """Value of the prefilter maps: only presence matters (Cilium's ``struct lpm_val``)."""
+
+    flags: Annotated[int, U8] = 0

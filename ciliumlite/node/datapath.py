@@ -41,8 +41,10 @@ from ciliumlite.node import state as state_mod
 from ciliumlite.node.endpoints import Endpoints, host_entry
 from ciliumlite.node.lifecycle import RELOADABLE, RestoreAndReload, netns_cookie
 from ciliumlite.node.netdev import NativeDevice
+from ciliumlite.node.prefilter import Prefilter, PrefilterView
 from ciliumlite.node.services import Services
 from ciliumlite.node.tunnel import Tunnel
+from ciliumlite.node.xdp import XdpDevice
 from ciliumlite.ownership.identity import ProcessId, daemon_entries
 from ciliumlite.service import Service
 
@@ -89,6 +91,8 @@ class Datapath(RestoreAndReload):
         self._endpoints = Endpoints(config, netns, None, None)
         self._services = Services(config, None, None, cgroup)
         self._state = state_mod.StateWriter(config)
+        self._xdp = XdpDevice(config, None, None, netns, 0)
+        self._prefilter = Prefilter(self._xdp, None)
 
     def _setup(self) -> None:
         cfg, netns = self._config, self._netns
@@ -131,6 +135,10 @@ class Datapath(RestoreAndReload):
                 self._maps.endpoints.set(*host_entry(host_ip))
             self._maps.nodes.set(int(IPv4Address(cfg.node_ip)), 1)
             self._netdev = NativeDevice(self._netns, native_ifindex, rodata, self._pin_dir, tc_mode=cfg.tc_mode)
+            self._xdp = XdpDevice(cfg, rodata, self._pin_dir, self._netns, native_ifindex)
+            self._prefilter = Prefilter(self._xdp, self._pin_dir)
+            if cfg.acceleration != "disabled":
+                self._xdp.attach()
 
     def _add_gateway_address(self) -> None:
         # The gateway address (cilium_host's in Cilium) lives on the node's lo: the node answers ARP
@@ -172,12 +180,13 @@ class Datapath(RestoreAndReload):
             node_links["overlay"] = [links.describe(lk) for lk in self._tunnel.links]
         if self._netdev is not None:
             node_links["netdev"] = [links.describe(lk) for lk in self._netdev.links]
+        xdp = self._xdp.to_json()
         self._state.save({
             "config": state_mod.config_to_json(self._config),
             "netns": self._netns if isinstance(self._netns, str) else None, "cgroup": self._cgroup,
             "owner": ProcessId.me().as_dict(),
             "pins": {"pin_dir": self._pin_dir, "cilium_lxc_id": self._lxc_map_id, "links": node_links},
-            "native_ifindex": self._native_ifindex,
+            "native_ifindex": self._native_ifindex, "xdp": xdp,
             "next_endpoint_id": self._endpoints.next_id,
             "sock_links": self._services.links_json(),
         }, changes, None if self._state.synced else self._state_items())
@@ -186,7 +195,8 @@ class Datapath(RestoreAndReload):
         # Every item, for a full rewrite (a new node's first save, a migration from version 1).
         return {"endpoints": {str(e.id): Endpoints.entry(e) for e in self._endpoints.all()},
                 "services": {s.name: s.to_dict() for s in self._services.all()},
-                "remote_nodes": {n: dataclasses.asdict(i) for n, i in self._remote.items()}}
+                "remote_nodes": {n: dataclasses.asdict(i) for n, i in self._remote.items()},
+                "prefilter": self._prefilter.items()}
 
     # -- what the node is made of ----------------------------------------------------------------------
     @property
@@ -227,7 +237,8 @@ class Datapath(RestoreAndReload):
     def attachments(self, *, endpoints: bool = True) -> list[Link]:
         """Every program attachment of the node: devices, socket LB hooks, then endpoints (not with
         ``endpoints=False``)."""
-        node_links = [*(self._tunnel.links if self._tunnel else []), *(self._netdev.links if self._netdev else []),
+        node_links = [*(self._tunnel.links if self._tunnel else []), *self._xdp.links,
+                      *(self._netdev.links if self._netdev else []),
                       *self._services.links]
         return node_links + ([e.link for e in self._endpoints.all() if e.link is not None] if endpoints else [])
 
@@ -301,6 +312,18 @@ class Datapath(RestoreAndReload):
         """The LB map rows as the kernel has them, like ``cilium bpf lb list``."""
         lb = self._services.lb
         return lb.dump() if lb is not None else []
+
+    # -- XDP ------------------------------------------------------------------------------------------
+    @property
+    def prefilter(self) -> PrefilterView:
+        """The XDP prefilter: ``add("198.51.100.0/24", ...)``, ``remove(...)``, ``list()``; traffic from a
+        denied source CIDR is dropped at XDP on the native device (counted ``DROP_PREFILTER``)."""
+        return PrefilterView(lambda: self._prefilter, self._lock, self._publish)
+
+    @property
+    def xdp(self) -> XdpDevice:
+        """``bpf_xdp`` on the native device: ``attached``, ``mode`` (native or generic), ``summary()``."""
+        return self._xdp
 
     # -- endpoints --------------------------------------------------------------------------------------
     def add_endpoint(self, pod_netns: str, *, name: str | None = None, ip: str | ipaddress.IPv4Address | None = None,
@@ -401,7 +424,7 @@ class Datapath(RestoreAndReload):
             except Exception as exc:
                 errors.append(f"{ep.name}: {exc}")
         self._services.close()
-        for part in (self._netdev, self._routing, self._tunnel):
+        for part in (self._xdp, self._netdev, self._routing, self._tunnel):
             if part is not None:
                 try:
                     part.close()
@@ -450,7 +473,7 @@ class Datapath(RestoreAndReload):
         self._closing = True
         self._endpoints.release()
         self._services.release()
-        for part in (self._netdev, self._tunnel):
+        for part in (self._xdp, self._netdev, self._tunnel):
             if part is not None:
                 part.release()
         self._netdev = self._tunnel = None
@@ -473,7 +496,8 @@ class Datapath(RestoreAndReload):
                 if cfg.host_routing == "bpf" else "Legacy", "pod_cidr": cfg.pod_cidr,
                 "endpoints": len(self._endpoints), "routing": cfg.routing, "routes": self._routing.name,
                 "remote_nodes": sorted(self._remote),
-                "programs": [f"{e.ifname}: {e.link.point}" for e in self._endpoints.all() if e.link is not None]}
+                "programs": [f"{e.ifname}: {e.link.point}" for e in self._endpoints.all() if e.link is not None],
+                "xdp": {**self._xdp.summary(), "prefilter": [str(n) for n in self._prefilter.list()]}}
 
     def __repr__(self) -> str:
         cfg = self._config

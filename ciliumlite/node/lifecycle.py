@@ -29,8 +29,10 @@ from ciliumlite.node import routing as routing_mod
 from ciliumlite.node import state as state_mod
 from ciliumlite.node.endpoints import Endpoints
 from ciliumlite.node.netdev import NativeDevice
+from ciliumlite.node.prefilter import Prefilter
 from ciliumlite.node.services import Services
 from ciliumlite.node.tunnel import Tunnel
+from ciliumlite.node.xdp import XdpDevice
 from ciliumlite.ownership.identity import ProcessId
 
 SO_NETNS_COOKIE = 71
@@ -73,6 +75,8 @@ class RestoreAndReload:
     _endpoints: Endpoints
     _services: Services
     _state: state_mod.StateWriter
+    _xdp: XdpDevice
+    _prefilter: Prefilter
 
     def _init_fields(self, config: DatapathConfig, netns: NetnsRef, cgroup: str | None) -> None:
         raise NotImplementedError
@@ -218,6 +222,10 @@ class RestoreAndReload:
             self._netdev = NativeDevice.adopt(netns, self._native_ifindex, adopted)
         self._rodata = cfg.node_rodata(tunnel_ifindex=tunnel_ifindex, native_ifindex=self._native_ifindex,
                                        host_netns_cookie=netns_cookie(netns))
+        self._xdp = XdpDevice(cfg, self._rodata, self._pin_dir, netns, self._native_ifindex)
+        self._xdp.adopt(st.get("xdp"))  # absent from state written before XDP: not attached
+        self._prefilter = Prefilter(self._xdp, self._pin_dir)
+        self._prefilter.adopt(st.get("prefilter", []))
         self._endpoints = Endpoints(cfg, netns, None, self._maps.endpoints, pin_dir=self._pin_dir,
                                     load_lxc=self._load_lxc_lazily)
         self._endpoints.adopt(st["endpoints"], int(st["next_endpoint_id"]))
@@ -279,6 +287,8 @@ class RestoreAndReload:
                 if self._netdev is not None:
                     # Its calls map is pinned as pending: the old programs still jump through theirs.
                     fresh["host"] = loader.load_host(rodata, self._pin_dir, pending=True)
+                if self._xdp.attached:
+                    fresh["xdp"] = self._xdp.load_fresh(rodata)
                 if self._services.active:
                     fresh["sock"] = loader.load_sock(rodata, self._pin_dir)
                 loader.set_prepare(self._pin_dir, None)
@@ -325,6 +335,10 @@ class RestoreAndReload:
             old = self._netdev.obj
             for lk, name in zip(self._netdev.links, ("cil_from_netdev", "cil_to_netdev"), strict=False):
                 out.append((lk, fresh["host"].program(name), old.program(name) if old else None))
+        if "xdp" in fresh:
+            old = self._xdp.obj
+            for lk in self._xdp.links:
+                out.append((lk, fresh["xdp"].program(lk.program), old.program(lk.program) if old else None))
         if "sock" in fresh:
             old = self._services.sock
             for lk in self._services.links:
@@ -363,6 +377,9 @@ class RestoreAndReload:
             old_objs.append(self._tunnel.set_object(fresh["overlay"]))
         if self._netdev is not None:
             old_objs.append(self._netdev.set_object(fresh["host"]))
+        if "xdp" in fresh:
+            old_objs.append(self._xdp.set_object(fresh["xdp"]))
+        self._xdp.set_rodata(rodata)
         if "sock" in fresh:
             old_objs.append(self._services.set_sock(fresh["sock"]))
         self._services.set_rodata(rodata)

@@ -6,9 +6,10 @@ is kept in the versioned state directory ``<run dir>/state/`` (layout version 2)
 - ``datapath.json``, the *node file*: the config, namespace, cgroup, owner, pins (the pin
   directory, the ``cilium_lxc`` map id, the node's own links), the underlay ifindex, the next
   endpoint id and socket LB's links;
-- ``endpoints/<id>.json``, ``services/<name>.json``, ``remote_nodes/<name>.json``: one *item
-  file* each (an endpoint with its link pin and kernel link id; a service with its backends, the
-  Maglev tables' inputs, the table size being in the config; a remote node).
+- ``endpoints/<id>.json``, ``services/<name>.json``, ``remote_nodes/<name>.json``,
+  ``prefilter/<cidr>.json``: one *item file* each (an endpoint with its link pin and kernel link
+  id; a service with its backends, the Maglev tables' inputs, the table size being in the config;
+  a remote node; a CIDR the XDP prefilter denies).
 
 Each file is replaced atomically (temp file, fsync, rename, fsync of the directory:
 :mod:`ciliumlite.datapath.statedir`), and a change rewrites only the files it touches: one item
@@ -242,6 +243,7 @@ def read(config: DatapathConfig) -> dict[str, Any]:
         state["endpoints"] = sorted((v for _, v in _items(config, "endpoints")), key=lambda e: int(e.get("id", 0)))
         state["services"] = dict(_items(config, "services"))
         state["remote_nodes"] = [v for _, v in _items(config, "remote_nodes")]
+        state["prefilter"] = [v for _, v in _items(config, "prefilter")]
     for key in keys:
         if key not in state:
             raise StateError(f"the state file {path} lacks {key!r}: not trusted", reason="corrupt", path=path)

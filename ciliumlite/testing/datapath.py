@@ -38,6 +38,7 @@ from typing import Any, Literal, NamedTuple, get_args
 from ciliumlite.bpf import BpfObject, Map, Program, RunResult, SkbContext, TcAction, fs
 from ciliumlite.bpf.errors import CiliumliteError, ValidationError
 from ciliumlite.bpf.netns import NetnsRef, entered
+from ciliumlite.bpf.program import ProgType, XdpAction, XdpContext
 from ciliumlite.bpf.ringbuf import RingBuffer
 from ciliumlite.datapath import devices, loader
 from ciliumlite.datapath.config import DatapathConfig, NodeRodata
@@ -53,7 +54,7 @@ __all__ = [
     "source_file_id",
 ]
 
-ObjectName = Literal["lxc", "host", "overlay", "sock"]
+ObjectName = Literal["lxc", "host", "overlay", "sock", "xdp"]
 #: The objects :class:`DatapathObjects` can load, by short name (``"lxc"`` is ``bpf_lxc.o``).
 OBJECT_NAMES: tuple[ObjectName, ...] = get_args(ObjectName)
 
@@ -112,6 +113,11 @@ class Run:
     counted: Counter[Tally]
 
     @property
+    def xdp_action(self) -> XdpAction:
+        """The return value as an XDP verdict (for ``bpf_xdp``'s program)."""
+        return self.result.xdp_action
+
+    @property
     def verdict(self) -> TcAction:
         """The return value as a tc verdict (``TcAction.UNSPEC`` for a value tc does not define)."""
         return self.result.tc_action
@@ -152,7 +158,8 @@ class DatapathObjects:
     ``objects`` names what to load (of :data:`OBJECT_NAMES`), loaded in the order given; they
     share the maps pinned by name in ``pin_dir``. ``tunnel_ifindex``, ``native_ifindex`` and
     ``host_netns_cookie`` go to :meth:`DatapathConfig.node_rodata`; ``arp_responder`` to
-    :func:`~ciliumlite.datapath.loader.load_lxc`. Without ``pin_dir`` a private one is made on
+    :func:`~ciliumlite.datapath.loader.load_lxc`, ``xdp_nodeport`` and ``native_mac`` to
+    :func:`~ciliumlite.datapath.loader.load_xdp`; programs of ``"xdp"`` run with an ``xdp_md``. Without ``pin_dir`` a private one is made on
     bpffs and removed by :meth:`close`; a given ``pin_dir`` is left to its owner. Programs run in
     ``netns`` (None: the caller's namespace), where ``SkbContext.ifindex`` and FIB lookups resolve.
 
@@ -165,7 +172,8 @@ class DatapathObjects:
 
     def __init__(self, config: DatapathConfig | None = None, objects: Iterable[ObjectName] = ("lxc",), *,
                  pin_dir: str | None = None, netns: NetnsRef = None, tunnel_ifindex: int = 0,
-                 native_ifindex: int = 0, host_netns_cookie: int = 0, arp_responder: bool = True) -> None:
+                 native_ifindex: int = 0, host_netns_cookie: int = 0, arp_responder: bool = True,
+                 xdp_nodeport: bool = True, native_mac: str | None = None) -> None:
         names = tuple(dict.fromkeys(objects))
         unknown = [n for n in names if n not in OBJECT_NAMES]
         if unknown or not names:
@@ -186,8 +194,13 @@ class DatapathObjects:
         try:
             with entered(netns):
                 for name in names:
-                    self._objects[name] = (loader.load_lxc(self.rodata, self.pin_dir, arp_responder=arp_responder)
-                                           if name == "lxc" else _LOADERS[name](self.rodata, self.pin_dir))
+                    if name == "lxc":
+                        obj = loader.load_lxc(self.rodata, self.pin_dir, arp_responder=arp_responder)
+                    elif name == "xdp":
+                        obj = loader.load_xdp(self.rodata, self.pin_dir, nodeport=xdp_nodeport, native_mac=native_mac)
+                    else:
+                        obj = _LOADERS[name](self.rodata, self.pin_dir)
+                    self._objects[name] = obj
         except BaseException:
             self.close()
             raise
@@ -217,8 +230,9 @@ class DatapathObjects:
         """
         program = self.program(prog)
         before = self.tallies()
+        ctx = XdpContext(ingress_ifindex=ifindex) if program.type == ProgType.XDP else SkbContext(ifindex=ifindex)
         with entered(self.netns):
-            res = program.run(frame, repeat=repeat, ctx=SkbContext(ifindex=ifindex))
+            res = program.run(frame, repeat=repeat, ctx=ctx)
         counted = self.tallies()
         counted.subtract(before)
         return Run(res, +counted)
@@ -331,10 +345,11 @@ class DatapathFactory:
 
     def __call__(self, config: DatapathConfig | None = None, objects: Iterable[ObjectName] = ("lxc",), *,
                  tunnel_ifindex: int = 0, native_ifindex: int = 0, host_netns_cookie: int = 0,
-                 arp_responder: bool = True) -> DatapathObjects:
+                 arp_responder: bool = True, xdp_nodeport: bool = True,
+                 native_mac: str | None = None) -> DatapathObjects:
         dp = DatapathObjects(config, objects, pin_dir=self.pin_dir, netns=self.netns, tunnel_ifindex=tunnel_ifindex,
                              native_ifindex=native_ifindex, host_netns_cookie=host_netns_cookie,
-                             arp_responder=arp_responder)
+                             arp_responder=arp_responder, xdp_nodeport=xdp_nodeport, native_mac=native_mac)
         self._made.append(dp)
         return dp
 

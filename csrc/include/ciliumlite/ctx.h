@@ -2,9 +2,17 @@
 /* ciliumlite: program-context helpers (packet pointers, linearisation, length,
  * verdicts).
  *
- * The same headers serve tc programs (struct __sk_buff) and, later, the XDP
- * object (struct xdp_md); the few places that differ dispatch with _Generic so
- * callers write ctx_*() once.
+ * The same headers serve tc programs (struct __sk_buff) and the XDP object
+ * (struct xdp_md). Two mechanisms, as in Cilium:
+ *   - _Generic dispatch (ctx_data, ctx_full_len, send_drop, ...) where a
+ *     macro sees the caller's type;
+ *   - struct __ctx_buff, the context type of the object being compiled:
+ *     struct xdp_md when the source defines CL_XDP before any include
+ *     (csrc/bpf_xdp.c), struct __sk_buff otherwise. Helpers that both kinds
+ *     of object share (l4.h, lb.h, nat.h, dsr.h, ipv4.h) take a
+ *     struct __ctx_buff * and touch the packet only through the ctx_*()
+ *     functions below, so they are written once and compiled for either.
+ * One object is never both: the type is fixed per translation unit.
  */
 #ifndef __CILIUMLITE_CTX_H
 #define __CILIUMLITE_CTX_H
@@ -68,7 +76,10 @@ static __always_inline void *ctx_data_end_xdp(const struct xdp_md *ctx)
 
 static __always_inline __u64 ctx_full_len_xdp(const struct xdp_md *ctx)
 {
-	return ctx->data_end - ctx->data;
+	/* Pointer difference, not the u32 fields: the verifier turns each field
+	 * load into a packet pointer, whose 32-bit halves mean nothing. XDP
+	 * frames here are single-buffer (no BPF_F_XDP_HAS_FRAGS). */
+	return ctx_data_end_xdp(ctx) - ctx_data_xdp(ctx);
 }
 
 #define ctx_data(ctx)						\
@@ -98,6 +109,57 @@ static __always_inline __u64 ctx_full_len_xdp(const struct xdp_md *ctx)
 	_Generic((ctx), struct __sk_buff *: TC_ACT_SHOT,	\
 			struct xdp_md *: XDP_DROP)
 
+#ifdef CL_XDP
+# define __ctx_buff	xdp_md
+#else
+# define __ctx_buff	__sk_buff
+#endif
+
+/* Copy @len bytes at @off out of / into the frame (works on non-linear
+ * skbs; XDP frames here are always single-buffer). 0 or a negative errno. */
+static __always_inline int
+ctx_load_bytes(struct __ctx_buff *ctx, __u32 off, void *to, __u32 len)
+{
+#ifdef CL_XDP
+	return bpf_xdp_load_bytes(ctx, off, to, len);
+#else
+	return bpf_skb_load_bytes(ctx, off, to, len);
+#endif
+}
+
+static __always_inline int
+ctx_store_bytes(struct __ctx_buff *ctx, __u32 off, const void *from, __u32 len, __u64 flags)
+{
+#ifdef CL_XDP
+	(void)flags;	/* no checksum offload state to keep in XDP */
+	return bpf_xdp_store_bytes(ctx, off, (void *)from, len);
+#else
+	return bpf_skb_store_bytes(ctx, off, from, len, flags);
+#endif
+}
+
+/* The device the program runs on (tc: the skb's device; XDP: the receiving
+ * device). */
+static __always_inline __u32 ctx_ifindex(struct __ctx_buff *ctx)
+{
+#ifdef CL_XDP
+	return ctx->ingress_ifindex;
+#else
+	return ctx->ifindex;
+#endif
+}
+
+/* GSO segment size (0: not a GSO packet; XDP frames never are). */
+static __always_inline __u32 ctx_gso_size(struct __ctx_buff *ctx)
+{
+#ifdef CL_XDP
+	(void)ctx;
+	return 0;
+#else
+	return ctx->gso_size;
+#endif
+}
+
 /* Make the first @len bytes of an skb directly readable (linear).
  *
  * Returns true when data + len <= data_end afterwards. Never pulls beyond the
@@ -119,6 +181,17 @@ static __always_inline bool ctx_pull_skb(struct __sk_buff *ctx, __u32 len)
 	data = ctx_data_skb(ctx);
 	data_end = ctx_data_end_skb(ctx);
 	return data + len <= data_end;
+}
+
+/* Are the first @len bytes directly readable (pulling them in for an skb)?
+ * Invalidates packet pointers (tc). */
+static __always_inline bool ctx_pull(struct __ctx_buff *ctx, __u32 len)
+{
+#ifdef CL_XDP
+	return ctx_data_xdp(ctx) + len <= ctx_data_end_xdp(ctx);
+#else
+	return ctx_pull_skb(ctx, len);
+#endif
 }
 
 #endif /* __CILIUMLITE_CTX_H */

@@ -88,27 +88,64 @@ static __always_inline bool dsr_needs_opt(const struct pkt4 *p)
 
 /* Would the frame exceed the underlay MTU once the option is in? GSO skbs
  * are segmented later: their segments are checked against gso_size. */
-static __always_inline bool dsr_too_big(struct __sk_buff *ctx, __u32 l3_off)
+static __always_inline bool dsr_too_big(struct __ctx_buff *ctx, __u32 l3_off)
 {
 	__u32 l3_len;
 
-	if (ctx->gso_size)
+	if (ctx_gso_size(ctx))
 		return false;
-	l3_len = ctx->len - l3_off;
+	l3_len = ctx_full_len(ctx) - l3_off;
 	return l3_len + DSR_IPV4_OPT_LEN > native_mtu;
+}
+
+/* Open DSR_IPV4_OPT_LEN bytes right after the 20-byte base IPv4 header at
+ * @l3_off (what bpf_skb_adjust_room(BPF_ADJ_ROOM_NET) does in tc). XDP: grow
+ * the head and move the Ethernet and base IP headers to the new start.
+ * Returns 0 or -1. Invalidates packet pointers. */
+static __always_inline int dsr_grow_room(struct __ctx_buff *ctx, __u32 l3_off)
+{
+#ifdef CL_XDP
+	const __u32 moved = ETH_HLEN + DSR_IPV4_OPT_OFF;
+	__u8 hdrs[ETH_HLEN + DSR_IPV4_OPT_OFF];
+	void *data;
+
+	if (l3_off != ETH_HLEN)
+		return -1;
+	data = ctx_data(ctx);
+	if (data + moved > ctx_data_end(ctx))
+		return -1;
+	__builtin_memcpy(hdrs, data, moved);
+	if (bpf_xdp_adjust_head(ctx, -(int)DSR_IPV4_OPT_LEN) < 0)
+		return -1;
+	data = ctx_data(ctx);
+	if (data + moved > ctx_data_end(ctx))
+		return -1;
+	__builtin_memcpy(data, hdrs, moved);
+	return 0;
+#else
+	(void)l3_off;
+	return bpf_skb_adjust_room(ctx, DSR_IPV4_OPT_LEN, BPF_ADJ_ROOM_NET,
+				   BPF_F_ADJ_ROOM_NO_CSUM_RESET) < 0 ? -1 : 0;
+#endif
 }
 
 /* Insert the option into the (already DNATed) packet @p for frontend
  * @svc_addr:@svc_port (network order). Returns 0 or a DROP_*. */
 static __always_inline int
-dsr_set_opt4(struct __sk_buff *ctx, struct pkt4 *p, __be32 svc_addr, __be16 svc_port)
+dsr_set_opt4(struct __ctx_buff *ctx, struct pkt4 *p, __be32 svc_addr, __be16 svc_port)
 {
 	struct dsr_opt_v4 opt = {};
 	__u32 old_word, new_word;
 	struct iphdr *ip4;
+	__u32 l3_off = p->l3_off;
 	__s64 sum;
 
-	ip4 = ctx_data(ctx) + p->l3_off;
+	/* Bounded for the verifier (@p may come from memory it cannot see
+	 * into: an XDP global function's argument); always ETH_HLEN here. */
+	if (l3_off > 64)
+		return DROP_INVALID;
+	barrier_data(l3_off);
+	ip4 = ctx_data(ctx) + l3_off;
 	if ((void *)(ip4 + 1) > ctx_data_end(ctx))
 		return DROP_INVALID;
 	if ((__u32)ip4->ihl * 4 + DSR_IPV4_OPT_LEN > IPV4_MAX_OPT_HLEN)
@@ -132,12 +169,11 @@ dsr_set_opt4(struct __sk_buff *ctx, struct pkt4 *p, __be32 svc_addr, __be16 svc_
 	if (sum < 0)
 		return DROP_CSUM_L3;
 
-	if (bpf_skb_adjust_room(ctx, DSR_IPV4_OPT_LEN, BPF_ADJ_ROOM_NET,
-				BPF_F_ADJ_ROOM_NO_CSUM_RESET) < 0)
+	if (dsr_grow_room(ctx, p->l3_off))
 		return DROP_INVALID;
-	if (bpf_skb_store_bytes(ctx, p->l3_off + DSR_IPV4_OPT_OFF, &opt, sizeof(opt), 0) < 0)
+	if (ctx_store_bytes(ctx, p->l3_off + DSR_IPV4_OPT_OFF, &opt, sizeof(opt), 0) < 0)
 		return DROP_WRITE_ERROR;
-	if (bpf_l3_csum_replace(ctx, p->l3_off + offsetof(struct iphdr, check), 0, sum, 0) < 0)
+	if (ctx_l3_csum_replace(ctx, p->l3_off + offsetof(struct iphdr, check), 0, sum, 0) < 0)
 		return DROP_CSUM_L3;
 	p->l4_off += DSR_IPV4_OPT_LEN;
 	return 0;
@@ -175,7 +211,7 @@ static __always_inline bool dsr_opt_trusted(__be32 addr, __be16 port, __u8 proto
 /* Backend node, packet @p (client -> local backend pod) from the underlay:
  * install / refresh / clear the DSR state. Returns 0 or a DROP_*. Never
  * changes the packet. */
-static __always_inline int dsr_ingress(struct __sk_buff *ctx, const struct pkt4 *p, __u32 hdr_len)
+static __always_inline int dsr_ingress(struct __ctx_buff *ctx, const struct pkt4 *p, __u32 hdr_len)
 {
 	struct ipv4_ct_tuple ct = {}, nt = {};
 	struct ipv4_nat_entry nat = {};
@@ -191,12 +227,12 @@ static __always_inline int dsr_ingress(struct __sk_buff *ctx, const struct pkt4 
 	if (!dsr_needs_opt(p)) {
 		/* TCP without SYN: keep an existing DSR connection alive. */
 		if (e && (e->flags & CT_F_DSR_INTERNAL))
-			ct_update(e, &ct, p, CT_DIR_TX, ctx->len);
+			ct_update(e, &ct, p, CT_DIR_TX, ctx_full_len(ctx));
 		return 0;
 	}
 
 	if (hdr_len >= DSR_IPV4_OPT_OFF + DSR_IPV4_OPT_LEN &&
-	    !bpf_skb_load_bytes(ctx, p->l3_off + DSR_IPV4_OPT_OFF, &opt, sizeof(opt)) &&
+	    !ctx_load_bytes(ctx, p->l3_off + DSR_IPV4_OPT_OFF, &opt, sizeof(opt)) &&
 	    opt.type == DSR_IPV4_OPT_TYPE && opt.len == DSR_IPV4_OPT_LEN) {
 		svc_addr = bpf_ntohl(opt.addr);
 		svc_port = bpf_ntohs(opt.port);
@@ -219,12 +255,12 @@ static __always_inline int dsr_ingress(struct __sk_buff *ctx, const struct pkt4 
 		struct ipv4_nat_entry *cur = snat_lookup(&nt);
 
 		if (cur && cur->to_addr == svc_addr && cur->to_port == svc_port) {
-			ct_update(e, &ct, p, CT_DIR_TX, ctx->len);
+			ct_update(e, &ct, p, CT_DIR_TX, ctx_full_len(ctx));
 			return 0;
 		}
 	}
 
-	ret = ct_create(&ct, p, ctx->len, CT_F_DSR_INTERNAL, 0, 0, 2 /* WORLD */, ctx->ifindex);
+	ret = ct_create(&ct, p, ctx_full_len(ctx), CT_F_DSR_INTERNAL, 0, 0, 2 /* WORLD */, ctx_ifindex(ctx));
 	if (ret)
 		return ret;
 	nat.created = bpf_mono_sec();

@@ -69,14 +69,14 @@ static __always_inline __u64 eth_load_mac(const __u8 *src)
 	return out.v;
 }
 
-/* Ethernet header of a tc frame, or NULL if the frame is shorter than 14 B.
+/* Ethernet header of the frame (tc or XDP), or NULL if the frame is shorter than 14 B.
  * May pull (tc always has the MAC header linear, so in practice it does not);
  * re-derive other packet pointers afterwards. */
-static __always_inline struct ethhdr *eth_hdr(struct __sk_buff *ctx)
+static __always_inline struct ethhdr *eth_hdr(struct __ctx_buff *ctx)
 {
 	struct ethhdr *eth;
 
-	if (!ctx_pull_skb(ctx, ETH_HLEN))
+	if (!ctx_pull(ctx, ETH_HLEN))
 		return NULL;
 	eth = ctx_data(ctx);
 	if ((void *)(eth + 1) > ctx_data_end(ctx))

@@ -59,6 +59,57 @@
 # define AF_INET	2	/* <sys/socket.h> does not build for -target bpf */
 #endif
 
+/* The FIB lookup alone, for a packet that would leave with source @saddr and
+ * destination @daddr (the addresses it will have once translated), from the
+ * ingress device @ifindex; @tot_len 0 skips the MTU check. Returns the
+ * BPF_FIB_LKUP_RET_* result; on SUCCESS @fib holds the egress device and the
+ * MACs. Does not touch the packet. */
+static __always_inline int
+fib_lookup4(struct __ctx_buff *ctx, struct bpf_fib_lookup *fib, __be32 saddr, __be32 daddr,
+	    __u8 tos, __u16 tot_len, __u32 ifindex)
+{
+	__builtin_memset(fib, 0, sizeof(*fib));
+	fib->family = AF_INET;
+	fib->tos = tos;
+	fib->ipv4_src = saddr;
+	fib->ipv4_dst = daddr;
+	fib->ifindex = ifindex;
+	fib->tot_len = tot_len;
+	return bpf_fib_lookup(ctx, fib, sizeof(*fib), 0);
+}
+
+#ifdef CL_XDP
+/* XDP: send the translated frame out along the SUCCESS result @fib of
+ * fib_lookup4(): TTL-1, MACs from the FIB, then XDP_TX when the egress is
+ * the device it came in on (the NodePort "hairpin"), else
+ * bpf_redirect(egress) (XDP_REDIRECT). Counted REASON_XDP_FORWARDED. The
+ * caller checked the result: XDP cannot resolve a neighbour
+ * (bpf_redirect_neigh is tc-only), so anything but SUCCESS is left to tc. */
+static __always_inline int
+fib_xdp_forward(struct xdp_md *ctx, __u32 l3_off, const struct bpf_fib_lookup *fib, __u8 dir)
+{
+	__u32 oif = fib->ifindex;
+	struct ethhdr *eth;
+	struct iphdr *ip4;
+	int ret;
+
+	ip4 = ipv4_hdr(ctx, l3_off);
+	if (!ip4)
+		return send_drop(ctx, DROP_INVALID, dir);
+	ret = ipv4_dec_ttl(ctx, l3_off, ip4);
+	if (ret)
+		return send_drop(ctx, ret, dir);
+	eth = ctx_data(ctx);
+	if ((void *)(eth + 1) > ctx_data_end(ctx))
+		return send_drop(ctx, DROP_INVALID, dir);
+	__builtin_memcpy(eth->h_dest, fib->dmac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, fib->smac, ETH_ALEN);
+	update_metrics(ctx, dir, REASON_XDP_FORWARDED);
+	if (oif == ctx->ingress_ifindex)
+		return XDP_TX;
+	return bpf_redirect(oif, 0);
+}
+#else
 /* FIB-route the IPv4 packet at @l3_off (already ipv4_validate()d) out of the
  * node. @dir is the metrics direction of the calling program. Counts the
  * outcome (table above); returns the tc verdict (TC_ACT_REDIRECT, TC_ACT_OK
@@ -133,5 +184,6 @@ fib_redirect_v4(struct __sk_buff *ctx, __u32 l3_off, __u8 dir)
 	send_trace_notify(ctx, TRACE_FIB, REASON_FIB_REDIRECT, dir, oif);
 	return bpf_redirect(oif, 0);
 }
+#endif /* CL_XDP */
 
 #endif /* __CILIUMLITE_FIB_H */

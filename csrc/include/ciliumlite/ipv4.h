@@ -29,7 +29,7 @@
 
 /* Fixed 20-byte IPv4 header at @l3_off, or NULL if not in the linear area.
  * Only valid after ipv4_validate() succeeded for the same frame. */
-static __always_inline struct iphdr *ipv4_hdr(struct __sk_buff *ctx, __u32 l3_off)
+static __always_inline struct iphdr *ipv4_hdr(struct __ctx_buff *ctx, __u32 l3_off)
 {
 	struct iphdr *ip4 = ctx_data(ctx) + l3_off;
 
@@ -41,12 +41,12 @@ static __always_inline struct iphdr *ipv4_hdr(struct __sk_buff *ctx, __u32 l3_of
 /* Validate the IPv4 header at @l3_off; on success *hdr_len = IHL * 4 and the
  * whole header is linear. Returns 0 or DROP_INVALID. May pull. */
 static __always_inline int
-ipv4_validate(struct __sk_buff *ctx, __u32 l3_off, __u32 *hdr_len)
+ipv4_validate(struct __ctx_buff *ctx, __u32 l3_off, __u32 *hdr_len)
 {
 	struct iphdr *ip4;
 	__u32 ihl, tot_len;
 
-	if (!ctx_pull_skb(ctx, l3_off + IPV4_MIN_HLEN))
+	if (!ctx_pull(ctx, l3_off + IPV4_MIN_HLEN))
 		return DROP_INVALID;
 	ip4 = ipv4_hdr(ctx, l3_off);
 	if (!ip4)
@@ -57,9 +57,9 @@ ipv4_validate(struct __sk_buff *ctx, __u32 l3_off, __u32 *hdr_len)
 	if (ihl < IPV4_MIN_HLEN)
 		return DROP_INVALID;
 	tot_len = bpf_ntohs(ip4->tot_len);
-	if (tot_len < ihl || tot_len > ctx->len - l3_off)
+	if (tot_len < ihl || tot_len > ctx_full_len(ctx) - l3_off)
 		return DROP_INVALID;
-	if (ihl > IPV4_MIN_HLEN && !ctx_pull_skb(ctx, l3_off + ihl))
+	if (ihl > IPV4_MIN_HLEN && !ctx_pull(ctx, l3_off + ihl))
 		return DROP_INVALID;
 	*hdr_len = ihl;
 	return 0;
@@ -69,7 +69,7 @@ ipv4_validate(struct __sk_buff *ctx, __u32 l3_off, __u32 *hdr_len)
  * incrementally. Returns 0, DROP_TTL_EXCEEDED (TTL <= 1; packet untouched) or
  * DROP_CSUM_L3. Invalidates packet pointers. */
 static __always_inline int
-ipv4_dec_ttl(struct __sk_buff *ctx, __u32 l3_off, struct iphdr *ip4)
+ipv4_dec_ttl(struct __ctx_buff *ctx, __u32 l3_off, struct iphdr *ip4)
 {
 	/* TTL and protocol form one 16-bit word of the checksummed header;
 	 * hand the helper that word before and after, exactly as in memory. */

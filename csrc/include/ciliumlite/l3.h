@@ -38,6 +38,7 @@
  * PACKET_OTHERHOST; set PACKET_HOST or ip_rcv in the pod drops them (Cilium
  * redirect_ep(..., from_tunnel); reference §7.2). Pass a constant.
  * Returns the tc verdict (TC_ACT_REDIRECT or TC_ACT_SHOT). */
+#ifndef CL_XDP	/* bpf_redirect_peer is tc-only */
 static __always_inline int
 ipv4_local_delivery(struct __sk_buff *ctx, __u32 l3_off,
 		    const struct endpoint_info *ep, __u8 dir, bool from_tunnel)
@@ -74,5 +75,6 @@ ipv4_local_delivery(struct __sk_buff *ctx, __u32 l3_off,
 	send_trace_notify(ctx, TRACE_TO_LXC, REASON_FORWARDED, dir, ifindex);
 	return bpf_redirect_peer(ifindex, 0);
 }
+#endif
 
 #endif /* __CILIUMLITE_L3_H */

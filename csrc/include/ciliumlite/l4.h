@@ -32,6 +32,7 @@
 
 #include "compiler.h"
 #include "ctx.h"
+#include "csum.h"
 #include "reasons.h"
 
 #ifndef IP_MF
@@ -65,7 +66,7 @@ struct pkt4 {
 /* Fill @p. Returns 0 (check p->proto) or DROP_CT_INVALID_HDR when a TCP/UDP
  * header is truncated. */
 static __always_inline int
-pkt4_extract(struct __sk_buff *ctx, __u32 l3_off, __u32 hdr_len, struct pkt4 *p)
+pkt4_extract(struct __ctx_buff *ctx, __u32 l3_off, __u32 hdr_len, struct pkt4 *p)
 {
 	struct iphdr *ip4;
 	__u8 proto;
@@ -91,17 +92,17 @@ pkt4_extract(struct __sk_buff *ctx, __u32 l3_off, __u32 hdr_len, struct pkt4 *p)
 	if (ip4->frag_off & bpf_htons(IP_MF | IP_OFFSET))
 		return 0;
 
-	if (bpf_skb_load_bytes(ctx, l4_off, ports, sizeof(ports)) < 0)
+	if (ctx_load_bytes(ctx, l4_off, ports, sizeof(ports)) < 0)
 		return DROP_CT_INVALID_HDR;
 	if (proto == IPPROTO_TCP) {
 		__u8 flags;
 
-		if (ctx->len < l4_off + sizeof(struct tcphdr))
+		if (ctx_full_len(ctx) < l4_off + sizeof(struct tcphdr))
 			return DROP_CT_INVALID_HDR;
-		if (bpf_skb_load_bytes(ctx, l4_off + 13, &flags, 1) < 0)
+		if (ctx_load_bytes(ctx, l4_off + 13, &flags, 1) < 0)
 			return DROP_CT_INVALID_HDR;
 		p->tcp_flags = flags;
-	} else if (ctx->len < l4_off + sizeof(struct udphdr)) {
+	} else if (ctx_full_len(ctx) < l4_off + sizeof(struct udphdr)) {
 		return DROP_CT_INVALID_HDR;
 	}
 	p->sport = ports[0];
@@ -120,7 +121,7 @@ pkt4_extract(struct __sk_buff *ctx, __u32 l3_off, __u32 hdr_len, struct pkt4 *p)
  * (request: sport = id, dport = 0; reply: sport = 0, dport = id - Cilium's
  * convention). Other ICMP stays untranslatable. */
 static __always_inline void
-pkt4_extract_icmp_echo(struct __sk_buff *ctx, struct pkt4 *p)
+pkt4_extract_icmp_echo(struct __ctx_buff *ctx, struct pkt4 *p)
 {
 	struct iphdr *ip4;
 	__u8 type;
@@ -131,10 +132,10 @@ pkt4_extract_icmp_echo(struct __sk_buff *ctx, struct pkt4 *p)
 		return;
 	if (ip4->protocol != IPPROTO_ICMP || (ip4->frag_off & bpf_htons(IP_MF | IP_OFFSET)))
 		return;
-	if (ctx->len < p->l4_off + 8)
+	if (ctx_full_len(ctx) < p->l4_off + 8)
 		return;
-	if (bpf_skb_load_bytes(ctx, p->l4_off, &type, 1) < 0 ||
-	    bpf_skb_load_bytes(ctx, p->l4_off + ICMP_ID_OFF, &id, 2) < 0)
+	if (ctx_load_bytes(ctx, p->l4_off, &type, 1) < 0 ||
+	    ctx_load_bytes(ctx, p->l4_off + ICMP_ID_OFF, &id, 2) < 0)
 		return;
 	if (type == ICMP_ECHO_TYPE) {
 		p->sport = id;
@@ -170,20 +171,20 @@ static __always_inline __u64 pkt4_l4_csum_flags(const struct pkt4 *p)
 
 /* Rewrite the 4-byte address at @addr_off (offset in the IP header). */
 static __always_inline int
-__pkt4_set_addr(struct __sk_buff *ctx, const struct pkt4 *p, __u32 addr_off,
+__pkt4_set_addr(struct __ctx_buff *ctx, const struct pkt4 *p, __u32 addr_off,
 		__be32 old, __be32 new)
 {
 	if (old == new)
 		return 0;
 	/* ICMP has no pseudo header. */
 	if (p->proto && p->proto != IPPROTO_ICMP &&
-	    bpf_l4_csum_replace(ctx, pkt4_csum_off(p), old, new,
+	    ctx_l4_csum_replace(ctx, pkt4_csum_off(p), old, new,
 				pkt4_l4_csum_flags(p) | BPF_F_PSEUDO_HDR | sizeof(new)) < 0)
 		return DROP_CSUM_L4;
-	if (bpf_l3_csum_replace(ctx, p->l3_off + offsetof(struct iphdr, check),
+	if (ctx_l3_csum_replace(ctx, p->l3_off + offsetof(struct iphdr, check),
 				old, new, sizeof(new)) < 0)
 		return DROP_CSUM_L3;
-	if (bpf_skb_store_bytes(ctx, p->l3_off + addr_off, &new, sizeof(new), 0) < 0)
+	if (ctx_store_bytes(ctx, p->l3_off + addr_off, &new, sizeof(new), 0) < 0)
 		return DROP_WRITE_ERROR;
 	return 0;
 }
@@ -191,23 +192,23 @@ __pkt4_set_addr(struct __sk_buff *ctx, const struct pkt4 *p, __u32 addr_off,
 /* Rewrite the 2-byte port at @port_off (0 = source, 2 = destination; for an
  * ICMP echo both mean its identifier). */
 static __always_inline int
-__pkt4_set_port(struct __sk_buff *ctx, const struct pkt4 *p, __u32 port_off,
+__pkt4_set_port(struct __ctx_buff *ctx, const struct pkt4 *p, __u32 port_off,
 		__be16 old, __be16 new)
 {
 	if (old == new)
 		return 0;
 	if (p->proto == IPPROTO_ICMP)
 		port_off = ICMP_ID_OFF;
-	if (bpf_l4_csum_replace(ctx, pkt4_csum_off(p), old, new,
+	if (ctx_l4_csum_replace(ctx, pkt4_csum_off(p), old, new,
 				pkt4_l4_csum_flags(p) | sizeof(new)) < 0)
 		return DROP_CSUM_L4;
-	if (bpf_skb_store_bytes(ctx, p->l4_off + port_off, &new, sizeof(new), 0) < 0)
+	if (ctx_store_bytes(ctx, p->l4_off + port_off, &new, sizeof(new), 0) < 0)
 		return DROP_WRITE_ERROR;
 	return 0;
 }
 
 static __always_inline int
-pkt4_set_saddr(struct __sk_buff *ctx, struct pkt4 *p, __be32 addr)
+pkt4_set_saddr(struct __ctx_buff *ctx, struct pkt4 *p, __be32 addr)
 {
 	int ret = __pkt4_set_addr(ctx, p, offsetof(struct iphdr, saddr), p->saddr, addr);
 
@@ -217,7 +218,7 @@ pkt4_set_saddr(struct __sk_buff *ctx, struct pkt4 *p, __be32 addr)
 }
 
 static __always_inline int
-pkt4_set_daddr(struct __sk_buff *ctx, struct pkt4 *p, __be32 addr)
+pkt4_set_daddr(struct __ctx_buff *ctx, struct pkt4 *p, __be32 addr)
 {
 	int ret = __pkt4_set_addr(ctx, p, offsetof(struct iphdr, daddr), p->daddr, addr);
 
@@ -227,7 +228,7 @@ pkt4_set_daddr(struct __sk_buff *ctx, struct pkt4 *p, __be32 addr)
 }
 
 static __always_inline int
-pkt4_set_sport(struct __sk_buff *ctx, struct pkt4 *p, __be16 port)
+pkt4_set_sport(struct __ctx_buff *ctx, struct pkt4 *p, __be16 port)
 {
 	int ret = __pkt4_set_port(ctx, p, 0, p->sport, port);
 
@@ -237,7 +238,7 @@ pkt4_set_sport(struct __sk_buff *ctx, struct pkt4 *p, __be16 port)
 }
 
 static __always_inline int
-pkt4_set_dport(struct __sk_buff *ctx, struct pkt4 *p, __be16 port)
+pkt4_set_dport(struct __ctx_buff *ctx, struct pkt4 *p, __be16 port)
 {
 	int ret = __pkt4_set_port(ctx, p, 2, p->dport, port);
 
@@ -248,7 +249,7 @@ pkt4_set_dport(struct __sk_buff *ctx, struct pkt4 *p, __be16 port)
 
 /* DNAT: destination := @addr:@port. */
 static __always_inline int
-pkt4_dnat(struct __sk_buff *ctx, struct pkt4 *p, __be32 addr, __be16 port)
+pkt4_dnat(struct __ctx_buff *ctx, struct pkt4 *p, __be32 addr, __be16 port)
 {
 	int ret = pkt4_set_daddr(ctx, p, addr);
 
@@ -259,7 +260,7 @@ pkt4_dnat(struct __sk_buff *ctx, struct pkt4 *p, __be32 addr, __be16 port)
 
 /* SNAT: source := @addr:@port. */
 static __always_inline int
-pkt4_snat(struct __sk_buff *ctx, struct pkt4 *p, __be32 addr, __be16 port)
+pkt4_snat(struct __ctx_buff *ctx, struct pkt4 *p, __be32 addr, __be16 port)
 {
 	int ret = pkt4_set_saddr(ctx, p, addr);
 

@@ -227,7 +227,7 @@ struct lb4_selected {
  * entry. Returns 0 and fills @sel, or DROP_NO_SERVICE /
  * DROP_CT_CREATE_FAILED. Does not touch the packet. */
 static __always_inline int
-lb4_local(struct __sk_buff *ctx, struct lb4_key *key, const struct lb4_service *svc,
+lb4_local(struct __ctx_buff *ctx, struct lb4_key *key, const struct lb4_service *svc,
 	  const struct pkt4 *p, bool maglev, struct lb4_selected *sel)
 {
 	struct ipv4_ct_tuple t = {};
@@ -243,7 +243,7 @@ lb4_local(struct __sk_buff *ctx, struct lb4_key *key, const struct lb4_service *
 		id = (__u32)e->backend_id;
 		be = lb4_lookup_backend(id);
 		if (be && (be->flags == BE_STATE_ACTIVE || !pkt4_is_tcp_syn(p)))
-			ct_update(e, &t, p, CT_DIR_TX, ctx->len);
+			ct_update(e, &t, p, CT_DIR_TX, ctx_full_len(ctx));
 		else
 			be = NULL;
 	}
@@ -258,7 +258,7 @@ lb4_local(struct __sk_buff *ctx, struct lb4_key *key, const struct lb4_service *
 			return DROP_NO_SERVICE;
 		sel->address = be->address;
 		sel->port = be->port;
-		ret = ct_create(&t, p, ctx->len, 0, svc->rev_nat_index, id, 0, ctx->ifindex);
+		ret = ct_create(&t, p, ctx_full_len(ctx), 0, svc->rev_nat_index, id, 0, ctx_ifindex(ctx));
 		if (ret)
 			return ret;
 	} else {
@@ -273,7 +273,7 @@ lb4_local(struct __sk_buff *ctx, struct lb4_key *key, const struct lb4_service *
 /* Create or refresh the connection entry of an already DNATed (and maybe
  * SNATed) packet @p in its original direction. */
 static __always_inline int
-lb4_ct_conn(struct __sk_buff *ctx, const struct pkt4 *p, __u16 flags,
+lb4_ct_conn(struct __ctx_buff *ctx, const struct pkt4 *p, __u16 flags,
 	    __be16 rev_nat_index, __u32 backend_id, __u32 src_sec_id)
 {
 	struct ipv4_ct_tuple t = {};
@@ -283,11 +283,11 @@ lb4_ct_conn(struct __sk_buff *ctx, const struct pkt4 *p, __u16 flags,
 	e = ct_lookup(&t);
 	if (e && e->rev_nat_index == rev_nat_index &&
 	    (e->flags & (CT_F_NODE_PORT | CT_F_LB_LOOPBACK | CT_F_DSR_INTERNAL)) == flags) {
-		ct_update(e, &t, p, CT_DIR_TX, ctx->len);
+		ct_update(e, &t, p, CT_DIR_TX, ctx_full_len(ctx));
 		return 0;
 	}
-	return ct_create(&t, p, ctx->len, flags, rev_nat_index, backend_id, src_sec_id,
-			 ctx->ifindex);
+	return ct_create(&t, p, ctx_full_len(ctx), flags, rev_nat_index, backend_id, src_sec_id,
+			 ctx_ifindex(ctx));
 }
 
 /* A packet @p that no service translated, in its original direction from a
@@ -328,7 +328,7 @@ lb4_ct_untranslated(struct __sk_buff *ctx, const struct pkt4 *p, __u32 src_sec_i
  * entry's flags when hit but not translated (DSR), 0 on a miss.
  * Returns 0 or a DROP_* (DROP_NAT_NO_MAPPING: revNAT entry missing). */
 static __always_inline int
-lb4_rev_nat_reply(struct __sk_buff *ctx, struct pkt4 *p, __u16 skip_flags,
+lb4_rev_nat_reply(struct __ctx_buff *ctx, struct pkt4 *p, __u16 skip_flags,
 		  __u16 *flags_out)
 {
 	struct ipv4_ct_tuple t = {};
@@ -351,7 +351,7 @@ lb4_rev_nat_reply(struct __sk_buff *ctx, struct pkt4 *p, __u16 skip_flags,
 	if (flags & skip_flags)
 		return 0;
 	idx = e->rev_nat_index;
-	ct_update(e, &t, p, CT_DIR_RX, ctx->len);
+	ct_update(e, &t, p, CT_DIR_RX, ctx_full_len(ctx));
 	*flags_out = flags;
 	if (!idx)
 		return 0;
@@ -382,7 +382,7 @@ lb4_rev_nat_reply(struct __sk_buff *ctx, struct pkt4 *p, __u16 skip_flags,
  * NodePort entries are not matched here. Malformed L4 is left to the pod's
  * stack. Returns 0 or a DROP_*. */
 static __always_inline int
-lb4_rev_nat_at_delivery(struct __sk_buff *ctx, __u32 l3_off, __u32 hdr_len)
+lb4_rev_nat_at_delivery(struct __ctx_buff *ctx, __u32 l3_off, __u32 hdr_len)
 {
 	struct pkt4 p = {};
 	__u16 flags;

@@ -134,7 +134,7 @@ found:
 
 /* SNAT the packet @p to @to_addr (and a mapped port). Returns 0 or a DROP_*. */
 static __always_inline int
-snat_v4_apply(struct __sk_buff *ctx, struct pkt4 *p, __be32 to_addr, bool needs_ct)
+snat_v4_apply(struct __ctx_buff *ctx, struct pkt4 *p, __be32 to_addr, bool needs_ct)
 {
 	__be16 port = 0;
 	int ret = snat_v4_mapping(p, to_addr, needs_ct, &port);
@@ -148,7 +148,7 @@ snat_v4_apply(struct __sk_buff *ctx, struct pkt4 *p, __be32 to_addr, bool needs_
  * destination := the original source. *@hit tells whether it did. Returns 0
  * or a DROP_*. */
 static __always_inline int
-snat_v4_rev_nat(struct __sk_buff *ctx, struct pkt4 *p, bool *hit)
+snat_v4_rev_nat(struct __ctx_buff *ctx, struct pkt4 *p, bool *hit)
 {
 	struct ipv4_ct_tuple t = {};
 	struct ipv4_nat_entry *e;

@@ -40,6 +40,7 @@ enum cl_reason {
 	 * under its own reason as well. Not packets: never a drop. */
 	REASON_EVENT_LOST_RATE_LIMIT	= 110,	/* "Event lost (rate limit)" (ciliumlite) */
 	REASON_EVENT_LOST_RING_FULL	= 111,	/* "Event lost (ring buffer full)" (ciliumlite) */
+	REASON_XDP_FORWARDED		= 120,	/* "Forwarded by XDP (NodePort acceleration)" (ciliumlite) */
 
 	/* Drop reasons (Cilium's -DROP_* values, made positive). */
 	DROP_INVALID_SMAC		= 130,	/* "Invalid source mac" (unused in Cilium today) */
@@ -73,6 +74,9 @@ enum cl_reason {
 	DROP_INVALID_VNI		= 183,	/* "Incorrect VNI from VTEP" */
 	DROP_DSR_ENCAP_UNSUPP_PROTO	= 193,	/* "Unsupported packet protocol for DSR encapsulation" */
 	DROP_TTL_EXCEEDED		= 196,	/* "TTL exceeded" */
+	/* ciliumlite's own drops, far above Cilium's numbers (Cilium's XDP
+	 * prefilter drops without counting). */
+	DROP_PREFILTER			= 220,	/* "Denied by the XDP prefilter" (ciliumlite) */
 };
 
 /* A reason >= DROP_MIN is a drop. */
