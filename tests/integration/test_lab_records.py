@@ -467,10 +467,11 @@ def test_the_plugin_removes_an_earlier_runs_orphans(tmp_path: Path) -> None:
 
 def test_a_lab_that_fails_half_way_through_setup_leaves_nothing(lab: Lab) -> None:
     node = lab.add_node("ok")
-    netns_before = set(nsmod.list_all())
+    # Only this lab's namespaces: other runs on the machine make and remove their own meanwhile.
+    netns_before = {n for n in nsmod.list_all() if n.startswith(lab.prefix)}
     with pytest.raises(ValueError):
         lab.add_node("bad", pod_cidr="not-a-cidr")  # fails after its namespace, sysctl and cgroup exist
-    assert set(nsmod.list_all()) == netns_before
+    assert {n for n in nsmod.list_all() if n.startswith(lab.prefix)} == netns_before
     assert not os.path.exists(os.path.join(fs.cgroup2_root(), f"{lab.prefix}-bad"))
     owns = json.loads(Path(lab.record.path).read_text())["owns"]
     assert not [e for items in owns.values() for e in items if "-bad" in e["name"]], owns
