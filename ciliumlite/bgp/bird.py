@@ -313,9 +313,13 @@ class Bird:
                 time.sleep(0.02)
         if self._alive_and_ours(pid):
             raise BgpError(f"bird (pid {pid}) in netns {self.netns} did not exit after SIGKILL")
-        # It has ended; give PID 1 a moment to reap it, so that the pid really is gone.
+        # It has ended; give PID 1 a moment to reap it, so that the pid really is gone. A bird
+        # attached by a process that started it itself (a datapath detached and restored in one
+        # process) is that process's child: reap it here, or it stays a zombie.
         deadline = time.monotonic() + 5.0
         while _proc_state(pid) == "Z" and time.monotonic() < deadline:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)
             time.sleep(0.02)
 
     def stop(self, *, keep_files: bool = False) -> None:

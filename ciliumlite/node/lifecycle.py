@@ -104,8 +104,9 @@ class RestoreAndReload:
         Raises :class:`~ciliumlite.node.state.StateError` (``reason``: ``missing``, ``corrupt``,
         ``version``, ``other-node``, ``config`` when ``config`` differs from the stored one,
         ``owner`` when the owner still runs, ``pins`` for a missing or foreign pin, ``layout``
-        for a map of another layout) and :class:`NotSupportedError` for BGP or legacy nodes. On
-        any error the running datapath is left exactly as it was.
+        for a map of another layout) and :class:`NotSupportedError` for legacy nodes. On any
+        error the running datapath is left exactly as it was. A BGP node's bird is adopted by
+        its pidfile (:class:`~ciliumlite.node.routing.BgpRoutes`), started only if it is gone.
 
         A ``config`` that differs from the stored one only in ``objects_dir`` is an upgrade: the
         node is adopted, then reloaded with that build (:meth:`reload`, which migrates the maps
@@ -126,9 +127,8 @@ class RestoreAndReload:
             raise state_mod.StateError(f"{config.node_name}: the config given differs from the one the running "
                                        f"datapath has in {differ}; restore with that one (or by name), then "
                                        "reload(new config)", reason="config", path=path)
-        if stored.host_routing != "bpf" or stored.bgp_asn is not None:
-            raise NotSupportedError("restore needs BPF host routing and no BGP speaker (bird is not adopted)",
-                                    feature="restore")
+        if stored.host_routing != "bpf":
+            raise NotSupportedError("restore needs BPF host routing", feature="restore")
         try:
             owner = ProcessId.from_dict(st["owner"])
         except (KeyError, TypeError, ValueError):
@@ -190,7 +190,8 @@ class RestoreAndReload:
         except (KeyError, TypeError, ValueError) as exc:
             raise state_mod.StateError(f"{cfg.node_name}: the state file {path} is malformed: {exc!r}",
                                        reason="corrupt", path=path) from exc
-        self._routing = routing_mod.make(cfg, netns, self._tunnel)
+        # A BGP node's running bird is taken over (its sessions and routes carry on), not restarted.
+        self._routing = routing_mod.make(cfg, netns, self._tunnel, adopt=True)
         for node in self._remote.values():
             self._routing.adopt(node)  # recorded, not re-written: a route replace is no no-op to traffic
 

@@ -141,17 +141,32 @@ class BgpRoutes:
     Bird runs in the node's namespace as a child of this process, with its files under
     ``<state dir>/bird``; it is started here and stopped by :meth:`close`. Raises
     :class:`~ciliumlite.bgp.BgpError` when bird cannot start (its log tail is in the message).
+
+    With ``adopt=True`` (a restored datapath) the bird an earlier owner started is taken over
+    instead, found by the pid in its pidfile and checked against its command line
+    (:meth:`Bird.attach`): its sessions and the kernel routes it installed carry on untouched, and
+    :meth:`close` stops it like one started here. Only when no bird runs there (it died with its
+    owner) is one started, and the routes come back once its sessions are up again.
     """
 
     name = "bgp"
 
-    def __init__(self, config: DatapathConfig, netns: NetnsRef) -> None:
+    def __init__(self, config: DatapathConfig, netns: NetnsRef, *, adopt: bool = False) -> None:
+        self.config = self.bgp_config(config)
+        ns, workdir = str(netns) if netns is not None else "", os.path.join(config.run_dir, "bird")
+        running = Bird.attach(ns, self.config, workdir) if adopt else None
+        #: Whether the bird was taken over from an earlier owner (False: started by this process).
+        self.adopted = running is not None
+        self.bird = running if running is not None else Bird(ns, self.config, workdir)
+        if running is None:
+            self.bird.start()
+
+    @staticmethod
+    def bgp_config(config: DatapathConfig) -> BgpConfig:
+        """What the node's bird runs: its AS and peers, announcing the node's pod CIDR."""
         assert config.bgp_asn is not None
-        self.config = BgpConfig(router_id=config.node_ip, asn=config.bgp_asn, peers=config.bgp_peers,
-                                announce=(config.pod_cidr,))
-        self.bird = Bird(str(netns) if netns is not None else "", self.config,
-                         os.path.join(config.run_dir, "bird"))
-        self.bird.start()
+        return BgpConfig(router_id=config.node_ip, asn=config.bgp_asn, peers=config.bgp_peers,
+                         announce=(config.pod_cidr,))
 
     def add(self, node: NodeInfo) -> None:
         """Nothing to write: the route to ``node``'s pods arrives over BGP."""
@@ -179,11 +194,12 @@ class BgpRoutes:
         self.bird.stop()
 
 
-def make(config: DatapathConfig, netns: NetnsRef, tunnel: Tunnel | None) -> Routing:
-    """The strategy ``config`` asks for (the tunnel must exist for ``routing="vxlan"``)."""
+def make(config: DatapathConfig, netns: NetnsRef, tunnel: Tunnel | None, *, adopt: bool = False) -> Routing:
+    """The strategy ``config`` asks for (the tunnel must exist for ``routing="vxlan"``); ``adopt``
+    for a restored datapath (a running bird is taken over, see :class:`BgpRoutes`)."""
     if config.routing == "vxlan":
         assert tunnel is not None
         return TunnelRouting(tunnel)
     if config.routing == "native":
-        return BgpRoutes(config, netns) if config.bgp_asn is not None else StaticRoutes(netns)
+        return BgpRoutes(config, netns, adopt=adopt) if config.bgp_asn is not None else StaticRoutes(netns)
     return NoRouting()

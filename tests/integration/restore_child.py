@@ -12,13 +12,13 @@ import json
 import sys
 
 from ciliumlite.cluster.store import NodeInfo
-from ciliumlite.datapath.config import DatapathConfig
 from ciliumlite.node import Datapath
+from ciliumlite.node.state import config_from_json
 from ciliumlite.service import Service
 
 
 def main(spec: dict[str, object]) -> None:
-    cfg = DatapathConfig(**spec["config"])  # type: ignore[arg-type]
+    cfg = config_from_json(spec["config"])  # type: ignore[arg-type]  # BGP peers and all, as a restore reads it
     if spec.get("restore"):
         dp = Datapath.restore(cfg, netns=spec["netns"], cgroup=spec.get("cgroup"))  # type: ignore[arg-type]
         print("restored", flush=True)

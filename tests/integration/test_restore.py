@@ -1,19 +1,29 @@
 """Restart, hot replacement and restore refusals on the real kernel, under counted traffic.
 
-Two VXLAN nodes (A and B, namespaces joined by one veth ``ul0``), pods a1 (the traffic client) and
-a2 on A, b1 on B, echo servers in a2 and b1, and a ClusterIP service backed by b1 (on another
-port, see ``SVC_PORT``). Both modes of attaching run: tcx links (``auto``) and clsact filters. Node A is
-built and owned by a child process (``restore_child.py``); B by this process. The client keeps
-long-lived TCP connections to a2 (same node) and b1 (across the overlay), opens new connections to
-both and to the ClusterIP in a loop and sends numbered UDP datagrams to both; a second client in
-node B's own namespace keeps long-lived and new connections to a NodePort on A (SNAT, Maglev),
-whose backend is b1 on B. Each test counts
-broken connections, failed connects and lost datagrams and prints them; the bar is 0/0/0.
+The topology and the clients are ``restore_topo.py``'s. Two VXLAN nodes (A and B, namespaces
+joined by one veth ``ul0``), pods a1 (the traffic client) and a2 on A, b1 on B, echo servers in a2
+and b1, and a ClusterIP service backed by b1 (on another port, see ``SVC_PORT``). Both modes of
+attaching run: tcx links (``auto``) and clsact filters. Node A is built and owned by a child
+process (``restore_child.py``); B by this process. The client keeps long-lived TCP connections to
+a2 (same node) and b1 (across the overlay), opens new connections to both and to the ClusterIP in
+a loop and sends numbered UDP datagrams to both; a second client in node B's own namespace keeps
+long-lived and new connections to a NodePort on A (SNAT, Maglev), whose backend is b1 on B. Each
+test counts broken connections, failed connects and lost datagrams and prints them; the bar is
+0/0/0.
 
 The module's topology is shared by its tests, in order: kill -9 of A's owner and restore in this
 process; 20 reloads in a row; bad state refused with the datapath untouched; 200 detach/restore
 cycles (and reloads) leaving no extra fds, links, pins or programs. A's datapath is removed at
 the end (restored here if its owner died), and everything is removed also when a test fails.
+
+The same pods, services and traffic run over native routing too (the ``native`` fixture): A and B
+on a bridge in a third namespace (the fabric, whose own address is the NodePort client: an outside
+host), ``load_balancer_mode="dsr"`` on both (A forwards the NodePort request to b1 with the DSR
+option and B answers the client straight), and the nodes reach each other's pods either by static
+routes (``static``) or by BGP (``bgp``: each node's datapath runs bird, A and B peer with each
+other). There: kill -9 of A's owner and restore (a BGP node's bird adopted by its pidfile, its
+routes kept), 20 reloads, then ``close(remove=True)`` of the restored node (its routes, and bird,
+gone).
 """
 
 from __future__ import annotations
@@ -21,225 +31,53 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import pytest
+from restore_topo import (
+    A2,
+    B1,
+    B_CIDR,
+    SVC_PORT,
+    Topo,
+    Traffic,
+    _bird_pid,
+    _check,
+    _need_bird,
+    _probe,
+    _routes_to,
+    _service,
+    _topology,
+)
 
-from ciliumlite.bpf import fs, inventory
-from ciliumlite.cluster.store import NodeInfo
-from ciliumlite.datapath import registry
-from ciliumlite.datapath.config import DatapathConfig
-from ciliumlite.lab import owned
+from ciliumlite.bpf import inventory
 from ciliumlite.node import Datapath
 from ciliumlite.node import state as state_mod
 from ciliumlite.node.state import StateError
-from ciliumlite.service import Backend, Frontend, Service
-from ciliumlite.testing.resources import session_record, unique_name
+from ciliumlite.service import Backend
 
 pytestmark = [pytest.mark.integration, pytest.mark.requires_root]
-
-HERE = Path(__file__).parent
-PORT = 7000
-#: The service's backends listen on another port than the one the client reaches them on
-#: directly: a translated connection's conntrack entry (client port -> backend, with its rev-NAT
-#: index) must never be met by a direct connection that happens to reuse the client port, whose
-#: replies would then be reverse-translated to the ClusterIP and lost.
-SVC_PORT = 7001
-CLUSTER_IP = "10.96.77.10"
-NODE_PORT = 30077
-A_IP, B_IP = "192.168.250.1", "192.168.250.2"
-A_CIDR, B_CIDR = "10.244.61.0/24", "10.244.62.0/24"
-A1, A2, B1 = "10.244.61.10", "10.244.61.11", "10.244.62.10"
-ZERO = {"broken": 0, "connect_failed": 0, "udp_lost": 0}
-
-
-@dataclass
-class Topo:
-    prefix: str
-    ns_a: str
-    ns_b: str
-    pods: dict[str, str]
-    cfg_a: DatapathConfig
-    cfg_b: DatapathConfig
-    dp_b: Datapath | None = None
-    dp_a: Datapath | None = None
-    child: subprocess.Popen[str] | None = None
-    procs: list[subprocess.Popen[str]] = field(default_factory=list)
-
-    def spawn(self, netns: str, *args: str) -> subprocess.Popen[str]:
-        proc = subprocess.Popen(["ip", "netns", "exec", netns, sys.executable, *args], stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        self.procs.append(proc)
-        return proc
-
-
-def _ip(*args: str) -> None:
-    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=10)
-
-
-def _expect_line(proc: subprocess.Popen[str], want: str, timeout: float = 60.0) -> None:
-    assert proc.stdout is not None
-    deadline = time.monotonic() + timeout
-    import select
-
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([proc.stdout], [], [], 0.5)
-        if ready:
-            line = proc.stdout.readline()
-            if line.strip() == want:
-                return
-            if not line:
-                break
-    err = proc.stderr.read() if proc.stderr is not None and proc.poll() is not None else ""
-    raise AssertionError(f"no {want!r} from {proc.args}: {err[-3000:]}")
-
-
-def _stop(proc: subprocess.Popen[str]) -> None:
-    if proc.poll() is None:
-        proc.kill()  # by its own pid: a process this module started
-    with contextlib.suppress(Exception):
-        proc.wait(timeout=10)
-
-
-def _start_child(topo: Topo, **extra: Any) -> subprocess.Popen[str]:
-    spec = {"config": asdict(topo.cfg_a), "netns": topo.ns_a, "cgroup": None,
-            "pods": [[topo.pods["a1"], "a1", A1], [topo.pods["a2"], "a2", A2]],
-            "remote": [asdict(NodeInfo(topo.cfg_b.node_name, B_IP, B_CIDR))],
-            "services": [_service().to_dict(), _node_port().to_dict()], **extra}
-    proc = subprocess.Popen([sys.executable, str(HERE / "restore_child.py"), json.dumps(spec)],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    topo.child = proc
-    return proc
-
-
-def _service() -> Service:
-    return Service(name="echo", frontend=Frontend(CLUSTER_IP, PORT), backends=[Backend(B1, SVC_PORT)])
-
-
-def _node_port() -> Service:
-    # Reached from node B's own namespace at A's address: A's bpf_host translates and SNATs it to
-    # the backend on B (through the tunnel), with Maglev picking the backend.
-    return Service(name="np", frontend=Frontend("10.96.77.11", PORT), type="NodePort", node_port=NODE_PORT,
-                   maglev=True, backends=[Backend(B1, SVC_PORT)])
-
-
-def _remove_node_a(topo: Topo) -> None:
-    # Whoever owns A now: this process, a dead child (restore it to remove it) or nobody.
-    if topo.child is not None:
-        _stop(topo.child)
-        topo.child = None
-    if topo.dp_a is None:
-        with contextlib.suppress(Exception):
-            topo.dp_a = Datapath.restore(topo.cfg_a)
-    if topo.dp_a is not None:
-        with contextlib.suppress(Exception):
-            topo.dp_a.close()
-        topo.dp_a = None
-    # What a failed restore left: the pins, state and registry entry go by name.
-    if os.path.isdir(topo.cfg_a.pin_dir):
-        fs.remove_pin_dir(topo.cfg_a.pin_dir)
-    state_mod.remove(topo.cfg_a)
-    registry.release(topo.cfg_a.node_name)
 
 
 @pytest.fixture(scope="module", params=["auto", "clsact"])
 def topo(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Topo]:
     """The two nodes with tcx links (``auto`` on this kernel) or classic tc filters (``clsact``)."""
-    record = session_record()
-    prefix = unique_name("rs")
-    made: list[str] = []
-    run = tmp_path_factory.mktemp("restore")
-    try:
-        ns_a, ns_b = (owned.make_netns(record, f"{prefix}-{n}") for n in "ab")
-        made += [ns_a, ns_b]
-        pods = {}
-        for name in ("a1", "a2", "b1"):
-            pods[name] = owned.make_netns(record, f"{prefix}-{name}")
-            made.append(pods[name])
-        _ip("link", "add", "ul0", "netns", ns_a, "type", "veth", "peer", "name", "ul0", "netns", ns_b)
-        for ns, addr in ((ns_a, A_IP), (ns_b, B_IP)):
-            _ip("-n", ns, "addr", "add", f"{addr}/24", "dev", "ul0")
-            _ip("-n", ns, "link", "set", "ul0", "up")
-            _ip("-n", ns, "link", "set", "lo", "up")
-        common = {"routing": "vxlan", "underlay_device": "ul0", "kube_proxy_replacement": True,
-                  "tc_mode": request.param}
-        cfg_a = DatapathConfig(node_name=f"{prefix}-a", pod_cidr=A_CIDR, node_ip=A_IP, state_dir=str(run / "a"),
-                               **common)  # type: ignore[arg-type]
-        cfg_b = DatapathConfig(node_name=f"{prefix}-b", pod_cidr=B_CIDR, node_ip=B_IP, state_dir=str(run / "b"),
-                               **common)  # type: ignore[arg-type]
-        topo = Topo(prefix, ns_a, ns_b, pods, cfg_a, cfg_b)
-        try:
-            topo.dp_b = Datapath(cfg_b, netns=ns_b)
-            topo.dp_b.add_endpoint(pods["b1"], name="b1", ip=B1)
-            topo.dp_b.add_remote_node(NodeInfo(cfg_a.node_name, A_IP, A_CIDR))
-            child = _start_child(topo)
-            _expect_line(child, "ready")
-            for pod in ("a2", "b1"):
-                for port in (PORT, SVC_PORT):
-                    _expect_line(topo.spawn(pods[pod], str(HERE / "restore_traffic.py"), "server", str(port)),
-                                 "ready")
-            yield topo
-        finally:
-            for proc in topo.procs:
-                _stop(proc)
-            _remove_node_a(topo)
-            if topo.dp_b is not None:
-                topo.dp_b.close()
-    finally:
-        for ns in reversed(made):
-            owned.remove_netns(record, ns)
-        shutil.rmtree(run, ignore_errors=True)
+    with _topology("vxlan", request.param, tmp_path_factory.mktemp("restore")) as topo:
+        yield topo
 
 
-class Traffic:
-    """The clients: in a1 (same node, across the overlay, ClusterIP) and in node B's namespace
-    (NodePort on A, backend on B). Start them, do something, stop them and read the counts."""
-
-    def __init__(self, topo: Topo, *, long: int = 8, max_seconds: float = 90) -> None:
-        pod = {"long": long, "max_seconds": max_seconds,
-               "long_targets": [[A2, PORT], [B1, PORT]],
-               "new_targets": [[A2, PORT], [B1, PORT], [CLUSTER_IP, PORT]],
-               "udp_targets": [[A2, PORT], [B1, PORT]]}
-        node = {"long": long // 2, "max_seconds": max_seconds, "long_targets": [[A_IP, NODE_PORT]],
-                "new_targets": [[A_IP, NODE_PORT]], "udp_targets": []}  # the service is TCP
-        self.procs = [topo.spawn(ns, str(HERE / "restore_traffic.py"), "client", json.dumps(spec))
-                      for ns, spec in ((topo.pods["a1"], pod), (topo.ns_b, node))]
-        for proc in self.procs:
-            _expect_line(proc, "running", timeout=20)
-
-    def stop(self) -> dict[str, Any]:
-        total: dict[str, Any] = {}
-        for proc in self.procs:
-            out, _ = proc.communicate(timeout=30)  # closing its stdin stops it
-            for k, v in json.loads(out.strip().splitlines()[-1]).items():
-                total[k] = total.get(k, 0 if isinstance(v, int) else []) + v
-        return total
-
-
-def _check(what: str, counts: dict[str, Any]) -> None:
-    print(f"\n{what}: broken={counts['broken']} connect_failed={counts['connect_failed']} "
-          f"udp_lost={counts['udp_lost']} (of {counts['udp_sent']} datagrams; {counts['long']} long-lived "
-          f"connections, {counts['exchanges']} exchanges, {counts['new_ok']} new connections)")
-    assert {k: counts[k] for k in ZERO} == ZERO, counts["errors"]
-    assert counts["long"] == 20 and counts["new_ok"] > 20 and counts["udp_sent"] > 100, counts
-
-
-def _probe(topo: Topo) -> None:
-    """One new connection a1 -> b1 and a1 -> a2 (the datapath forwards)."""
-    code = (f"import socket,sys\nfor h in sys.argv[1:]:\n print(h, file=sys.stderr)\n"
-            f" s=socket.create_connection((h,{PORT}),timeout=3)\n"
-            " s.sendall(b'x'); assert s.recv(1)==b'x'; s.close()")
-    res = subprocess.run(["ip", "netns", "exec", topo.pods["a1"], sys.executable, "-c", code, B1, A2, CLUSTER_IP],
-                         capture_output=True, text=True, timeout=20)
-    assert res.returncode == 0, res.stderr  # the last address it names is the one that failed
+@pytest.fixture(scope="module", params=["static", "bgp"])
+def native(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Topo]:
+    """The two nodes over native routing with DSR NodePort: static routes or BGP between them."""
+    if request.param == "bgp":
+        _need_bird()
+    with _topology(request.param, "auto", tmp_path_factory.mktemp("restore")) as topo:
+        yield topo
 
 
 def _kernel_view(topo: Topo) -> tuple[set[int], set[int], list[str]]:
@@ -296,22 +134,36 @@ def adopted(topo: Topo) -> Iterator[Datapath]:
 
 
 def test_kill9_then_restore_keeps_every_connection(topo: Topo) -> None:
+    _kill9_then_restore(topo)
+
+
+def _kill9_then_restore(topo: Topo) -> None:
+    routes = _routes_to(topo.ns_a, B_CIDR)  # native: static or learnt over BGP; VXLAN: none
+    bird = _bird_pid(topo) if topo.routes == "bgp" else None
+    assert routes or topo.routes == "vxlan"
+    assert bird is not None or topo.routes != "bgp"
+    assert topo.routes != "bgp" or {r.get("protocol") for r in routes} == {"bird"}, routes  # learnt, not static
     traffic = Traffic(topo)
     time.sleep(1.5)
     assert topo.child is not None
     os.kill(topo.child.pid, signal.SIGKILL)  # our own child, by pid
     topo.child.wait(timeout=10)
     topo.child = None
-    time.sleep(1.5)  # nobody owns A now: its pinned links keep forwarding
+    time.sleep(1.5)  # nobody owns A now: its pinned links keep forwarding (and its bird routing)
     started = time.monotonic()
     topo.dp_a = Datapath.restore(topo.cfg_a, netns=topo.ns_a)
     restore_s = time.monotonic() - started
     with adopted(topo) as dp:  # detached again at the end, also when a check fails
         time.sleep(1.5)
         counts = traffic.stop()
-        print(f"\nrestore took {restore_s * 1000:.0f} ms")
-        _check("kill -9 + restore", counts)
+        print(f"\nrestore took {restore_s * 1000:.0f} ms ({topo.routes})")
+        _check(f"kill -9 + restore ({topo.routes})", counts)
         _after_restore(topo, dp)
+        assert _routes_to(topo.ns_a, B_CIDR) == routes  # the very routes: nothing re-written
+        if bird is not None:
+            # The bird the dead owner started, adopted by its pidfile: not a second one.
+            assert (getattr(dp.routing, "adopted", None), _bird_pid(topo)) == (True, bird)
+            assert dp.status()["routes"] == "bgp"
 
 
 def _after_restore(topo: Topo, dp: Datapath) -> None:
@@ -342,7 +194,7 @@ def _twenty_reloads(topo: Topo, dp: Datapath) -> None:
     time.sleep(0.5)
     counts = traffic.stop()
     print(f"\n20 reloads took {took:.1f} s ({took / 20 * 1000:.0f} ms each)")
-    _check("20 reloads", counts)
+    _check(f"20 reloads ({topo.routes})", counts)
     assert {lk.point.kind for lk in dp.attachments()} == links_before
     assert dp.config.monitor_trace is True
     topo.cfg_a = dp.config  # what a restore must name from now on (or the node's name)
@@ -472,3 +324,31 @@ def n_opened(topo: Topo, n_links: int) -> int:
     """The fds a restored node A holds: its maps (endpoints, tunnel, the five LB maps) and one per
     BPF link (clsact filters have none): a restore opens nothing else."""
     return 7 + (n_links if topo.cfg_a.tc_mode == "auto" else 0)
+
+
+# -- native routing with DSR NodePort: static routes and BGP -------------------------------------------
+def test_native_kill9_then_restore_keeps_every_connection(native: Topo) -> None:
+    _kill9_then_restore(native)
+
+
+@pytest.mark.no_leak_check  # reloads replace programs: checked by _twenty_reloads itself
+def test_native_twenty_reloads_under_traffic(native: Topo) -> None:
+    with adopted(native) as dp:
+        _twenty_reloads(native, dp)
+
+
+def test_native_close_after_restore_removes_the_node(native: Topo) -> None:
+    # The last test of the topology: the restored node goes for good, with its routes (static:
+    # deleted; BGP: its bird stopped, which withdraws them) and pins.
+    assert _routes_to(native.ns_a, B_CIDR)
+    bird = _bird_pid(native) if native.routes == "bgp" else None
+    native.dp_a = dp = Datapath.restore(native.cfg_a, netns=native.ns_a)
+    native.dp_a = None
+    dp.close(remove=True)
+    assert not os.path.exists(native.cfg_a.pin_dir)
+    if bird is not None:
+        assert _bird_pid(native) is None and not os.path.exists(f"/proc/{bird}/cmdline"), "bird still runs"
+    deadline = time.monotonic() + 10  # bird removes its kernel routes as it exits
+    while _routes_to(native.ns_a, B_CIDR) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _routes_to(native.ns_a, B_CIDR) == []
