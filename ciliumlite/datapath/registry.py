@@ -65,7 +65,7 @@ def read_items(state_root: str) -> dict[str, Any]:
     """What a datapath's state directory says for the CLI: ``endpoints`` (their rows, by id),
     ``services`` (by name), ``remote_nodes`` (by name) and ``attachments`` (the endpoints'); files
     that do not parse are skipped (the CLI shows what it can; a restore checks every file)."""
-    out: dict[str, Any] = {"endpoints": [], "services": {}, "remote_nodes": {}, "attachments": []}
+    out: dict[str, Any] = {"endpoints": [], "attachments": [], **{k: {} for k in statedir.ITEM_KINDS}}
     for kind in statedir.ITEM_KINDS:
         for key, path in statedir.list_items(state_root, kind):
             try:
