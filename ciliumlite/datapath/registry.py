@@ -65,7 +65,9 @@ def read_items(state_root: str) -> dict[str, Any]:
     """What a datapath's state directory says for the CLI: ``endpoints`` (their rows, by id),
     ``services`` (by name), ``remote_nodes`` (by name) and ``attachments`` (the endpoints'); files
     that do not parse are skipped (the CLI shows what it can; a restore checks every file)."""
-    out: dict[str, Any] = {"endpoints": [], "attachments": [], **{k: {} for k in statedir.ITEM_KINDS}}
+    # Every item kind has a slot (a kind the CLI does not show still must not fail the read);
+    # endpoints are a list of rows, so their slot is set after the per-kind dicts.
+    out: dict[str, Any] = {**{k: {} for k in statedir.ITEM_KINDS}, "endpoints": [], "attachments": []}
     for kind in statedir.ITEM_KINDS:
         for key, path in statedir.list_items(state_root, kind):
             try:
