@@ -57,8 +57,9 @@ SNAT_MAP = maps.SNAT.name
 #: Maps bigger than this are counted with batch lookups (a key walk is one syscall per entry).
 BATCH_COUNT_THRESHOLD = 4096
 _HASHES = {MapType.HASH, MapType.LRU_HASH, MapType.PERCPU_HASH, MapType.LRU_PERCPU_HASH}
-#: Maps without keys to count (cilium_events, the datapath's ring buffer): shown with 0 entries.
-_KEYLESS = {MapType.RINGBUF}
+#: Maps without keys to count, shown with 0 entries: cilium_events (the datapath's ring buffer) and
+#: socket-local storage (cilium_sock_sk: its entries live in the sockets; walking it is ENOTSUPP).
+_KEYLESS = {MapType.RINGBUF, MapType.SK_STORAGE}
 
 
 class InspectError(CiliumliteError):

@@ -61,6 +61,28 @@ def has_kernel_btf() -> bool:
     return bool(kernel_enum("bpf_attach_type"))
 
 
+@functools.cache
+def has_sockmap_link() -> bool:
+    """sk_msg programs attached to a sockmap as a BPF link, which can be pinned (Linux 6.10+)."""
+    return "BPF_LINK_TYPE_SOCKMAP" in kernel_enum("bpf_link_type")
+
+
+@functools.cache
+def has_sockmap_splice_read() -> bool:
+    """``splice`` from a socket in a sockmap also reads the bytes sk_msg redirected to it.
+
+    Without ``tcp_bpf_splice_read`` in the kernel (a sockmap fix, in no release kernel tested here),
+    splice reads only the TCP receive queue: a reader using it never sees redirected bytes. Read
+    from ``/proc/kallsyms`` (False if unreadable). A kernel behaviour that ``status`` reports, not
+    a feature anything requires, so it is not in :data:`PROBES`.
+    """
+    try:
+        with open("/proc/kallsyms") as f:
+            return any(line.rstrip().endswith(" tcp_bpf_splice_read") for line in f)
+    except OSError:
+        return False
+
+
 PROBES = {
     "kernel_btf": has_kernel_btf,
     "tcx": has_tcx,
@@ -69,6 +91,7 @@ PROBES = {
     "ringbuf": has_ringbuf,
     "cgroup_sock_addr": has_cgroup_sock_addr,
     "batch_ops": has_batch_ops,
+    "sockmap_link": has_sockmap_link,
 }
 
 

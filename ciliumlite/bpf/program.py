@@ -29,6 +29,7 @@ _ATTACH_FALLBACK = {
     "BPF_CGROUP_INET4_BIND": 8, "BPF_CGROUP_INET4_CONNECT": 10, "BPF_CGROUP_INET4_POST_BIND": 12,
     "BPF_CGROUP_UDP4_SENDMSG": 14, "BPF_CGROUP_UDP4_RECVMSG": 19, "BPF_CGROUP_INET4_GETPEERNAME": 29,
     "BPF_CGROUP_INET4_GETSOCKNAME": 31, "BPF_XDP": 37, "BPF_TCX_INGRESS": 46, "BPF_TCX_EGRESS": 47,
+    "BPF_CGROUP_SOCK_OPS": 3, "BPF_SK_MSG_VERDICT": 7,
 }
 #: Short cgroup attach names (as in SEC("cgroup/<name>")) -> kernel enum names.
 CGROUP_ATTACH = {
@@ -37,6 +38,7 @@ CGROUP_ATTACH = {
     "connect4": "BPF_CGROUP_INET4_CONNECT", "post_bind4": "BPF_CGROUP_INET4_POST_BIND",
     "sendmsg4": "BPF_CGROUP_UDP4_SENDMSG", "recvmsg4": "BPF_CGROUP_UDP4_RECVMSG",
     "getpeername4": "BPF_CGROUP_INET4_GETPEERNAME", "getsockname4": "BPF_CGROUP_INET4_GETSOCKNAME",
+    "sockops": "BPF_CGROUP_SOCK_OPS",
 }
 
 
@@ -58,6 +60,8 @@ class ProgType(IntEnum):
     CGROUP_SKB = 8
     CGROUP_SOCK = 9
     CGROUP_SOCK_ADDR = 18
+    SOCK_OPS = 13
+    SK_MSG = 16
 
 
 class TcAction(IntEnum):
@@ -316,6 +320,19 @@ class Program:
             os.close(cg)
         if fd < 0:
             raise BpfError("attach cgroup", -fd, target=f"{self.name} to {point}")
+        return FdLink(fd, self.name, point)
+
+    def attach_sockmap(self, sockmap: Any) -> Link:
+        """Attach an ``SEC("sk_msg")`` program to a SOCKMAP/SOCKHASH ``sockmap`` (a :class:`Map`) as
+        a BPF link (``BPF_SK_MSG_VERDICT``, kernel 6.10+): it then runs for every message sent on
+        a socket added to the map after the attach. Raises :class:`BpfError` (``EINVAL`` for a
+        map that is no sockmap or a program that is no sk_msg; ``EBUSY`` when one is attached).
+        """
+        point = AttachPoint("sockmap", attach_type="sk_msg_verdict", device=getattr(sockmap, "name", ""))
+        fd = lib.bpf_link_create(self.fd, int(sockmap.fd), attach_type("BPF_SK_MSG_VERDICT"), ffi.NULL)
+        if fd < 0:
+            raise BpfError("attach sk_msg", -fd, target=f"{self.name} to map {point.device}",
+                           hint="sockmap links need Linux 6.10 or later")
         return FdLink(fd, self.name, point)
 
     # -- test run --------------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ from ciliumlite.bpf.errors import BpfError, CiliumliteError
 from ciliumlite.cli import agent as agent_cli
 from ciliumlite.cli import format as fmt
 from ciliumlite.datapath import events as ev
+from ciliumlite.datapath import sockops
 from ciliumlite.datapath.reasons import Reason
 from ciliumlite.inspect import InspectError, MapAbsent, PinsGone, RegisteredDatapath
 
@@ -145,8 +146,9 @@ def status(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="add th
     """
     with _run(output) as run:
         dps = _select(run, lab, node, pins=True)
-        rows = [agent_cli.with_agent(run, fmt.status_row(dp, maps, alive=dp.process_alive, verbose=verbose), dp)
-                for dp, maps in _each(run, dps, ins.map_pressure)]
+        rows = [agent_cli.with_agent(run, fmt.status_row(dp, maps, alive=dp.process_alive, verbose=verbose,
+                                                         sockops=sock), dp)
+                for dp, (maps, sock) in _each(run, dps, lambda d: (ins.map_pressure(d), sockops.read_status(d.pin_dir)))]
         if run.json:
             print(fmt.to_json(rows))
             return

@@ -385,8 +385,9 @@ def programs_by_device(attachments: Iterable[dict[str, str]]) -> dict[str, list[
 
 
 def status_row(dp: RegisteredDatapath, maps: list[MapPressure] | None, *, alive: bool,
-               verbose: bool = False) -> Row:
-    """``status`` of one node, from its registry entry and its maps' pressure."""
+               verbose: bool = False, sockops: Row | None = None) -> Row:
+    """``status`` of one node, from its registry entry, its maps' pressure and ``sockops`` (socket
+    acceleration as :func:`ciliumlite.datapath.sockops.read_status` reads it; None: never enabled)."""
     cfg = dp.config
     host_routing = "BPF" if cfg.get("host_routing") == "bpf" else "Legacy"
     kpr = bool(cfg.get("kube_proxy_replacement"))
@@ -403,7 +404,7 @@ def status_row(dp: RegisteredDatapath, maps: list[MapPressure] | None, *, alive:
         "endpoints": len(dp.endpoints), "services": len(dp.services),
         "remote_nodes": {n: {"ip": i.get("ip"), "pod_cidr": i.get("pod_cidr")} for n, i in sorted(dp.remote_nodes.items())},
         "programs": programs_by_device(dp.attachments),
-        "pin_dir": dp.pin_dir,
+        "pin_dir": dp.pin_dir, "sockops": sockops,
         "maps": None if maps is None else [{"name": m.name, "type": m.type, "entries": m.entries,
                                             "max_entries": m.max_entries, "pressure": round(m.ratio, 6)}
                                            for m in maps],
@@ -434,6 +435,10 @@ def status_lines(row: Row, *, verbose: bool = False) -> list[str]:
             _kv("Endpoints", row["endpoints"]), _kv("Services", row["services"])]
     remotes = ", ".join(f"{n} ({i['ip']}, {i['pod_cidr']})" for n, i in row["remote_nodes"].items())
     out.append(_kv("Remote nodes", remotes or "none"))
+    sk = row.get("sockops")
+    out.append(_kv("Socket acceleration", "Disabled" if not sk else
+                   f"{'Enabled' if sk['enabled'] else 'Disabled'} (experimental)   [{sk['sockets']} sockets, "
+                   f"{sk['messages_redirected']} messages redirected, {sk['messages_passed']} passed]"))
     progs = row["programs"]
     if not progs:
         out.append(_kv("Programs", "none"))

@@ -29,6 +29,8 @@ NODEPORT_MIN, NODEPORT_MAX = 30000, 32767
 #: The largest Maglev table Cilium supports (``--bpf-lb-maglev-table-size``).
 MAGLEV_MAX = 131071
 SNAT_PORT_MIN, SNAT_PORT_MAX = 32768, 65535
+#: The size of ``cilium_sock_exc`` (sockops.h): ports socket acceleration leaves alone.
+SOCKOPS_EXCLUDE_MAX = 64
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,10 @@ class DatapathConfig:
     ``"vxlan"`` tunnels through ``tunnel_device``; ``"native"`` routes the underlay, with a static
     route per remote node (Cilium's auto-direct-node-routes) or, when ``bgp_asn`` is set, routes
     learnt over BGP: the datapath runs the node's bird, announcing its pod CIDR to ``bgp_peers``.
+    ``sockops_enable`` (Cilium's ``--sockops-enable``; experimental, off by default) hands
+    ``sendmsg`` between two pods of this node straight to the peer socket
+    (:mod:`ciliumlite.node.sockops`, ``docs/sockops.md``); connections on a port of
+    ``sockops_exclude_ports`` are never accelerated (applications that read with ``splice``).
     ``extra_rodata`` overrides config.h globals or sets an object's own knobs by name; a name no
     object of the node declares is refused when the datapath loads.
     """
@@ -87,6 +93,8 @@ class DatapathConfig:
     bgp_asn: int | None = None
     bgp_peers: tuple[BgpPeer, ...] = ()
     extra_rodata: dict[str, Any] = field(default_factory=dict)
+    sockops_enable: bool = False
+    sockops_exclude_ports: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         try:
@@ -146,6 +154,16 @@ class DatapathConfig:
             raise ValidationError("bgp_peers needs bgp_asn (this node's AS number)")
         if not all(isinstance(p, BgpPeer) for p in self.bgp_peers):
             raise ValidationError("bgp_peers must be a tuple of ciliumlite.bgp.BgpPeer")
+        if not isinstance(self.sockops_enable, bool):
+            raise ValidationError(f"sockops_enable must be a bool, not {self.sockops_enable!r}")
+        ports: Any = self.sockops_exclude_ports
+        if isinstance(ports, list):  # from JSON (a state file, the agent's config)
+            ports = tuple(ports)
+            object.__setattr__(self, "sockops_exclude_ports", ports)
+        if not isinstance(ports, tuple) or len(ports) > SOCKOPS_EXCLUDE_MAX or \
+                not all(isinstance(p, int) and not isinstance(p, bool) and 1 <= p <= 65535 for p in ports):
+            raise ValidationError(f"sockops_exclude_ports must be a tuple of at most {SOCKOPS_EXCLUDE_MAX} ports "
+                                  f"in 1..65535, not {ports!r}")
         if not self.node_name or "/" in self.node_name:
             raise ValidationError(f"bad node name {self.node_name!r}")
 

@@ -1,7 +1,7 @@
 """Find the compiled datapath objects and load each with its node's ``.rodata`` and pins.
 
 One function per object, as Cilium's ``pkg/datapath/loader`` has one file per object:
-:func:`load_lxc`, :func:`load_host`, :func:`load_overlay` and :func:`load_sock`. Each applies the
+:func:`load_lxc`, :func:`load_host`, :func:`load_overlay`, :func:`load_sock` and :func:`load_sockops`. Each applies the
 node's :class:`~ciliumlite.datapath.config.NodeRodata` (every config.h global, which every object
 must declare), then the object's own knobs, then the node's overrides that the object declares.
 Nothing is filtered silently: a config.h global the object lacks is a :class:`LayoutError` (the
@@ -25,7 +25,7 @@ from ciliumlite.datapath.config import NodeRodata
 
 OBJECTS_ENV = "CILIUMLITE_OBJECTS"
 #: The datapath's objects, by the name of their ``.o``.
-OBJECTS: tuple[str, ...] = ("bpf_lxc", "bpf_host", "bpf_overlay", "bpf_sock", "bpf_xdp")
+OBJECTS: tuple[str, ...] = ("bpf_lxc", "bpf_host", "bpf_overlay", "bpf_sock", "bpf_sockops", "bpf_xdp")
 
 
 #: The objects directory of each node that runs another build than the default (by pin
@@ -154,6 +154,18 @@ def load_sock(rodata: NodeRodata, pin_dir: str) -> BpfObject:
     Raises as :func:`load_lxc`.
     """
     return _load("bpf_sock", rodata, pin_dir, {})
+
+
+def load_sockops(rodata: NodeRodata, pin_dir: str) -> BpfObject:
+    """``bpf_sockops.o``: socket acceleration (experimental): ``cil_sockops`` for the node's cgroup
+    and ``cil_sk_msg`` for the ``cilium_sock_ops`` sockhash, with that map, the per-socket state,
+    the runtime switch and the counters pinned by name beside the node's other maps.
+
+    Raises as :func:`load_lxc`.
+    """
+    return _load("bpf_sockops", rodata, pin_dir, {})
+
+
 def load_xdp(rodata: NodeRodata, pin_dir: str, *, nodeport: bool, native_mac: str | None = None) -> BpfObject:
     """``bpf_xdp.o``: ``cil_xdp_entry`` for the node's native device: the prefilter (its two maps
     pinned by name beside the node's others) and, with ``nodeport``, NodePort acceleration for

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Final, Generic, TypeVar
 
 from ciliumlite.bpf import BE32, U8, BpfObject, Map
-from ciliumlite.bpf.record import BE16, U32
+from ciliumlite.bpf.record import BE16, U32, U64
 from ciliumlite.datapath import reasons
 from ciliumlite.datapath.records import (
     Cidr4Key,
@@ -36,6 +36,9 @@ from ciliumlite.datapath.records import (
     MetricsKey,
     MetricsValue,
     NatEntry,
+    SockKey,
+    SockopsConfig,
+    SockopsCounter,
     TunnelKey,
     TunnelValue,
 )
@@ -75,6 +78,12 @@ LB_BACKENDS: Final = MapSpec[int, Lb4Backend]("cilium_lb4_backends_v3", U32, Lb4
 LB_REVNAT: Final = MapSpec[int, Lb4ReverseNat]("cilium_lb4_reverse_nat", BE16, Lb4ReverseNat)
 LB_MAGLEV: Final = MapSpec[Lb4MaglevKey, int]("cilium_lb4_maglev", Lb4MaglevKey, U32)
 LB_AFFINITY: Final = MapSpec[Lb4AffinityKey, LbAffinityVal]("cilium_lb4_affinity", Lb4AffinityKey, LbAffinityVal)
+#: Socket acceleration's maps (``sockops.h``), made by ``bpf_sockops.o`` only, so not in :data:`ALL`.
+#: A SOCKHASH read from user space gives each socket's cookie as its value.
+SOCK_OPS: Final = MapSpec[SockKey, int]("cilium_sock_ops", SockKey, U64)
+SOCK_CFG: Final = MapSpec[int, SockopsConfig]("cilium_sock_cfg", U32, SockopsConfig)
+SOCK_CTR: Final = MapSpec[int, Any]("cilium_sock_ctr", U32, SockopsCounter)
+SOCKOPS_MAPS: Final[tuple[MapSpec[Any, Any], ...]] = (SOCK_OPS, SOCK_CFG, SOCK_CTR)
 #: The XDP prefilter's maps (``prefilter.h``), made by ``bpf_xdp.o`` only, so not in :data:`ALL`:
 #: denied source /32s in a hash, every other prefix in an LPM trie (Cilium's CIDR4_HMAP / CIDR4_LMAP).
 PREFILTER_FIX: Final = MapSpec[Cidr4Key, Cidr4Value]("cilium_cidr_v4_fix", Cidr4Key, Cidr4Value)

@@ -191,6 +191,34 @@ class LbAffinityVal(Record, c_name="lb_affinity_val", size=16):
     backend_id: Annotated[int, U32]
 
 
+# -- socket acceleration (csrc/include/ciliumlite/sockops.h) -------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SockKey(Record, c_name="sock_key", size=12):
+    """Key of ``cilium_sock_ops``: a socket seen from its own side (ports in host byte order)."""
+
+    local_ip4: Annotated[IPv4Address, IPV4]
+    remote_ip4: Annotated[IPv4Address, IPV4]
+    local_port: Annotated[int, U16]
+    remote_port: Annotated[int, U16]
+
+
+@dataclass(frozen=True, slots=True)
+class SockopsConfig(Record, c_name="sockops_config", size=8):
+    """Value of ``cilium_sock_cfg[0]``: the runtime switch of socket acceleration."""
+
+    enabled: Annotated[int, U32]
+
+
+@dataclass(frozen=True, slots=True)
+class SockopsCounter(Record, c_name="sockops_counter", size=16):
+    """Per-CPU value of ``cilium_sock_ctr``: events or messages, and their bytes."""
+
+    count: Annotated[int, U64]
+    bytes: Annotated[int, U64]
+
+
 @dataclass(frozen=True, slots=True)
 class Cidr4Key(Record, c_name="cidr4_key", size=8):
     """Key of the XDP prefilter maps (``prefilter.h``): a prefix length and its network address.

@@ -43,6 +43,7 @@ from ciliumlite.node.lifecycle import RELOADABLE, RestoreAndReload, netns_cookie
 from ciliumlite.node.netdev import NativeDevice
 from ciliumlite.node.prefilter import Prefilter, PrefilterView
 from ciliumlite.node.services import Services
+from ciliumlite.node.sockops import SockAcceleration
 from ciliumlite.node.tunnel import Tunnel
 from ciliumlite.node.xdp import XdpDevice
 from ciliumlite.ownership.identity import ProcessId, daemon_entries
@@ -90,6 +91,7 @@ class Datapath(RestoreAndReload):
         self._remote: dict[str, NodeInfo] = {}
         self._endpoints = Endpoints(config, netns, None, None)
         self._services = Services(config, None, None, cgroup)
+        self._sockops = SockAcceleration(config, None, None, cgroup)
         self._state = state_mod.StateWriter(config)
         self._xdp = XdpDevice(config, None, None, netns, 0)
         self._prefilter = Prefilter(self._xdp, None)
@@ -126,6 +128,9 @@ class Datapath(RestoreAndReload):
         self._lxc_map_id = self._maps.endpoints.info.id
         self._endpoints = Endpoints(cfg, self._netns, self._lxc, self._maps.endpoints, pin_dir=self._pin_dir)
         self._services = Services(cfg, rodata, self._pin_dir, self._cgroup)
+        self._sockops = SockAcceleration(cfg, rodata, self._pin_dir, self._cgroup)
+        if cfg.sockops_enable:
+            self._sockops.enable()
         if self._tunnel is not None:
             self._tunnel.load(rodata, self._pin_dir)
         if cfg.routing != "none":
@@ -188,7 +193,7 @@ class Datapath(RestoreAndReload):
             "pins": {"pin_dir": self._pin_dir, "cilium_lxc_id": self._lxc_map_id, "links": node_links},
             "native_ifindex": self._native_ifindex, "xdp": xdp,
             "next_endpoint_id": self._endpoints.next_id,
-            "sock_links": self._services.links_json(),
+            "sock_links": self._services.links_json(), "sockops": self._sockops.to_json(),
         }, changes, None if self._state.synced else self._state_items())
 
     def _state_items(self) -> dict[str, dict[str, dict[str, Any]]]:
@@ -239,7 +244,7 @@ class Datapath(RestoreAndReload):
         ``endpoints=False``)."""
         node_links = [*(self._tunnel.links if self._tunnel else []), *self._xdp.links,
                       *(self._netdev.links if self._netdev else []),
-                      *self._services.links]
+                      *self._services.links, *self._sockops.links]
         return node_links + ([e.link for e in self._endpoints.all() if e.link is not None] if endpoints else [])
 
     # -- other nodes ------------------------------------------------------------------------------------
@@ -312,6 +317,22 @@ class Datapath(RestoreAndReload):
         """The LB map rows as the kernel has them, like ``cilium bpf lb list``."""
         lb = self._services.lb
         return lb.dump() if lb is not None else []
+
+    # -- socket acceleration (experimental) -------------------------------------------------------------
+    @property
+    def sockops(self) -> SockAcceleration:
+        """Socket acceleration: ``enabled``, ``counters()``, ``sockets()`` (switch it with :meth:`set_sockops`)."""
+        return self._sockops
+
+    def set_sockops(self, enabled: bool) -> None:
+        """Turn socket acceleration on or off at runtime, under traffic (kept across a restore).
+
+        Off: live connections fall back to TCP/IP at their next message, without a byte lost or out
+        of order. Raises what :meth:`SockAcceleration.enable` raises (nothing changed then).
+        """
+        with self._lock:
+            (self._sockops.enable if enabled else self._sockops.disable)()
+            self._publish()
 
     # -- XDP ------------------------------------------------------------------------------------------
     @property
@@ -424,6 +445,7 @@ class Datapath(RestoreAndReload):
             except Exception as exc:
                 errors.append(f"{ep.name}: {exc}")
         self._services.close()
+        self._sockops.close()
         for part in (self._xdp, self._netdev, self._routing, self._tunnel):
             if part is not None:
                 try:
@@ -473,6 +495,7 @@ class Datapath(RestoreAndReload):
         self._closing = True
         self._endpoints.release()
         self._services.release()
+        self._sockops.release()
         for part in (self._xdp, self._netdev, self._tunnel):
             if part is not None:
                 part.release()
@@ -495,7 +518,7 @@ class Datapath(RestoreAndReload):
         return {"node": cfg.node_name, "host_routing": cfg.host_routing.upper()
                 if cfg.host_routing == "bpf" else "Legacy", "pod_cidr": cfg.pod_cidr,
                 "endpoints": len(self._endpoints), "routing": cfg.routing, "routes": self._routing.name,
-                "remote_nodes": sorted(self._remote),
+                "remote_nodes": sorted(self._remote), "sockops": self._sockops.summary(),
                 "programs": [f"{e.ifname}: {e.link.point}" for e in self._endpoints.all() if e.link is not None],
                 "xdp": {**self._xdp.summary(), "prefilter": [str(n) for n in self._prefilter.list()]}}
 

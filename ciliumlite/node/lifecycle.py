@@ -31,6 +31,7 @@ from ciliumlite.node.endpoints import Endpoints
 from ciliumlite.node.netdev import NativeDevice
 from ciliumlite.node.prefilter import Prefilter
 from ciliumlite.node.services import Services
+from ciliumlite.node.sockops import SockAcceleration
 from ciliumlite.node.tunnel import Tunnel
 from ciliumlite.node.xdp import XdpDevice
 from ciliumlite.ownership.identity import ProcessId
@@ -41,6 +42,8 @@ SO_NETNS_COOKIE = 71
 RELOADABLE = frozenset({"monitor_drops", "monitor_trace", "events_per_sec", "extra_rodata"})
 #: A reload with another build is an upgrade (its changed maps migrated: ciliumlite.datapath.migrate).
 RELOADABLE |= {"objects_dir"}
+#: Socket acceleration is switched at runtime anyway (Datapath.set_sockops): a reload may change it.
+RELOADABLE |= {"sockops_enable", "sockops_exclude_ports"}
 _UNSET: Any = object()
 _D = TypeVar("_D", bound="RestoreAndReload")
 
@@ -77,6 +80,7 @@ class RestoreAndReload:
     _state: state_mod.StateWriter
     _xdp: XdpDevice
     _prefilter: Prefilter
+    _sockops: SockAcceleration
 
     def _init_fields(self, config: DatapathConfig, netns: NetnsRef, cgroup: str | None) -> None:
         raise NotImplementedError
@@ -232,6 +236,8 @@ class RestoreAndReload:
         self._endpoints.adopt(st["endpoints"], int(st["next_endpoint_id"]))
         self._services = Services(cfg, self._rodata, self._pin_dir, self._cgroup)
         self._services.adopt(st["services"], st["sock_links"], netns)
+        self._sockops = SockAcceleration(cfg, self._rodata, self._pin_dir, self._cgroup)
+        self._sockops.adopt(st.get("sockops"), netns)  # absent from state files written before it
         self._remote = {n["name"]: NodeInfo(**n) for n in st["remote_nodes"]}
 
     def _load_lxc_lazily(self) -> BpfObject:
@@ -292,6 +298,8 @@ class RestoreAndReload:
                     fresh["xdp"] = self._xdp.load_fresh(rodata)
                 if self._services.active:
                     fresh["sock"] = loader.load_sock(rodata, self._pin_dir)
+                if self._sockops.loaded:
+                    fresh["sockops"] = loader.load_sockops(rodata, self._pin_dir)
                 loader.set_prepare(self._pin_dir, None)
                 migration.fill()  # every new map complete before the first program swap
                 self._swap_all(fresh)
@@ -344,6 +352,10 @@ class RestoreAndReload:
             old = self._services.sock
             for lk in self._services.links:
                 out.append((lk, fresh["sock"].program(lk.program), old.program(lk.program) if old else None))
+        if "sockops" in fresh:
+            old = self._sockops.obj
+            for lk in self._sockops.links:
+                out.append((lk, fresh["sockops"].program(lk.program), old.program(lk.program) if old else None))
         return out
 
     def _swap_all(self, fresh: dict[str, BpfObject]) -> None:
@@ -384,6 +396,9 @@ class RestoreAndReload:
         if "sock" in fresh:
             old_objs.append(self._services.set_sock(fresh["sock"]))
         self._services.set_rodata(rodata)
+        if "sockops" in fresh:
+            old_objs.append(self._sockops.set_object(fresh["sockops"]))
+        self._sockops.set_rodata(rodata)
         if self._maps is not None:
             self._maps.close()
         self._maps, self._lxc, self._rodata = maps, fresh["lxc"], rodata
@@ -392,6 +407,7 @@ class RestoreAndReload:
         if cfg != self._config:
             self._config = cfg
             self._endpoints.config = self._services.config = cfg
+            self._sockops.apply(cfg)
 
 
 def _config_for(node_name: str) -> DatapathConfig:

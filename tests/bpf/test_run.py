@@ -166,10 +166,12 @@ def test_probe_all():
     assert set(probes) == set(features.PROBES)
     assert all(type(v) is bool for v in probes.values()), probes
     major, minor = (int(x) for x in os.uname().release.split(".")[:2])
-    if (major, minor) >= (6, 6):  # every probed feature is older than tcx (6.6)
-        assert all(probes.values()), probes
+    if (major, minor) >= (6, 6):  # every probed feature but sockmap links is older than tcx (6.6)
+        assert all(v for k, v in probes.items() if k != "sockmap_link"), probes
         features.require("tcx")
         features.require("batch_ops")
+    if (major, minor) >= (6, 10):  # BPF_LINK_TYPE_SOCKMAP
+        assert probes["sockmap_link"], probes
     with pytest.raises(ValidationError, match="unknown feature 'warp_drive'"):
         features.require("warp_drive")
 

@@ -273,6 +273,19 @@ def test_status_row_and_lines():
     assert "legacy host routing" in "\n".join(fmt.status_lines(row))
 
 
+def test_status_reports_socket_acceleration():
+    row = fmt.status_row(dp(pin_dir="/p"), [], alive=True)
+    assert row["sockops"] is None and "  Socket acceleration:    Disabled" in fmt.status_lines(row)
+    sk = {"enabled": True, "sockets": 2, "messages_redirected": 401, "bytes_redirected": 40026,
+          "messages_passed": 3, "bytes_passed": 120}
+    row = fmt.status_row(dp(pin_dir="/p"), [], alive=True, sockops=sk)
+    assert row["sockops"] == sk
+    assert ("  Socket acceleration:    Enabled (experimental)   [2 sockets, 401 messages redirected, 3 passed]"
+            in fmt.status_lines(row))
+    row = fmt.status_row(dp(pin_dir="/p"), [], alive=True, sockops={**sk, "enabled": False})
+    assert any(line.startswith("  Socket acceleration:    Disabled (experimental)") for line in fmt.status_lines(row))
+
+
 # -- BGP, JSON -------------------------------------------------------------------------------------------
 
 

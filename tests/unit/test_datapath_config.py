@@ -12,8 +12,9 @@ import pytest
 
 from ciliumlite.bpf.errors import ValidationError
 from ciliumlite.datapath import reasons
-from ciliumlite.datapath.config import PIN_BASE, DatapathConfig
+from ciliumlite.datapath.config import PIN_BASE, SOCKOPS_EXCLUDE_MAX, DatapathConfig
 from ciliumlite.datapath.reasons import Reason
+from ciliumlite.datapath.sockops import COUNTERS
 from ciliumlite.endpoint import MAX_IDENTITY, MIN_IDENTITY, identity_for, lxc_name
 
 pytestmark = pytest.mark.unit
@@ -192,3 +193,52 @@ def test_directions_mirror_header() -> None:
 def test_maglev_table_size_is_bounded(size: int) -> None:
     with pytest.raises(ValidationError, match=r"prime in 3\.\.131071"):
         DatapathConfig(maglev_table_size=size)
+
+
+# -- socket acceleration (sockops_enable, sockops_exclude_ports) -----------------------------------------
+SOCKOPS_H = REASONS_H.parent / "sockops.h"
+
+
+@pytest.mark.parametrize("kw, match", [
+    pytest.param({"sockops_enable": 1}, "sockops_enable must be a bool", id="enable-int"),
+    pytest.param({"sockops_enable": "yes"}, "sockops_enable must be a bool", id="enable-str"),
+    pytest.param({"sockops_enable": None}, "sockops_enable must be a bool", id="enable-none"),
+    pytest.param({"sockops_exclude_ports": (0,)}, "sockops_exclude_ports", id="port-0"),
+    pytest.param({"sockops_exclude_ports": (65536,)}, "sockops_exclude_ports", id="port-65536"),
+    pytest.param({"sockops_exclude_ports": (-1,)}, "sockops_exclude_ports", id="port-negative"),
+    pytest.param({"sockops_exclude_ports": ("5002",)}, "sockops_exclude_ports", id="port-str"),
+    pytest.param({"sockops_exclude_ports": (True,)}, "sockops_exclude_ports", id="port-bool"),
+    pytest.param({"sockops_exclude_ports": (80.0,)}, "sockops_exclude_ports", id="port-float"),
+    pytest.param({"sockops_exclude_ports": 5002}, "sockops_exclude_ports", id="not-a-tuple"),
+    pytest.param({"sockops_exclude_ports": "5002"}, "sockops_exclude_ports", id="a-string"),
+    pytest.param({"sockops_exclude_ports": {5002}}, "sockops_exclude_ports", id="a-set"),
+    pytest.param({"sockops_exclude_ports": tuple(range(1, SOCKOPS_EXCLUDE_MAX + 2))},
+                 f"at most {SOCKOPS_EXCLUDE_MAX}", id="more-than-the-map-holds"),
+])
+def test_bad_sockops_config_rejected(kw: dict[str, Any], match: str) -> None:
+    with pytest.raises(ValidationError, match=match):
+        DatapathConfig(**kw)
+
+
+def test_sockops_config_accepted() -> None:
+    assert (DatapathConfig().sockops_enable, DatapathConfig().sockops_exclude_ports) == (False, ())
+    cfg = DatapathConfig(sockops_enable=True, sockops_exclude_ports=(1, 5002, 65535))
+    assert cfg.sockops_enable and cfg.sockops_exclude_ports == (1, 5002, 65535)
+    full = DatapathConfig(sockops_exclude_ports=tuple(range(1, SOCKOPS_EXCLUDE_MAX + 1)))
+    assert len(full.sockops_exclude_ports) == SOCKOPS_EXCLUDE_MAX
+
+
+def test_sockops_exclude_ports_from_json_is_a_tuple() -> None:
+    """A state file or the agent's JSON config gives a list: it becomes the tuple (hashable, equal)."""
+    cfg = DatapathConfig(sockops_exclude_ports=[5002, 5003])  # type: ignore[arg-type]
+    assert cfg.sockops_exclude_ports == (5002, 5003)
+    assert cfg == DatapathConfig(sockops_exclude_ports=(5002, 5003))
+
+
+def test_sockops_header_mirrors_python() -> None:
+    """The exclude map's size and the counter indexes are the same in sockops.h and Python."""
+    text = SOCKOPS_H.read_text()
+    size = re.search(r"#define\s+SOCK_EXCLUDE_MAP_SIZE\s+(\d+)", text)
+    assert size is not None and int(size.group(1)) == SOCKOPS_EXCLUDE_MAX
+    header = {int(v): k.lower() for k, v in re.findall(r"#define\s+SOCKOPS_C_(\w+)\s+(\d+)", text) if k != "MAX"}
+    assert header == COUNTERS
