@@ -115,6 +115,9 @@ int bpf_link_get_fd_by_id(__u32 id);
 int bpf_prog_get_next_id(__u32 start_id, __u32 *next_id);
 int bpf_map_get_next_id(__u32 start_id, __u32 *next_id);
 int bpf_link_get_next_id(__u32 start_id, __u32 *next_id);
+/* enum bpf_prog_type, struct bpf_insn * and struct bpf_prog_load_opts * (NULL) in libbpf's header. */
+int bpf_prog_load(int prog_type, const char *prog_name, const char *license, const void *insns,
+                  size_t insn_cnt, const void *opts);
 
 struct bpf_link_create_opts { size_t sz; __u32 flags; };
 int bpf_link_create(int prog_fd, int target_fd, int attach_type, const struct bpf_link_create_opts *opts);

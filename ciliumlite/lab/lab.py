@@ -167,9 +167,12 @@ class Lab:
         ``config`` goes to ``DatapathConfig``; with a ``routing`` other than ``"none"`` the node is
         put on the underlay. ``bgp=True`` (native routing) makes the datapath run the node's bird,
         peering with the lab's leaf (:meth:`LabBgp.node_config`); :meth:`LabBgp.start` then
-        brings the sessions up. Raises :class:`ValidationError` if the node (or its namespace) exists
-        already or the config is invalid, and what creating the Datapath raises (a
-        :class:`CiliumliteError`, pyroute2's ``NetlinkError``); nothing of the node is left then.
+        brings the sessions up. With an ``acceleration`` other than ``"disabled"`` the fabric gives
+        the node's port a pass-everything XDP program, which driver-mode XDP_TX on a veth needs
+        (:meth:`Fabric.prepare_xdp`); ``xdp_peer=False`` leaves it out. Raises
+        :class:`ValidationError` if the node (or its namespace) exists already or the config is
+        invalid, and what creating the Datapath raises (a :class:`CiliumliteError`, pyroute2's
+        ``NetlinkError``); nothing of the node is left then.
 
         In an etcd lab the node is an :class:`~ciliumlite.lab.agents.AgentNode` (on the underlay:
         ``routing`` must be vxlan or native; ``lease_ttl=`` overrides the lab's) and ``wait``

@@ -49,10 +49,15 @@ class Node:
         self.ip: str | None = None
         self._detached: DatapathConfig | None = None  # a datapath left running by a failed restart
         self._claims: list[tuple[str, Entry]] = []
+        # A lab's knob, not the datapath's: False leaves the fabric port without its XDP program.
+        xdp_peer = bool(config.pop("xdp_peer", True))
         try:
             if config.get("routing", "none") != "none":
                 self.ip = node_ip(index)
                 lab.fabric_or_create().connect(self.netns, index, self.ip)
+                if config.get("acceleration", "disabled") != "disabled":
+                    # NAPI on the fabric port and full checksums on the wire, as a NIC would have.
+                    lab.fabric_or_create().prepare_xdp(self.netns, index, peer_program=xdp_peer)
                 config.setdefault("node_ip", self.ip)
             # The node's runtime files (bird's) stay in the lab's work directory, removed with it.
             config.setdefault("state_dir", os.path.join(lab.workdir, name))
@@ -224,6 +229,8 @@ class Node:
                 failure = failure or exc
             self._detached = None
         self._release_datapath()
+        if self.lab.fabric is not None:
+            self.lab.fabric.release_port(self.index)
         for pod in self.pods.values():
             owned.remove_netns(self.lab.record, pod.netns)
         self.pods.clear()

@@ -330,3 +330,17 @@ def test_xdp_rodata_is_the_nodes(node: DatapathObjects) -> None:
     ro = node.objects["xdp"].rodata
     assert (ro["routing_mode"], ro["enable_xdp_nodeport"]) == (2, 1)
     assert int(ro["native_mac"]).to_bytes(8, "little")[:6] == bytes.fromhex(UNDERLAY_MAC.replace(":", ""))
+
+
+def test_backend_data_reply_is_reverse_translated_at_xdp(node: DatapathObjects, eth0: int) -> None:
+    nodeport(node, [(REMOTE_BACKEND, BACKEND_PORT)])
+    out = xdp(node, from_outside(SYN, 41004), eth0)
+    nat_port = parse_l4(out.data).sport
+    assert xdp(node, from_outside(ACK, 41004), eth0).xdp_action == XdpAction.TX
+    for flags, payload in ((SYN | ACK, b""), (ACK | 0x08, b"x" * 300), (ACK | 0x01, b"")):
+        reply = tcp_frame(REMOTE_BACKEND, NODE_IP, BACKEND_PORT, nat_port, flags, smac=REMOTE_MAC,
+                          dmac=UNDERLAY_MAC, payload=payload)
+        run = xdp(node, reply, eth0)
+        assert run.xdp_action == XdpAction.TX, (flags, run.counted)
+        same_but_checksums(run.data, rewritten(reply, dmac=CLIENT_MAC, smac=UNDERLAY_MAC, src=NODE_IP, dst=OUTSIDE,
+                                               sport=NODE_PORT, dport=41004))
