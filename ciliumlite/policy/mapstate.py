@@ -63,3 +63,50 @@ MapState = dict[PolicyKey, PolicyEntry]
 def allow_all(egress: bool) -> PolicyKey:
     """The key of a direction no policy selects: any peer, any protocol, any port."""
     return PolicyKey(0, egress, 0, 0, 0)
+
+
+def prefix_length(key: PolicyKey) -> int:
+    """The key's protocol+port prefix bits, the value's ``lpm_prefix_length``: 0 (any protocol),
+    8 (a protocol, any port) or 8 + ``port_prefix``."""
+    return 0 if key.protocol == 0 else 8 + key.port_prefix
+
+
+def covers(broad: PolicyKey, narrow: PolicyKey) -> bool:
+    """Whether every packet ``narrow`` matches also matches ``broad`` (same identity and
+    direction; the protocol/port prefix of ``broad`` contains ``narrow``'s)."""
+    if broad.identity != narrow.identity or broad.egress != narrow.egress:
+        return False
+    if broad.protocol == 0:
+        return True
+    if broad.protocol != narrow.protocol or broad.port_prefix > narrow.port_prefix:
+        return False
+    shift = 16 - broad.port_prefix
+    return broad.port >> shift == narrow.port >> shift
+
+
+def deny_wins(state: MapState) -> MapState:
+    """``state`` with every allow that a deny of the same peer and direction covers turned into a
+    deny: within one identity's entries the longest prefix wins, so an allow more specific than a
+    deny would otherwise let through what the deny forbids. (Across identities the lookup rule
+    already prefers a deny: an exact-peer deny stops the lookup, a wildcard-peer deny beats any
+    exact-peer allow.) This is Cilium's deny-preferred insertion, done once over the result."""
+    denies: dict[tuple[int, bool], list[PolicyKey]] = {}
+    for key, entry in state.items():
+        if entry.deny:
+            denies.setdefault((key.identity, key.egress), []).append(key)
+    if not denies:
+        return dict(state)
+    out: MapState = {}
+    for key, entry in state.items():
+        if not entry.deny and any(covers(d, key) for d in denies.get((key.identity, key.egress), ())):
+            entry = PolicyEntry(deny=True)
+        out[key] = entry
+    return out
+
+
+def diff(old: MapState, new: MapState) -> tuple[MapState, list[PolicyKey]]:
+    """What turns ``old`` into ``new``: the entries to write (new or changed) and the keys to
+    delete, so a policy change is applied incrementally."""
+    writes = {k: v for k, v in new.items() if old.get(k) != v}
+    deletes = sorted(k for k in old if k not in new)
+    return writes, deletes
