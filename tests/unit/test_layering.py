@@ -22,6 +22,8 @@ ALLOWED = {
     "ciliumlite.bpf": (),
     "ciliumlite.datapath": ("ciliumlite.bpf", "ciliumlite.bgp.config", "ciliumlite.bgp.errors"),
     "ciliumlite.bgp.config": ("ciliumlite.bpf", "ciliumlite.bgp.errors"),
+    # The policy engine is pure Python: the kernel side (node.policy) imports it, never the reverse.
+    "ciliumlite.policy": ("ciliumlite.bpf.errors",),
 }
 FACADE = ("ciliumlite.node", "ciliumlite.node.datapath")
 #: Packages split by job into a stack of parts: a part imports only the parts before it, never the
@@ -29,6 +31,7 @@ FACADE = ("ciliumlite.node", "ciliumlite.node.datapath")
 STACKS = {
     "ciliumlite.cluster.etcd": ("keys", "records", "client", "stream", "lease", "watch", "identities", "store"),
     "ciliumlite.bgp": ("errors", "config", "status", "proc", "bird"),
+    "ciliumlite.policy": ("labels", "identity", "mapstate", "ports", "selector", "rules", "engine", "verdict"),
 }
 
 
