@@ -45,8 +45,11 @@
  *   3. daddr is a local pod: reverse-SNATed masquerade replies are
  *      delivered at once; else (lb_mode != SNAT) DSR option handling on the
  *      backend node (dsr.h dsr_ingress: trusted option -> CT_F_DSR_INTERNAL
- *      entry + NAT OUT entry for the reply), reverse NAT of per-packet
- *      service replies (lb.h), ipv4_local_delivery; anything else -> stack.
+ *      entry + NAT OUT entry for the reply), the pod's ingress policy
+ *      (enable_policy, policy.h: source identity = ipcache on saddr),
+ *      reverse NAT of per-packet service replies (lb.h),
+ *      ipv4_local_delivery; anything else -> stack. A NodePort packet
+ *      DNATed to a local backend (2.) meets the same ingress policy.
  *   Frames this program cannot parse or that are not ours always go to the
  *   stack: a bug here must not cut the node off its underlay.
  *
@@ -99,9 +102,7 @@
 #include "ciliumlite/nat.h"
 #include "ciliumlite/dsr.h"
 #include "ciliumlite/tailcall.h"
-
-/* Cilium's reserved identity of traffic from outside the cluster. */
-#define WORLD_ID		2
+#include "ciliumlite/policy.h"	/* also WORLD_ID, Cilium's identity of the outside */
 
 #define pass_to_stack(ctx)	send_to_stack((ctx), METRIC_INGRESS)
 
@@ -203,6 +204,14 @@ nodeport_lb4(struct __sk_buff *ctx, struct pkt4 *p, struct lb4_key *key,
 	if (ep) {
 		if (ep->flags & ENDPOINT_F_HOST)
 			return pass_to_stack(ctx);
+		/* The backend pod's ingress policy, against the client's
+		 * identity (ipcache on the source: WORLD from outside). */
+		if (enable_policy) {
+			ret = policy_ingress_from_network(ctx, p->l3_off, p->l4_off - p->l3_off, ep,
+							  ipcache_lookup_identity(p->saddr));
+			if (ret)
+				return send_drop(ctx, ret, METRIC_INGRESS);
+		}
 		return ipv4_local_delivery(ctx, p->l3_off, ep, METRIC_INGRESS, false);
 	}
 
@@ -324,6 +333,15 @@ deliver:
 		return ipv4_local_delivery(ctx, l3_off, ep, METRIC_INGRESS, false);
 	if (lb_mode != LB_MODE_SNAT && p.proto && p.proto != IPPROTO_ICMP) {
 		ret = dsr_ingress(ctx, &p, hdr_len);
+		if (ret)
+			return send_drop(ctx, ret, METRIC_INGRESS);
+	}
+
+	/* Native routing: the source's identity from the ipcache (Cilium's
+	 * resolve_srcid_ipv4), then the receiving pod's ingress policy. */
+	if (enable_policy) {
+		ret = policy_ingress_from_network(ctx, l3_off, hdr_len, ep,
+						  ipcache_lookup_identity(p.saddr));
 		if (ret)
 			return send_drop(ctx, ret, METRIC_INGRESS);
 	}

@@ -37,6 +37,12 @@
  *        connection from the same client port to this very backend) starts
  *        a fresh entry without it, so its replies are not reverse-NATed;
  *      then the steps below run on the translated destination;
+ *   1c. policy (enable_policy; policy.h): UDP to the VXLAN port ->
+ *      DROP_ENCAP_PROHIBITED; replies (CT) pass; every forward packet is
+ *      checked against the egress policy of this pod (peer: the local
+ *      endpoint's identity, or ipcache on the translated daddr, WORLD on a
+ *      miss) and, for a local destination pod, its ingress policy (peer:
+ *      this pod's identity); a new allowed connection gets its CT entry;
  *   2. daddr is a local pod          -> ipv4_local_delivery (redirect_peer);
  *      daddr is a local host IP      -> stack;
  *   3. routing_mode TUNNEL: cilium_tunnel_map[daddr & tunnel_prefix_mask]
@@ -63,6 +69,8 @@
  *   cilium_tunnel_map  HASH         tunnel_key   -> tunnel_value    read
  *   cilium_lb4_services_v2, _backends_v3, _reverse_nat              read
  *   cilium_lb4_affinity, cilium_ct4_global, cilium_ct_any4_global   read/write
+ *   cilium_ipcache, cilium_policy (+ inner maps)                   read
+ *   cilium_policystats LRU_PERCPU_HASH (policy.h)                 read/write
  *   cilium_metrics     PERCPU_HASH  metrics_key  -> metrics_value  read/write
  *   cilium_events      RINGBUF      drop/trace events (trace.h)    write
  *
@@ -98,6 +106,7 @@
 #include "ciliumlite/ct.h"
 #include "ciliumlite/lb.h"
 #include "ciliumlite/icmp.h"
+#include "ciliumlite/policy.h"
 
 /* See the table above. */
 const volatile __u8 enable_arp_responder = 1;
@@ -175,6 +184,57 @@ static __always_inline int handle_arp(struct __sk_buff *ctx)
 	return bpf_redirect(ctx->ifindex, 0);
 }
 
+/* Policy of a packet from a pod (Cilium's policy_can_egress4 in
+ * handle_ipv4_from_lxc and, for a local destination, the receiver's
+ * policy_can_ingress4 run before the redirect): @p after service
+ * translation, @dst its destination's cilium_lxc row (NULL: not local),
+ * @ct_flags what lb4_rev_nat_reply said, @translated whether the service
+ * translation rewrote the destination (its CT entry is accounted there).
+ * Returns 0 or a DROP_*. */
+static __always_inline int
+lxc_policy(struct __sk_buff *ctx, const struct pkt4 *p, __u16 src_ep_id, __u32 src_sec_id,
+	   const struct endpoint_info *dst, __u16 ct_flags, bool translated)
+{
+	struct policy_pkt pk = {};
+	struct ct_entry *orig;
+	enum policy_ct ct;
+	__u32 peer;
+	int ret;
+
+	if (policy_encap_prohibited(p))
+		return DROP_ENCAP_PROHIBITED;
+	/* The reply of a translated connection (its source is the frontend
+	 * again), or a pod reaching itself through a service (hairpin,
+	 * source 169.254.42.1: Cilium's loopback bypass). */
+	if ((ct_flags & CT_F_REVNAT_DONE) || p->saddr == IPV4_LOOPBACK)
+		return 0;
+	policy_pkt_init(ctx, p, &pk);
+	ct = policy_ct_classify(&pk, &orig);
+	if (ct == POLICY_CT_REPLY)
+		return 0;
+	if (dst) {
+		peer = dst->sec_id;	/* HOST_ID for the node's own addresses */
+		/* The node reaches its pods through the stack, which no program
+		 * here sees, so its connections have no CT entry: a TCP segment
+		 * other than a SYN from a pod to its node is taken for the reply
+		 * it almost always is (kubelet probes, the node's clients). */
+		if ((dst->flags & ENDPOINT_F_HOST) && !orig && pk.pp.proto == IPPROTO_TCP &&
+		    !pkt4_is_tcp_syn(&pk.pp))
+			return 0;
+	} else {
+		peer = ipcache_lookup_identity(p->daddr);
+	}
+	ret = policy_check(ctx, src_ep_id, peer, 1, &pk, ct == POLICY_CT_NEW);
+	if (ret)
+		return ret;
+	if (dst && !(dst->flags & ENDPOINT_F_HOST)) {
+		ret = policy_check(ctx, dst->lxc_id, src_sec_id, 0, &pk, ct == POLICY_CT_NEW);
+		if (ret)
+			return ret;
+	}
+	return policy_ct_commit(ctx, &pk, orig, src_sec_id, !translated);
+}
+
 /* Per-packet service translation (Cilium __per_packet_lb_svc_xlate_4 +
  * lb4_local + lb4_xlate). @p is a TCP/UDP packet from a validated pod. If its
  * daddr:dport is a frontend (internal scope for two-scope services), pick the
@@ -234,7 +294,9 @@ static __always_inline int handle_ipv4(struct __sk_buff *ctx)
 	__u32 src_sec_id;
 	struct pkt4 p = {};
 	__u16 ct_flags = 0;
+	__u16 src_ep_id;
 	bool nodeport_reply;
+	bool translated = false;
 	__be32 daddr;
 	int ret;
 
@@ -257,6 +319,7 @@ static __always_inline int handle_ipv4(struct __sk_buff *ctx)
 	if (!eth_addr_eq_mac(eth->h_source, &ep->mac))
 		return send_drop(ctx, DROP_INVALID_SMAC, METRIC_EGRESS);
 	src_sec_id = ep->sec_id;
+	src_ep_id = ep->lxc_id;
 
 	/* ---- Service translation (lb.h, ct.h) ---------------------------
 	 * 1. A reply of a translated connection (this pod is the backend):
@@ -271,7 +334,10 @@ static __always_inline int handle_ipv4(struct __sk_buff *ctx)
 		if (ret)
 			return send_drop(ctx, ret, METRIC_EGRESS);
 		if (!ct_flags) {
+			__be32 before = p.daddr;
+
 			ret = lxc_svc_xlate(ctx, &p, src_sec_id);
+			translated = p.daddr != before;
 			/* No backend (the packet is still untranslated): ICMP
 			 * port unreachable back into the pod, so connect()
 			 * fails at once with ECONNREFUSED (Cilium's default
@@ -294,6 +360,11 @@ static __always_inline int handle_ipv4(struct __sk_buff *ctx)
 	/* Destination: a pod on this node -> straight into it; one of the
 	 * node's own IPs -> the stack. */
 	ep = lookup_ip4_endpoint(daddr);
+	if (enable_policy) {
+		ret = lxc_policy(ctx, &p, src_ep_id, src_sec_id, ep, ct_flags, translated);
+		if (ret)
+			return send_drop(ctx, ret, METRIC_EGRESS);
+	}
 	if (ep) {
 		if (!(ep->flags & ENDPOINT_F_HOST))
 			return ipv4_local_delivery(ctx, l3_off, ep, METRIC_EGRESS, false);

@@ -29,7 +29,11 @@
  *                                      not on this node should arrive here).
  *
  * The VNI (tunnel_id) is the sender's source security identity (encap.h).
- * It is read here (src_identity) but not used yet: policy will consume it.
+ * With enable_policy (policy.h) it is the peer of the receiving pod's
+ * ingress policy, checked before the reverse NAT and the delivery (a reply of
+ * a connection this node knows passes; a new allowed connection gets its CT
+ * entry here); a VNI claiming HOST (1) is DROP_INVALID_IDENTITY: a node
+ * presents its own traffic as REMOTE_NODE, so only a forgery says HOST.
  *
  * Why PACKET_HOST: the inner frame's destination MAC is the *sender's* lxc
  * MAC (MACs are not rewritten on encap), so after eth_type_trans() on the
@@ -41,6 +45,7 @@
  *
  * Maps (maps.h, pinned by name)
  *   cilium_lxc      HASH         endpoint_key -> endpoint_info   read
+ *   cilium_ipcache, cilium_policy, cilium_policystats (policy.h)
  *   cilium_metrics  PERCPU_HASH  metrics_key  -> metrics_value  read/write
  *   cilium_events   RINGBUF      drop/trace events (trace.h)    write
  *
@@ -67,11 +72,12 @@
 #include "ciliumlite/l3.h"
 #include "ciliumlite/encap.h"
 #include "ciliumlite/lb.h"
+#include "ciliumlite/policy.h"
 
 #define pass_to_stack(ctx)	send_to_stack((ctx), METRIC_INGRESS)
 
 static __always_inline int
-handle_ipv4(struct __sk_buff *ctx, __u32 src_identity __attribute__((unused)))
+handle_ipv4(struct __sk_buff *ctx, __u32 src_identity)
 {
 	const __u32 l3_off = ETH_HLEN;
 	struct endpoint_info *ep;
@@ -86,7 +92,6 @@ handle_ipv4(struct __sk_buff *ctx, __u32 src_identity __attribute__((unused)))
 	if (!ip4)
 		return send_drop(ctx, DROP_INVALID, METRIC_INGRESS);
 
-	/* TODO(policy): ingress policy for src_identity -> ep goes here. */
 	ep = lookup_ip4_endpoint(ip4->daddr);
 	if (!ep)
 		return send_drop(ctx, DROP_UNROUTABLE, METRIC_INGRESS);
@@ -95,6 +100,14 @@ handle_ipv4(struct __sk_buff *ctx, __u32 src_identity __attribute__((unused)))
 		if (bpf_skb_change_type(ctx, PACKET_HOST) < 0)
 			return send_drop(ctx, DROP_WRITE_ERROR, METRIC_INGRESS);
 		return pass_to_stack(ctx);
+	}
+
+	if (enable_policy) {
+		if (src_identity == HOST_ID)
+			return send_drop(ctx, DROP_INVALID_IDENTITY, METRIC_INGRESS);
+		ret = policy_ingress_from_network(ctx, l3_off, hdr_len, ep, src_identity);
+		if (ret)
+			return send_drop(ctx, ret, METRIC_INGRESS);
 	}
 
 	/* Reply of a service connection this node translated: source back to

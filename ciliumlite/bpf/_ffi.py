@@ -106,6 +106,22 @@ int bpf_map_lookup_batch(int fd, void *in_batch, void *out_batch, void *keys, vo
                          __u32 *count, const struct bpf_map_batch_opts *opts);
 int bpf_map_delete_batch(int fd, const void *keys, __u32 *count, const struct bpf_map_batch_opts *opts);
 
+struct bpf_map_create_opts {
+    size_t sz;
+    __u32 btf_fd;
+    __u32 btf_key_type_id;
+    __u32 btf_value_type_id;
+    __u32 btf_vmlinux_value_type_id;
+    __u32 inner_map_fd;
+    __u32 map_flags;
+    __u64 map_extra;
+    __u32 numa_node;
+    __u32 map_ifindex;
+};
+/* enum bpf_map_type in libbpf's header. */
+int bpf_map_create(int map_type, const char *map_name, __u32 key_size, __u32 value_size,
+                   __u32 max_entries, const struct bpf_map_create_opts *opts);
+
 int bpf_obj_pin(int fd, const char *pathname);
 int bpf_obj_get(const char *pathname);
 int bpf_obj_get_info_by_fd(int bpf_fd, void *info, __u32 *info_len);

@@ -483,6 +483,42 @@ class Map(Generic[K, V]):
             os.close(fd)
             raise
 
+    @classmethod
+    def create(cls, map_type: MapType, name: str, key: Any, value: Any, max_entries: int, *,
+               flags: int = 0) -> Map[Any, Any]:
+        """Create a map from user space (no BTF: ``key``/``value`` are checked by size only); the
+        handle owns the fd. Used for the inner maps of a map-in-map, which no object declares.
+
+        Raises :class:`ValidationError` for a bad size or name, :class:`BpfError` when the kernel
+        refuses (EINVAL for a type/flag combination it does not take, ENOMEM, EPERM).
+        """
+        if not 0 < max_entries < 1 << 32:
+            raise ValidationError(f"map {name}: max_entries {max_entries} is not a positive u32")
+        kc, vc = codec_for(key), codec_for(value)
+        opts = ffi.new("struct bpf_map_create_opts *", {"sz": ffi.sizeof("struct bpf_map_create_opts"),
+                                                         "map_flags": flags})
+        fd = lib.bpf_map_create(int(map_type), name[:15].encode(), kc.SIZE, vc.SIZE, max_entries, opts)
+        if fd < 0:
+            raise BpfError("create map", -fd, target=f"{name} ({map_type.name}, {max_entries} entries)")
+        try:
+            return Map(fd, MapInfo.from_fd(fd), key=key, value=value, owns_fd=True)
+        except BaseException:
+            os.close(fd)
+            raise
+
+    @classmethod
+    def from_id(cls, map_id: int, key: Any = None, value: Any = None) -> Map[Any, Any]:
+        """Open the map with kernel id ``map_id`` (e.g. an inner map, as its outer map reads back);
+        types are checked by size. Raises :class:`BpfError` (ENOENT once the map is gone)."""
+        fd = lib.bpf_map_get_fd_by_id(map_id)
+        if fd < 0:
+            raise BpfError("open map by id", -fd, target=f"map id {map_id}")
+        try:
+            return Map(fd, MapInfo.from_fd(fd), key=key, value=value, owns_fd=True)
+        except BaseException:
+            os.close(fd)
+            raise
+
     def _invalidate(self) -> None:
         # The owning object closed its fd: forget it so a reused fd number is never written to.
         self._fd = -1

@@ -29,6 +29,8 @@ NODEPORT_MIN, NODEPORT_MAX = 30000, 32767
 #: The largest Maglev table Cilium supports (``--bpf-lb-maglev-table-size``).
 MAGLEV_MAX = 131071
 SNAT_PORT_MIN, SNAT_PORT_MAX = 32768, 65535
+#: Entries of one endpoint's policy map: Cilium's default and bounds (``bpf-policy-map-max``).
+POLICY_MAP_SIZE, POLICY_MAP_MIN, POLICY_MAP_MAX = 16384, 1 << 8, 1 << 16
 #: The size of ``cilium_sock_exc`` (sockops.h): ports socket acceleration leaves alone.
 SOCKOPS_EXCLUDE_MAX = 64
 
@@ -49,6 +51,11 @@ class DatapathConfig:
     turning it on means a new Datapath. ``events_per_sec`` rate-limits events per CPU (burst = the
     rate; 0 = no limit); what the limit or a full ring buffer holds back is counted in
     ``cilium_metrics`` as ``EVENT_LOST_RATE_LIMIT`` / ``EVENT_LOST_RING_FULL``.
+
+    ``enable_policy`` turns on network policy enforcement (``docs/policy.md``; .rodata, so it is fixed
+    at load): each endpoint given a MapState (``Datapath.policy``) is enforced at egress and ingress,
+    in an LPM trie of ``policy_map_size`` entries (Cilium's ``bpf-policy-map-max``, 256..65536).
+    Off, the verifier prunes the policy code: nothing is checked and nothing costs.
 
     ``acceleration`` (Helm's ``loadBalancer.acceleration``) runs NodePort for remote backends in XDP
     on ``underlay_device`` (``bpf_xdp.o``, :mod:`ciliumlite.node.xdp`, ``docs/xdp.md``): ``"native"``
@@ -90,6 +97,8 @@ class DatapathConfig:
     monitor_drops: bool = True
     monitor_trace: bool = False
     events_per_sec: int = 1000
+    enable_policy: bool = False
+    policy_map_size: int = POLICY_MAP_SIZE
     bgp_asn: int | None = None
     bgp_peers: tuple[BgpPeer, ...] = ()
     extra_rodata: dict[str, Any] = field(default_factory=dict)
@@ -143,6 +152,12 @@ class DatapathConfig:
                 or not 0 <= self.events_per_sec <= 0xFFFFFFFF:
             raise ValidationError(f"events_per_sec must be an int in 0..4294967295 (0 = no limit), "
                                   f"not {self.events_per_sec!r}")
+        if not isinstance(self.enable_policy, bool):
+            raise ValidationError(f"enable_policy must be a bool, not {self.enable_policy!r}")
+        if isinstance(self.policy_map_size, bool) or not isinstance(self.policy_map_size, int) or \
+                not POLICY_MAP_MIN <= self.policy_map_size <= POLICY_MAP_MAX:
+            raise ValidationError(f"policy_map_size must be an int in {POLICY_MAP_MIN}..{POLICY_MAP_MAX} "
+                                  f"(entries per endpoint), not {self.policy_map_size!r}")
         if self.bgp_asn is not None:
             if self.routing != "native":
                 raise ValidationError(f"bgp_asn needs routing='native' (routes learnt over BGP), not {self.routing!r}")
@@ -225,6 +240,7 @@ class DatapathConfig:
             drop_events=int(self.monitor_drops),
             trace_events=int(self.monitor_trace),
             events_per_sec=self.events_per_sec,
+            enable_policy=int(self.enable_policy),
             overrides=tuple(sorted(self.extra_rodata.items())),
         )
 
@@ -265,6 +281,7 @@ class NodeRodata:
     snat_port_min: int = SNAT_PORT_MIN
     snat_port_max: int = SNAT_PORT_MAX
     maglev_seed: int = 0
+    enable_policy: int = 0
     overrides: tuple[tuple[str, Any], ...] = ()
 
     def globals(self) -> dict[str, Any]:

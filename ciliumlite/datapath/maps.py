@@ -25,6 +25,7 @@ from ciliumlite.datapath.records import (
     CtEntry,
     EndpointInfo,
     EndpointKey,
+    IpcacheKey,
     Ipv4CtTuple,
     Lb4AffinityKey,
     Lb4Backend,
@@ -36,6 +37,9 @@ from ciliumlite.datapath.records import (
     MetricsKey,
     MetricsValue,
     NatEntry,
+    PolicyStatsKey,
+    PolicyStatsValue,
+    RemoteEndpointInfo,
     SockKey,
     SockopsConfig,
     SockopsCounter,
@@ -88,6 +92,13 @@ SOCKOPS_MAPS: Final[tuple[MapSpec[Any, Any], ...]] = (SOCK_OPS, SOCK_CFG, SOCK_C
 #: denied source /32s in a hash, every other prefix in an LPM trie (Cilium's CIDR4_HMAP / CIDR4_LMAP).
 PREFILTER_FIX: Final = MapSpec[Cidr4Key, Cidr4Value]("cilium_cidr_v4_fix", Cidr4Key, Cidr4Value)
 PREFILTER_DYN: Final = MapSpec[Cidr4Key, Cidr4Value]("cilium_cidr_v4_dyn", Cidr4Key, Cidr4Value)
+#: Network policy's maps (``policy.h``; bpf_lxc, bpf_overlay and bpf_host declare them, so not in
+#: :data:`ALL`, whose maps every reader may expect). ``cilium_policy`` is a hash of maps: write an
+#: inner map's fd, read back its id (:mod:`ciliumlite.node.policy` holds the inner maps' records).
+IPCACHE: Final = MapSpec[IpcacheKey, RemoteEndpointInfo]("cilium_ipcache", IpcacheKey, RemoteEndpointInfo)
+POLICY: Final = MapSpec[int, int]("cilium_policy", U32, U32)
+POLICY_STATS: Final = MapSpec[PolicyStatsKey, Any]("cilium_policystats", PolicyStatsKey, PolicyStatsValue)
+POLICY_MAPS: Final[tuple[MapSpec[Any, Any], ...]] = (IPCACHE, POLICY, POLICY_STATS)
 #: Maps without a record here: read with :mod:`ciliumlite.datapath.events`.
 EVENTS_NAME: Final = "cilium_events"
 EVENTS_RATELIMIT_NAME: Final = "cilium_events_ratelimit"

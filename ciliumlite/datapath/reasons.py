@@ -87,9 +87,11 @@ class Reason(enum.IntEnum):
     DROP_NAT_NO_MAPPING = 167
     DROP_NAT_UNSUPP_PROTO = 168
     DROP_NO_FIB = 169
+    DROP_ENCAP_PROHIBITED = 170
     DROP_INVALID_IDENTITY = 171
     DROP_IS_CLUSTER_IP = 174
     DROP_NOT_IN_SRC_RANGE = 177
+    DROP_POLICY_DENY = 181
     DROP_INVALID_VNI = 183
     DROP_DSR_ENCAP_UNSUPP_PROTO = 193
     DROP_TTL_EXCEEDED = 196
@@ -163,9 +165,11 @@ _TEXT: Final[Mapping[Reason, str]] = MappingProxyType({
     Reason.DROP_NAT_NO_MAPPING: "No mapping for NAT masquerade",
     Reason.DROP_NAT_UNSUPP_PROTO: "Unsupported protocol for NAT masquerade",
     Reason.DROP_NO_FIB: "FIB lookup failed",
+    Reason.DROP_ENCAP_PROHIBITED: "Encapsulation traffic is prohibited",
     Reason.DROP_INVALID_IDENTITY: "Invalid identity",
     Reason.DROP_IS_CLUSTER_IP: "Is a ClusterIP",
     Reason.DROP_NOT_IN_SRC_RANGE: "Denied by LB src range check",
+    Reason.DROP_POLICY_DENY: "Policy denied by denylist",
     Reason.DROP_INVALID_VNI: "Incorrect VNI from VTEP",
     Reason.DROP_DSR_ENCAP_UNSUPP_PROTO: "Unsupported packet protocol for DSR encapsulation",
     Reason.DROP_TTL_EXCEEDED: "TTL exceeded",
@@ -193,6 +197,7 @@ SOURCE_FILES: Final[Mapping[int, str]] = MappingProxyType({
     113: "fib.h",
     114: "l4.h",
     115: "icmp.h",
+    116: "policy.h",
 })
 """The ``file`` byte of ``struct metrics_key`` -> C source name (``__cl_file_id`` in ``metrics.h``)."""
 

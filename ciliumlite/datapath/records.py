@@ -235,3 +235,71 @@ class Cidr4Value(Record, c_name="cidr4_value", size=1):
     """Value of the prefilter maps: only presence matters (Cilium's ``struct lpm_val``)."""
 
     flags: Annotated[int, U8] = 0
+
+
+# -- network policy (csrc/include/ciliumlite/policy.h) ----------------------------------------------------
+
+#: ``policy_entry.flags``: bit 0 deny, bits 3..7 the entry's ``lpm_prefix_length``.
+POLICY_F_DENY = 0x01
+POLICY_LPM_SHIFT = 3
+#: Bits of a policy key every entry matches exactly (sec_label + egress), and the full prefix.
+POLICY_L3_PREFIX, POLICY_FULL_PREFIX = 40, 64
+#: An IPv4 /n in the ipcache is prefixlen 32 + n (the 32 bits before the address always match).
+IPCACHE_STATIC_PREFIX = 32
+IPCACHE_F_HAS_TUNNEL_EP = 0x01
+
+
+@dataclass(frozen=True, slots=True)
+class IpcacheKey(Record, c_name="ipcache_key", size=12):
+    """Key of ``cilium_ipcache``: an IPv4 prefix (``prefixlen`` = 32 + the prefix's length)."""
+
+    prefixlen: Annotated[int, U32]
+    family: Annotated[int, U8, At(7)]
+    ip4: Annotated[IPv4Address, IPV4, At(8)]
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteEndpointInfo(Record, c_name="remote_endpoint_info", size=12):
+    """Value of ``cilium_ipcache``: the prefix's identity and the node that hosts it (0: none)."""
+
+    sec_identity: Annotated[int, U32]
+    tunnel_endpoint: Annotated[IPv4Address, IPV4]
+    flags: Annotated[int, U8] = 0
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyMapKey(Record, c_name="policy_key", size=12):
+    """Key of an endpoint's policy LPM trie (Cilium 1.14+'s layout; ``dport`` host order here)."""
+
+    prefixlen: Annotated[int, U32]
+    sec_label: Annotated[int, U32]
+    egress: Annotated[int, U8]
+    protocol: Annotated[int, U8]
+    dport: Annotated[int, BE16]
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyMapEntry(Record, c_name="policy_entry", size=4):
+    """Value of an endpoint's policy LPM trie: deny and the entry's proto+port prefix length."""
+
+    flags: Annotated[int, U8]
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyStatsKey(Record, c_name="policy_stats_key", size=12):
+    """Key of ``cilium_policystats``: the entry that matched, for one endpoint."""
+
+    endpoint_id: Annotated[int, U16]
+    prefix_len: Annotated[int, U8, At(3)]
+    sec_label: Annotated[int, U32]
+    egress: Annotated[int, U8]
+    protocol: Annotated[int, U8]
+    dport: Annotated[int, BE16]
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyStatsValue(Record, c_name="policy_stats_value", size=16):
+    """Per-CPU value of ``cilium_policystats``."""
+
+    packets: Annotated[int, U64]
+    bytes: Annotated[int, U64]

@@ -40,7 +40,8 @@ REPORT = Path(__file__).resolve().parents[2] / "build" / "verifier-headroom.md"
 
 #: NodeRodata fields that switch code on or off (or prune it when 0): the matrix must vary each.
 SWITCHES = frozenset({"routing_mode", "lb_mode", "enable_masquerade", "trace_events", "drop_events",
-                      "events_per_sec", "enable_socket_lb", "enable_per_packet_lb", "node_ipv4"})
+                      "events_per_sec", "enable_socket_lb", "enable_per_packet_lb", "node_ipv4",
+                      "enable_policy"})
 #: NodeRodata fields that are values the code computes with (addresses, sizes, ranges, ids).
 VALUES = frozenset({"tunnel_ifindex", "native_ifindex", "native_cidr", "native_cidr_mask", "tunnel_prefix_mask",
                     "pod_cidr", "pod_cidr_mask", "maglev_table_size", "native_mtu", "host_netns_cookie",
@@ -76,6 +77,9 @@ def configurations() -> dict[str, DatapathConfig]:
         for routing, lb in (("native", "hybrid"), ("vxlan", "snat")):
             out[f"{routing}/{lb} masq=1 trace=1, {label}"] = _config(routing, lb, **heavy, **kw)
     out["none/snat masq=1 trace=1, node address set"] = _config("none", "snat", **heavy, node_ip=NODE_IP)
+    # Policy enforcement (policy.h) adds CT and two LPM lookups per direction to every path.
+    for routing, lb in ROUTING_LB:
+        out[f"{routing}/{lb} masq=1 trace=1, policy"] = _config(routing, lb, **heavy, enable_policy=True)
     return out
 
 

@@ -72,6 +72,13 @@
  *                                              netns (bpf_sock: loopback wildcard
  *                                              only from there); 0 = init_net's
  *
+ *   Network policy (policy.h, docs/policy.md):
+ *   enable_policy       __u8    0              1: bpf_lxc / bpf_overlay / bpf_host
+ *                                              enforce each endpoint's policy map
+ *                                              (cilium_policy) and track every
+ *                                              connection for it; 0: the verifier
+ *                                              prunes all of it (no policy, no cost)
+ *
  *   Monitoring (trace.h, ring buffer cilium_events):
  *   drop_events         __u8    1              every send_drop() sends a
  *                                              drop_notify event
@@ -135,6 +142,8 @@ const volatile __u32 maglev_table_size = 1021;
 const volatile __u32 maglev_seed = 0;
 const volatile __u32 native_mtu = 1500;
 const volatile __u64 host_netns_cookie = 0;
+
+const volatile __u8 enable_policy = 0;
 
 const volatile __u8 drop_events = 1;
 const volatile __u8 trace_events = 0;

@@ -53,6 +53,7 @@ static __always_inline __u8 __cl_file_id(const char *const file_name)
 	__cl_file_case(113, "fib.h");
 	__cl_file_case(114, "l4.h");
 	__cl_file_case(115, "icmp.h");
+	__cl_file_case(116, "policy.h");
 	return 0;	/* unknown */
 }
 

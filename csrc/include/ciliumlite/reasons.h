@@ -68,9 +68,11 @@ enum cl_reason {
 	DROP_NAT_NO_MAPPING		= 167,	/* "No mapping for NAT masquerade" */
 	DROP_NAT_UNSUPP_PROTO		= 168,	/* "Unsupported protocol for NAT masquerade" */
 	DROP_NO_FIB			= 169,	/* "FIB lookup failed" */
+	DROP_ENCAP_PROHIBITED		= 170,	/* "Encapsulation traffic is prohibited" */
 	DROP_INVALID_IDENTITY		= 171,	/* "Invalid identity" */
 	DROP_IS_CLUSTER_IP		= 174,	/* "Is a ClusterIP" */
 	DROP_NOT_IN_SRC_RANGE		= 177,	/* "Denied by LB src range check" */
+	DROP_POLICY_DENY		= 181,	/* "Policy denied by denylist" */
 	DROP_INVALID_VNI		= 183,	/* "Incorrect VNI from VTEP" */
 	DROP_DSR_ENCAP_UNSUPP_PROTO	= 193,	/* "Unsupported packet protocol for DSR encapsulation" */
 	DROP_TTL_EXCEEDED		= 196,	/* "TTL exceeded" */
