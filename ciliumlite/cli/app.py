@@ -99,6 +99,11 @@ def version(output: OutputOpt = Output.table) -> None:
 
 register(app)
 
+# -- ciliumlite prefilter list|update|delete: the XDP prefilter (ciliumlite.cli.prefilter)
+from ciliumlite.cli.prefilter import prefilter_app  # noqa: E402
+
+app.add_typer(prefilter_app, name="prefilter")
+
 # -- ciliumlite agent (the node's long-running agent: ciliumlite.agent, flags in ciliumlite.cli.agent)
 from ciliumlite.cli.agent import agent_command  # noqa: E402
 
