@@ -284,6 +284,7 @@ class EventKind(enum.StrEnum):
 
     drop = "drop"
     trace = "trace"
+    policy_verdict = "policy-verdict"
 
 
 def _lost_events(run: Run, dps: list[RegisteredDatapath]) -> dict[str, dict[int, int]]:
@@ -325,7 +326,7 @@ def _open_monitors(run: Run, dps: list[RegisteredDatapath], types: set[str]) -> 
 
 def monitor(
     event_type: Annotated[list[EventKind] | None, typer.Option(
-        "--type", "-t", help="drop or trace (repeatable; default: both)")] = None,
+        "--type", "-t", help="drop, trace or policy-verdict (repeatable; default: all)")] = None,
     lab: LabOpt = None, node: NodeOpt = None, output: OutputOpt = Output.table,
     duration: Annotated[float | None, typer.Option(
         "--duration", metavar="SECONDS", min=0.0, help="stop after SECONDS (default: run until Ctrl-C)")] = None,

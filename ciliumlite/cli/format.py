@@ -17,7 +17,7 @@ from typing import Any
 from rich import box
 from rich.table import Table
 
-from ciliumlite.datapath.events import DropEvent, TraceEvent
+from ciliumlite.datapath.events import DropEvent, PolicyVerdictEvent, TraceEvent
 from ciliumlite.datapath.maps import MetricRow
 from ciliumlite.datapath.reasons import EVENT_LOST, Direction, describe, is_drop
 from ciliumlite.datapath.records import (
@@ -480,7 +480,7 @@ def endpoint_names(dp: RegisteredDatapath) -> dict[int, Row]:
     return out
 
 
-def monitor_row(ev: DropEvent | TraceEvent, endpoints: Mapping[int, Row] | None = None) -> Row:
+def monitor_row(ev: DropEvent | TraceEvent | PolicyVerdictEvent, endpoints: Mapping[int, Row] | None = None) -> Row:
     """One event as ``monitor --output json`` prints it: the decoded fields, plus the endpoint (pod)
     whose lxc device ``ifindex`` / ``dst_ifindex`` is, when the registry knows it."""
     row = ev.as_dict()

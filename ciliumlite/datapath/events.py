@@ -45,7 +45,8 @@ from ciliumlite.datapath.reasons import Direction, Reason, describe, source_file
 
 __all__ = [
     "CAP_LEN", "EVENTS_MAP", "EVENT_SIZE", "EVENT_TYPES", "NOTIFY_VERSION", "RATELIMIT_MAP",
-    "DropEvent", "Event", "EventDecodeError", "EventType", "EventsUnavailable", "Monitor", "TraceEvent",
+    "DropEvent", "Event", "EventDecodeError", "EventType", "EventsUnavailable", "Monitor", "PolicyVerdictEvent",
+    "TraceEvent",
     "TracePoint", "decode", "watch",
 ]
 
@@ -62,8 +63,8 @@ NOTIFY_VERSION: Final = 1
 FLAG_IPV4: Final = 0x01
 FLAG_L4: Final = 0x02
 
-EventKind = Literal["drop", "trace"]
-EVENT_TYPES: Final[frozenset[str]] = frozenset({"drop", "trace"})
+EventKind = Literal["drop", "trace", "policy-verdict"]
+EVENT_TYPES: Final[frozenset[str]] = frozenset({"drop", "trace", "policy-verdict"})
 
 # struct cl_notify_hdr (40 bytes, host order = little-endian on every supported machine):
 # type subtype version dir | line | file reason | ktime_ns | ifindex dst_ifindex len_orig |
@@ -83,6 +84,7 @@ class EventType(enum.IntEnum):
 
     DROP = 1
     TRACE = 2
+    POLICY_VERDICT = 5
 
 
 class TracePoint(enum.IntEnum):
@@ -171,7 +173,7 @@ class Event:
     node: str = ""
     """The datapath it came from (set by :class:`Monitor`)."""
 
-    type: Literal["drop", "trace"] = "drop"
+    type: Literal["drop", "trace", "policy-verdict"] = "drop"
 
     @property
     def reason_text(self) -> str:
@@ -260,7 +262,7 @@ def _ifindex_text(ifindex: int, ifnames: Mapping[int, str] | None) -> str:
 class DropEvent(Event):
     """A packet the datapath dropped (``struct drop_notify``)."""
 
-    type: Literal["drop", "trace"] = "drop"
+    type: Literal["drop", "trace", "policy-verdict"] = "drop"
 
     def describe(self, ifnames: Mapping[int, str] | None = None) -> str:
         """``xx drop (Invalid source ip) flow 0x0 to endpoint 0, ifindex 5, file bpf_lxc.c:248, …``"""
@@ -276,7 +278,7 @@ class TraceEvent(Event):
     """The observation point (:class:`TracePoint`)."""
     dst_ifindex: int = 0
     """Where the packet was redirected (the pod's lxc, ``cilium_vxlan``, the FIB's device); 0 otherwise."""
-    type: Literal["drop", "trace"] = "trace"
+    type: Literal["drop", "trace", "policy-verdict"] = "trace"
 
     @property
     def point_name(self) -> str:
@@ -307,15 +309,91 @@ class TraceEvent(Event):
         return out
 
 
+#: Cilium's match types (``POLICY_MATCH_*``) as ``cilium monitor`` prints them.
+MATCH_TYPES: Final[Mapping[int, str]] = {0: "none", 1: "L3-Only", 2: "L3-L4", 3: "L4-Only", 4: "all",
+                                          5: "L3-Proto", 6: "Proto-Only"}
+# Cilium's PolicyVerdictNotify header (32 bytes), then ciliumlite's ktime_ns, ifindex, cpu, line, file.
+_PV = struct.Struct("<BBHIIHHIiHBBBxHQIIHB")
+_PV_DATA = 56
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyVerdictEvent(Event):
+    """A policy decision (``struct policy_verdict_notify``, Cilium's ``PolicyVerdictNotify``): every denied
+    packet and the first packet of every allowed connection. ``reason`` is the drop code (0: allowed)."""
+
+    endpoint: int = 0
+    """The local endpoint whose policy decided."""
+    remote_identity: int = 0
+    verdict: int = 0
+    """0 allow, ``-DROP_*`` deny (Cilium's sign)."""
+    match: int = 0
+    """Cilium's match type (:data:`MATCH_TYPES`)."""
+    dst_port: int = 0
+    l4_proto: int = 0
+    type: Literal["drop", "trace", "policy-verdict"] = "policy-verdict"
+
+    @property
+    def action(self) -> str:
+        """``"allow"`` or ``"deny"``."""
+        return "allow" if self.verdict == 0 else "deny"
+
+    @property
+    def match_text(self) -> str:
+        """``"L3-L4"``, ``"L4-Only"``, … (Cilium's words)."""
+        return MATCH_TYPES.get(self.match, f"match {self.match}")
+
+    def describe(self, ifnames: Mapping[int, str] | None = None) -> str:
+        """``Policy verdict log: flow 0x0 local EP ID 3, remote ID 1234, proto 6, ingress, action allow, …``"""
+        return (f"Policy verdict log: flow 0x0 local EP ID {self.endpoint}, remote ID {self.remote_identity}, "
+                f"proto {self.l4_proto}, {self.direction}, action {self.action}, auth: disabled, "
+                f"match {self.match_text}, {self.flow_text()}")
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready fields, with Cilium's verdict fields."""
+        out = Event.as_dict(self)
+        out.update(endpoint=self.endpoint, remote_identity=self.remote_identity, verdict=self.verdict,
+                   action=self.action, match=self.match_text, dst_port=self.dst_port)
+        return out
+
+
+def _flow_from_frame(data: bytes) -> tuple[IPv4Address | None, IPv4Address | None, int | None, int | None, int | None]:
+    if len(data) < 34 or data[12:14] != b"\x08\x00" or data[14] >> 4 != 4:
+        return None, None, None, None, None
+    ihl, proto = (data[14] & 0xF) * 4, data[23]
+    saddr, daddr = IPv4Address(data[26:30]), IPv4Address(data[30:34])
+    frag = int.from_bytes(data[20:22], "big") & 0x1FFF
+    off = 14 + ihl
+    if proto in (6, 17, 132) and not frag and len(data) >= off + 4:
+        return saddr, daddr, int.from_bytes(data[off:off + 2], "big"), int.from_bytes(data[off + 2:off + 4], "big"), proto
+    return saddr, daddr, None, None, proto
+
+
+def _decode_verdict(raw: bytes | memoryview, node: str, offset: int) -> PolicyVerdictEvent:
+    (_t, _sub, source, _hash, orig_len, cap_len, _ver, label, verdict, dport, proto, flags, _auth, _pad,
+     ktime_ns, ifindex, cpu, line, file_id) = _PV.unpack_from(raw, 0)
+    data = bytes(raw[_PV_DATA:_PV_DATA + min(cap_len, CAP_LEN)])
+    saddr, daddr, sport, dp, fproto = _flow_from_frame(data)
+    return PolicyVerdictEvent(
+        time=(ktime_ns + offset) / 1e9, ktime_ns=ktime_ns, reason=-verdict if verdict < 0 else 0,
+        dir=Direction.INGRESS if flags & 1 else Direction.EGRESS, ifindex=ifindex, file_id=file_id, line=line,
+        len_orig=orig_len, cpu=cpu, saddr=saddr, daddr=daddr, sport=sport, dport=dp, proto=fproto, data=data,
+        node=node, endpoint=source, remote_identity=label, verdict=verdict, match=(flags >> 3) & 7,
+        dst_port=dport, l4_proto=proto)
+
+
 def _clock_offset_ns() -> int:
     """Wall clock minus CLOCK_MONOTONIC (the clock of ``bpf_ktime_get_ns``)."""
     return time.time_ns() - time.monotonic_ns()
 
 
-def decode(raw: bytes | memoryview, *, node: str = "", clock_offset_ns: int | None = None) -> DropEvent | TraceEvent:
+def decode(raw: bytes | memoryview, *, node: str = "",
+           clock_offset_ns: int | None = None) -> DropEvent | TraceEvent | PolicyVerdictEvent:
     """Decode one ring buffer record. Raises :class:`EventDecodeError` for anything else."""
     if len(raw) < EVENT_SIZE:
         raise EventDecodeError(f"event record of {len(raw)} bytes (expected {EVENT_SIZE})")
+    if raw[0] == EventType.POLICY_VERDICT:
+        return _decode_verdict(raw, node, _clock_offset_ns() if clock_offset_ns is None else clock_offset_ns)
     (etype, subtype, version, direction, line, file_id, reason, ktime_ns, ifindex, dst_ifindex, len_orig,
      len_cap, flags, cpu) = _HDR.unpack_from(raw, 0)
     if version != NOTIFY_VERSION:
@@ -379,8 +457,8 @@ class Monitor:
         """The ring buffer's fd: readable (``select``/``poll``) while records are waiting."""
         return self._map.fd
 
-    def _decode(self, records: list[bytes]) -> list[DropEvent | TraceEvent]:
-        out: list[DropEvent | TraceEvent] = []
+    def _decode(self, records: list[bytes]) -> list[DropEvent | TraceEvent | PolicyVerdictEvent]:
+        out: list[DropEvent | TraceEvent | PolicyVerdictEvent] = []
         for raw in records:
             try:
                 ev = decode(raw, node=self.node, clock_offset_ns=self._offset)
@@ -392,17 +470,17 @@ class Monitor:
                 out.append(ev)
         return out
 
-    def poll(self, timeout_ms: int = 100) -> list[DropEvent | TraceEvent]:
+    def poll(self, timeout_ms: int = 100) -> list[DropEvent | TraceEvent | PolicyVerdictEvent]:
         """Wait up to ``timeout_ms`` for records; the events among them (0 = just take what is there)."""
         return self._decode(self._ring.poll(timeout_ms))
 
-    def events(self, max_seconds: float = 1.0, *, timeout_ms: int = 100) -> Iterator[DropEvent | TraceEvent]:
+    def events(self, max_seconds: float = 1.0, *, timeout_ms: int = 100) -> Iterator[DropEvent | TraceEvent | PolicyVerdictEvent]:
         """Events arriving within ``max_seconds`` (bounded, for scripts and tests)."""
         deadline = time.monotonic() + max_seconds
         while (left := deadline - time.monotonic()) > 0:
             yield from self.poll(max(0, min(timeout_ms, int(left * 1000))))
 
-    def follow(self, on_event: Callable[[DropEvent | TraceEvent], None], *, stop: Callable[[], bool],
+    def follow(self, on_event: Callable[[DropEvent | TraceEvent | PolicyVerdictEvent], None], *, stop: Callable[[], bool],
                timeout_ms: int = 100) -> None:
         """Call ``on_event`` for every event until ``stop()`` returns True (checked every ``timeout_ms``)."""
         while not stop():
@@ -425,7 +503,7 @@ class Monitor:
 
 
 def watch(monitors: Sequence[Monitor], *, max_seconds: float | None = None, stop: Callable[[], bool] | None = None,
-          timeout_ms: int = 100) -> Iterator[DropEvent | TraceEvent]:
+          timeout_ms: int = 100) -> Iterator[DropEvent | TraceEvent | PolicyVerdictEvent]:
     """Events of several datapaths as they arrive, until ``max_seconds`` pass or ``stop()`` is True.
 
     One ``poll(2)`` waits on every ring buffer, so a quiet datapath does not delay a busy one.

@@ -41,12 +41,14 @@ from ciliumlite.node import state as state_mod
 from ciliumlite.node.endpoints import Endpoints, host_entry
 from ciliumlite.node.lifecycle import RELOADABLE, RestoreAndReload, netns_cookie
 from ciliumlite.node.netdev import NativeDevice
+from ciliumlite.node.policy import PolicyMaps
 from ciliumlite.node.prefilter import Prefilter, PrefilterView
 from ciliumlite.node.services import Services
 from ciliumlite.node.sockops import SockAcceleration
 from ciliumlite.node.tunnel import Tunnel
 from ciliumlite.node.xdp import XdpDevice
 from ciliumlite.ownership.identity import ProcessId, daemon_entries
+from ciliumlite.policy.identity import ReservedIdentity
 from ciliumlite.service import Service
 
 
@@ -95,6 +97,7 @@ class Datapath(RestoreAndReload):
         self._state = state_mod.StateWriter(config)
         self._xdp = XdpDevice(config, None, None, netns, 0)
         self._prefilter = Prefilter(self._xdp, None)
+        self._policy: PolicyMaps | None = None
 
     def _setup(self) -> None:
         cfg, netns = self._config, self._netns
@@ -138,6 +141,7 @@ class Datapath(RestoreAndReload):
             # stack (e.g. replies to node-to-pod traffic arriving through the tunnel).
             for host_ip in (cfg.gateway, IPv4Address(cfg.node_ip)):
                 self._maps.endpoints.set(*host_entry(host_ip))
+                self.policy.upsert(host_ip, ReservedIdentity.HOST)
             self._maps.nodes.set(int(IPv4Address(cfg.node_ip)), 1)
             self._netdev = NativeDevice(self._netns, native_ifindex, rodata, self._pin_dir, tc_mode=cfg.tc_mode)
             self._xdp = XdpDevice(cfg, rodata, self._pin_dir, self._netns, native_ifindex)
@@ -257,6 +261,7 @@ class Datapath(RestoreAndReload):
         with self._lock:
             if self._maps is not None:
                 self._maps.nodes.set(int(IPv4Address(node.ip)), 1)
+                self.policy.upsert(node.ip, ReservedIdentity.REMOTE_NODE)
             self._routing.add(node)
             self._remote[node.name] = node
             self._publish(("remote_nodes", node.name, dataclasses.asdict(node)))
@@ -269,6 +274,7 @@ class Datapath(RestoreAndReload):
                 return
             if self._maps is not None:
                 self._maps.nodes.pop(int(IPv4Address(known.ip)), None)
+                self.policy.delete(known.ip)
             self._routing.remove(known)
             self._publish(("remote_nodes", known.name, None))
 
@@ -334,6 +340,19 @@ class Datapath(RestoreAndReload):
             (self._sockops.enable if enabled else self._sockops.disable)()
             self._publish()
 
+    # -- network policy ---------------------------------------------------------------------------------
+    @property
+    def policy(self) -> PolicyMaps:
+        """Endpoints' policy maps and the ipcache (:class:`~ciliumlite.node.policy.PolicyMaps`).
+
+        Raises :class:`CiliumliteError` before the datapath is loaded (legacy host routing).
+        """
+        if self._policy is None:
+            if self._pin_dir is None:
+                raise CiliumliteError(f"{self._config.node_name}: no BPF datapath loaded, so no policy maps")
+            self._policy = PolicyMaps(self._pin_dir, self._config.policy_map_size)
+        return self._policy
+
     # -- XDP ------------------------------------------------------------------------------------------
     @property
     def prefilter(self) -> PrefilterView:
@@ -362,6 +381,8 @@ class Datapath(RestoreAndReload):
         with self._lock:
             ep = self._endpoints.add(pod_netns, name=name, ip=ip, labels=labels, identity=identity, ifname=ifname,
                                      pod_ifname=pod_ifname, adopt=adopt)
+            if self._pin_dir is not None:
+                self.policy.upsert(ep.ip, ep.identity)
             self._publish(("endpoints", str(ep.id), Endpoints.entry(ep)))
             return ep
 
@@ -372,6 +393,9 @@ class Datapath(RestoreAndReload):
         """
         with self._lock:
             gone = self._endpoints.remove(ep)
+            if self._pin_dir is not None:  # its policy map is freed, its address forgotten
+                self.policy.clear(gone)
+                self.policy.delete(gone.ip)
             self._publish(("endpoints", str(gone.id), None))
 
     def endpoints(self) -> list[Endpoint]:
@@ -454,6 +478,7 @@ class Datapath(RestoreAndReload):
                     errors.append(f"{type(part).__name__}: {exc}")
         self._netdev = self._tunnel = None
         self._routing = routing_mod.NoRouting()
+        self._close_policy()
         if self._maps is not None:
             self._maps.close()
             self._maps = None
@@ -500,10 +525,16 @@ class Datapath(RestoreAndReload):
             if part is not None:
                 part.release()
         self._netdev = self._tunnel = None
+        self._close_policy()
         if self._maps is not None:
             self._maps.close()
             self._maps = None
         self._close_lxc()
+
+    def _close_policy(self) -> None:
+        if self._policy is not None:
+            self._policy.close()
+            self._policy = None
 
     def __enter__(self) -> Datapath:
         return self

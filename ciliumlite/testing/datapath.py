@@ -42,7 +42,7 @@ from ciliumlite.bpf.program import ProgType, XdpAction, XdpContext
 from ciliumlite.bpf.ringbuf import RingBuffer
 from ciliumlite.datapath import devices, loader
 from ciliumlite.datapath.config import DatapathConfig, NodeRodata
-from ciliumlite.datapath.events import DropEvent, TraceEvent, decode
+from ciliumlite.datapath.events import DropEvent, PolicyVerdictEvent, TraceEvent, decode
 from ciliumlite.datapath.lb import LbMaps
 from ciliumlite.datapath.maps import EVENTS_NAME, NodeMaps
 from ciliumlite.datapath.reasons import SOURCE_FILES
@@ -294,7 +294,7 @@ class DatapathObjects:
             out += batch
         return out
 
-    def events(self) -> list[DropEvent | TraceEvent]:
+    def events(self) -> list[DropEvent | TraceEvent | PolicyVerdictEvent]:
         """:meth:`event_records`, decoded. Raises :class:`EventDecodeError` for a record it cannot read."""
         return [decode(r) for r in self.event_records()]
 
