@@ -3,7 +3,8 @@
 One cluster is built like the seed's (``k8s-master``, ``worker1``, ``worker3`` behind a leaf router at
 10.0.0.254, pod CIDR 10.244.0.0/16, a ``client`` and a ``testappds`` pod on every node, a ClusterIP
 and a NodePort service, an outside client at 203.0.113.10). Chapters that need another routing or
-LB mode than the cluster's build a small lab of their own. Every chapter returns a ``StepResult``
+LB mode than the cluster's build a small lab of their own; the XDP and socket-acceleration chapters
+share one (``demo-accel``), built once. Every chapter returns a ``StepResult``
 with the evidence it saw; labs are always torn down (also on Ctrl-C) unless ``keep=True``.
 
 ``kvstore="etcd"`` builds every lab with ``Lab(store="etcd")``: etcd in the fabric, an agent
@@ -22,10 +23,12 @@ from typing import Any
 from ciliumlite.bpf.errors import ValidationError
 from ciliumlite.datapath.config import LbMode, Routing
 from ciliumlite.datapath.dsr import DsrOption
-from ciliumlite.datapath.reasons import Reason
+from ciliumlite.datapath.reasons import Direction, Reason
 from ciliumlite.lab import Lab, Pod
 from ciliumlite.lab.agents import AgentNode
+from ciliumlite.lab.capture import Frame
 from ciliumlite.lab.lab import LabCluster
+from ciliumlite.node import Datapath
 from ciliumlite.service import Backend, Frontend, Service
 
 NODES = ["k8s-master", "worker1", "worker3"]
@@ -58,6 +61,7 @@ class Demo:
     lb_mode: LbMode
     extra_labs: list[Lab] = field(default_factory=list)
     kvstore: str = "memory"
+    accelerated: LabCluster | None = None
 
     def new_lab(self, name: str) -> Lab:
         """A lab of the demo's kind (closed with the demo)."""
@@ -269,6 +273,125 @@ def step_nodeport(demo: Demo) -> StepResult:
     return StepResult("NodePort SNAT vs DSR", ok, lines)
 
 
+ACCEL_NODE_PORT = 31080
+WORLD_NET = "203.0.113.0/24"
+
+
+def _accelerated(demo: Demo) -> LabCluster:
+    """The small lab the XDP and sockops chapters share, built once: two nodes on native routing,
+    NodePort (SNAT) accelerated at XDP in driver mode, socket acceleration on, a NodePort service to
+    a backend on worker1. Always in-process datapaths (also with ``kvstore="etcd"``): the prefilter
+    and the sockops counters are :class:`~ciliumlite.node.Datapath` APIs the agent does not serve."""
+    if demo.accelerated is None:
+        lab = Lab("demo-accel")
+        demo.extra_labs.append(lab)
+        cluster = lab.cluster(["k8s-master", "worker1"], routing="native", bgp=False, load_balancer_mode="snat",
+                              acceleration="native", sockops_enable=True)
+        backend = cluster.node("worker1").add_pod("testappds")
+        backend.ensure_echo_server(80)
+        cluster.upsert_service(Service(name="np", frontend=Frontend("10.96.0.30", 80), type="NodePort",
+                                       node_port=ACCEL_NODE_PORT, backends=[Backend(backend.ip, 80)]))
+        world = lab.outside()
+        entry, far = cluster.node("k8s-master"), cluster.node("worker1")
+        assert entry.ip is not None and far.ip is not None
+        # Neighbours resolved first: XDP cannot resolve one, so a first packet would go through tc.
+        world.ping(entry.ip, count=1)
+        entry.run("ping", "-c1", "-W1", far.ip)
+        demo.accelerated = cluster
+    return demo.accelerated
+
+
+def _dp(node: Any) -> Datapath:
+    assert node.datapath is not None, f"{node.name} has no in-process datapath"
+    dp: Datapath = node.datapath
+    return dp
+
+
+def step_xdp_prefilter(demo: Demo) -> StepResult:
+    """Chapter 7: a denied CIDR dropped at XDP, before tc or the stack see it."""
+    cluster = _accelerated(demo)
+    lab, entry = cluster.lab, cluster.node("k8s-master")
+    world, dp = lab.outside(), _dp(entry)
+    assert entry.ip is not None
+    base = world.ping(entry.ip, count=3, interval=0.05)
+    drops0 = dp.count(Reason.DROP_PREFILTER)
+    dp.prefilter.add(WORLD_NET)
+    try:
+        listed = [str(n) for n in dp.prefilter.list()]
+        # A packet socket on eth0 sees each frame the stack receives just before tc's ingress hook
+        # (and after XDP): a frame dropped at XDP never appears in it, one tc sees always does.
+        with lab.capture(entry.netns, "eth0", seconds=10) as cap:
+            blocked = world.ping(entry.ip, count=5, interval=0.05, timeout=0.5)
+        drops = dp.count(Reason.DROP_PREFILTER) - drops0
+    finally:
+        dp.prefilter.remove(WORLD_NET)
+    reached = [f for f in cap.frames if f.src == world.ip]
+    again = world.ping(entry.ip, count=3, interval=0.05)
+    ok = base.ok and blocked.received == 0 and drops >= blocked.transmitted and not reached and again.ok \
+        and listed == [WORLD_NET]
+    return StepResult("XDP prefilter (a denied CIDR dropped at XDP)", ok, [
+        f"outside {world.ip} -> {entry.name} {entry.ip}: ping {base.received}/{base.transmitted} before",
+        f"prefilter {listed}: ping {blocked.received}/{blocked.transmitted}; DROP_PREFILTER +{drops} at XDP; "
+        f"{len(reached)} frames from {world.ip} reached eth0's stack and its tc ingress hook",
+        f"prefilter removed: ping {again.received}/{again.transmitted}"])
+
+
+def step_xdp_nodeport(demo: Demo) -> StepResult:
+    """Chapter 8: a NodePort connection from outside forwarded to the other node by XDP."""
+    cluster = _accelerated(demo)
+    lab, entry, far = cluster.lab, cluster.node("k8s-master"), cluster.node("worker1")
+    world, dp = lab.outside(), _dp(entry)
+    assert entry.ip is not None
+    mode = dp.status()["xdp"]["mode"]
+    xdp0, tc0 = dp.count(Reason.XDP_FORWARDED), dp.count(Reason.FIB_REDIRECT, Direction.INGRESS)
+    res = world.tcp_echo(entry.ip, ACCEL_NODE_PORT, payload="x" * 20_000, timeout=5.0)
+    by_xdp = dp.count(Reason.XDP_FORWARDED) - xdp0
+    by_tc = dp.count(Reason.FIB_REDIRECT, Direction.INGRESS) - tc0
+    ok = res.ok and len(res.reply) == 20_000 and by_xdp > 0 and by_tc == 0 and mode == "native"
+    return StepResult("NodePort accelerated at XDP", ok, [
+        f"outside {world.ip} -> NodePort {entry.ip}:{ACCEL_NODE_PORT} (backend on {far.name}): "
+        f"{'ok' if res.ok else res.error}, 20000 bytes echoed back {'intact' if res.ok else ''}; "
+        f"backend saw {res.seen_client}",
+        f"XDP ({mode} mode) on {entry.name} forwarded {by_xdp} packets (XDP_FORWARDED); "
+        f"tc's FIB_REDIRECT at ingress +{by_tc}"])
+
+
+def _tcp_payload(frame: Frame) -> int:
+    """TCP payload bytes of a captured frame (0 for other protocols)."""
+    if frame.proto != 6:
+        return 0
+    raw, ihl = frame.raw, (frame.raw[14] & 0x0F) * 4
+    return int.from_bytes(raw[16:18], "big") - ihl - (raw[14 + ihl + 12] >> 4) * 4
+
+
+def step_sockops(demo: Demo) -> StepResult:
+    """Chapter 9: same-node TCP through sk_msg: the data never crosses either veth."""
+    cluster = _accelerated(demo)
+    node = cluster.node("worker1")
+    lab, dp = cluster.lab, _dp(node)
+    client = node.pods.get("client") or node.add_pod("client")
+    server = node.pods["testappds"]
+    before = {k: (v.count, v.bytes) for k, v in dp.sockops.counters().items()}
+    caps = [lab.capture(node.netns, p.endpoint.ifname, seconds=20, max_frames=2000) for p in (client, server)]
+    try:
+        res = client.tcp_echo(server, 80, payload="y" * 50_000, timeout=10.0)
+    finally:
+        for cap in caps:
+            cap.__exit__(None, None, None)
+    after = {k: (v.count, v.bytes) for k, v in dp.sockops.counters().items()}
+    d = {k: (after[k][0] - before[k][0], after[k][1] - before[k][1]) for k in after if after[k] != before[k]}
+    payload = sum(1 for cap in caps for f in cap.frames if _tcp_payload(f) > 0)
+    frames = sum(len(cap.frames) for cap in caps)
+    redirected = d.get("msg_redirect", (0, 0))
+    ok = res.ok and res.reply == "y" * 50_000 and redirected[1] >= 100_000 and payload == 0
+    return StepResult("socket acceleration (sockops + sk_msg)", ok, [
+        f"{node.name}: client {client.ip} -> testappds {server.ip}:80: 50000 bytes sent, "
+        f"{'the same 50000 echoed back' if res.ok and res.reply == 'y' * 50_000 else res.error or 'reply differs'}",
+        "sockops counters: " + ", ".join(f"{k} +{c} ({b} B)" for k, (c, b) in sorted(d.items())),
+        f"captures on both veths: {frames} frames, {payload} with TCP payload "
+        "(the data went socket to socket via bpf_msg_redirect_hash)"])
+
+
 STEPS: list[tuple[str, Callable[[Demo], StepResult]]] = [
     ("status", step_status),
     ("host-routing", step_host_routing),
@@ -276,6 +399,9 @@ STEPS: list[tuple[str, Callable[[Demo], StepResult]]] = [
     ("native", step_native),
     ("socket-lb", step_socket_lb),
     ("nodeport", step_nodeport),
+    ("xdp-prefilter", step_xdp_prefilter),
+    ("xdp-nodeport", step_xdp_nodeport),
+    ("sockops", step_sockops),
 ]
 
 

@@ -23,9 +23,12 @@ def test_every_chapter_passes(routing: str, lb_mode: str) -> None:
     failed = [(r.title, r.evidence) for r in results if not r.ok]
     assert not failed, failed
     titles = [r.title for r in results]
-    assert len(titles) == 7 and titles[0] == "cluster built"
+    assert len(titles) == 10 and titles[0] == "cluster built"
     by_title = {r.title: r for r in results}
     assert any("9a 08" in line for line in by_title["NodePort SNAT vs DSR"].evidence), "DSR option bytes shown"
+    assert {"XDP prefilter (a denied CIDR dropped at XDP)", "NodePort accelerated at XDP",
+            "socket acceleration (sockops + sk_msg)"} <= set(by_title)
+    print({r.title: round(r.seconds, 2) for r in results})  # run time per chapter (-s shows it)
     assert not [n for n in nsmod.list_all() if f"cl{RUN_ID}" in n and "demo" in n]
 
 
