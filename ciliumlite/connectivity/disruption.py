@@ -202,9 +202,6 @@ def _needs_restore(ctx: ConnectivityContext) -> str | None:
     cfg = ctx.config
     if cfg.host_routing != "bpf":
         return "legacy host routing keeps no pinned programs to adopt (Datapath.restore needs host_routing=bpf)"
-    if cfg.bgp_asn is not None:
-        return ("the nodes run BGP (bird), which Datapath.restore does not adopt: run with --routing vxlan or "
-                "--no-bgp")
     return None
 
 

@@ -147,14 +147,14 @@ class AgentNode(Node):
         start a new one with the same command line, which restores the datapath and the endpoint
         table at start; return once it answers, with the seconds from the kill to ready.
 
-        Raises :class:`NotSupportedError` (before killing anything) for a BGP node (a restore does
-        not adopt a running bird), :class:`CiliumliteError` without a running agent, and
+        Raises :class:`NotSupportedError` (before killing anything) for legacy host routing (no
+        pinned programs to adopt; a BGP node's bird is adopted by the new agent), :class:`CiliumliteError` without a running agent, and
         :class:`AgentStartError` (with the new agent's log) when it does not come up.
         """
         cfg = self._cfg()
-        if cfg.bgp_asn is not None or cfg.host_routing != "bpf":
-            raise NotSupportedError("an agent restart needs BPF host routing and no BGP speaker (Datapath.restore "
-                                    "does not adopt a running bird)", feature="restore")
+        if cfg.host_routing != "bpf":
+            raise NotSupportedError("an agent restart needs BPF host routing (legacy host routing keeps no "
+                                    "pinned programs to adopt)", feature="restore")
         old = self.agent
         if old is None or not old.running:
             raise CiliumliteError(f"{self.name} has no running agent to restart")

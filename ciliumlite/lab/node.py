@@ -152,17 +152,18 @@ class Node:
         the restored ones afterwards. Returns the seconds the node had no owner. A cluster the node
         is in still holds the old object: :meth:`LabCluster.restart_node` joins the new one.
 
-        Raises :class:`NotSupportedError` (before touching anything) for legacy host routing or a
-        BGP node (a restore does not adopt a running bird), and what :meth:`Datapath.restore`
-        raises; the detached datapath is then left running and removed by :meth:`close`.
+        Raises :class:`NotSupportedError` (before touching anything) for legacy host routing (no
+        pinned programs to adopt), and what :meth:`Datapath.restore` raises (a BGP node's bird is
+        adopted, not restarted: its pid and routes stay); the detached datapath is then left
+        running and removed by :meth:`close`.
         """
         dp = self.datapath
         if dp is None:
             raise CiliumliteError(f"{self.name} has no datapath (closed)")
         cfg = dp.config
-        if cfg.host_routing != "bpf" or cfg.bgp_asn is not None:
-            raise NotSupportedError("a restart needs BPF host routing and no BGP speaker (Datapath.restore does "
-                                    "not adopt a running bird)", feature="restore")
+        if cfg.host_routing != "bpf":
+            raise NotSupportedError("a restart needs BPF host routing (legacy host routing keeps no pinned "
+                                    "programs to adopt)", feature="restore")
         t0 = time.monotonic()
         dp.detach()
         self.datapath = None
