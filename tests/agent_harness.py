@@ -151,9 +151,8 @@ class AgentLab:
     def remove_kept_datapath(node: AgentNode) -> None:
         """What an agent that kept its datapath left: pins (detaching its links) and the registry entry."""
         remove_datapath_leftovers(node.name, f"{PIN_BASE}/{node.name}")
-        shutil.rmtree(f"{RUN_BASE}/{node.name}/state", ignore_errors=True)  # what Datapath.restore would read
-        with contextlib.suppress(OSError):
-            os.rmdir(f"{RUN_BASE}/{node.name}")
+        # What Datapath.restore would read and the agent's endpoint table: the node's whole run dir.
+        shutil.rmtree(f"{RUN_BASE}/{node.name}", ignore_errors=True)
 
     def close(self) -> None:
         """Stop every agent (SIGTERM, then SIGKILL), remove what they left, the namespaces and cgroups."""

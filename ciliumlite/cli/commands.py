@@ -351,7 +351,7 @@ def monitor(
             if threading.current_thread() is threading.main_thread():
                 previous = signal.signal(signal.SIGTERM, lambda *_: stopped.set())
             # On stderr in both modes: a script can wait for it before it makes traffic.
-            run.err.print(f"Listening for {' and '.join(sorted(types))} events on {len(monitors)} datapath"
+            run.err.print(f"Listening for {fmt.english_list(sorted(types))} events on {len(monitors)} datapath"
                           f"{'s' if len(monitors) > 1 else ''} ({', '.join(m.node for m in monitors)})"
                           + ("" if duration is not None else "; press Ctrl-C to quit"), soft_wrap=True)
             several = len(monitors) > 1

@@ -63,6 +63,11 @@ def direction_name(direction: int) -> str:
         return "unknown"
 
 
+def english_list(words: Sequence[str]) -> str:
+    """``a``, ``a and b``, ``a, b and c``: for the sentences the CLI prints."""
+    return " and ".join(words) if len(words) < 3 else f"{', '.join(words[:-1])} and {words[-1]}"
+
+
 def to_json(data: Any) -> str:
     """JSON text (dataclasses and addresses become plain values)."""
     def default(o: Any) -> Any:

@@ -6,9 +6,10 @@ as pinned links, and turns the runtime switch on. From then on, a TCP connection
 pods of this node whose sockets were created in that cgroup skips TCP/IP and both veths: each
 ``sendmsg`` goes straight to the peer socket's receive queue. Disabling turns the switch off
 (live connections fall back to TCP/IP at their next message, none out of order: see
-``csrc/bpf_sockops.c``) and detaches ``cil_sockops`` (no new socket is added); the object and the
-sk_msg link stay while sockets are in the map, which the kernel empties as they close. So a
-disable never drops a byte: removing a socket from the map would drop what it has queued.
+``csrc/bpf_sockops.c``; ``cil_sockops`` adds no new socket while it is off). Both programs stay
+attached until the node is closed: sockets stay in the map until the kernel removes them as they
+close, so a disable never drops a byte (removing a socket from the map would drop what it has
+queued), and switching on again is one map write, with no program loaded or link made.
 
 Not thread-safe on its own: the :class:`~ciliumlite.node.Datapath` serialises calls.
 """
@@ -127,19 +128,24 @@ class SockAcceleration:
         self._check()
         assert self._pin_dir is not None and self._rodata is not None and self._cgroup is not None
         made: list[Link] = []
-        new_obj = self._obj is None
+        new_obj = False
         try:
-            if self._obj is None:
+            if self._obj is None and (self._msg_link is None or self._sockops_link is None):
                 self._obj = loader.load_sockops(self._rodata, self._pin_dir)
+                new_obj = True
             if self._msg_link is None:
+                assert self._obj is not None
                 prog = self._obj.program(SK_MSG_PROGRAM)
                 self._msg_link = links.keep(prog.attach_sockmap(self._obj.map(SOCK_OPS.name)), self._pin_dir,
                                             f"sockops-{SK_MSG_PROGRAM}")
                 made.append(self._msg_link)
-            self._sync_excluded()
+            if self._obj is not None:  # an adopted node keeps the ports its maps hold (a reload syncs them)
+                self._sync_excluded()
             self._switch(1)
-            link = self._obj.program(SOCKOPS_PROGRAM).attach_cgroup(self._cgroup, "sockops")
-            self._sockops_link = links.keep(link, self._pin_dir, f"sockops-{SOCKOPS_PROGRAM}")
+            if self._sockops_link is None:
+                assert self._obj is not None
+                link = self._obj.program(SOCKOPS_PROGRAM).attach_cgroup(self._cgroup, "sockops")
+                self._sockops_link = links.keep(link, self._pin_dir, f"sockops-{SOCKOPS_PROGRAM}")
         except BaseException:
             with contextlib.suppress(Exception):
                 if self.loaded:
@@ -155,13 +161,12 @@ class SockAcceleration:
 
     def disable(self) -> None:
         """Stop accelerating: live connections fall back to TCP/IP at their next message, in order;
-        no new socket is added. Raises :class:`BpfError` if the switch cannot be written."""
+        no new socket is added (``cil_sockops`` reads the switch). Both programs stay attached, so
+        switching on again is one map write: no program loaded, no link made, also on a restored
+        node. Raises :class:`BpfError` if the switch cannot be written."""
         if not self._enabled:
             return
         self._switch(0)
-        if self._sockops_link is not None:
-            links.drop(self._sockops_link)
-            self._sockops_link = None
         self._enabled = False
 
     def _switch(self, enabled: int) -> None:
@@ -195,7 +200,7 @@ class SockAcceleration:
                     self._msg_link = link
                 else:
                     self._sockops_link = link
-            self._enabled = bool(desc.get("enabled")) and self._sockops_link is not None
+            self._enabled = bool(desc.get("enabled")) and self._sockops_link is not None and self._msg_link is not None
         except BaseException:
             self.release()
             raise

@@ -30,6 +30,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from ciliumlite.agent import endpoint_state
 from ciliumlite.bpf import fs
 from ciliumlite.bpf import netns as nsmod
 from ciliumlite.bpf.errors import NotSupportedError
@@ -42,7 +43,8 @@ from ciliumlite.ownership.sweep import Plan, Step, _remove_pin_dir
 
 #: Files a datapath (its bird) writes in its state directory: the only ones cleanup removes there.
 STATE_FILES = ("bird/bird.conf", "bird/bird.conf.tmp", "bird/bird.ctl", "bird/bird.pid", "bird/bird.log",
-               "bird/bird.out", "state/datapath.json")  # the last: what Datapath.restore reads
+               "bird/bird.out", "state/datapath.json",  # what Datapath.restore reads
+               endpoint_state.TABLE_FILE)  # an agent's container ids (kept when it left its datapath running)
 PROGRAM_PREFIX = "cil_"
 
 

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 from ciliumlite.bpf import fs, inventory
 from ciliumlite.bpf import netns as nsmod
+from ciliumlite.datapath import registry
+from ciliumlite.datapath.config import RUN_BASE
 from ciliumlite.lab import owned
 from ciliumlite.lab.naming import RUN_ID, is_ours, unique_name
 from ciliumlite.ownership.record import Record
@@ -166,6 +168,15 @@ def _cgroups() -> set[str]:
     return {os.path.join(d, n) for d, ns, _ in os.walk(root) for n in ns}
 
 
+def _run_entries() -> set[str]:
+    # Node run dirs (state, agent socket and endpoint table) and registry entries under /run/ciliumlite.
+    out: set[str] = set()
+    for d in (RUN_BASE, str(registry.run_dir())):
+        if os.path.isdir(d):
+            out |= {os.path.join(d, n) for n in os.listdir(d)}
+    return out
+
+
 def _children() -> set[int]:
     me, out = os.getpid(), set()
     for entry in os.listdir("/proc"):
@@ -182,11 +193,12 @@ def _children() -> set[int]:
 
 @dataclass
 class Snapshot:
-    """Namespaces, pins, cgroups, BPF programs and links, child processes and fds at one moment."""
+    """Namespaces, pins, cgroups, run dirs, BPF programs and links, child processes and fds at one moment."""
 
     netns: set[str] = field(default_factory=set)
     pins: set[str] = field(default_factory=set)
     cgroups: set[str] = field(default_factory=set)
+    run: set[str] = field(default_factory=set)
     progs: set[int] = field(default_factory=set)
     links: set[int] = field(default_factory=set)
     children: set[int] = field(default_factory=set)
@@ -197,21 +209,29 @@ class Snapshot:
         """Read the current state of the host."""
         # Only names this process made count: other runs on the machine come and go.
         return cls({n for n in nsmod.list_all() if is_ours(n)}, {p for p in _bpffs_entries() if is_ours(p)},
-                   {c for c in _cgroups() if is_ours(c)}, inventory.prog_ids(),
+                   {c for c in _cgroups() if is_ours(c)}, {r for r in _run_entries() if is_ours(r)},
+                   inventory.prog_ids(),
                    inventory.link_ids(), _children(), len(os.listdir("/proc/self/fd")))
 
-    def leaks_since(self, before: Snapshot, fd_slack: int = 0) -> list[str]:
+    def leaks_since(self, before: Snapshot, fd_slack: int = 0, *, replaced: bool = False) -> list[str]:
         """What exists now that did not exist in ``before``.
 
         Program and link ids are host-wide: with ``CILIUMLITE_TEST_SHARED_HOST=1`` (several suites
         running at once on one machine) they are not compared, since the other runs' come and go.
+        ``replaced``: the test swaps programs or links that a longer-lived fixture owns (a reload,
+        a re-attach), so new ids are expected; only *more* programs or links than before are a leak.
         """
         out = []
         shared = os.environ.get("CILIUMLITE_TEST_SHARED_HOST") == "1"
-        kinds = ("netns", "pins", "cgroups", "children") if shared else \
-            ("netns", "pins", "cgroups", "progs", "links", "children")
+        kinds = ("netns", "pins", "cgroups", "run", "children") if shared else \
+            ("netns", "pins", "cgroups", "run", "progs", "links", "children")
         for what in kinds:
-            new = getattr(self, what) - getattr(before, what)
+            now, then = getattr(self, what), getattr(before, what)
+            if replaced and what in ("progs", "links"):
+                if len(now) > len(then):
+                    out.append(f"{what}: {len(then)} -> {len(now)} (new: {sorted(now - then)[:10]})")
+                continue
+            new = now - then
             if new:
                 out.append(f"{what}: {sorted(new)[:10]}")
         if self.fds > before.fds + fd_slack:
@@ -219,11 +239,12 @@ class Snapshot:
         return out
 
 
-def leaks_after(before: Snapshot, *, settle_s: float = 3.0, fd_slack: int = 0) -> list[str]:
-    """Leaks compared with ``before``; waits a moment for the kernel's deferred frees of programs."""
+def leaks_after(before: Snapshot, *, settle_s: float = 3.0, fd_slack: int = 0, replaced: bool = False) -> list[str]:
+    """Leaks compared with ``before`` (``replaced``: see :meth:`Snapshot.leaks_since`); waits a
+    moment for the kernel's deferred frees of programs."""
     deadline = time.monotonic() + settle_s
     while True:
-        leaks = Snapshot.take().leaks_since(before, fd_slack)
+        leaks = Snapshot.take().leaks_since(before, fd_slack, replaced=replaced)
         if not leaks or time.monotonic() > deadline:
             return leaks
         time.sleep(0.1)

@@ -125,7 +125,7 @@ def test_the_demo_in_etcd_mode_passes_every_chapter() -> None:
     assert kept is None
     assert all(r.ok for r in results), [(r.title, r.evidence) for r in results if not r.ok]
     evidence = {r.title: "\n".join(r.evidence) for r in results}
-    assert len(results) == len(evidence) == 7 and results[0].title == "cluster built"
+    assert len(results) == len(evidence) == 10 and results[0].title == "cluster built"
     assert "an agent process per node" in evidence["cluster built"]
     assert evidence["kube-proxy replacement status"].count("agent pid") == 3
     assert "leaf Established" in evidence["native routing with BGP (bird)"]

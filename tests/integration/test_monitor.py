@@ -139,7 +139,7 @@ def test_monitor_prints_cilium_style_lines(topo: Topo) -> None:
     a, b = topo.a, topo.b
     mon = MonitorProc("--lab", topo.prefix, "--node", "drops", "--duration", "2")
     mon.wait_listening()
-    assert "Listening for drop and trace events on 1 datapath" in mon.stderr_head
+    assert "Listening for drop, policy-verdict and trace events on 1 datapath" in mon.stderr_head
     send_spoofed_icmp(a, SPOOFED, b)
     out, err = mon.finish()
     assert mon.proc.returncode == 0, err

@@ -284,6 +284,7 @@ def _finish(proc: subprocess.Popen[str], timeout: float = 60.0) -> dict[str, Any
     return dict(json.loads(out.strip().splitlines()[-1]))
 
 
+@pytest.mark.replaces_objects  # the module's lab owns what it swaps
 def test_disable_and_enable_under_traffic(node: Node) -> None:
     """Off mid-transfer: the connection moves to TCP/IP at its next message, in order; on again:
     it stays on TCP/IP (it sent bytes that way), a new connection is accelerated."""
@@ -309,6 +310,7 @@ def test_disable_and_enable_under_traffic(node: Node) -> None:
     assert d["sock_added"][0] == 2 and "msg_pass" not in d, d
 
 
+@pytest.mark.replaces_objects  # the module's lab owns what it swaps
 def test_endpoint_remade_mid_connection(node: Node) -> None:
     """The server's endpoint is removed and made again (same IP, new veth and endpoint id) while
     the transfer runs: the connection falls back to TCP/IP through the new veth; no byte lost."""
@@ -349,6 +351,7 @@ def prog_ids(dp: Datapath) -> dict[str, int]:
     return {lk.program: lk.info.prog_id for lk in dp.sockops.links if isinstance(lk, FdLink)}
 
 
+@pytest.mark.replaces_objects  # the module's lab owns what it swaps
 def test_reload_swaps_programs_under_traffic(node: Node) -> None:
     dp = _dp(node)
     ids = prog_ids(dp)
@@ -365,6 +368,7 @@ def test_reload_swaps_programs_under_traffic(node: Node) -> None:
     assert delta(before, counts(node))["sock_added"][0] == 2
 
 
+@pytest.mark.replaces_objects  # the module's lab owns what it swaps
 def test_detach_and_restore_keep_it(node: Node) -> None:
     """The owner lets go (detach) mid-transfer and a new owner restores the node: the pinned links
     kept the programs attached throughout, the switch is restored, the transfer is intact."""
@@ -396,6 +400,7 @@ def test_not_between_pods_is_not_accelerated(node: Node) -> None:
     assert "sock_added" not in d and "msg_redirect" not in d, d
 
 
+@pytest.mark.replaces_objects  # the module's lab owns what it swaps
 def test_pod_deleted_mid_connection(lab: Lab, node: Node) -> None:
     """The server pod goes (its processes, endpoint and namespace) mid-transfer: the client fails
     like it would without acceleration (no silent success into nowhere), the map is left empty."""

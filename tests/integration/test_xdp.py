@@ -149,6 +149,7 @@ def test_prefilter_under_traffic(snat: XdpLab) -> None:
     assert 0 < r.received < r.transmitted, r  # type: ignore[attr-defined]
 
 
+@pytest.mark.replaces_objects  # the module's lab owns what it swaps
 def test_prefilter_survives_a_reload_and_is_in_the_state(snat: XdpLab) -> None:
     dp = snat.entry.datapath
     assert dp is not None
