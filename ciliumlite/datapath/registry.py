@@ -79,7 +79,11 @@ def read_items(state_root: str) -> dict[str, Any]:
                 continue
             if kind == "endpoints":
                 if isinstance(value.get("row"), dict):
-                    out["endpoints"].append(value["row"])
+                    row = dict(value["row"])
+                    # The labels (a dict, so not in the flat row): ``bpf policy get`` names identities by them.
+                    if isinstance(value.get("labels"), dict) and "labels" not in row:
+                        row["labels"] = value["labels"]
+                    out["endpoints"].append(row)
                 if isinstance(value.get("attachment"), dict):
                     out["attachments"].append(value["attachment"])
             else:

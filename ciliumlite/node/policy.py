@@ -184,7 +184,11 @@ class PolicyMaps:
 
     def get(self, endpoint: Endpoint) -> MapState | None:
         """``endpoint``'s MapState as the kernel holds it (None: not enforced, no map)."""
-        inner = self._open_inner(endpoint.id)
+        return self.get_by_id(endpoint.id)
+
+    def get_by_id(self, endpoint_id: int) -> MapState | None:
+        """:meth:`get` by endpoint id, for readers that have only the id (the CLI, from the pins)."""
+        inner = self._open_inner(endpoint_id)
         if inner is None:
             return None
         return dict(decode(k, v) for k, v in inner.items())
@@ -203,10 +207,14 @@ class PolicyMaps:
     def stats(self, endpoint: Endpoint) -> dict[tuple[PolicyKey, bool], tuple[int, int]]:
         """Packets and bytes allowed per matched entry of ``endpoint`` (key, deny=False), summed over
         CPUs (``cilium_policystats``; denied packets are counted in the drop metrics instead)."""
+        return self.stats_by_id(endpoint.id)
+
+    def stats_by_id(self, endpoint_id: int) -> dict[tuple[PolicyKey, bool], tuple[int, int]]:
+        """:meth:`stats` by endpoint id."""
         out: dict[tuple[PolicyKey, bool], tuple[int, int]] = {}
         with maps.POLICY_STATS.from_pins(self.pin_dir) as m:
             for k, per_cpu in m.items():
-                if not isinstance(k, PolicyStatsKey) or k.endpoint_id != endpoint.id:
+                if not isinstance(k, PolicyStatsKey) or k.endpoint_id != endpoint_id:
                     continue
                 pk = PolicyKey(k.sec_label, bool(k.egress), k.protocol if k.prefix_len else 0,
                                k.dport if k.prefix_len > _PROTO_BITS else 0, max(0, k.prefix_len - _PROTO_BITS))
