@@ -35,7 +35,7 @@ from ciliumlite.agent.endpoints import EndpointRequest, EndpointTable
 from ciliumlite.agent.errors import AgentStartError, NotReady
 from ciliumlite.bpf.errors import CiliumliteError, ValidationError
 from ciliumlite.cluster.cluster import Cluster
-from ciliumlite.cluster.store import ClusterStore, InMemoryStore, NodeInfo
+from ciliumlite.cluster.store import ClusterStore, EndpointRecord, InMemoryStore, NodeInfo
 from ciliumlite.node import Datapath
 from ciliumlite.node.state import state_path
 from ciliumlite.service import Service
@@ -71,7 +71,7 @@ class _Sink:
         self._dp = datapath
         self._on_error = on_error
 
-    def _guard(self, what: str, fn: Callable[[], None]) -> None:
+    def _guard(self, what: str, fn: Callable[[], object]) -> None:
         try:
             fn()
         except Exception as exc:
@@ -88,6 +88,10 @@ class _Sink:
     def upsert_service(self, svc: Any) -> None:
         """Program a service (a failure is recorded; the previous state of it stays)."""
         self._guard(f"service {getattr(svc, 'name', svc)}", lambda: self._dp.upsert_service(svc))
+
+    def sync_policy(self, policies: list[Any], endpoints: list[EndpointRecord]) -> None:
+        """Enforce the cluster's policies (a failure is recorded; the previous maps stay)."""
+        self._guard("network policy", lambda: self._dp.sync_policy(policies, endpoints))
 
     def validate_service(self, svc: Any) -> None:
         """Raise ValidationError if ``svc`` cannot be programmed here."""

@@ -2,7 +2,7 @@
 
 from ciliumlite.cluster.cluster import Cluster
 from ciliumlite.cluster.etcd import EtcdStore, IPIdentity, KvstoreError, KvstoreStatus
-from ciliumlite.cluster.store import ClusterStore, InMemoryStore, NodeInfo
+from ciliumlite.cluster.store import ClusterStore, EndpointRecord, InMemoryStore, NodeInfo, PolicyStore
 
-__all__ = ["Cluster", "ClusterStore", "EtcdStore", "IPIdentity", "InMemoryStore", "KvstoreError", "KvstoreStatus",
-           "NodeInfo"]
+__all__ = ["Cluster", "ClusterStore", "EndpointRecord", "EtcdStore", "IPIdentity", "InMemoryStore", "KvstoreError",
+           "KvstoreStatus", "NodeInfo", "PolicyStore"]

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from ciliumlite.bpf.errors import ValidationError
-from ciliumlite.cluster.store import ClusterStore, Event, InMemoryStore, NodeInfo
+from ciliumlite.cluster.store import ClusterStore, EndpointRecord, Event, InMemoryStore, NodeInfo, PolicyStore
 
 
 class NodeSink(Protocol):
@@ -28,12 +28,22 @@ class NodeSink(Protocol):
     def delete_service(self, name: str) -> None:
         """Remove a service."""
 
+    def sync_policy(self, policies: list[Any], endpoints: list[EndpointRecord]) -> object:
+        """Enforce ``policies`` on this node's endpoints, knowing every endpoint of the cluster."""
+
+
+def keeps_policy(store: ClusterStore) -> bool:
+    """Whether ``store`` keeps endpoints and policies (a :class:`PolicyStore`)."""
+    return all(callable(getattr(store, m, None)) for m in ("put_endpoint", "endpoints", "put_policy", "policies"))
+
 
 class Cluster:
     """Many nodes, one view. Adding or removing a node updates every other node's datapath.
 
     Existing connections between other nodes are not disturbed: only the changed node's tunnel entry
-    or route is written.
+    or route is written. With a store that keeps endpoints and policies (the in-memory one), every
+    change to either makes each node sync its policy (``NodeSink.sync_policy``) before the call
+    that made it returns.
     """
 
     def __init__(self, store: ClusterStore | None = None) -> None:
@@ -43,7 +53,9 @@ class Cluster:
     def join(self, info: NodeInfo, datapath: NodeSink) -> None:
         """Register a node: it learns every existing node, and every node learns it."""
         def on_change(event: Event, obj: Any) -> None:
-            if event == "service-upsert":
+            if event.startswith(("endpoint-", "policy-")):
+                self._sync_policy(datapath)
+            elif event == "service-upsert":
                 datapath.upsert_service(obj)
             elif event == "service-delete":
                 with contextlib.suppress(ValidationError):  # a node that never got it
@@ -64,6 +76,7 @@ class Cluster:
                 datapath.add_remote_node(existing)
         for svc in self.store.services():
             datapath.upsert_service(svc)
+        self._sync_policy(datapath)
         stop = self.store.watch(on_change)
         self._members[info.name] = (datapath, stop)
 
@@ -101,3 +114,39 @@ class Cluster:
     def services(self) -> list[Any]:
         """Every service the cluster knows."""
         return self.store.services()
+
+    # -- endpoints and policies (a PolicyStore only) ---------------------------------------------------
+    def _policy_store(self) -> PolicyStore:
+        if not keeps_policy(self.store):
+            raise ValidationError(f"this cluster's store ({type(self.store).__name__}) keeps no endpoints or "
+                                  "policies: use the in-memory store (the default)")
+        return self.store  # type: ignore[return-value]
+
+    def _sync_policy(self, datapath: NodeSink) -> None:
+        if keeps_policy(self.store):
+            store = self._policy_store()
+            datapath.sync_policy(store.policies(), store.endpoints())
+
+    def put_endpoint(self, record: EndpointRecord) -> None:
+        """Publish an endpoint: every node learns its identity (and enforces policies on it)."""
+        self._policy_store().put_endpoint(record)
+
+    def delete_endpoint(self, ip: str) -> None:
+        """Withdraw the endpoint at ``ip`` from every node."""
+        self._policy_store().delete_endpoint(ip)
+
+    def endpoints(self) -> list[EndpointRecord]:
+        """Every endpoint the cluster knows."""
+        return self._policy_store().endpoints()
+
+    def put_policy(self, policy: Any) -> None:
+        """Apply a policy (a ``ciliumlite.policy.Policy``) on every node."""
+        self._policy_store().put_policy(policy)
+
+    def delete_policy(self, key: str) -> None:
+        """Remove the policy ``Kind/namespace/name`` from every node."""
+        self._policy_store().delete_policy(key)
+
+    def policies(self) -> list[Any]:
+        """Every policy the cluster holds."""
+        return self._policy_store().policies()

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ciliumlite.bpf.errors import ValidationError
 from ciliumlite.bpf.offloop import public_methods_off_event_loop
 from ciliumlite.cluster import Cluster
 from ciliumlite.lab.node import Node
+from ciliumlite.policy import Policy
+from ciliumlite.policy.rules import parse_policy_input
 
 if TYPE_CHECKING:
     from ciliumlite.lab.lab import Lab
@@ -21,6 +24,9 @@ class LabCluster:
         self.lab = lab
         self.control = cluster
         self.members = {n.name: n for n in nodes}
+        self._namespaces: dict[str, dict[str, str]] = {}
+        for n in nodes:
+            n.cluster = self
 
     def node(self, name: str) -> Node:
         """A member node by name. Raises :class:`ValidationError` for a node not in this cluster."""
@@ -49,6 +55,7 @@ class LabCluster:
         if bgp:
             self.lab.bgp.start([node])
         self.members[name] = node
+        node.cluster = self
         return node
 
     def remove_node(self, name: str) -> None:
@@ -90,3 +97,41 @@ class LabCluster:
     def delete_service(self, name: str) -> None:
         """Remove a service from every node."""
         self.control.delete_service(name)
+
+    # -- namespaces and network policy (nodes with enable_policy) -----------------------------------------
+    def set_namespace(self, name: str, labels: Mapping[str, str] | None = None) -> None:
+        """A Kubernetes namespace and its labels (``kubernetes.io/metadata.name`` is always there),
+        for the pods made in it from now on. Raises :class:`ValidationError` if a pod of it exists
+        already (a pod's identity comes from its namespace's labels when it is made)."""
+        if any(p.namespace == name for n in self.members.values() for p in n.pods.values()):
+            raise ValidationError(f"namespace {name!r} has pods already: set its labels before making them")
+        self._namespaces[name] = dict(labels or {})
+
+    def namespace_labels(self, name: str) -> dict[str, str]:
+        """The labels of namespace ``name`` (none set: only its name label, added by the engine)."""
+        return dict(self._namespaces.get(name, {}))
+
+    def apply_policy(self, policy: str | Mapping[str, Any] | Policy | Iterable[Mapping[str, Any] | Policy]) -> list[Policy]:
+        """Apply network policies on every node: YAML text (one or more documents), a manifest
+        mapping, a parsed :class:`~ciliumlite.policy.Policy`, or a list of those. Returns them.
+
+        Every policy is parsed before any is applied, so a bad one (a :class:`ValidationError`
+        naming its field) applies nothing; each node has enforced them when this returns.
+        """
+        policies = parse_policy_input(policy)
+        for pol in policies:
+            self.control.put_policy(pol)
+        return policies
+
+    def delete_policy(self, key: str | Policy) -> None:
+        """Remove a policy (a :class:`Policy` or its ``Kind/namespace/name`` key) from every node.
+        Raises :class:`ValidationError` for a policy the cluster does not hold."""
+        name = key.key if isinstance(key, Policy) else key
+        if all(p.key != name for p in self.control.policies()):
+            raise ValidationError(f"no policy {name!r} (the cluster holds: "
+                                  f"{', '.join(p.key for p in self.control.policies()) or 'none'})")
+        self.control.delete_policy(name)
+
+    def policies(self) -> list[Policy]:
+        """The policies the cluster holds, by key."""
+        return list(self.control.policies())

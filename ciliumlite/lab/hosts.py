@@ -181,10 +181,14 @@ class Host:
 class Pod(Host):
     """A pod: a network namespace joined to its node by a veth, with an endpoint in the datapath."""
 
-    def __init__(self, node: Node, name: str, netns: str, endpoint: Endpoint) -> None:
+    def __init__(self, node: Node, name: str, netns: str, endpoint: Endpoint, *, namespace: str = "default",
+                 labels: dict[str, str] | None = None) -> None:
         super().__init__(node.lab, name, netns, str(endpoint.ip), node.cgroup)
         self.node = node
         self.endpoint = endpoint
+        #: Its Kubernetes namespace and labels (what network policies select it by).
+        self.namespace = namespace
+        self.labels = labels or {}
 
     def __repr__(self) -> str:
         return f"<Pod {self.name} {self.ip} on {self.node.name}>"

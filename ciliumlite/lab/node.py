@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from ciliumlite.bpf.errors import CiliumliteError, NotSupportedError, ValidationError
 from ciliumlite.bpf.offloop import public_methods_off_event_loop
-from ciliumlite.cluster import NodeInfo
+from ciliumlite.cluster import EndpointRecord, NodeInfo
 from ciliumlite.datapath import registry
 from ciliumlite.datapath.config import DatapathConfig, HostRouting
 from ciliumlite.datapath.devices import set_sysctl
@@ -23,9 +24,11 @@ from ciliumlite.lab.view import DatapathView, NodeView
 from ciliumlite.node import BgpRoutes, Datapath
 from ciliumlite.ownership.identity import ProcessId
 from ciliumlite.ownership.record import Entry
+from ciliumlite.policy import parse_named_ports, pod_labels
 
 if TYPE_CHECKING:
     from ciliumlite.bgp import Bird
+    from ciliumlite.lab.cluster import LabCluster
     from ciliumlite.lab.lab import Lab
 
 
@@ -47,6 +50,8 @@ class Node:
         self.datapath: Datapath | None = None
         self.pods: dict[str, Pod] = {}
         self.ip: str | None = None
+        #: The lab cluster this node is a member of (set when it joins one).
+        self.cluster: LabCluster | None = None
         self._detached: DatapathConfig | None = None  # a datapath left running by a failed restart
         self._claims: list[tuple[str, Entry]] = []
         # A lab's knob, not the datapath's: False leaves the fabric port without its XDP program.
@@ -115,31 +120,52 @@ class Node:
                 record.drop(kind, entry)
         self._claims = []
 
-    def add_pod(self, name: str, ip: str | None = None, **endpoint_kw: Any) -> Pod:
+    def add_pod(self, name: str, ip: str | None = None, *, namespace: str = "default",
+                labels: Mapping[str, str] | None = None, named_ports: Mapping[str, str] | None = None,
+                **endpoint_kw: Any) -> Pod:
         """A pod namespace on this node, with an address from the node's pod CIDR.
 
-        Raises :class:`ValidationError` if the pod exists already or its namespace does, and what
-        ``Datapath.add_endpoint`` raises (the namespace is removed again then).
+        On a node with ``enable_policy`` in a cluster, the pod is a Kubernetes pod of
+        ``namespace`` with ``labels``: its security identity is allocated cluster-wide from its
+        security labels (:func:`ciliumlite.policy.pod_labels`, with the namespace's labels set by
+        :meth:`LabCluster.set_namespace`), and it is published to the cluster, so every node
+        enforces policies on it and learns its identity. ``named_ports`` are its containers'
+        named ports, ``{"serve-80-tcp": "80/TCP"}``.
+
+        Raises :class:`ValidationError` if the pod exists already or its namespace does, for a bad
+        named port, and what ``Datapath.add_endpoint`` raises (the namespace is removed again then).
         """
         if name in self.pods:
             raise ValidationError(f"pod {name!r} exists already on {self.name}")
         assert self.datapath is not None
+        publish = self.cluster is not None and self.datapath.config.enable_policy and self.ip is not None
+        security = None
+        if publish:
+            assert self.cluster is not None
+            security = pod_labels(namespace, labels, self.cluster.namespace_labels(namespace))
+            endpoint_kw.setdefault("identity", self.cluster.control.store.allocate_identity(security.as_dict()))
+        ports = parse_named_ports(named_ports or {}, f"pod {namespace}/{name}")
         ns = owned.make_netns(self.lab.record, f"{self.lab.prefix}-{self.name}-{name}")
         try:
-            ep = self.datapath.add_endpoint(ns, name=name, ip=ip, **endpoint_kw)
+            ep = self.datapath.add_endpoint(ns, name=name, ip=ip, labels=dict(labels or {}), **endpoint_kw)
         except BaseException:
             owned.remove_netns(self.lab.record, ns)
             raise
-        pod = Pod(self, name, ns, ep)
+        pod = Pod(self, name, ns, ep, namespace=namespace, labels=dict(labels or {}))
         self.pods[name] = pod
+        if publish and security is not None and self.cluster is not None and self.ip is not None:
+            self.cluster.control.put_endpoint(EndpointRecord(str(ep.ip), self.name, self.ip, ep.identity,
+                                                             security.as_dict(), ports, f"{namespace}/{name}"))
         return pod
 
     def remove_pod(self, name: str) -> None:
-        """Remove a pod: its processes, its endpoint, then its namespace.
+        """Remove a pod: withdrawn from the cluster, then its processes, its endpoint and its namespace.
 
         Raises ``KeyError`` for a pod this node does not have, and what ``Datapath.remove_endpoint`` raises.
         """
         pod = self.pods.pop(name)
+        if self.cluster is not None and self.datapath is not None and self.datapath.config.enable_policy:
+            self.cluster.control.delete_endpoint(pod.ip)  # every node forgets it first
         self.lab.processes.stop_in({pod.netns})
         assert self.datapath is not None
         self.datapath.remove_endpoint(pod.endpoint)

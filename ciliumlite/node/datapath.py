@@ -16,8 +16,8 @@ import html
 import ipaddress
 import os
 import threading
-from collections.abc import Mapping
-from ipaddress import IPv4Address
+from collections.abc import Iterable, Mapping
+from ipaddress import IPv4Address, IPv4Network
 from types import MappingProxyType
 from typing import Any
 
@@ -27,7 +27,7 @@ from ciliumlite.bpf.link import FdLink, Link
 from ciliumlite.bpf.netns import NetnsRef
 from ciliumlite.bpf.offloop import public_methods_off_event_loop
 from ciliumlite.bpf.program import resolve_ifindex
-from ciliumlite.cluster.store import NodeInfo
+from ciliumlite.cluster.store import EndpointRecord, NodeInfo
 from ciliumlite.datapath import devices, gc, loader, registry
 from ciliumlite.datapath.config import DatapathConfig, NodeRodata
 from ciliumlite.datapath.lb import LbMaps
@@ -39,6 +39,7 @@ from ciliumlite.node import links
 from ciliumlite.node import routing as routing_mod
 from ciliumlite.node import state as state_mod
 from ciliumlite.node.endpoints import Endpoints, host_entry
+from ciliumlite.node.enforcement import PolicyEnforcer, PolicySync
 from ciliumlite.node.lifecycle import RELOADABLE, RestoreAndReload, netns_cookie
 from ciliumlite.node.netdev import NativeDevice
 from ciliumlite.node.policy import PolicyMaps
@@ -98,6 +99,9 @@ class Datapath(RestoreAndReload):
         self._xdp = XdpDevice(config, None, None, netns, 0)
         self._prefilter = Prefilter(self._xdp, None)
         self._policy: PolicyMaps | None = None
+        self._enforcer: PolicyEnforcer | None = None
+        #: What the last :meth:`sync_policy` did (None before the first).
+        self.last_policy_sync: PolicySync | None = None
 
     def _setup(self) -> None:
         cfg, netns = self._config, self._netns
@@ -352,6 +356,27 @@ class Datapath(RestoreAndReload):
                 raise CiliumliteError(f"{self._config.node_name}: no BPF datapath loaded, so no policy maps")
             self._policy = PolicyMaps(self._pin_dir, self._config.policy_map_size)
         return self._policy
+
+    def sync_policy(self, policies: Iterable[Any], endpoints: Iterable[EndpointRecord]) -> PolicySync | None:
+        """Enforce the cluster's ``policies`` here, knowing every endpoint of the cluster
+        (``endpoints``, from the store): the local endpoints' policy maps and the ipcache are made
+        to match (:class:`~ciliumlite.node.enforcement.PolicyEnforcer`; map writes only, no
+        reload). Returns what it did, or None (nothing done) without ``enable_policy``.
+
+        Raises :class:`~ciliumlite.policy.IdentityExhaustedError` and :class:`BpfError`; a policy
+        too big for an endpoint's map is reported in the result, that endpoint keeping its old one.
+        """
+        with self._lock:
+            if not self._config.enable_policy or self._pin_dir is None:
+                return None
+            if self._enforcer is None:
+                self._enforcer = PolicyEnforcer(self._config.node_ip, lambda: self.policy)
+            cfg = self._config
+            own = {IPv4Network(a) for a in (cfg.gateway, cfg.node_ip, *(n.ip for n in self._remote.values()),
+                                            *(e.ip for e in self._endpoints.all()))}
+            result = self._enforcer.sync(self._endpoints.all(), policies, endpoints, own)
+            self.last_policy_sync = result
+            return result
 
     # -- XDP ------------------------------------------------------------------------------------------
     @property

@@ -34,7 +34,7 @@ from ciliumlite.policy.mapstate import (
     diff,
     prefix_length,
 )
-from ciliumlite.policy.ports import PROTOCOLS, protocol_number, range_prefixes
+from ciliumlite.policy.ports import PROTOCOLS, parse_named_ports, protocol_number, range_prefixes
 from ciliumlite.policy.rules import Peer, Policy, PolicySpec, PortRule, Rule, parse_policies, parse_policy
 from ciliumlite.policy.selector import CidrSelector, LabelSelector, Requirement
 from ciliumlite.policy.verdict import (
@@ -52,6 +52,6 @@ __all__ = [
     "IdentityExhaustedError", "Label", "LabelSelector", "Labels", "MapState", "MemoryIdentityAllocator", "Peer",
     "Policy", "PolicyEndpoint", "PolicyEngine", "PolicyEntry", "PolicyKey", "PolicySpec", "PortRule",
     "Requirement", "ReservedIdentity", "Rule", "Verdict", "allow_all", "cidr_labels", "covers", "deny_wins",
-    "diff", "flow_allowed", "flow_verdict", "lookup", "parse_policies", "parse_policy", "pod_labels",
+    "diff", "flow_allowed", "flow_verdict", "lookup", "parse_named_ports", "parse_policies", "parse_policy", "pod_labels",
     "prefix_length", "protocol_number", "range_prefixes", "reserved_cache", "reserved_labels",
 ]

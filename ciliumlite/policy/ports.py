@@ -7,6 +7,8 @@ policy map's key has 0..16 significant port bits), as Cilium's ``PortRangeToMask
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from ciliumlite.bpf.errors import ValidationError
 
 #: The protocols a policy port may name, with their IP protocol numbers.
@@ -21,6 +23,20 @@ def protocol_number(name: str, field: str) -> int:
     if number is None:
         raise ValidationError(f"{field}: unknown protocol {name!r} (use one of {', '.join(PROTOCOLS)})")
     return number
+
+
+def parse_named_ports(ports: Mapping[str, str], what: str) -> dict[tuple[str, int], int]:
+    """``{"serve-80-tcp": "80/TCP"}`` (a container's named ports; the protocol defaults to TCP)
+    as the engine's ``{(name, protocol number): port}``. Raises :class:`ValidationError` naming
+    ``what`` and the port."""
+    out: dict[tuple[str, int], int] = {}
+    for name, spec in ports.items():
+        number, _, proto = str(spec).partition("/")
+        field = f"{what}: named port {name!r}"
+        if not name or not number.isdigit() or not 1 <= int(number) <= 65535:
+            raise ValidationError(f"{field}: {spec!r} is not <port 1..65535>[/TCP|UDP|SCTP]")
+        out[(name, protocol_number(proto or "TCP", field))] = int(number)
+    return out
 
 
 def range_prefixes(first: int, last: int) -> list[tuple[int, int]]:

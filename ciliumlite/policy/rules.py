@@ -23,6 +23,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import yaml
+
 from ciliumlite.bpf.errors import ValidationError
 from ciliumlite.policy.labels import POD_NAMESPACE, SOURCE_K8S, SOURCE_RESERVED
 from ciliumlite.policy.ports import PROTOCOLS, protocol_number
@@ -405,4 +407,25 @@ def parse_policies(manifests: Iterable[Mapping[str, Any]]) -> list[Policy]:
             raise ValidationError(f"manifest {i}: {p.key} appears twice")
         seen.add(p.key)
         out.append(p)
+    return out
+
+
+def parse_policy_input(policy: str | Mapping[str, Any] | Policy | Iterable[Mapping[str, Any] | Policy]) -> list[Policy]:
+    """Policies from YAML text (documents of policy kinds), a manifest mapping, a parsed
+    :class:`Policy`, or a list of those; all parsed first (:func:`parse_policies`'s errors)."""
+    if isinstance(policy, str):
+        try:
+            docs: list[Any] = [d for d in yaml.safe_load_all(policy) if d is not None]
+        except yaml.YAMLError as exc:
+            raise ValidationError(f"policy YAML does not parse: {exc}") from None
+    elif isinstance(policy, (Mapping, Policy)):
+        docs = [policy]
+    else:
+        docs = list(policy)
+    parsed = parse_policies([d for d in docs if not isinstance(d, Policy)])
+    ready = [d for d in docs if isinstance(d, Policy)]
+    out = ready + parsed
+    keys = [p.key for p in out]
+    if len(set(keys)) != len(keys):
+        raise ValidationError(f"a policy appears twice: {sorted(k for k in keys if keys.count(k) > 1)[0]}")
     return out
