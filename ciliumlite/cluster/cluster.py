@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from ciliumlite.bpf.errors import ValidationError
 from ciliumlite.cluster.store import ClusterStore, EndpointRecord, Event, InMemoryStore, NodeInfo, PolicyStore
@@ -35,6 +35,11 @@ class NodeSink(Protocol):
 def keeps_policy(store: ClusterStore) -> bool:
     """Whether ``store`` keeps endpoints and policies (a :class:`PolicyStore`)."""
     return all(callable(getattr(store, m, None)) for m in ("put_endpoint", "endpoints", "put_policy", "policies"))
+
+
+def policy_store(store: ClusterStore) -> PolicyStore | None:
+    """``store`` as a :class:`PolicyStore`, or None if it keeps no endpoints and policies."""
+    return cast(PolicyStore, store) if keeps_policy(store) else None
 
 
 class Cluster:
@@ -117,14 +122,15 @@ class Cluster:
 
     # -- endpoints and policies (a PolicyStore only) ---------------------------------------------------
     def _policy_store(self) -> PolicyStore:
-        if not keeps_policy(self.store):
+        store = policy_store(self.store)
+        if store is None:
             raise ValidationError(f"this cluster's store ({type(self.store).__name__}) keeps no endpoints or "
                                   "policies: use the in-memory store (the default)")
-        return self.store  # type: ignore[return-value]
+        return store
 
     def _sync_policy(self, datapath: NodeSink) -> None:
-        if keeps_policy(self.store):
-            store = self._policy_store()
+        store = policy_store(self.store)
+        if store is not None:
             datapath.sync_policy(store.policies(), store.endpoints())
 
     def put_endpoint(self, record: EndpointRecord) -> None:

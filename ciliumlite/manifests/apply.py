@@ -18,19 +18,22 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from ciliumlite.bpf.errors import ValidationError
-from ciliumlite.cluster.store import ClusterStore, NodeInfo
+from ciliumlite.cluster.cluster import policy_store
+from ciliumlite.cluster.store import ClusterStore, NodeInfo, PolicyStore
 from ciliumlite.manifests.fields import ManifestError
 from ciliumlite.manifests.model import (
     NAMESPACE_LABEL,
+    POLICY_KINDS,
     PORT_LABEL,
     SERVICE_LABEL,
     SOURCE_PREFIXES,
     TARGET_PORT_LABEL,
     KubeEndpoints,
     KubeNode,
+    KubePolicy,
     KubeService,
     Manifest,
     Manifests,
@@ -39,6 +42,7 @@ from ciliumlite.manifests.model import (
     ServicePort,
     decode_groups,
 )
+from ciliumlite.policy.rules import Policy
 from ciliumlite.service import Backend, Frontend, Service
 
 Action = Literal["created", "configured", "unchanged", "deleted", "not found"]
@@ -141,6 +145,7 @@ def apply(store: ClusterStore, manifests: Manifests | Iterable[Manifest], *, dry
     errors += _service_clashes(by_name, removes, puts, owners)
     node_puts, node_errors = _plan_nodes(store, [m for m in items if isinstance(m, KubeNode)], change_of)
     errors += node_errors
+    policy_puts = _plan_policies(store, [m for m in items if isinstance(m, KubePolicy)], change_of, errors)
     if errors:
         raise ManifestError.combine(errors)
     result.changes = [change_of[id(m)] for m in items]
@@ -151,7 +156,30 @@ def apply(store: ClusterStore, manifests: Manifests | Iterable[Manifest], *, dry
             store.delete_service(name)
         for svc_value in puts.values():
             store.put_service(svc_value)
+        for policy in policy_puts:  # last: the services they may be about exist by then
+            cast(PolicyStore, store).put_policy(policy)
     return result
+
+
+def _plan_policies(store: ClusterStore, items: list[KubePolicy], change_of: dict[int, Change],
+                   errors: list[ManifestError]) -> list[Policy]:
+    """The policies to write, each item's Change recorded; a store without policies is an error."""
+    if not items:
+        return []
+    pstore = policy_store(store)
+    if pstore is None:
+        errors += [m.ref.origin.error("kind", f"this cluster's store ({type(store).__name__}) keeps no network "
+                                      "policies: apply policies to an in-process lab's cluster") for m in items]
+        return []
+    stored = {p.key: p for p in pstore.policies()}
+    out = []
+    for m in items:
+        old = stored.get(m.key)
+        action: Action = "created" if old is None else "unchanged" if old == m.policy else "configured"
+        change_of[id(m)] = Change(m.ref, action)
+        if action != "unchanged":
+            out.append(m.policy)
+    return out
 
 
 def delete(store: ClusterStore, objects: Iterable[ObjectRef | Manifest], *, dry_run: bool = False) -> Result:
@@ -171,10 +199,17 @@ def delete(store: ClusterStore, objects: Iterable[ObjectRef | Manifest], *, dry_
     removes: list[str] = []
     node_removes: list[str] = []
     dropped: dict[Key, set[str]] = {}
+    pstore = policy_store(store)
+    policies = {p.key for p in pstore.policies()} if pstore is not None else set()
+    policy_removes: list[str] = []
     for r in refs:
-        prev = by_key.get(r.service_key, []) if r.kind != "Node" else []
+        prev = by_key.get(r.service_key, []) if r.kind not in ("Node", *POLICY_KINDS) else []
         names = tuple(s.name for s in prev)
-        if r.kind == "Node":
+        if r.kind in POLICY_KINDS:
+            pkey = f"{r.kind}/{r.namespace}/{r.name}"
+            found = pkey in policies
+            policy_removes += [pkey] if found else []
+        elif r.kind == "Node":
             found = r.name in nodes
             node_removes += [r.name] if found else []
         elif r.kind == "Service":
@@ -197,6 +232,8 @@ def delete(store: ClusterStore, objects: Iterable[ObjectRef | Manifest], *, dry_
             store.put_service(svc)
         for name in node_removes:
             store.delete_node(name)
+        for pkey in policy_removes:
+            cast(PolicyStore, store).delete_policy(pkey)
     return result
 
 

@@ -1,11 +1,13 @@
-"""Kubernetes manifests as users write them: Service, EndpointSlice, Endpoints and Node, YAML or JSON.
+"""Kubernetes manifests as users write them: Service, EndpointSlice, Endpoints, Node, NetworkPolicy
+and CiliumNetworkPolicy, YAML or JSON.
 
 :func:`parse` and :func:`load` read one or many documents (YAML's ``---``, a JSON object, or a
 ``kind: List`` with ``items``), check each object the way the Kubernetes API server would (with the
 field path and what is expected in every error), and turn it into ciliumlite values: a
 :class:`KubeService` (one ciliumlite :class:`~ciliumlite.service.Service` per port, see
 :meth:`KubeService.service_name`), a :class:`KubeEndpoints` (the backends), a :class:`KubeNode` (a
-:class:`~ciliumlite.cluster.store.NodeInfo`). :func:`~ciliumlite.manifests.apply.apply` and
+:class:`~ciliumlite.cluster.store.NodeInfo`), a :class:`KubePolicy` (a
+:class:`~ciliumlite.policy.Policy`). :func:`~ciliumlite.manifests.apply.apply` and
 :func:`~ciliumlite.manifests.apply.delete` put them into a cluster store (all of them are
 re-exported by :mod:`ciliumlite.manifests`).
 
@@ -73,6 +75,7 @@ from ciliumlite.manifests.model import (
     ObjectRef,
 )
 from ciliumlite.manifests.nodes import _node
+from ciliumlite.manifests.policies import _policy
 from ciliumlite.manifests.services import _service
 
 # ---------------------------------------------------------------------------------------------
@@ -212,12 +215,13 @@ def _expand(value: object, doc: Doc) -> list[tuple[str, Any]]:
 
 def _kind(top: Fields, doc: Doc) -> Kind | None:
     """The object's kind, checked with its apiVersion; None: a kind skipped (not strict)."""
-    kind = top.text("kind", required="the object's kind (Service, EndpointSlice, Endpoints or Node)")
+    kind = top.text("kind", required="the object's kind (Service, EndpointSlice, Endpoints, Node, NetworkPolicy "
+                                      "or CiliumNetworkPolicy)")
     doc.kind = kind
     api = top.text("apiVersion", required=f"the API version ({SUPPORTED.get(kind, 'v1')} for a {kind})")
     if kind not in SUPPORTED:
-        message = (f"kind {kind!r} is not supported: ciliumlite apply takes Service, EndpointSlice, Endpoints "
-                   f"and Node (and a List of them)")
+        message = (f"kind {kind!r} is not supported: ciliumlite apply takes Service, EndpointSlice, Endpoints, "
+                   f"Node, NetworkPolicy and CiliumNetworkPolicy (and a List of them)")
         if doc.strict:
             top.fail("kind", message + "; --no-strict skips other kinds")
         doc.warn(top.at("kind"), message + ": skipped")
@@ -235,7 +239,8 @@ def _object(value: object, prefix: str, doc: Doc, namespace: str) -> Manifest | 
     if kind is None:
         return None
     readers: dict[str, Callable[[Fields, Doc, str], Manifest]] = {
-        "Service": _service, "EndpointSlice": _slice, "Endpoints": _endpoints, "Node": _node}
+        "Service": _service, "EndpointSlice": _slice, "Endpoints": _endpoints, "Node": _node,
+        "NetworkPolicy": _policy, "CiliumNetworkPolicy": _policy}
     return readers[kind](top, doc, namespace)
 
 

@@ -52,7 +52,8 @@ _NO_SCTP = {"SCTP": "it load-balances TCP and UDP only"}
 
 _NAME_RULES: dict[str, tuple[re.Pattern[str], int]] = {
     "Service": (DNS1035_LABEL, 63), "Endpoints": (DNS1035_LABEL, 63), "EndpointSlice": (DNS1123_SUBDOMAIN, 253),
-    "Node": (DNS1123_SUBDOMAIN, 253)}
+    "Node": (DNS1123_SUBDOMAIN, 253), "NetworkPolicy": (DNS1123_SUBDOMAIN, 253),
+    "CiliumNetworkPolicy": (DNS1123_SUBDOMAIN, 253)}
 
 
 def _metadata(top: Fields, doc: Doc, kind: Kind, namespace: str | None, rule: re.Pattern[str], max_len: int,

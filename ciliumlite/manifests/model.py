@@ -1,5 +1,6 @@
 """The values Kubernetes manifests become: which object (:class:`ObjectRef`, with its :class:`Origin`
-for errors), a :class:`KubeService`, a :class:`KubeEndpoints`, a :class:`KubeNode`; and the labels
+for errors), a :class:`KubeService`, a :class:`KubeEndpoints`, a :class:`KubeNode`, a
+:class:`KubePolicy`; and the labels
 under which a ciliumlite service keeps what a later apply needs to merge.
 """
 
@@ -13,15 +14,21 @@ from typing import Literal
 from ciliumlite.bpf.errors import ValidationError
 from ciliumlite.cluster.store import NodeInfo
 from ciliumlite.manifests.fields import ManifestError, join
+from ciliumlite.policy.rules import Policy
 from ciliumlite.service import Protocol, ServiceType, TrafficPolicy
 
-Kind = Literal["Service", "EndpointSlice", "Endpoints", "Node"]
+Kind = Literal["Service", "EndpointSlice", "Endpoints", "Node", "NetworkPolicy", "CiliumNetworkPolicy"]
 #: (apiVersion, kind) of every object :func:`parse` takes.
 SUPPORTED: dict[str, str] = {"Service": "v1", "Endpoints": "v1", "Node": "v1",
-                             "EndpointSlice": "discovery.k8s.io/v1"}
+                             "EndpointSlice": "discovery.k8s.io/v1", "NetworkPolicy": "networking.k8s.io/v1",
+                             "CiliumNetworkPolicy": "cilium.io/v2"}
+#: The network policy kinds (:class:`KubePolicy`).
+POLICY_KINDS = ("NetworkPolicy", "CiliumNetworkPolicy")
 #: kubectl's resource names, for ``service/web created``.
 RESOURCE: dict[str, str] = {"Service": "service", "Endpoints": "endpoints", "Node": "node",
-                            "EndpointSlice": "endpointslice.discovery.k8s.io"}
+                            "EndpointSlice": "endpointslice.discovery.k8s.io",
+                            "NetworkPolicy": "networkpolicy.networking.k8s.io",
+                            "CiliumNetworkPolicy": "ciliumnetworkpolicy.cilium.io"}
 @dataclass(frozen=True)
 class Origin:
     """Where an object was read (file, document from 1, kind, name, and ``items[i]`` inside a List),
@@ -192,7 +199,20 @@ class KubeNode:
     cidr_path: str
 
 
-Manifest = KubeService | KubeEndpoints | KubeNode
+@dataclass(frozen=True)
+class KubePolicy:
+    """A NetworkPolicy or CiliumNetworkPolicy, parsed (a :class:`ciliumlite.policy.Policy`)."""
+
+    ref: ObjectRef
+    policy: Policy
+
+    @property
+    def key(self) -> str:
+        """``Kind/namespace/name``, the policy's key in the store."""
+        return self.policy.key
+
+
+Manifest = KubeService | KubeEndpoints | KubeNode | KubePolicy
 
 
 @dataclass

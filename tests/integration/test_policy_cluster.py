@@ -192,3 +192,11 @@ def test_removed_pod_leaves_every_ipcache(topo: Topo) -> None:
     topo.cl.node("n2").remove_pod("d")
     assert n1.policy.lookup(ip) == ReservedIdentity.WORLD
     assert inventory.prog_ids()  # the kernel still answers (sanity for the leak check)
+
+
+def test_lab_apply_takes_policy_manifests(topo: Topo) -> None:
+    res = topo.lab.apply(DENY_X_INGRESS)
+    assert res.lines() == ["networkpolicy.networking.k8s.io/deny-ingress created"]
+    assert not reach(topo.c, topo.a) and reach(topo.a, topo.c)
+    topo.cl.delete_policy("NetworkPolicy/x/deny-ingress")
+    assert reach(topo.c, topo.a)

@@ -32,6 +32,7 @@ class Sink:
         self.known: dict[str, NodeInfo] = {}
         self.services: dict[str, Svc] = {}
         self.refuse = refuse
+        self.policy_syncs: list[tuple[int, int]] = []
 
     def add_remote_node(self, node: NodeInfo) -> None:
         self.events.append(("add", node.name))
@@ -40,6 +41,9 @@ class Sink:
     def remove_remote_node(self, node: NodeInfo) -> None:
         self.events.append(("remove", node.name))
         self.known.pop(node.name, None)
+
+    def sync_policy(self, policies: list[object], endpoints: list[object]) -> None:
+        self.policy_syncs.append((len(policies), len(endpoints)))  # apart from events: their order is tested
 
     def validate_service(self, svc: Svc) -> None:
         if svc.name == self.refuse:
@@ -311,3 +315,28 @@ def test_identities_are_stable_and_distinct() -> None:
     assert web == store.allocate_identity({"tier": "front", "app": "web"}), "label order does not matter"
     db = store.allocate_identity({"app": "db"})
     assert db != web and min(web, db) >= 256
+
+
+def test_endpoints_and_policies_make_every_member_sync() -> None:
+    from ciliumlite.cluster import EndpointRecord
+    from ciliumlite.policy import parse_policy
+
+    cluster = Cluster()
+    a, b = Sink(), Sink()
+    cluster.join(NodeInfo("a", "10.0.0.11", "10.244.0.0/24"), a)
+    cluster.join(NodeInfo("b", "10.0.0.12", "10.244.1.0/24"), b)
+    assert a.policy_syncs == [(0, 0)] and b.policy_syncs == [(0, 0)]  # at join
+    cluster.put_endpoint(EndpointRecord("10.244.0.2", "a", "10.0.0.11", 256, {"k8s:app": "x"}))
+    pol = parse_policy({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+                        "metadata": {"name": "p", "namespace": "default"}, "spec": {"podSelector": {}}})
+    cluster.put_policy(pol)
+    assert a.policy_syncs[-1] == b.policy_syncs[-1] == (1, 1)
+    cluster.delete_policy(pol.key)
+    cluster.delete_endpoint("10.244.0.2")
+    assert a.policy_syncs[-1] == (0, 0) and len(a.policy_syncs) == 5
+    cluster.delete_endpoint("10.244.0.2")  # absent: nobody is told
+    assert len(b.policy_syncs) == 5
+    with pytest.raises(ValidationError, match="identity"):
+        EndpointRecord("10.244.0.3", "a", "10.0.0.11", 7, {})
+    with pytest.raises(ValidationError, match="endpoint 10.244.0.300: Octet 300"):
+        EndpointRecord("10.244.0.300", "a", "10.0.0.11", 300, {})
