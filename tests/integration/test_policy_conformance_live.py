@@ -168,7 +168,8 @@ def probe_all(t: Topo, per_source: dict[str, dict[str, tuple[Cell, str]]],
     return out
 
 
-def check(t: Topo, policies: list[dict[str, Any]], timeout: float = TIMEOUT) -> tuple[dict[Cell, bool], list[str]]:
+def check(t: Topo, policies: list[dict[str, Any]], timeout: float = TIMEOUT,
+          label: str = "") -> tuple[dict[Cell, bool], list[str]]:
     """Probe every cell with ``policies`` in force (already applied): the model's table, and the
     wrong cells in words (after one slower re-probe of the cells seen blocked but allowed)."""
     model = Cluster({ns: {"ns": ns} for ns in NAMESPACES}, t.model_pods, policies)
@@ -182,7 +183,7 @@ def check(t: Topo, policies: list[dict[str, Any]], timeout: float = TIMEOUT) -> 
     retry = {s: c for s, c in retry.items() if c}
     if retry and timeout < RETRY_TIMEOUT:
         again = probe_all(t, retry, RETRY_TIMEOUT)
-        t.retried += [fmt(c) for c, (ok, _) in again.items() if ok]
+        t.retried += [f"{label}: {fmt(c)}" for c, (ok, _) in again.items() if ok]
         got.update(again)
     wrong = [f"{fmt(c)}: observed {'allowed' if got[c][0] else 'blocked'}, model "
              f"{'allowed' if want[c] else 'blocked'}{' (' + got[c][1] + ')' if got[c][1] else ''}"
@@ -235,7 +236,7 @@ def test_case(clean: Topo, case: str) -> None:
     t = clean
     if CASES[case]:
         t.cl.apply_policy(CASES[case])
-    want, wrong = check(t, CASES[case])
+    want, wrong = check(t, CASES[case], label=case)
     t.cells += len(want)
     assert len(want) == 2 * 9 * 8 * len(PORTS) * len(PROTOS)
     assert not wrong, f"case {case!r}: {len(wrong) - 1} of {len(want)} cells wrong:\n" + "\n".join(wrong)
