@@ -16,7 +16,7 @@ not cover (DSR in SNAT mode) is *skipped* with the reason; a scenario whose feat
 lacks or breaks *fails* -- nothing is skipped silently.
 
 The modules, each importing only those listed after it: ``runner`` (:class:`ConnectivityTest`),
-``scenarios`` (the traffic scenarios), ``disruption`` (the ``no-interrupted-connections`` family:
+``scenarios`` (the traffic scenarios), ``policies`` (the ``policy/*`` scenarios), ``disruption`` (the ``no-interrupted-connections`` family:
 node churn, agent restart, program replacement, under counted traffic), ``drops``
 (``no-unexpected-packet-drops``), ``context`` (:class:`ConnectivityContext`, :class:`Probe`),
 ``framework`` (:class:`Scenario`, :class:`Checks`, :class:`ScenarioResult`, :func:`select`);

@@ -30,7 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ciliumlite.connectivity import scenarios  # noqa: F401  (the traffic scenarios register before these)
+from ciliumlite.connectivity import policies  # noqa: F401  (the traffic and policy scenarios register first)
 from ciliumlite.connectivity.context import ConnectivityContext
 from ciliumlite.connectivity.framework import Checks, ScenarioResult, scenario
 from ciliumlite.lab import Node, procs

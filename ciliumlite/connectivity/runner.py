@@ -12,8 +12,10 @@ from ciliumlite.bpf.errors import CiliumliteError, ValidationError
 from ciliumlite.connectivity import drops  # noqa: F401
 from ciliumlite.connectivity.context import ECHO_PORT, SERVICES, ConnectivityContext
 from ciliumlite.connectivity.framework import Scenario, ScenarioResult, select
+from ciliumlite.connectivity.policies import NAMESPACE, POD_LABELS
 from ciliumlite.datapath.config import LB_MODE
 from ciliumlite.lab import Lab, LabCluster, Node, Pod
+from ciliumlite.lab.agents import AgentNode
 from ciliumlite.service import Backend, Frontend, Service
 
 __all__ = ["NODE_NAMES", "ConnectivityTest"]
@@ -26,7 +28,8 @@ class ConnectivityTest:
     """Deploy the test workloads and run scenarios.
 
     ``target`` None builds a fresh lab (``Lab(name)``, ``nodes`` nodes in ``routing`` mode with
-    ``load_balancer_mode=lb_mode`` and ``bpf_masquerade=masquerade``; ``kvstore="etcd"``:
+    ``load_balancer_mode=lb_mode``, ``bpf_masquerade=masquerade`` and, with ``policy`` (in-process
+    labs only), ``enable_policy`` for the ``policy/*`` scenarios; ``kvstore="etcd"``:
     ``Lab(name, store="etcd")``, an agent process per node over etcd); ``close()`` removes it. A
     :class:`Lab` (with one cluster, or none: one is built in it) or a :class:`LabCluster` is used as
     it is: the workloads go onto its first two nodes and ``close()`` removes only what was added.
@@ -37,7 +40,8 @@ class ConnectivityTest:
 
     def __init__(self, target: Lab | LabCluster | None = None, *, routing: str = "vxlan", lb_mode: str = "snat",
                  nodes: int = 2, masquerade: bool = True, bgp: bool | None = None, name: str = "conn",
-                 timeout: float = 2.0, extra_config: dict[str, Any] | None = None, kvstore: str = "memory") -> None:
+                 timeout: float = 2.0, extra_config: dict[str, Any] | None = None, kvstore: str = "memory",
+                 policy: bool = True) -> None:
         if kvstore not in ("memory", "etcd"):
             raise ValidationError(f"kvstore must be memory or etcd, not {kvstore!r}")
         if routing not in ("vxlan", "native"):
@@ -54,6 +58,7 @@ class ConnectivityTest:
         self.routing, self.lb_mode, self.n_nodes, self.masquerade, self.bgp = routing, lb_mode, nodes, masquerade, bgp
         self.name, self.timeout, self.kvstore = name, timeout, kvstore
         self.extra_config = dict(extra_config or {})
+        self.policy = policy
         self.ctx: ConnectivityContext | None = None
         self._cl: LabCluster | None = None
         self._own_lab: Lab | None = None
@@ -64,7 +69,8 @@ class ConnectivityTest:
     def _cluster(self) -> LabCluster:
         if isinstance(self.target, LabCluster):
             return self.target
-        config = {"load_balancer_mode": self.lb_mode, "bpf_masquerade": self.masquerade, **self.extra_config}
+        config = {"load_balancer_mode": self.lb_mode, "bpf_masquerade": self.masquerade,
+                  **({"enable_policy": True} if self.policy and self.kvstore == "memory" else {}), **self.extra_config}
         if isinstance(self.target, Lab):
             lab = self.target
             if not lab.nodes:
@@ -107,7 +113,9 @@ class ConnectivityTest:
     def _add_pod(self, node: Node, name: str) -> Pod:
         if name in node.pods:
             raise ValidationError(f"{node.name} has a pod {name!r} already: the connectivity test deploys its own")
-        pod = node.add_pod(name)
+        # Cilium's labels; an agent's pod (CNI) has no namespace to give yet.
+        pod = node.add_pod(name, labels=POD_LABELS[name]) if isinstance(node, AgentNode) else \
+            node.add_pod(name, namespace=NAMESPACE, labels=POD_LABELS[name])
         self._pods.append(pod)
         return pod
 

@@ -23,12 +23,15 @@ from ciliumlite.datapath import devices, loader, maps
 from ciliumlite.datapath.config import VXLAN_PORT, NodeRodata
 from ciliumlite.datapath.records import TunnelKey, TunnelValue
 from ciliumlite.node import links
+from ciliumlite.policy.identity import ReservedIdentity
 
 if TYPE_CHECKING:
     from ciliumlite.cluster.store import NodeInfo
 
-#: Cilium's reserved:host identity: what node-to-pod traffic carries in the VNI.
-HOST_IDENTITY = 1
+#: What this node's own traffic to another node's pods carries in the VNI: Cilium's
+#: reserved:remote-node (6). A node presents itself to the others as remote-node, so a VNI that
+#: claims host (1) can only be forged, and bpf_overlay drops it (with enable_policy).
+NODE_TRAFFIC_IDENTITY = int(ReservedIdentity.REMOTE_NODE)
 #: The MAC the encap route's neighbour entry uses (the overlay program rewrites it on arrival).
 REMOTE_GATEWAY_MAC = "02:00:00:00:ff:ff"
 
@@ -148,7 +151,7 @@ class Tunnel:
         if add:
             cmds = [[*ns, "neigh", "replace", remote_gw, "lladdr", REMOTE_GATEWAY_MAC, "dev", self.device,
                      "nud", "permanent"],
-                    [*ns, "route", "replace", node.pod_cidr, "encap", "ip", "id", str(HOST_IDENTITY), "dst",
+                    [*ns, "route", "replace", node.pod_cidr, "encap", "ip", "id", str(NODE_TRAFFIC_IDENTITY), "dst",
                      node.ip, "ttl", "64", "via", remote_gw, "dev", self.device, "onlink", "src", str(self.gateway)]]
         else:
             cmds = [[*ns, "route", "del", node.pod_cidr, "dev", self.device],

@@ -39,7 +39,7 @@ def test_tunnel_alone_in_a_namespace(netns: str, bpffs_dir: str) -> None:
         tun.add(GHOST)
         assert tun.entries() == {"10.244.50.0": "10.0.0.99"}
         route = ip(netns, "route", "show", "10.244.50.0/24")
-        assert "encap ip id 1" in route and "dst 10.0.0.99" in route and "src 10.244.1.1" in route, route
+        assert "encap ip id 6" in route and "dst 10.0.0.99" in route and "src 10.244.1.1" in route, route
         assert "10.244.50.1" in ip(netns, "neigh", "show", "dev", "cilium_vxlan")
         assert "ghost" in repr(tun) and "10.0.0.99" in tun._repr_html_()
 
