@@ -338,5 +338,5 @@ def test_endpoints_and_policies_make_every_member_sync() -> None:
     assert len(b.policy_syncs) == 5
     with pytest.raises(ValidationError, match="identity"):
         EndpointRecord("10.244.0.3", "a", "10.0.0.11", 7, {})
-    with pytest.raises(ValidationError, match="endpoint 10.244.0.300: Octet 300"):
+    with pytest.raises(ValidationError, match=r"endpoint 10\.244\.0\.300: Octet 300"):
         EndpointRecord("10.244.0.300", "a", "10.0.0.11", 300, {})
