@@ -17,10 +17,14 @@ import threading
 
 def probe(ip: str, port: int, proto: str, timeout: float) -> dict[str, object]:
     kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
+    local = 0
     try:
         with socket.socket(socket.AF_INET, kind) as s:
             s.settimeout(timeout)
-            s.connect((ip, port))
+            try:
+                s.connect((ip, port))
+            finally:
+                local = s.getsockname()[1]
             if proto == "tcp":
                 s.sendall(b"p")
                 s.shutdown(socket.SHUT_WR)
@@ -35,7 +39,7 @@ def probe(ip: str, port: int, proto: str, timeout: float) -> dict[str, object]:
                 s.send(b"p")
                 data = s.recv(65536)
     except OSError as exc:
-        return {"ok": False, "server": "", "error": f"{type(exc).__name__}: {exc}"}
+        return {"ok": False, "server": "", "error": f"{type(exc).__name__}: {exc} (local port {local})"}
     parts = data.decode(errors="replace").split("|")
     return {"ok": len(parts) == 3, "server": parts[1] if len(parts) == 3 else "", "error": ""}
 

@@ -183,7 +183,7 @@ def check(t: Topo, policies: list[dict[str, Any]], timeout: float = TIMEOUT,
     retry = {s: c for s, c in retry.items() if c}
     if retry and timeout < RETRY_TIMEOUT:
         again = probe_all(t, retry, RETRY_TIMEOUT)
-        t.retried += [f"{label}: {fmt(c)}" for c, (ok, _) in again.items() if ok]
+        t.retried += [f"{label}: {fmt(c)} (first: {got[c][1]})" for c, (ok, _) in again.items() if ok]
         got.update(again)
     wrong = [f"{fmt(c)}: observed {'allowed' if got[c][0] else 'blocked'}, model "
              f"{'allowed' if want[c] else 'blocked'}{' (' + got[c][1] + ')' if got[c][1] else ''}"
