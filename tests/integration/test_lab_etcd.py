@@ -27,12 +27,11 @@ import pytest
 from ciliumlite.bpf import fs
 from ciliumlite.bpf import netns as nsmod
 from ciliumlite.cluster.etcd import KvstoreError
-from ciliumlite.connectivity import ConnectivityTest
+from ciliumlite.connectivity import SCENARIOS, ConnectivityTest
 from ciliumlite.connectivity.disruption import STREAM
 from ciliumlite.datapath import registry
 from ciliumlite.datapath.config import PIN_BASE
 from ciliumlite.demo import run_demo
-from ciliumlite.connectivity import SCENARIOS
 from ciliumlite.lab import Lab, Pod, procs
 from ciliumlite.lab.agents import AgentCluster, AgentNode, wait_forgotten
 from ciliumlite.lab.naming import RUN_ID
