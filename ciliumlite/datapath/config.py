@@ -55,7 +55,11 @@ class DatapathConfig:
     ``enable_policy`` turns on network policy enforcement (``docs/policy.md``; .rodata, so it is fixed
     at load): each endpoint given a MapState (``Datapath.policy``) is enforced at egress and ingress,
     in an LPM trie of ``policy_map_size`` entries (Cilium's ``bpf-policy-map-max``, 256..65536).
-    Off, the verifier prunes the policy code: nothing is checked and nothing costs.
+    Off, the verifier prunes the policy code: nothing is checked and nothing costs. An endpoint
+    whose MapState does not fit keeps its previous policy and is reported
+    (:class:`~ciliumlite.node.policy.PolicyOverflowError` in ``Datapath.last_policy_sync``); with
+    ``policy_lockdown_on_overflow`` (Cilium's ``--enable-lockdown-endpoint-on-policy-overflow``)
+    it is locked down instead: deny-all both ways until its policy fits again.
 
     ``acceleration`` (Helm's ``loadBalancer.acceleration``) runs NodePort for remote backends in XDP
     on ``underlay_device`` (``bpf_xdp.o``, :mod:`ciliumlite.node.xdp`, ``docs/xdp.md``): ``"native"``
@@ -99,6 +103,7 @@ class DatapathConfig:
     events_per_sec: int = 1000
     enable_policy: bool = False
     policy_map_size: int = POLICY_MAP_SIZE
+    policy_lockdown_on_overflow: bool = False
     bgp_asn: int | None = None
     bgp_peers: tuple[BgpPeer, ...] = ()
     extra_rodata: dict[str, Any] = field(default_factory=dict)
@@ -154,6 +159,8 @@ class DatapathConfig:
                                   f"not {self.events_per_sec!r}")
         if not isinstance(self.enable_policy, bool):
             raise ValidationError(f"enable_policy must be a bool, not {self.enable_policy!r}")
+        if not isinstance(self.policy_lockdown_on_overflow, bool):
+            raise ValidationError(f"policy_lockdown_on_overflow must be a bool, not {self.policy_lockdown_on_overflow!r}")
         if isinstance(self.policy_map_size, bool) or not isinstance(self.policy_map_size, int) or \
                 not POLICY_MAP_MIN <= self.policy_map_size <= POLICY_MAP_MAX:
             raise ValidationError(f"policy_map_size must be an int in {POLICY_MAP_MIN}..{POLICY_MAP_MAX} "

@@ -364,13 +364,15 @@ class Datapath(RestoreAndReload):
         reload). Returns what it did, or None (nothing done) without ``enable_policy``.
 
         Raises :class:`~ciliumlite.policy.IdentityExhaustedError` and :class:`BpfError`; a policy
-        too big for an endpoint's map is reported in the result, that endpoint keeping its old one.
+        too big for an endpoint's map is reported in the result (``overflowed``), that endpoint
+        keeping its old one, or locked down (deny-all) with ``policy_lockdown_on_overflow``.
         """
         with self._lock:
             if not self._config.enable_policy or self._pin_dir is None:
                 return None
             if self._enforcer is None:
                 self._enforcer = PolicyEnforcer(self._config.node_ip, lambda: self.policy)
+            self._enforcer.lockdown = self._config.policy_lockdown_on_overflow
             cfg = self._config
             own = {IPv4Network(a) for a in (cfg.gateway, cfg.node_ip, *(n.ip for n in self._remote.values()),
                                             *(e.ip for e in self._endpoints.all()))}

@@ -14,8 +14,13 @@ the store), builds one :class:`~ciliumlite.policy.PolicyEngine` and then, throug
   addresses, the remote nodes' addresses: the ``own`` prefixes) are never written or removed here.
 
 A local endpoint the store does not know (made outside the cluster) is left as it is. An
-endpoint whose MapState does not fit its map keeps its previous policy (nothing of the new one
-is written, never a silent allow) and is reported in :attr:`PolicySync.errors`.
+endpoint whose MapState does not fit its map (:class:`~ciliumlite.node.policy.PolicyOverflowError`)
+keeps its previous policy (nothing of the new one is written, never a silent allow) and is
+reported in :attr:`PolicySync.errors` and :attr:`PolicySync.overflowed`. With ``lockdown`` (Cilium's
+``--enable-lockdown-endpoint-on-policy-overflow``) it is locked down instead: its map holds
+:data:`LOCKDOWN` (deny any peer, both directions: every forward packet is dropped as ``Policy
+denied by denylist``) until a later sync finds its policy fits again, and it is listed in
+:attr:`PolicySync.locked_down`.
 """
 
 from __future__ import annotations
@@ -28,10 +33,14 @@ from typing import Any
 from ciliumlite.bpf.errors import CiliumliteError
 from ciliumlite.cluster.store import EndpointRecord
 from ciliumlite.endpoint import Endpoint
-from ciliumlite.node.policy import PolicyMaps
+from ciliumlite.node.policy import PolicyMaps, PolicyOverflowError
 from ciliumlite.policy import CidrIdentityAllocator, EndpointPolicy, Labels, PolicyEndpoint, PolicyEngine
+from ciliumlite.policy.mapstate import MapState, PolicyEntry, PolicyKey
 
 _Target = tuple[int, ipaddress.IPv4Address | None]
+
+#: What a locked-down endpoint's map holds: deny any peer, any protocol, either direction.
+LOCKDOWN: MapState = {PolicyKey(0, False): PolicyEntry(deny=True), PolicyKey(0, True): PolicyEntry(deny=True)}
 
 
 @dataclass(frozen=True)
@@ -46,8 +55,12 @@ class PolicySync:
     #: ipcache prefixes added or changed, and removed.
     ipcache_written: int = 0
     ipcache_deleted: int = 0
-    #: ``endpoint: what failed`` (its previous policy stays).
+    #: ``endpoint: what failed`` (its previous policy stays, unless it was locked down).
     errors: tuple[str, ...] = ()
+    #: Endpoint name -> the overflow, for the endpoints whose MapState did not fit their map.
+    overflowed: dict[str, PolicyOverflowError] = field(default_factory=dict)
+    #: The endpoints locked down by this sync (deny-all, ``lockdown`` on).
+    locked_down: tuple[str, ...] = ()
 
 
 def policy_endpoint(record: EndpointRecord) -> PolicyEndpoint:
@@ -60,12 +73,14 @@ class PolicyEnforcer:
     """Keeps one node's policy maps and ipcache in line with the cluster's policies.
 
     ``node_ip`` is the node's underlay address (an endpoint record hosted there is local);
-    ``maps`` returns the node's :class:`PolicyMaps` (opened on first use). Not thread-safe on its
-    own: the Datapath serialises calls.
+    ``maps`` returns the node's :class:`PolicyMaps` (opened on first use); ``lockdown`` locks an
+    overflowing endpoint down (it may be changed between syncs). Not thread-safe on its own: the
+    Datapath serialises calls.
     """
 
-    def __init__(self, node_ip: str, maps: Callable[[], PolicyMaps]) -> None:
+    def __init__(self, node_ip: str, maps: Callable[[], PolicyMaps], *, lockdown: bool = False) -> None:
         self.node_ip = node_ip
+        self.lockdown = lockdown
         self._maps = maps
         self._cidr = CidrIdentityAllocator()
 
@@ -83,6 +98,8 @@ class PolicyEnforcer:
         by_ip = {r.ip: r for r in records}
         answers: dict[str, EndpointPolicy] = {}
         errors: list[str] = []
+        overflowed: dict[str, PolicyOverflowError] = {}
+        locked: list[str] = []
         written = deleted = 0
         for ep in local:
             record = by_ip.get(str(ep.ip))
@@ -96,10 +113,23 @@ class PolicyEnforcer:
                     written, deleted = written + change.written, deleted + change.deleted
                 else:
                     maps.clear(ep)
-            except CiliumliteError as exc:  # MapFullError: nothing of the new policy was written
+            except PolicyOverflowError as exc:  # nothing of the new policy was written
+                overflowed[ep.name] = exc
+                if not self.lockdown:
+                    errors.append(f"{ep.name}: {exc}")
+                    continue
+                try:
+                    change = maps.set_endpoint(ep, LOCKDOWN)
+                except CiliumliteError as exc2:
+                    errors.append(f"{ep.name}: {exc}; lockdown failed: {exc2}")
+                    continue
+                written, deleted = written + change.written, deleted + change.deleted
+                locked.append(ep.name)
+                errors.append(f"{ep.name}: {exc}; endpoint locked down (deny-all)")
+            except CiliumliteError as exc:
                 errors.append(f"{ep.name}: {exc}")
         ipw, ipd = self._sync_ipcache(maps, records, engine.cidr_identities, set(own))
-        return PolicySync(answers, written, deleted, ipw, ipd, tuple(errors))
+        return PolicySync(answers, written, deleted, ipw, ipd, tuple(errors), overflowed, tuple(locked))
 
     def _sync_ipcache(self, maps: PolicyMaps, records: list[EndpointRecord], cidrs: dict[ipaddress.IPv4Network, int],
                       own: set[ipaddress.IPv4Network]) -> tuple[int, int]:
@@ -123,4 +153,4 @@ class PolicyEnforcer:
         return written, deleted
 
 
-__all__ = ["PolicyEnforcer", "PolicySync", "policy_endpoint"]
+__all__ = ["LOCKDOWN", "PolicyEnforcer", "PolicySync", "policy_endpoint"]

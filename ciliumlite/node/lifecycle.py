@@ -44,6 +44,8 @@ RELOADABLE = frozenset({"monitor_drops", "monitor_trace", "events_per_sec", "ext
 RELOADABLE |= {"objects_dir"}
 #: Socket acceleration is switched at runtime anyway (Datapath.set_sockops): a reload may change it.
 RELOADABLE |= {"sockops_enable", "sockops_exclude_ports"}
+#: Read by the policy control plane only (what an overflowing endpoint gets): nothing to reload.
+RELOADABLE |= {"policy_lockdown_on_overflow"}
 _UNSET: Any = object()
 _D = TypeVar("_D", bound="RestoreAndReload")
 

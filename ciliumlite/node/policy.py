@@ -100,6 +100,23 @@ def _network(prefix: str | ipaddress.IPv4Network | ipaddress.IPv4Address) -> ipa
                               f"{exc}") from exc
 
 
+class PolicyOverflowError(MapFullError):
+    """An endpoint's MapState has more entries than its policy map holds (nothing was written).
+
+    ``endpoint`` names the endpoint, ``entries`` is the MapState's size and ``map_size`` the map's
+    (``DatapathConfig.policy_map_size``). Cilium reports the same as ``E2BIG`` on the policymap update.
+    """
+
+    def __init__(self, endpoint: str, endpoint_id: int, entries: int, map_size: int) -> None:
+        super().__init__("update policy map", 28, target=(
+            f"endpoint {endpoint_id} ({endpoint}): {entries} entries, the map holds {map_size} "
+            "(raise DatapathConfig.policy_map_size, at most 65536)"))
+        self.endpoint = endpoint
+        self.endpoint_id = endpoint_id
+        self.entries = entries
+        self.map_size = map_size
+
+
 def _ipcache_key(net: ipaddress.IPv4Network) -> IpcacheKey:
     return IpcacheKey(prefixlen=IPCACHE_STATIC_PREFIX + net.prefixlen, family=FAMILY_IPV4, ip4=net.network_address)
 
@@ -138,7 +155,7 @@ class PolicyMaps:
         """Make ``endpoint``'s policy map hold exactly ``state``, writing only the difference.
 
         Raises :class:`ValidationError` for an item that is not a (PolicyKey, PolicyEntry) pair,
-        :class:`MapFullError` when ``state`` has more entries than the map holds (nothing written),
+        :class:`PolicyOverflowError` when ``state`` has more entries than the map holds (nothing written),
         :class:`BpfError` when the kernel refuses a write (the map may then hold part of the change:
         call again, or :meth:`clear`).
         """
@@ -150,9 +167,7 @@ class PolicyMaps:
             mk, mv = encode(key, entry)
             wanted[mk] = mv
         if len(wanted) > self.map_size:
-            raise MapFullError("update policy map", 28, target=(
-                f"endpoint {endpoint.id} ({endpoint.name}): {len(wanted)} entries, the map holds "
-                f"{self.map_size} (raise DatapathConfig.policy_map_size, at most 65536)"))
+            raise PolicyOverflowError(endpoint.name, endpoint.id, len(wanted), self.map_size)
         inner = self._open_inner(endpoint.id)
         if inner is None:
             fresh: Map[Any, Any] = Map.create(MapType.LPM_TRIE, f"cilium_pol{endpoint.id % 100000:05d}",
