@@ -86,6 +86,7 @@ def test_overflow_is_a_typed_error_and_keeps_the_previous_policy(topo: Topo) -> 
     topo.cl.delete_policy("NetworkPolicy/x/big")
 
 
+@pytest.mark.replaces_objects  # the reloads swap the programs the module's lab owns
 def test_lockdown_denies_everything_then_recovers(topo: Topo) -> None:
     topo.dp.reload(dataclasses.replace(topo.dp.config, policy_lockdown_on_overflow=True))
     try:
