@@ -23,6 +23,7 @@ from rich.text import Text
 from ciliumlite import inspect as ins
 from ciliumlite.bpf.errors import BpfError
 from ciliumlite.cli import format as fmt
+from ciliumlite.cli import policy_format as pfmt
 from ciliumlite.cli.commands import LabOpt, NodeOpt, Output, OutputOpt, Run, _each, _run, _select
 from ciliumlite.inspect import InspectError, RegisteredDatapath
 
@@ -77,7 +78,7 @@ def _read_policy(dp: RegisteredDatapath, wanted: str | None, local: list[dict[st
         prefixes: dict[int, list[str]] = {}
         for e in pm.list() if any(states.values()) else ():
             prefixes.setdefault(e.identity, []).append(str(e.prefix))
-        return [fmt.policy_endpoint(dp.node, i, by_id.get(i), states[i], pm.stats_by_id(i) if states[i] else {},
+        return [pfmt.policy_endpoint(dp.node, i, by_id.get(i), states[i], pm.stats_by_id(i) if states[i] else {},
                                     local, prefixes) for i in ids]
 
 
@@ -116,9 +117,9 @@ def _show(run: Run, rows: list[fmt.Row], local: list[dict[str, Any]]) -> None:
         if several and r["node"] != node:
             node = r["node"]
             run.out.print(Text(f"# {node}", style="bold"))
-        run.lines([fmt.policy_title(r)])
+        run.lines([pfmt.policy_title(r)])
         if r["enforced"]:
-            run.out.print(fmt.policy_table(r))
+            run.out.print(pfmt.policy_table(r))
     if not rows and not run.failed:
         run.err.print(f"(no endpoint has a policy map: none is enforced; {len(local)} endpoint"
                       f"{'' if len(local) == 1 else 's'} registered)")
@@ -129,14 +130,14 @@ def bpf_ipcache_list(lab: LabOpt = None, node: NodeOpt = None, output: OutputOpt
     """PREFIX, IDENTITY, TUNNEL ENDPOINT of every cilium_ipcache entry (needs root)."""
     def read(dp: RegisteredDatapath) -> list[fmt.Row]:
         with _policy_maps(dp) as pm:
-            return fmt.ipcache_rows(dp.node, pm.list())
+            return pfmt.ipcache_rows(dp.node, pm.list())
 
     with _run(output) as run:
         rows = [r for _, got in _each(run, _select(run, lab, node, pins=True), read) for r in got]
         if run.json:
             print(fmt.to_json(rows))
         elif rows:
-            run.out.print(fmt.ipcache_table(rows))
+            run.out.print(pfmt.ipcache_table(rows))
         elif not run.failed:
             run.err.print("(no entries)")
 

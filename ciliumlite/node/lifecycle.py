@@ -11,7 +11,6 @@ import contextlib
 import dataclasses
 import os
 import socket
-import threading
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
@@ -29,6 +28,7 @@ from ciliumlite.node import routing as routing_mod
 from ciliumlite.node import state as state_mod
 from ciliumlite.node.endpoints import Endpoints
 from ciliumlite.node.netdev import NativeDevice
+from ciliumlite.node.parts import NodeParts
 from ciliumlite.node.prefilter import Prefilter
 from ciliumlite.node.services import Services
 from ciliumlite.node.sockops import SockAcceleration
@@ -59,39 +59,8 @@ def netns_cookie(netns: NetnsRef) -> int:
 
 
 
-class RestoreAndReload:
+class RestoreAndReload(NodeParts):
     """The restart and hot-replacement half of :class:`~ciliumlite.node.datapath.Datapath`."""
-
-    # The facade's fields and methods this half uses (set by Datapath._init_fields).
-    _config: DatapathConfig
-    _netns: NetnsRef
-    _cgroup: str | None
-    _lock: threading.RLock
-    _pin_dir: str | None
-    _lxc: BpfObject | None
-    _maps: NodeMaps | None
-    _rodata: NodeRodata | None
-    _native_ifindex: int
-    _lxc_map_id: int
-    _tunnel: Tunnel | None
-    _netdev: NativeDevice | None
-    _routing: routing_mod.Routing
-    _remote: dict[str, NodeInfo]
-    _endpoints: Endpoints
-    _services: Services
-    _state: state_mod.StateWriter
-    _xdp: XdpDevice
-    _prefilter: Prefilter
-    _sockops: SockAcceleration
-
-    def _init_fields(self, config: DatapathConfig, netns: NetnsRef, cgroup: str | None) -> None:
-        raise NotImplementedError
-
-    def _publish(self) -> None:
-        raise NotImplementedError
-
-    def _let_go(self) -> None:
-        raise NotImplementedError
 
     # -- restart and upgrade -----------------------------------------------------------------------------
     @classmethod
