@@ -7,7 +7,8 @@ import shutil
 import signal
 import subprocess
 
-from ciliumlite.bpf.errors import NotSupportedError, ValidationError
+from ciliumlite.bpf._ffi import lib
+from ciliumlite.bpf.errors import NotSupportedError, ValidationError, check
 
 BPFFS = "/sys/fs/bpf"
 BPF_FS_MAGIC = 0xCAFE4A11
@@ -44,6 +45,22 @@ def make_pin_dir(name: str, root: str = BPFFS) -> str:
     path = os.path.join(root, name)
     os.makedirs(path, exist_ok=True)
     return path
+
+
+def pin(fd: int, path: str, kind: str, name: str) -> str:
+    """Pin the BPF object ``fd`` (a ``kind``: map, link, program, named ``name``) at ``path`` on
+    bpffs; returns ``path``. Raises :class:`BpfError` with the errno (``EEXIST``: a pin is there)."""
+    check(lib.bpf_obj_pin(fd, path.encode()), f"pin {kind}", f"{name} at {path}")
+    return path
+
+
+def unpin(path: str | None) -> None:
+    """Remove a pin if it is there (the object lives on while anything else holds it)."""
+    if path:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
 
 
 def remove_pin_dir(path: str) -> None:

@@ -14,6 +14,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+from ciliumlite.bpf import fs
 from ciliumlite.bpf._ffi import ffi, lib
 from ciliumlite.bpf.errors import BpfError, NotSupportedError, check
 from ciliumlite.bpf.netns import NetnsRef, netns_inode
@@ -106,17 +107,12 @@ class FdLink(Link):
 
     def pin(self, path: str) -> None:
         """Pin the link at ``path``: it stays attached after close() and after this process exits."""
-        check(lib.bpf_obj_pin(self.fd, path.encode()), "pin link", f"{self.program} at {path}")
-        self.pin_path = path
+        self.pin_path = fs.pin(self.fd, path, "link", self.program)
 
     def unpin(self) -> None:
         """Remove the pin; the link detaches when its last fd closes."""
-        if self.pin_path:
-            try:
-                os.unlink(self.pin_path)
-            except FileNotFoundError:
-                pass
-            self.pin_path = None
+        fs.unpin(self.pin_path)
+        self.pin_path = None
 
     def update(self, program: Any, *, expected_prog_fd: int | None = None) -> None:
         """Swap the link's program for ``program`` (a :class:`Program` or a program fd) atomically.

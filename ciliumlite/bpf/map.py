@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from enum import IntEnum, IntFlag
 from typing import Any, Generic, TypeVar, cast, overload
 
+from ciliumlite.bpf import fs
 from ciliumlite.bpf._ffi import ffi, lib, num_possible_cpus
 from ciliumlite.bpf.btf import Btf, StructInfo
 from ciliumlite.bpf.errors import BpfError, MapFullError, ValidationError, check, error_for
@@ -449,17 +450,12 @@ class Map(Generic[K, V]):
     # -- pinning and lifetime --------------------------------------------------------------------------
     def pin(self, path: str) -> None:
         """Pin the map at ``path`` on bpffs so it outlives this process."""
-        check(lib.bpf_obj_pin(self.fd, path.encode()), "pin map", f"{self.name} at {path}")
-        self.pin_path = path
+        self.pin_path = fs.pin(self.fd, path, "map", self.name)
 
     def unpin(self) -> None:
         """Remove the pin (the map lives on while anything else holds it)."""
-        if self.pin_path:
-            try:
-                os.unlink(self.pin_path)
-            except FileNotFoundError:
-                pass
-            self.pin_path = None
+        fs.unpin(self.pin_path)
+        self.pin_path = None
 
     @classmethod
     def open_pinned(cls, path: str, key: Any = None, value: Any = None) -> Map[Any, Any]:

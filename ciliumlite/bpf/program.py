@@ -219,6 +219,24 @@ def resolve_ifindex(device: str | int, netns: NetnsRef) -> tuple[int, str]:
             raise ValidationError(f"no network device {device!r} in netns {netns or '(current)'}") from exc
 
 
+def attach_xdp_fd(prog_fd: int, name: str, device: str | int, *, netns: NetnsRef = None,
+                  mode: XdpMode = "native") -> FdLink:
+    """Attach the XDP program ``prog_fd`` (called ``name`` in errors) as a link on ``device`` in
+    ``netns``. Raises :class:`ValidationError` for an unknown mode or device, :class:`BpfError`
+    when the kernel refuses (``EBUSY``: the device has an XDP program already)."""
+    if mode not in XDP_FLAGS:
+        raise ValidationError(f"XDP mode must be native or generic, not {mode!r}")
+    ifindex, ifname = resolve_ifindex(device, netns)
+    point = AttachPoint("xdp", ifname, ifindex, mode, "" if netns is None else str(netns))
+    opts = ffi.new("struct bpf_link_create_opts *", {"sz": ffi.sizeof("struct bpf_link_create_opts"),
+                                                      "flags": XDP_FLAGS[mode]})
+    with entered(netns):
+        fd = lib.bpf_link_create(prog_fd, ifindex, attach_type("BPF_XDP"), opts)
+    if fd < 0:
+        raise BpfError("attach xdp", -fd, target=f"{name} to {point}")
+    return FdLink(int(fd), name, point)
+
+
 class Program:
     """One program of a loaded BpfObject."""
 
@@ -288,17 +306,7 @@ class Program:
 
     def attach_xdp(self, device: str | int, *, netns: NetnsRef = None, mode: XdpMode = "native") -> Link:
         """Attach as an XDP link (``native`` = driver mode, ``generic`` = skb mode)."""
-        if mode not in XDP_FLAGS:
-            raise ValidationError(f"XDP mode must be native or generic, not {mode!r}")
-        ifindex, ifname = resolve_ifindex(device, netns)
-        point = AttachPoint("xdp", ifname, ifindex, mode, "" if netns is None else str(netns))
-        opts = ffi.new("struct bpf_link_create_opts *", {"sz": ffi.sizeof("struct bpf_link_create_opts"),
-                                                          "flags": XDP_FLAGS[mode]})
-        with entered(netns):
-            fd = lib.bpf_link_create(self.fd, ifindex, attach_type("BPF_XDP"), opts)
-        if fd < 0:
-            raise BpfError("attach xdp", -fd, target=f"{self.name} to {point}")
-        return FdLink(fd, self.name, point)
+        return attach_xdp_fd(self.fd, self.name, device, netns=netns, mode=mode)
 
     def attach_cgroup(self, path: str, attach: str | None = None) -> Link:
         """Attach to the cgroup v2 directory ``path`` (never pass the cgroup root in tests).

@@ -16,9 +16,9 @@ import struct
 
 from ciliumlite.bpf._ffi import ffi, lib
 from ciliumlite.bpf.errors import BpfError, ValidationError
-from ciliumlite.bpf.link import AttachPoint, FdLink
-from ciliumlite.bpf.netns import NetnsRef, entered
-from ciliumlite.bpf.program import XDP_FLAGS, ProgType, XdpMode, attach_type, resolve_ifindex
+from ciliumlite.bpf.link import FdLink
+from ciliumlite.bpf.netns import NetnsRef
+from ciliumlite.bpf.program import ProgType, XdpMode, attach_xdp_fd
 
 #: ``struct bpf_insn``: opcode, dst_reg:4 | src_reg:4, off, imm (little endian, as the kernel reads it).
 _INSN = struct.Struct("<BBhi")
@@ -66,17 +66,7 @@ class RawProgram:
         :meth:`Program.attach_xdp <ciliumlite.bpf.program.Program.attach_xdp>` does. Raises
         :class:`ValidationError` for an unknown mode or device, :class:`BpfError` when the kernel
         refuses (``EBUSY``: the device has an XDP program already)."""
-        if mode not in XDP_FLAGS:
-            raise ValidationError(f"XDP mode must be native or generic, not {mode!r}")
-        ifindex, ifname = resolve_ifindex(device, netns)
-        point = AttachPoint("xdp", ifname, ifindex, mode, "" if netns is None else str(netns))
-        opts = ffi.new("struct bpf_link_create_opts *", {"sz": ffi.sizeof("struct bpf_link_create_opts"),
-                                                          "flags": XDP_FLAGS[mode]})
-        with entered(netns):
-            fd = lib.bpf_link_create(self.fd, ifindex, attach_type("BPF_XDP"), opts)
-        if fd < 0:
-            raise BpfError("attach xdp", -fd, target=f"{self.name} to {point}")
-        return FdLink(int(fd), self.name, point)
+        return attach_xdp_fd(self.fd, self.name, device, netns=netns, mode=mode)
 
     def close(self) -> None:
         """Close the fd (links made from it keep the program until they close). Safe to call twice."""
