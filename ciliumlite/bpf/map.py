@@ -7,114 +7,28 @@ import os
 import struct
 import weakref
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
-from enum import IntEnum, IntFlag
 from typing import Any, Generic, TypeVar, cast, overload
 
 from ciliumlite.bpf import fs
 from ciliumlite.bpf._ffi import ffi, lib, num_possible_cpus
 from ciliumlite.bpf.btf import Btf, StructInfo
 from ciliumlite.bpf.errors import BpfError, MapFullError, ValidationError, check, error_for
+from ciliumlite.bpf.mapinfo import (
+    ANY,
+    ARRAY_TYPES,
+    EXIST,
+    NOEXIST,
+    PERCPU_TYPES,
+    MapInfo,
+    MapType,
+    RawBytes,
+    UpdateFlags,
+)
 from ciliumlite.bpf.record import Codec, check_layout, codec_for
 
 K = TypeVar("K")
 V = TypeVar("V")
 _MISSING: Any = object()
-
-
-class MapType(IntEnum):
-    """Kernel map types (``enum bpf_map_type``) ciliumlite knows by name."""
-
-    UNSPEC = 0
-    HASH = 1
-    ARRAY = 2
-    PROG_ARRAY = 3
-    PERF_EVENT_ARRAY = 4
-    PERCPU_HASH = 5
-    PERCPU_ARRAY = 6
-    STACK_TRACE = 7
-    CGROUP_ARRAY = 8
-    LRU_HASH = 9
-    LRU_PERCPU_HASH = 10
-    LPM_TRIE = 11
-    ARRAY_OF_MAPS = 12
-    HASH_OF_MAPS = 13
-    DEVMAP = 14
-    SOCKMAP = 15
-    CPUMAP = 16
-    XSKMAP = 17
-    SOCKHASH = 18
-    CGROUP_STORAGE = 19
-    REUSEPORT_SOCKARRAY = 20
-    PERCPU_CGROUP_STORAGE = 21
-    QUEUE = 22
-    STACK = 23
-    SK_STORAGE = 24
-    DEVMAP_HASH = 25
-    STRUCT_OPS = 26
-    RINGBUF = 27
-
-
-class UpdateFlags(IntFlag):
-    """Flags of map updates: ANY (create or replace), NOEXIST (create only), EXIST (replace only)."""
-
-    ANY = 0
-    NOEXIST = 1
-    EXIST = 2
-
-
-ANY, NOEXIST, EXIST = UpdateFlags.ANY, UpdateFlags.NOEXIST, UpdateFlags.EXIST
-_PERCPU = {MapType.PERCPU_HASH, MapType.PERCPU_ARRAY, MapType.LRU_PERCPU_HASH, MapType.PERCPU_CGROUP_STORAGE}
-_ARRAYS = {MapType.ARRAY, MapType.PERCPU_ARRAY, MapType.PROG_ARRAY, MapType.CGROUP_ARRAY}
-_BPF_MAP_INFO = struct.Struct("<IIIIII16sIIQQIII")
-
-
-@dataclass(frozen=True, slots=True)
-class MapInfo:
-    """What the kernel says about a map."""
-
-    name: str
-    type: MapType
-    key_size: int
-    value_size: int
-    max_entries: int
-    flags: int
-    id: int
-    btf_id: int = 0
-    btf_key_type_id: int = 0
-    btf_value_type_id: int = 0
-
-    @classmethod
-    def from_fd(cls, fd: int) -> MapInfo:
-        """Ask the kernel (BPF_OBJ_GET_INFO_BY_FD) about the map behind ``fd``."""
-        buf = ffi.new("char[]", 256)
-        n = ffi.new("__u32 *", 256)
-        check(lib.bpf_obj_get_info_by_fd(fd, buf, n), "get map info", f"fd {fd}")
-        (mtype, mid, ks, vs, me, flags, name, _ifi, _vmlinux, _dev, _ino, btf_id, bk,
-         bv) = _BPF_MAP_INFO.unpack_from(ffi.buffer(buf, 256))
-        try:
-            mt = MapType(mtype)
-        except ValueError:
-            mt = MapType.UNSPEC
-        return cls(name.rstrip(b"\0").decode(), mt, ks, vs, me, flags, mid, btf_id, bk, bv)
-
-
-class RawBytes:
-    """The codec of an untyped map: keys and values are ``bytes`` of the map's size."""
-
-    def __init__(self, size: int) -> None:
-        self.SIZE = size
-
-    def encode(self, value: Any) -> bytes:
-        """Accept bytes of exactly the right size."""
-        raw = bytes(value)
-        if len(raw) != self.SIZE:
-            raise ValidationError(f"expected {self.SIZE} bytes, got {len(raw)}")
-        return raw
-
-    def decode(self, raw: bytes | memoryview) -> bytes:
-        """Return the bytes as they are."""
-        return bytes(raw[: self.SIZE])
 
 
 class Map(Generic[K, V]):
@@ -145,7 +59,7 @@ class Map(Generic[K, V]):
         self._key_btf, self._value_btf = key_btf, value_btf
         self.key_codec: Codec = self._codec(key, info.key_size, key_btf, "key")
         self.value_codec: Codec = self._codec(value, info.value_size, value_btf, "value")
-        self._percpu = info.type in _PERCPU
+        self._percpu = info.type in PERCPU_TYPES
         self._ncpus = num_possible_cpus() if self._percpu else 1
         self._vstride = (info.value_size + 7) // 8 * 8 if self._percpu else info.value_size
         self._kbuf = ffi.new("char[]", max(info.key_size, 8))
@@ -261,7 +175,7 @@ class Map(Generic[K, V]):
                                hint="the key exists; update with ANY or EXIST to replace it")
             if err == errno.ENOENT and flags & EXIST:
                 raise KeyError(key)
-            if err == errno.E2BIG and self.info.type in _ARRAYS:
+            if err == errno.E2BIG and self.info.type in ARRAY_TYPES:
                 raise ValidationError(f"map {self.name}: index {key!r} is outside 0..{self.max_entries - 1}")
             if err == errno.E2BIG:
                 raise MapFullError("update map", err, target=self.name,
@@ -294,7 +208,7 @@ class Map(Generic[K, V]):
 
     # -- iteration -------------------------------------------------------------------------------------
     def _raw_keys(self) -> Iterator[bytes]:
-        if self.info.type in _ARRAYS:
+        if self.info.type in ARRAY_TYPES:
             for i in range(self.info.max_entries):
                 yield struct.pack("<I", i)
             return
@@ -343,13 +257,13 @@ class Map(Generic[K, V]):
             yield v
 
     def __len__(self) -> int:
-        if self.info.type in _ARRAYS:
+        if self.info.type in ARRAY_TYPES:
             return self.info.max_entries
         return sum(1 for _ in self._raw_keys())
 
     def clear(self) -> None:
         """Delete every entry (arrays: zero every slot)."""
-        if self.info.type in _ARRAYS:
+        if self.info.type in ARRAY_TYPES:
             zero = ffi.new("char[]", max(self._vstride * self._ncpus, 8))
             for raw in self._raw_keys():
                 check(lib.bpf_map_update_elem(self.fd, raw, zero, 0), "clear map", self.name)
@@ -542,3 +456,6 @@ class Map(Generic[K, V]):
         """Batch-update from (key, value) pairs."""
         pairs = list(entries)
         return self.update_batch([k for k, _ in pairs], [v for _, v in pairs], flags)
+
+
+__all__ = ["ANY", "EXIST", "NOEXIST", "Map", "MapInfo", "MapType", "RawBytes", "UpdateFlags"]
