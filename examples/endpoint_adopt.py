@@ -75,7 +75,7 @@ def main() -> int:
         return 0 if ok_ab and ok_ba and still_there else 1
     finally:
         if dp is not None:
-            dp.close()
+            dp.close(remove=True)
         for ns in reversed(made):
             netns.remove(ns)
 

@@ -128,7 +128,7 @@ def _build(cfg: DatapathConfig, node_ns: str, pods: list[str], n_services: int, 
                 raise TimeoutError(f"building the node took more than {BUILD_TIMEOUT_S:.0f} s")
         t3 = time.perf_counter()
     except BaseException:
-        dp.close()
+        dp.close(remove=True)
         raise
     rnd.build_s = t3 - t0
     rnd.parts = {"Datapath()": t1 - t0, "add_endpoint × N": t2 - t1, "upsert_service × N": t3 - t2,
@@ -252,7 +252,7 @@ def run(ctx: Context) -> list[Measurement]:
                                     for k, v in rnd.streams.items()))
             finally:
                 t0 = time.monotonic()
-                dp.close()
+                dp.close(remove=True)
                 ctx.log(f"round {r + 1}: node removed in {time.monotonic() - t0:.1f} s")
             rounds.append(rnd)
     return _measurements(rounds, n_eps, n_svc)

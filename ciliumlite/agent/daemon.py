@@ -347,7 +347,7 @@ class Agent:
     def _release_datapath(self, dp: Datapath) -> list[str]:
         if self.config.remove_datapath_on_exit:
             try:
-                dp.close()
+                dp.close(remove=True)
                 log.info("datapath of %s removed", self.config.node)
             except Exception as exc:
                 return [f"removing the datapath: {exc}"]

@@ -243,7 +243,7 @@ class Node:
         failure: Exception | None = None
         if self.datapath is not None:
             try:
-                self.datapath.close()
+                self.datapath.close(remove=True)
             except Exception as exc:
                 failure = exc
             self.datapath = None

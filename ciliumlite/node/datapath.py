@@ -74,7 +74,7 @@ class Datapath(RestoreAndReload, Teardown):
             self._setup()
             self._publish()
         except BaseException:
-            self.close()
+            self.close(remove=True)  # a half-made node is undone, never kept
             raise
 
     def _init_fields(self, config: DatapathConfig, netns: NetnsRef, cgroup: str | None) -> None:
@@ -463,7 +463,9 @@ class Datapath(RestoreAndReload, Teardown):
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.close()
+        # A with-block scopes the datapath: it is removed when the block ends (the notebook and
+        # test idiom); a long-lived owner calls close() and keeps it running.
+        self.close(remove=True)
 
     # -- for people -------------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:

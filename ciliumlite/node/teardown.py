@@ -39,14 +39,17 @@ class Teardown(NodeParts):
                 paths.append(link.pin_path or "")
         return paths
 
-    def close(self, remove: bool = True) -> None:
-        """Close the datapath; with ``remove`` (the default, as before there was a choice) remove it.
+    def close(self, remove: bool = False) -> None:
+        """Close the datapath: let go of it and leave it running, or with ``remove=True`` remove it.
 
-        ``remove=True``: remove every endpoint this datapath made, detach everything, unpin its
-        maps and links and delete its state, as the lab and the tests expect. ``remove=False``
-        (same as :meth:`detach`): write the state, let go of every fd and leave the datapath
-        attached and forwarding for :meth:`restore` in another process. Raises
-        :class:`CiliumliteError` naming what could not be removed (the rest is removed).
+        ``remove=False`` (the default; same as :meth:`detach`), as libbpf and cilium/ebpf close
+        objects: write the state, let go of every fd and leave the datapath attached and
+        forwarding (links and maps are pinned) for :meth:`restore` in another process; a process
+        that exits without closing leaves the same. ``remove=True``: remove every endpoint this
+        datapath made, detach everything, unpin its maps and links and delete its state, as the
+        lab, the tests and a ``with Datapath(...)`` block do. Raises :class:`CiliumliteError`
+        naming what could not be removed (the rest is removed); keeping raises only ``OSError``
+        from the state write.
         """
         if not remove:
             self.detach()

@@ -145,7 +145,7 @@ def _remove_node_a(topo: Topo) -> None:
             topo.dp_a = Datapath.restore(topo.cfg_a)
     if topo.dp_a is not None:
         with contextlib.suppress(Exception):
-            topo.dp_a.close()
+            topo.dp_a.close(remove=True)
         topo.dp_a = None
     # What a failed restore left: the pins, state, bird and registry entry go by name.
     if topo.routes == "bgp":
@@ -254,7 +254,7 @@ def _topology(routes: str, tc_mode: str, run: Path) -> Iterator[Topo]:
                 _stop(proc)
             _remove_node_a(topo)
             if topo.dp_b is not None:
-                topo.dp_b.close()
+                topo.dp_b.close(remove=True)
     finally:
         for ns in reversed(made):
             owned.remove_netns(record, ns)

@@ -84,7 +84,7 @@ def _datapath(netns: str, **config: Any) -> Iterator[Datapath]:
     try:
         yield dp
     finally:
-        dp.close()
+        dp.close(remove=True)
 
 
 @pytest.fixture
@@ -239,13 +239,13 @@ def test_close_with_endpoints_leaves_nothing(netns: str, pod_ns: Callable[[], st
     assert [str(e.ip) for e in eps] == ["10.244.5.2", "10.244.5.3", "10.244.5.4"]
     assert len(dp.bpf_endpoints()) == 3
     pin_dir = dp.config.pin_dir
-    dp.close()
+    dp.close(remove=True)
     assert not [n for n in links(netns) if n.startswith("lxc")]
     assert all("eth0" not in links(p) for p in pods)
     assert not {f"{e.ip}/32" for e in eps} & routes(netns)
     assert dp.endpoints() == [] and dp.bpf_endpoints() == {}
     assert not os.path.exists(pin_dir)
-    dp.close()  # idempotent
+    dp.close(remove=True)  # idempotent
 
 
 @pytest.mark.parametrize("host_routing", ["bpf", "legacy"])

@@ -187,6 +187,7 @@ def _force_cleanup(dirs: Dirs, prefix: str) -> None:
 class Killed:
     dirs: Dirs
     prefix: str
+    steps: int  # the record writes of the whole full setup: where the kill-point tests kill
 
 
 @pytest.fixture(scope="module")
@@ -195,7 +196,7 @@ def killed_full(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Killed]:
     prefix, out = run_child(dirs, "full")
     assert out.startswith("steps "), out
     try:
-        yield Killed(dirs, prefix)
+        yield Killed(dirs, prefix, int(out.split()[1]))
     finally:
         _force_cleanup(dirs, prefix)
 
@@ -242,26 +243,15 @@ def test_destroy_orphans_leaves_nothing_of_the_full_lab(killed_full: Killed) -> 
 # -- the kill at 10 points of setup -------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def small_lab_steps(tmp_path_factory: pytest.TempPathFactory) -> int:
-    """The record writes of the whole small setup (its lab, killed at the end, removed to nothing)."""
-    dirs = make_dirs(tmp_path_factory.mktemp("steps"))
-    prefix, out = run_child(dirs, "small")
-    try:
-        counts = destroy_orphans(dirs, prefix)
-    finally:
-        _force_cleanup(dirs, prefix)
-    expect_nothing_left("small lab killed after setup", counts)
-    return int(out.split()[1])
-
-
 @pytest.mark.parametrize("which", range(KILL_POINTS))
-def test_kill_at_a_point_of_setup_leaves_nothing(which: int, small_lab_steps: int,
-                                                 tmp_path: Path) -> None:
-    points = sorted(random.Random(SEED).sample(range(1, small_lab_steps + 1), KILL_POINTS))
+def test_kill_at_a_point_of_setup_leaves_nothing(which: int, killed_full: Killed, tmp_path: Path) -> None:
+    """The full lab (single node, VXLAN cluster, native cluster with bird, pods, a service) killed
+    just before record write N, N one of 10 seeded points over its whole setup."""
+    steps = killed_full.steps
+    points = sorted(random.Random(SEED).sample(range(1, steps + 1), KILL_POINTS))
     kill_at = points[which]
     dirs = make_dirs(tmp_path)
-    prefix, out = run_child(dirs, "small", kill_at=kill_at)
+    prefix, out = run_child(dirs, "full", kill_at=kill_at)
     assert "steps" not in out, "killed during setup, not after"
     try:
         rows = json.loads(cli(dirs, "lab", "list", "--json").stdout)
@@ -269,7 +259,7 @@ def test_kill_at_a_point_of_setup_leaves_nothing(which: int, small_lab_steps: in
         counts = destroy_orphans(dirs, prefix)
     finally:
         _force_cleanup(dirs, prefix)
-    expect_nothing_left(f"small lab killed at step {kill_at} of {small_lab_steps}", counts)
+    expect_nothing_left(f"full lab killed at step {kill_at} of {steps}", counts)
 
 
 # -- two labs at once ---------------------------------------------------------------------------------------
@@ -427,7 +417,7 @@ def test_cleanup_removes_a_killed_datapath_and_nothing_else(netns: str, tmp_path
     finally:
         del os.environ["CILIUMLITE_RUN_DIR"]
         if live is not None:
-            live.close()
+            live.close(remove=True)
         decoy.close()
         decoy_obj.close()
         for ns in (pod, live_ns):

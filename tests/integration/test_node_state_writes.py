@@ -116,7 +116,7 @@ def test_one_change_costs_the_same_at_20_and_520_services(node: tuple[DatapathCo
             [("state/endpoints", statedir.item_file(str(eps[0].id)))]
         _restore_and_check(dp, cfg, ns, owner)
     finally:
-        owner[-1].close()
+        owner[-1].close(remove=True)
         if os.path.isdir(cfg.pin_dir):  # a restore that failed: remove by name what dp left
             fs.remove_pin_dir(cfg.pin_dir)
         state_mod.remove(cfg)
