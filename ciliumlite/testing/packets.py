@@ -228,6 +228,15 @@ def send_frames(ifname: str, frames: Sequence[bytes]) -> int:
     return len(frames)
 
 
+def send_udp(dst: str, port: int, payloads: Sequence[bytes]) -> int:
+    """Send each of ``payloads`` as one UDP datagram to ``dst``:``port`` (a plain socket, the
+    kernel's own headers); returns how many were sent."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        for payload in payloads:
+            s.sendto(payload, (dst, port))
+    return len(payloads)
+
+
 def send_raw_ipv4(packets: Sequence[bytes], dst: str) -> int:
     """Send complete IPv4 packets (our own header, any source address) with IPPROTO_RAW/IP_HDRINCL."""
     with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW) as s:
