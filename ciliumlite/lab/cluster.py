@@ -13,6 +13,7 @@ from ciliumlite.policy import Policy
 from ciliumlite.policy.rules import parse_policy_input
 
 if TYPE_CHECKING:
+    from ciliumlite.lab.hosts import Pod
     from ciliumlite.lab.lab import Lab
 
 
@@ -100,12 +101,23 @@ class LabCluster:
 
     # -- namespaces and network policy (nodes with enable_policy) -----------------------------------------
     def set_namespace(self, name: str, labels: Mapping[str, str] | None = None) -> None:
-        """A Kubernetes namespace and its labels (``kubernetes.io/metadata.name`` is always there),
-        for the pods made in it from now on. Raises :class:`ValidationError` if a pod of it exists
-        already (a pod's identity comes from its namespace's labels when it is made)."""
-        if any(p.namespace == name for n in self.members.values() for p in n.pods.values()):
-            raise ValidationError(f"namespace {name!r} has pods already: set its labels before making them")
+        """A Kubernetes namespace and its labels (``kubernetes.io/metadata.name`` is always there).
+
+        Pods made in it from now on get identities from these labels; its existing pods are
+        relabelled in place (:meth:`Node.relabel_pod <ciliumlite.lab.node.Node.relabel_pod>`:
+        new identities, every node's ipcache and policy maps updated, no program reloaded).
+        """
         self._namespaces[name] = dict(labels or {})
+        for node in self.members.values():
+            if node.datapath is None or not node.datapath.config.enable_policy:
+                continue  # no identities from labels there
+            for pod in [p for p in node.pods.values() if p.namespace == name]:
+                node.relabel_pod(pod.name)
+
+    def relabel_pod(self, pod: Pod, labels: Mapping[str, str]) -> Pod:
+        """Give ``pod`` new labels, as ``kubectl label pod --overwrite`` does: see
+        :meth:`Node.relabel_pod <ciliumlite.lab.node.Node.relabel_pod>`."""
+        return pod.node.relabel_pod(pod.name, labels)
 
     def namespace_labels(self, name: str) -> dict[str, str]:
         """The labels of namespace ``name`` (none set: only its name label, added by the engine)."""

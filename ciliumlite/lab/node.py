@@ -158,6 +158,30 @@ class Node:
                                                              security.as_dict(), ports, f"{namespace}/{name}"))
         return pod
 
+    def relabel_pod(self, name: str, labels: Mapping[str, str] | None = None) -> Pod:
+        """Give pod ``name`` new ``labels`` (None: keep them; its namespace's labels changed).
+
+        Its security identity is allocated again from its security labels and written in place:
+        its ``cilium_lxc`` row, then the cluster's endpoint record, so every node updates its
+        ipcache and policy maps (``Cluster`` syncs them before this returns). No program is
+        reloaded; an established connection is judged by the new identity at its next packet.
+        Raises ``KeyError`` for a pod this node does not have, :class:`ValidationError` on a node
+        without ``enable_policy`` or outside a cluster.
+        """
+        pod = self.pods[name]
+        if self.cluster is None or self.datapath is None or not self.datapath.config.enable_policy or self.ip is None:
+            raise ValidationError(f"relabelling pod {name!r} needs a cluster node with enable_policy")
+        if labels is not None:
+            pod.labels = dict(labels)
+        security = pod_labels(pod.namespace, pod.labels, self.cluster.namespace_labels(pod.namespace))
+        identity = self.cluster.control.store.allocate_identity(security.as_dict())
+        self.datapath.relabel_endpoint(pod.endpoint, identity=identity, labels=dict(pod.labels))
+        old = next((r for r in self.cluster.control.endpoints() if r.ip == pod.ip), None)
+        self.cluster.control.put_endpoint(EndpointRecord(
+            pod.ip, self.name, self.ip, identity, security.as_dict(), old.named_ports if old is not None else {},
+            f"{pod.namespace}/{pod.name}"))
+        return pod
+
     def remove_pod(self, name: str) -> None:
         """Remove a pod: withdrawn from the cluster, then its processes, its endpoint and its namespace.
 

@@ -414,6 +414,20 @@ class Datapath(RestoreAndReload, Teardown):
             self._publish(("endpoints", str(ep.id), Endpoints.entry(ep)))
             return ep
 
+    def relabel_endpoint(self, ep: Endpoint | str | ipaddress.IPv4Address, *, identity: int,
+                         labels: dict[str, str] | None = None) -> Endpoint:
+        """Give an endpoint a new security identity (its pod's or namespace's labels changed), in
+        place: its ``cilium_lxc`` row (the identity its packets carry, in the VNI too) and this
+        node's ipcache entry; no program is reloaded and its connections stay. Policies that name
+        either identity follow at the next :meth:`sync_policy`. Raises :class:`ValidationError`
+        for an endpoint this node does not have or an identity out of range."""
+        with self._lock:
+            target = self._endpoints.relabel(ep, identity, labels)
+            if self._pin_dir is not None:
+                self.policy.upsert(target.ip, target.identity)
+            self._publish(("endpoints", str(target.id), Endpoints.entry(target)))
+            return target
+
     def remove_endpoint(self, ep: Endpoint | str | ipaddress.IPv4Address) -> None:
         """Detach, delete the map entry, the route and (unless adopted) the veth.
 

@@ -57,6 +57,12 @@ def host_entry(ip: ipaddress.IPv4Address) -> tuple[EndpointKey, EndpointInfo]:
                                              node_mac=_NO_MAC, sec_id=HOST_IDENTITY)
 
 
+
+def _checked_identity(ident: object) -> int:
+    if isinstance(ident, bool) or not isinstance(ident, int) or not 1 <= ident <= MAX_IDENTITY:
+        raise ValidationError(f"identity {ident} is outside 1..{MAX_IDENTITY} (it travels in the VXLAN VNI)")
+    return ident
+
 class Endpoints:
     """The endpoints of one node, by IP; ``lxc`` is the loaded ``bpf_lxc`` (None: legacy routing).
 
@@ -119,9 +125,7 @@ class Endpoints:
         """Connect ``pod_netns`` to the node (see :meth:`Datapath.add_endpoint`)."""
         addr = self.check_ip(ip)
         labels = dict(labels or {"name": name or pod_netns})
-        ident = identity_for(labels) if identity is None else identity
-        if isinstance(ident, bool) or not isinstance(ident, int) or not 1 <= ident <= MAX_IDENTITY:
-            raise ValidationError(f"identity {ident} is outside 1..{MAX_IDENTITY} (it travels in the VXLAN VNI)")
+        ident = _checked_identity(identity_for(labels) if identity is None else identity)
         if adopt and not ifname:
             raise ValidationError("adopt=True needs the host-side ifname of the existing veth")
         host_if = ifname or lxc_name(pod_netns, addr)
@@ -188,6 +192,21 @@ class Endpoints:
             ep.link = None
         if self._map is not None:
             self._map.pop(ep.key, None)
+
+    def relabel(self, ep: Endpoint | str | ipaddress.IPv4Address, identity: int,
+                labels: Mapping[str, str] | None = None) -> Endpoint:
+        """Give an endpoint of this node a new security identity (and labels): its ``cilium_lxc``
+        row, the source identity of everything it sends, is rewritten in place. Raises
+        :class:`ValidationError` for an endpoint this node does not have or an identity out of range."""
+        target = ep if isinstance(ep, Endpoint) else self.get(ep)
+        if self._by_ip.get(target.ip) is not target:
+            raise ValidationError(f"no endpoint {ep!r} on {self.config.node_name}")
+        target.identity = _checked_identity(identity)
+        if labels is not None:
+            target.labels = dict(labels)
+        if self._map is not None:
+            self._map.set(target.key, target.info)
+        return target
 
     def remove(self, ep: Endpoint | str | ipaddress.IPv4Address) -> Endpoint:
         """Detach, delete the map entry, the route and (unless adopted) the veth; returns the endpoint.
