@@ -100,6 +100,8 @@ class RegisteredDatapath:
     endpoints: list[dict[str, Any]] = field(default_factory=list)
     services: dict[str, dict[str, Any]] = field(default_factory=dict)
     remote_nodes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: The network policies the node enforces, described (``Policy.describe()``), by key.
+    policies: dict[str, dict[str, Any]] = field(default_factory=dict)
     attachments: list[dict[str, str]] = field(default_factory=list)
     source: str = ""
 
@@ -114,6 +116,7 @@ class RegisteredDatapath:
                    pid=pid if isinstance(pid, int) else None, config=dict(state.get("config") or {}),
                    endpoints=list(state.get("endpoints") or []), services=dict(state.get("services") or {}),
                    remote_nodes=dict(state.get("remote_nodes") or {}),
+                   policies=dict(state.get("policies") or {}),
                    attachments=list(state.get("attachments") or []), source=source)
 
     @property

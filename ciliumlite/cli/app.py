@@ -104,10 +104,11 @@ from ciliumlite.cli.prefilter import prefilter_app  # noqa: E402
 
 app.add_typer(prefilter_app, name="prefilter")
 
-# -- ciliumlite bpf policy get / bpf ipcache list: network policy's kernel maps (ciliumlite.cli.policy)
+# -- ciliumlite policy get, bpf policy get, bpf ipcache list: network policy (ciliumlite.cli.policy)
 from ciliumlite.cli.commands import bpf_app  # noqa: E402
-from ciliumlite.cli.policy import bpf_ipcache_app, bpf_policy_app  # noqa: E402
+from ciliumlite.cli.policy import bpf_ipcache_app, bpf_policy_app, policy_app  # noqa: E402
 
+app.add_typer(policy_app, name="policy")
 bpf_app.add_typer(bpf_policy_app, name="policy")
 bpf_app.add_typer(bpf_ipcache_app, name="ipcache")
 

@@ -1,9 +1,12 @@
-"""``ciliumlite bpf policy get`` and ``ciliumlite bpf ipcache list``: network policy's kernel maps
-of registered nodes, like ``cilium bpf policy get`` and ``cilium bpf ipcache list``.
+"""``ciliumlite policy get``, ``ciliumlite bpf policy get`` and ``ciliumlite bpf ipcache list``:
+network policy on registered nodes, like ``cilium policy get``, ``cilium bpf policy get`` and
+``cilium bpf ipcache list``.
 
-Both read the node's pins (``cilium_policy`` and each endpoint's LPM trie, ``cilium_policystats``,
-``cilium_ipcache``) through :class:`ciliumlite.node.policy.PolicyMaps`, so they show what the
-kernel enforces, not what a control plane meant to write. Nothing here changes a map.
+``policy get`` reads each node's state directory: the policies its last sync enforced. The two
+``bpf`` commands read the node's pins (``cilium_policy`` and each endpoint's LPM trie,
+``cilium_policystats``, ``cilium_ipcache``) through :class:`ciliumlite.node.policy.PolicyMaps`, so
+they show what the kernel enforces, not what a control plane meant to write. Nothing here changes
+a map.
 
 Exit codes: 0 shown (absent maps are notes on stderr), 1 nothing to show, an unknown endpoint or a
 read failed (the message says which).
@@ -32,6 +35,8 @@ if TYPE_CHECKING:
 
 bpf_policy_app = typer.Typer(help="cilium_policy: each endpoint's policy map (like cilium bpf policy get).",
                              no_args_is_help=True)
+policy_app = typer.Typer(help="The network policies the nodes enforce (like cilium policy get).",
+                         no_args_is_help=True)
 bpf_ipcache_app = typer.Typer(help="cilium_ipcache: prefix -> identity (like cilium bpf ipcache list).",
                               no_args_is_help=True)
 
@@ -142,4 +147,31 @@ def bpf_ipcache_list(lab: LabOpt = None, node: NodeOpt = None, output: OutputOpt
             run.err.print("(no entries)")
 
 
-__all__ = ["bpf_ipcache_app", "bpf_policy_app"]
+@policy_app.command("get")
+def policy_get(
+    key: Annotated[str | None, typer.Argument(
+        metavar="[POLICY]", help="a policy's Kind/namespace/name or name (default: every policy)")] = None,
+    lab: LabOpt = None, node: NodeOpt = None, output: OutputOpt = Output.table,
+) -> None:
+    """POLICY, SUBJECT, DIRECTION, VERDICT, PEERS, PORTS, NODES of the policies the nodes enforce.
+
+    Read from each node's state directory (what its last policy sync wrote), so it shows what the
+    nodes took in, not what a control plane meant to send; no root needed.
+    """
+    with _run(output) as run:
+        dps = _select(run, lab, node, pins=False)
+        rows = pfmt.policy_rows((dp.node, dp.policies) for dp in dps)
+        if key is not None:
+            rows = [r for r in rows if key in (r["key"], r["name"], f"{r['namespace']}/{r['name']}")]
+            if not rows:
+                raise InspectError(f"no policy {key!r} is enforced on {', '.join(d.node for d in dps) or 'any node'}"
+                                   " (see `ciliumlite policy get` for the ones that are)")
+        if run.json:
+            print(fmt.to_json(rows))
+        elif rows:
+            run.out.print(pfmt.policy_rules_table(rows))
+        else:
+            run.err.print("(no policy is enforced: none applied, or no node has enable_policy)")
+
+
+__all__ = ["bpf_ipcache_app", "bpf_policy_app", "policy_app"]

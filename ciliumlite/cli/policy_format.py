@@ -106,3 +106,32 @@ def ipcache_table(rows: list[Row]) -> Table:
     """PREFIX, IDENTITY, TUNNEL ENDPOINT, NODE."""
     return table(["PREFIX", "IDENTITY", "TUNNEL ENDPOINT", "NODE"],
                  [(r["prefix"], r["identity"], r["tunnel_endpoint"], r["node"]) for r in rows])
+
+
+def policy_rows(enforced: Iterable[tuple[str, Mapping[str, Any]]]) -> list[Row]:
+    """``policy get`` rows: one per policy (``Policy.describe()``), with the ``nodes`` that
+    enforce it, from ``(node, {key: described policy})`` pairs; sorted by key."""
+    out: dict[str, Row] = {}
+    for node, policies in enforced:
+        for key, desc in policies.items():
+            out.setdefault(key, {**desc, "nodes": []})["nodes"].append(node)
+    return [out[k] for k in sorted(out)]
+
+
+def policy_rules_table(rows: list[Row]) -> Table:
+    """POLICY, SUBJECT, DIRECTION, VERDICT, PEERS, PORTS, NODES: one line per rule (a spec without
+    rules isolates its subject: a default deny, shown as such)."""
+    lines = []
+    for r in rows:
+        name = f"{r['kind']} {r['namespace'] + '/' if r['namespace'] else ''}{r['name']}"
+        nodes = ", ".join(r["nodes"])
+        for spec in r["specs"]:
+            for rule in spec["rules"]:
+                peers = "any" if rule["peers"] is None else "\n".join(rule["peers"]) or "none"
+                lines.append((name, spec["subject"], rule["direction"], rule["verdict"], peers,
+                              ", ".join(rule["ports"]) or "any", nodes))
+            for direction in spec["isolates"]:
+                if not any(rule["direction"] == direction for rule in spec["rules"]):
+                    lines.append((name, spec["subject"], direction, "deny (isolated, no rule)", "-", "-", nodes))
+    return table(["POLICY", "SUBJECT", "DIRECTION", "VERDICT", "PEERS", "PORTS", "NODES"], lines)
+

@@ -100,7 +100,7 @@ def with_items(state: dict[str, Any]) -> dict[str, Any]:
         return state
     items = read_items(root)
     return {**state, "endpoints": items["endpoints"], "services": items["services"],
-            "remote_nodes": items["remote_nodes"],
+            "remote_nodes": items["remote_nodes"], "policies": items["policies"],
             "attachments": [*(state.get("attachments") or []), *items["attachments"]]}
 
 

@@ -19,7 +19,7 @@ import tempfile
 from dataclasses import dataclass
 
 #: The kinds of item, one subdirectory each.
-ITEM_KINDS = ("endpoints", "services", "remote_nodes", "prefilter")
+ITEM_KINDS = ("endpoints", "services", "remote_nodes", "prefilter", "policies")
 TEMP_PREFIX = "."
 SUFFIX = ".json"
 _SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")

@@ -101,6 +101,7 @@ class Datapath(RestoreAndReload, Teardown):
         self._prefilter = Prefilter(self._xdp, None)
         self._policy: PolicyMaps | None = None
         self._enforcer: PolicyEnforcer | None = None
+        self._policy_rows: dict[str, dict[str, Any]] = {}  # the enforced policies, described (state items)
         #: What the last :meth:`sync_policy` did (None before the first).
         self.last_policy_sync: PolicySync | None = None
 
@@ -210,7 +211,7 @@ class Datapath(RestoreAndReload, Teardown):
         return {"endpoints": {str(e.id): Endpoints.entry(e) for e in self._endpoints.all()},
                 "services": {s.name: s.to_dict() for s in self._services.all()},
                 "remote_nodes": {n: dataclasses.asdict(i) for n, i in self._remote.items()},
-                "prefilter": self._prefilter.items()}
+                "prefilter": self._prefilter.items(), "policies": dict(self._policy_rows)}
 
     # -- what the node is made of ----------------------------------------------------------------------
     @property
@@ -377,8 +378,16 @@ class Datapath(RestoreAndReload, Teardown):
             cfg = self._config
             own = {IPv4Network(a) for a in (cfg.gateway, cfg.node_ip, *(n.ip for n in self._remote.values()),
                                             *(e.ip for e in self._endpoints.all()))}
+            policies = list(policies)
             result = self._enforcer.sync(self._endpoints.all(), policies, endpoints, own)
             self.last_policy_sync = result
+            # What `ciliumlite policy get` shows: the policies this node enforces, one state item each.
+            rows = {p.key: p.describe() for p in policies}
+            changes = [("policies", k, v) for k, v in rows.items() if self._policy_rows.get(k) != v]
+            changes += [("policies", k, None) for k in self._policy_rows if k not in rows]
+            self._policy_rows = rows
+            if changes:
+                self._publish(*changes)
             return result
 
     # -- XDP ------------------------------------------------------------------------------------------

@@ -202,6 +202,7 @@ class RestoreAndReload(NodeParts):
         self._xdp.adopt(st.get("xdp"))  # absent from state written before XDP: not attached
         self._prefilter = Prefilter(self._xdp, self._pin_dir)
         self._prefilter.adopt(st.get("prefilter", []))
+        self._policy_rows = dict(st.get("policies", {}))
         self._endpoints = Endpoints(cfg, netns, None, self._maps.endpoints, pin_dir=self._pin_dir,
                                     load_lxc=self._load_lxc_lazily)
         self._endpoints.adopt(st["endpoints"], int(st["next_endpoint_id"]))

@@ -9,7 +9,7 @@ type-check without importing it (the facade sets every field in ``Datapath._init
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ciliumlite.bpf import BpfObject
@@ -55,6 +55,7 @@ class NodeParts:
     _prefilter: Prefilter
     _sockops: SockAcceleration
     _policy: PolicyMaps | None
+    _policy_rows: dict[str, dict[str, Any]]
 
     def _init_fields(self, config: DatapathConfig, netns: NetnsRef, cgroup: str | None) -> None:
         raise NotImplementedError

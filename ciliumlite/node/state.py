@@ -7,7 +7,7 @@ is kept in the versioned state directory ``<run dir>/state/`` (layout version 2)
   directory, the ``cilium_lxc`` map id, the node's own links), the underlay ifindex, the next
   endpoint id and socket LB's links;
 - ``endpoints/<id>.json``, ``services/<name>.json``, ``remote_nodes/<name>.json``,
-  ``prefilter/<cidr>.json``: one *item file* each (an endpoint with its link pin and kernel link
+  ``prefilter/<cidr>.json``, ``policies/<kind/ns/name>.json``: one *item file* each (an endpoint with its link pin and kernel link
   id; a service with its backends, the Maglev tables' inputs, the table size being in the config;
   a remote node; a CIDR the XDP prefilter denies).
 
@@ -244,6 +244,7 @@ def read(config: DatapathConfig) -> dict[str, Any]:
         state["services"] = dict(_items(config, "services"))
         state["remote_nodes"] = [v for _, v in _items(config, "remote_nodes")]
         state["prefilter"] = [v for _, v in _items(config, "prefilter")]
+        state["policies"] = dict(_items(config, "policies"))  # what it enforced, described (policy get)
     for key in keys:
         if key not in state:
             raise StateError(f"the state file {path} lacks {key!r}: not trusted", reason="corrupt", path=path)

@@ -130,6 +130,20 @@ class Policy:
         """``Kind/namespace/name``: unique among policies."""
         return f"{self.kind}/{self.namespace}/{self.name}"
 
+    def describe(self) -> dict[str, Any]:
+        """The policy in words, as JSON-ready data (what ``ciliumlite policy get`` shows): each
+        spec's subject, the directions it isolates, and its rules' verdict, peers and ports
+        (``peers`` None: every peer; ``ports`` empty: every port)."""
+        return {"key": self.key, "kind": self.kind, "namespace": self.namespace, "name": self.name,
+                "specs": [{"subject": str(s.subject),
+                           "isolates": [d for d, on in (("ingress", s.isolates_ingress),
+                                                        ("egress", s.isolates_egress)) if on],
+                           "rules": [{"direction": "egress" if r.egress else "ingress",
+                                      "verdict": "deny" if r.deny else "allow",
+                                      "peers": None if r.peers is None else [str(p) for p in r.peers],
+                                      "ports": [str(p) for p in r.ports]} for r in s.rules]}
+                          for s in self.specs]}
+
 
 def _list(obj: Any, field: str) -> list[Any]:
     if obj is None:

@@ -136,3 +136,60 @@ def test_ipcache_list_has_the_pods_and_the_nodes_addresses(topo: Topo) -> None:
     res = run_cli("ipcache", "list", "--lab", t.lab.prefix)
     assert res.returncode == 0 and "PREFIX" in res.stdout and "TUNNEL ENDPOINT" in res.stdout, res
     assert f"{t.srv.ip}/32" in res.stdout
+
+
+# -- ciliumlite policy get: what each node's last policy sync enforced -------------------------------------
+POLICIES = """
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: web-in, namespace: shop}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  ingress:
+  - from: [{podSelector: {matchLabels: {app: client}}}]
+    ports: [{protocol: TCP, port: 80}]
+---
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: no-world, namespace: shop}
+spec:
+  endpointSelector: {matchLabels: {app: web}}
+  egressDeny:
+  - toEntities: [world]
+"""
+
+
+def policy_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "ciliumlite.cli", "policy", "get", *args], capture_output=True,
+                          text=True, timeout=120, env=dict(os.environ))
+
+
+def test_policy_get_lists_the_policies_every_node_enforces() -> None:
+    with Lab("cli-polget") as lab:
+        cl = lab.cluster(["g1", "g2"], routing="vxlan", bgp=False, enable_policy=True)
+        cl.node("g1").add_pod("web", namespace="shop", labels={"app": "web"})
+        cl.apply_policy(POLICIES)
+        res = policy_cli("--lab", lab.prefix, "-o", "json")
+        assert res.returncode == 0, res.stderr
+        rows = {r["key"]: r for r in json.loads(res.stdout)}
+        assert sorted(rows) == ["CiliumNetworkPolicy/shop/no-world", "NetworkPolicy/shop/web-in"]
+        web_in = rows["NetworkPolicy/shop/web-in"]
+        names = sorted(n.datapath.config.node_name for n in cl.nodes() if n.datapath is not None)
+        assert len(names) == 2 and sorted(web_in["nodes"]) == names, web_in  # both nodes enforce it
+        [spec] = web_in["specs"]
+        assert spec["isolates"] == ["ingress"] and "k8s:app In (web)" in spec["subject"]
+        [rule] = spec["rules"]
+        assert (rule["direction"], rule["verdict"], rule["ports"]) == ("ingress", "allow", ["80/TCP"])
+        assert any("k8s:app In (client)" in p for p in rule["peers"]), rule
+        [deny] = rows["CiliumNetworkPolicy/shop/no-world"]["specs"][0]["rules"]
+        assert (deny["direction"], deny["verdict"], deny["peers"]) == ("egress", "deny", ["entity(world)"])
+        table = policy_cli("web-in", "--lab", lab.prefix)
+        assert table.returncode == 0, table.stderr
+        for word in ("POLICY", "SUBJECT", "VERDICT", "NetworkPolicy shop/web-in", "80/TCP", "allow"):
+            assert word in table.stdout, table.stdout
+        assert "no-world" not in table.stdout
+        cl.delete_policy("NetworkPolicy/shop/web-in")
+        left = json.loads(policy_cli("--lab", lab.prefix, "-o", "json").stdout)
+        assert [r["key"] for r in left] == ["CiliumNetworkPolicy/shop/no-world"]
+        missing = policy_cli("web-in", "--lab", lab.prefix)
+        assert missing.returncode == 1 and "no policy 'web-in'" in missing.stderr, missing.stderr

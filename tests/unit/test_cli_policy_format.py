@@ -52,3 +52,19 @@ def test_ipcache_rows() -> None:
     rows = pfmt.ipcache_rows("n1", [entry])
     assert rows == [{"node": "n1", "prefix": "10.244.1.0/24", "identity": 6, "tunnel_endpoint": "10.0.0.2"}]
     assert pfmt.ipcache_table(rows).row_count == 1
+
+
+def test_policy_rows_join_nodes_and_the_table_names_isolation_without_rules() -> None:
+    from ciliumlite.policy import parse_policy
+
+    deny_all = parse_policy({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+                             "metadata": {"name": "deny", "namespace": "x"},
+                             "spec": {"podSelector": {}, "policyTypes": ["Ingress"]}}).describe()
+    assert deny_all["key"] == "NetworkPolicy/x/deny" and deny_all["specs"][0]["rules"] == []
+    assert deny_all["specs"][0]["isolates"] == ["ingress"]
+    rows = pfmt.policy_rows([("n2", {deny_all["key"]: deny_all}), ("n1", {deny_all["key"]: deny_all})])
+    assert len(rows) == 1 and rows[0]["nodes"] == ["n2", "n1"]
+    table = pfmt.policy_rules_table(rows)
+    assert table.row_count == 1
+    cells = [str(c) for col in table.columns for c in col._cells]
+    assert "deny (isolated, no rule)" in cells and "n2, n1" in cells
