@@ -2,11 +2,13 @@
 
 The keys are cilium-agent's flag names where one exists (``routing-mode``, ``kvstore``,
 ``cluster-name``, ``devices``, ``mtu``, ``bpf-lb-mode``, ``ipv4-native-routing-cidr``,
-``enable-bpf-masquerade``, ``bpf-lb-sock``, ``socket-path``, ``state-dir``, ``kvstore-lease-ttl``),
+``enable-bpf-masquerade``, ``bpf-lb-sock``, ``enable-policy``, ``socket-path``, ``state-dir``, ``kvstore-lease-ttl``),
 written with dashes or underscores alike in a file. ``bgp-asn`` and ``bgp-peers`` are ciliumlite's
 own (Cilium configures BGP through CRDs): with native routing they make the datapath run bird,
 announcing the node's pod CIDR to each peer (``name=ip:asn``). Precedence, low to high: the
 defaults here, the ``--config`` file (YAML or JSON), the flags given on the command line.
+``enable-policy`` defaults to ``never`` here, not to Cilium's ``default``: policy code costs every
+packet, and a node enforces only when asked.
 """
 
 from __future__ import annotations
@@ -30,6 +32,10 @@ from ciliumlite.datapath.config import RUN_BASE, DatapathConfig
 ROUTING_MODES = {"tunnel": "vxlan", "native": "native", "none": "none"}
 KVSTORES = ("etcd", "memory")
 LB_MODES = ("snat", "dsr", "hybrid")
+#: ``--enable-policy`` (Cilium's values): ``default`` enforces on the endpoints a policy selects
+#: (``DatapathConfig.enable_policy``), ``never`` loads no policy code. Cilium's ``always`` (deny
+#: what no policy allows, on every endpoint) is not built.
+POLICY_MODES = ("default", "never")
 _NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 _PEER = re.compile(r"([^=\s]+)=([0-9.]+):(\d+)")
 
@@ -53,6 +59,7 @@ class AgentConfig:
     bpf_lb_mode: str = "snat"
     enable_bpf_masquerade: bool = False
     bpf_lb_sock: bool = True
+    enable_policy: str = "never"
     kube_proxy_replacement: bool = True
     enable_host_legacy_routing: bool = False
     kvstore: str = "memory"
@@ -77,6 +84,9 @@ class AgentConfig:
             raise ValidationError(f"kvstore: {self.kvstore!r} is not one of {', '.join(KVSTORES)}")
         if self.bpf_lb_mode not in LB_MODES:
             raise ValidationError(f"bpf-lb-mode: {self.bpf_lb_mode!r} is not one of {', '.join(LB_MODES)}")
+        if self.enable_policy not in POLICY_MODES:
+            raise ValidationError(f"enable-policy: {self.enable_policy!r} is not one of {', '.join(POLICY_MODES)}"
+                                  + (" (always is not built)" if self.enable_policy == "always" else ""))
         object.__setattr__(self, "kvstore_endpoints", _endpoints(self.kvstore_endpoints))
         object.__setattr__(self, "bgp_peers", _peers(self.bgp_peers))
         if self.bgp_asn is not None and (isinstance(self.bgp_asn, bool) or not isinstance(self.bgp_asn, int)):
@@ -120,7 +130,7 @@ class AgentConfig:
                 mtu=self.mtu, native_routing_cidr=self.ipv4_native_routing_cidr,
                 load_balancer_mode=self.bpf_lb_mode,  # type: ignore[arg-type]
                 bpf_masquerade=self.enable_bpf_masquerade, kube_proxy_replacement=self.kube_proxy_replacement,
-                socket_lb=self.bpf_lb_sock, host_routing="legacy" if self.enable_host_legacy_routing else "bpf",
+                socket_lb=self.bpf_lb_sock, enable_policy=self.enable_policy == "default", host_routing="legacy" if self.enable_host_legacy_routing else "bpf",
                 state_dir=self.state_dir, bgp_asn=self.bgp_asn, bgp_peers=self.bgp_peer_list())
         except TypeError as exc:  # a value of the wrong type reached a comparison
             raise ValidationError(f"agent config: {exc}") from None

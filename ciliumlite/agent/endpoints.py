@@ -23,9 +23,11 @@ from ciliumlite.agent import endpoint_state
 from ciliumlite.agent.errors import AgentApiError, Conflict, KvstoreUnavailable, NotFound
 from ciliumlite.bpf.errors import ValidationError
 from ciliumlite.bpf.netns import NETNS_RUN_DIR, NetnsRef, netns_inode
-from ciliumlite.cluster.store import ClusterStore
+from ciliumlite.cluster.cluster import policy_store
+from ciliumlite.cluster.store import ClusterStore, EndpointRecord
 from ciliumlite.datapath import devices
 from ciliumlite.endpoint import Endpoint
+from ciliumlite.policy.labels import pod_labels
 
 log = logging.getLogger("ciliumlite.agent")
 
@@ -177,6 +179,10 @@ class EndpointTable:
                  node_name: str = "") -> None:
         self._datapath = datapath
         self._datapath_has_bpf = getattr(datapath, "maps", None) is not None
+        # With policy (the datapath enforces it and the store keeps endpoints): identities come
+        # from the pods' security labels and every endpoint is published with them.
+        enforcing = bool(getattr(getattr(datapath, "config", None), "enable_policy", False))
+        self._policy = policy_store(store) if enforcing else None
         self._node_ip = node_ip
         self._store = store
         self._node_netns = node_netns
@@ -257,7 +263,7 @@ class EndpointTable:
                     raise Conflict(f"{req.ifname} in {req.netns} is the endpoint of container {other.container_id}")
             labels = req.labels or {"name": req.name}
             try:
-                identity = self._store.allocate_identity(labels)
+                identity = self._allocate(labels)
             except ValidationError:
                 raise
             except Exception as exc:
@@ -364,7 +370,7 @@ class EndpointTable:
     def _reclaim(self, rec: AgentEndpoint) -> None:
         """Claim a restored endpoint's identity and ipcache entry again, on this agent's lease."""
         try:
-            identity = self._store.allocate_identity(rec.labels)
+            identity = self._allocate(rec.labels)
         except Exception as exc:
             self._on_error(f"identity of restored endpoint {rec.endpoint.ip}: {exc}")
         else:
@@ -373,9 +379,30 @@ class EndpointTable:
                                f"labels now have {identity}: recreate the pod to pick it up")
         self._publish_ip(rec)
 
-    # The ipcache entries are best effort: the endpoint works without them (nothing reads them
-    # yet but other agents' policy), and a kvstore outage must not fail a pod's creation.
+    def _security_labels(self, labels: Mapping[str, str]) -> dict[str, str]:
+        """A pod's security labels as policy selects them (``k8s:app=web``, its namespace and the
+        namespace's labels from the store), its namespace from its ``io.kubernetes.pod.namespace``
+        label (default ``default``)."""
+        namespace = labels.get(NAMESPACE_LABEL) or "default"
+        own = {k: v for k, v in labels.items() if k != NAMESPACE_LABEL}
+        ns_labels = getattr(self._store, "namespace_labels", None)
+        return pod_labels(namespace, own, ns_labels(namespace) if ns_labels is not None else {}).as_dict()
+
+    def _allocate(self, labels: Mapping[str, str]) -> int:
+        return self._store.allocate_identity(self._security_labels(labels) if self._policy is not None else labels)
+
+    # The ipcache entries are best effort: the endpoint works without them (a pod on another
+    # node is then world to policy), and a kvstore outage must not fail a pod's creation.
     def _publish_ip(self, rec: AgentEndpoint) -> None:
+        if self._policy is not None:
+            try:
+                namespace = rec.labels.get(NAMESPACE_LABEL) or "default"
+                self._policy.put_endpoint(EndpointRecord(
+                    str(rec.endpoint.ip), self._node_name, self._node_ip, rec.endpoint.identity,
+                    self._security_labels(rec.labels), {}, f"{namespace}/{rec.name}"))
+            except Exception as exc:
+                self._on_error(f"endpoint record of {rec.endpoint.ip}: {exc}")
+            return
         put = getattr(self._store, "put_ip_identity", None)
         if put is None:
             return

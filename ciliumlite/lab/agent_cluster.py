@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ciliumlite.agent.client import AgentError, AgentUnavailable
@@ -16,9 +16,11 @@ from ciliumlite.bpf.offloop import public_methods_off_event_loop
 from ciliumlite.cluster import Cluster
 from ciliumlite.lab.cluster import LabCluster
 from ciliumlite.lab.node import Node
+from ciliumlite.policy import Policy
 from ciliumlite.service import Service
 
 if TYPE_CHECKING:
+    from ciliumlite.lab.hosts import Pod
     from ciliumlite.lab.lab import Lab
 
 from ciliumlite.lab.agent_node import AgentNode
@@ -90,6 +92,25 @@ def wait_services(nodes: Sequence[AgentNode], services: Sequence[Service] = (), 
         return True, ""
     names = ", ".join([*want, *gone]) or "nothing"
     return _poll(f"services {names} on {len(nodes)} nodes", check, timeout)
+
+
+def wait_policies(nodes: Sequence[AgentNode], policies: Sequence[Policy] = (), gone: Sequence[str] = (),
+                  timeout: float = CONVERGE_TIMEOUT) -> float:
+    """Wait until every node that enforces policy has synced each of ``policies`` as it is (its
+    state directory's ``policies`` items) and none of ``gone``; the seconds it took. Raises
+    :class:`LabTimeout` naming the first node that lags (and its agent's last error)."""
+    want = {p.key: p.describe() for p in policies}
+    enforcing = [n for n in nodes if n.view.config.enable_policy]
+
+    def check() -> tuple[bool, str]:
+        for node in enforcing:
+            have = node.view.policies()
+            wrong = [k for k, d in want.items() if have.get(k) != d] + [k for k in gone if k in have]
+            if wrong:
+                return False, f"{node.name}: {', '.join(wrong)} not as wanted{_recent_errors(node)}"
+        return True, ""
+    names = ", ".join([*want, *gone]) or "nothing"
+    return _poll(f"policies {names} on {len(enforcing)} nodes", check, timeout)
 
 
 @public_methods_off_event_loop
@@ -170,6 +191,39 @@ class AgentCluster(LabCluster):
         """Delete a service from etcd and wait until no node has it."""
         self.control.store.delete_service(name)
         wait_services(self.agent_nodes(), gone=[name], timeout=timeout)
+
+    # -- network policy: through etcd, enforced by each agent (nodes with enable_policy) ---------------
+    def set_namespace(self, name: str, labels: Mapping[str, str] | None = None) -> None:
+        """Record namespace ``name``'s labels in etcd, for its pods made from now on (an agent takes
+        a pod's namespace labels when it makes the endpoint). Raises :class:`ValidationError` if
+        the namespace has pods already: agents do not relabel endpoints yet."""
+        if any(p.namespace == name for n in self.members.values() for p in n.pods.values()):
+            raise ValidationError(f"namespace {name!r} has pods already: in an etcd lab set its labels before "
+                                  "making them (agents do not relabel endpoints yet)")
+        store = self.control.store
+        if not callable(getattr(store, "put_namespace", None)):
+            raise ValidationError(f"this cluster's store ({type(store).__name__}) keeps no namespaces")
+        store.put_namespace(name, labels)  # type: ignore[attr-defined]
+        self._namespaces[name] = dict(labels or {})
+
+    def relabel_pod(self, pod: Pod, labels: Mapping[str, str]) -> Pod:
+        """Not in an etcd lab yet: raises :class:`ValidationError` (agents do not relabel endpoints)."""
+        raise ValidationError(f"pod {pod.name}: agents do not relabel endpoints yet (delete and re-create the pod)")
+
+    def apply_policy(self, policy: str | Mapping[str, Any] | Policy | Iterable[Mapping[str, Any] | Policy],
+                     timeout: float = CONVERGE_TIMEOUT) -> list[Policy]:
+        """Write the policies to etcd (parsed first: a bad one writes none) and wait until every
+        node with ``enable_policy`` enforces them. Raises as :meth:`LabCluster.apply_policy` and
+        :func:`wait_policies`."""
+        policies = super().apply_policy(policy)
+        wait_policies(self.agent_nodes(), policies, timeout=timeout)
+        return policies
+
+    def delete_policy(self, key: str | Policy, timeout: float = CONVERGE_TIMEOUT) -> None:
+        """Delete a policy from etcd and wait until no node enforces it."""
+        name = key.key if isinstance(key, Policy) else key
+        super().delete_policy(name)
+        wait_policies(self.agent_nodes(), gone=[name], timeout=timeout)
 
 
 def build_cluster(lab: Lab, names: list[str], routing: str, bgp: bool, config: dict[str, Any]) -> AgentCluster:

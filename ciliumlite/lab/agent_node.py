@@ -12,6 +12,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ciliumlite.agent.client import SOCKET_NAME, AgentClient
+from ciliumlite.agent.endpoints import NAMESPACE_LABEL
 from ciliumlite.agent.errors import AgentStartError
 from ciliumlite.bgp import Bird
 from ciliumlite.bpf.errors import CiliumliteError, NotSupportedError, ValidationError
@@ -223,18 +224,24 @@ class AgentNode(Node):
         """A pod namespace connected by the CNI plugin (ADD), its address from the agent.
 
         ``labels`` (the only endpoint setting the plugin passes; default ``{"name": name}``) give
-        its identity, allocated cluster-wide through etcd. A "try again later" of the plugin (etcd
+        its identity, allocated cluster-wide through etcd; ``namespace`` (default ``default``) is
+        passed as its ``io.kubernetes.pod.namespace`` label, so an agent with policy gives it the
+        identity of its security labels (the namespace's labels as :meth:`AgentCluster.set_namespace
+        <ciliumlite.lab.agents.AgentCluster.set_namespace>` recorded them). A "try again later" of the plugin (etcd
         slow or away) is retried for up to 30 s. Raises :class:`ValidationError` if the pod exists
         already or for ``ip`` and other settings (the agent allocates), and :class:`CniCallError`
         with the plugin's error; nothing of the pod is left then.
         """
         if name in self.pods:
             raise ValidationError(f"pod {name!r} exists already on {self.name}")
-        unsupported = sorted(set(endpoint_kw) - {"labels"})
+        unsupported = sorted(set(endpoint_kw) - {"labels", "namespace"})
         if ip is not None or unsupported:
             raise ValidationError(f"pod {name!r}: {', '.join(['ip'] * (ip is not None) + unsupported)} cannot be "
                                   "set through the CNI plugin (the agent allocates the address and the identity)")
         labels = dict(endpoint_kw.get("labels") or {"name": name})
+        namespace = str(endpoint_kw.get("namespace") or "default")
+        if "namespace" in endpoint_kw:
+            labels[NAMESPACE_LABEL] = namespace
         ns = owned.make_netns(self.lab.record, f"{self.lab.prefix}-{self.name}-{name}")
         cid, path = self._container_id(name), f"/var/run/netns/{ns}"
         try:
@@ -250,7 +257,8 @@ class AgentNode(Node):
         ep = Endpoint(id=int(got["endpoint"]["id"]), name=name, ip=ipaddress.IPv4Address(got["ip"]), pod_netns=ns,
                       ifname=got["host_ifname"], ifindex=int(got["host_ifindex"]), mac=got["mac"],
                       node_mac=got["host_mac"], identity=int(got["identity"]), labels=dict(got["labels"]))
-        pod = Pod(self, name, ns, ep)
+        pod = Pod(self, name, ns, ep, namespace=namespace,
+                  labels={k: v for k, v in labels.items() if k != NAMESPACE_LABEL})
         self.pods[name] = pod
         return pod
 

@@ -49,7 +49,7 @@ ROUTING_FLAG = {"vxlan": "tunnel", "native": "native", "none": "none"}
 #: DatapathConfig fields the agent's flags set; any other must keep its default.
 _FLAGGED = {"node_name", "pod_cidr", "host_routing", "mtu", "state_dir", "node_ip", "routing", "underlay_device",
             "native_routing_cidr", "kube_proxy_replacement", "socket_lb", "bpf_masquerade", "load_balancer_mode",
-            "bgp_asn", "bgp_peers"}
+            "bgp_asn", "bgp_peers", "enable_policy"}
 
 
 class LabTimeout(CiliumliteError):
@@ -87,6 +87,7 @@ def agent_argv(cfg: DatapathConfig, *, netns: str | None = None, cgroup: str | N
             cfg.load_balancer_mode,
             "--enable-bpf-masquerade" if cfg.bpf_masquerade else "--disable-bpf-masquerade",
             "--bpf-lb-sock" if cfg.socket_lb else "--no-bpf-lb-sock",
+            "--enable-policy", "default" if cfg.enable_policy else "never",
             "--kube-proxy-replacement" if cfg.kube_proxy_replacement else "--no-kube-proxy-replacement",
             "--enable-host-legacy-routing" if cfg.host_routing == "legacy" else "--disable-host-legacy-routing",
             "--kvstore", kvstore]

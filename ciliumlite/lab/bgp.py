@@ -7,6 +7,7 @@ only and announces its pod CIDR. ``Lab.bgp`` is the one :class:`LabBgp` of a lab
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -70,12 +71,13 @@ class LabBgp:
         return bgp.leaf_config(LEAF_IP, LEAF_ASN, peers)
 
     def start(self, nodes: list[Node]) -> None:
-        """Peer ``nodes`` (already on the underlay) with the leaf and wait until every session is up.
+        """Peer ``nodes`` (already on the underlay) with the leaf and wait until every session is up
+        and every speaker has learned every other speaker's pod CIDR.
 
         The nodes' speakers run already (their datapaths started them, see :meth:`node_config`).
         Starts the leaf (in the fabric, made if need be) on first use and reloads it with the new
-        peers after that, then waits up to 15 s for each session. Raises ``BgpError`` if bird
-        rejects a config or a session is not Established in time, ``NotSupportedError`` if bird2
+        peers after that, then waits up to 15 s for each session and 15 s for the routes. Raises ``BgpError`` if bird
+        rejects a config or a session is not Established (or a route not learned) in time, ``NotSupportedError`` if bird2
         is not installed, :class:`ValidationError` for a node without a speaker.
         """
         from ciliumlite import bgp
@@ -102,6 +104,23 @@ class LabBgp:
             if node.bird is None:
                 raise ValidationError(f"{node.name} runs no BGP speaker: add it with bgp=True")
             node.bird.wait_established(timeout=ESTABLISH_TIMEOUT)
+        self._wait_routes()
+
+    def _wait_routes(self) -> None:
+        # Established is not yet routed: the UPDATEs follow the OPEN. Return once every speaker
+        # has learned every other speaker's pod CIDR from the leaf (what its pods' traffic needs).
+        from ciliumlite.bgp import BgpError
+
+        speakers = [n for n in self._lab.nodes.values() if n.bird is not None and n.ip is not None]
+        deadline = time.monotonic() + ESTABLISH_TIMEOUT
+        for node in speakers:
+            assert node.bird is not None
+            want = {o.info.pod_cidr for o in speakers if o is not node}
+            while not want <= set(learned := node.bird.routes(protocol="leaf")):
+                if time.monotonic() > deadline:
+                    raise BgpError(f"{node.name}'s bird has not learned {', '.join(sorted(want - set(learned)))} "
+                                   f"from the leaf within {ESTABLISH_TIMEOUT:g} s (it has {learned or 'none'})")
+                time.sleep(0.05)
 
     def reload(self) -> None:
         """Give the leaf the peers of the nodes that still run a speaker (after one has gone).

@@ -21,7 +21,7 @@ from ciliumlite.bpf.errors import CiliumliteError, NotSupportedError
 from ciliumlite.bpf.offloop import public_methods_off_event_loop
 from ciliumlite.cluster.etcd import EtcdStore, KvstoreError
 from ciliumlite.cluster.etcd_server import EtcdServer
-from ciliumlite.cluster.store import NodeInfo, Watcher
+from ciliumlite.cluster.store import EndpointRecord, NodeInfo, Watcher
 from ciliumlite.lab.fabric import LEAF_IP
 from ciliumlite.ownership.identity import ProcessId
 
@@ -56,9 +56,9 @@ class LabStore:
                                     request_timeout=request_timeout)
 
     @property
-    def endpoints(self) -> tuple[str, ...]:
+    def etcd_endpoints(self) -> tuple[str, ...]:
         """etcd's client URLs."""
-        return self._store.endpoints
+        return self._store.etcd_endpoints
 
     def call(self, fn: Callable[[EtcdStore], T]) -> T:
         """``fn(store)`` inside the fabric namespace, for what the methods below do not cover."""
@@ -92,6 +92,38 @@ class LabStore:
     def allocate_identity(self, labels: Mapping[str, str]) -> int:
         """``EtcdStore.allocate_identity``."""
         return self.call(lambda s: s.allocate_identity(labels))
+
+    def put_endpoint(self, record: EndpointRecord) -> None:
+        """``EtcdStore.put_endpoint``."""
+        self.call(lambda s: s.put_endpoint(record))
+
+    def delete_endpoint(self, ip: str) -> None:
+        """``EtcdStore.delete_endpoint``."""
+        self.call(lambda s: s.delete_endpoint(ip))
+
+    def endpoints(self) -> list[EndpointRecord]:
+        """``EtcdStore.endpoints``."""
+        return self.call(lambda s: s.endpoints())
+
+    def put_policy(self, policy: Any) -> None:
+        """``EtcdStore.put_policy``."""
+        self.call(lambda s: s.put_policy(policy))
+
+    def delete_policy(self, key: str) -> None:
+        """``EtcdStore.delete_policy``."""
+        self.call(lambda s: s.delete_policy(key))
+
+    def policies(self) -> list[Any]:
+        """``EtcdStore.policies``."""
+        return self.call(lambda s: s.policies())
+
+    def put_namespace(self, name: str, labels: Mapping[str, str] | None = None) -> None:
+        """``EtcdStore.put_namespace``."""
+        self.call(lambda s: s.put_namespace(name, labels))
+
+    def namespace_labels(self, name: str) -> dict[str, str]:
+        """``EtcdStore.namespace_labels``."""
+        return self.call(lambda s: s.namespace_labels(name))
 
     def watch(self, callback: Watcher) -> Callable[[], None]:
         """Not offered: a watch runs threads whose connections would be opened outside the fabric

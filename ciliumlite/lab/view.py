@@ -77,6 +77,10 @@ class NodeView:
         """The tunnel map as ``{pod CIDR prefix: remote node IP}`` (empty without VXLAN)."""
         raise NotImplementedError
 
+    def policies(self) -> dict[str, dict[str, Any]]:
+        """The network policies the node's last policy sync enforced (``Policy.describe()``), by key."""
+        raise NotImplementedError
+
     def count(self, reason: Reason | int, direction: Direction | int | None = None) -> int:
         """Packets counted for ``reason`` (in ``direction``, or all)."""
         return sum(m.packets for m in self.metrics() if m.reason == reason and direction in (None, m.direction))
@@ -125,6 +129,10 @@ class DatapathView(NodeView):
         """``Datapath.tunnel.entries()``."""
         return self._dp.tunnel.entries() if self._dp.tunnel is not None else {}
 
+    def policies(self) -> dict[str, dict[str, Any]]:
+        """``Datapath.enforced_policies()``."""
+        return self._dp.enforced_policies()
+
 
 class PinnedView(NodeView):
     """The view of a datapath another process (the node's agent) owns: maps from its pins
@@ -147,15 +155,23 @@ class PinnedView(NodeView):
         """The ``datapath`` part of the agent's ``GET /v1/status``."""
         return dict(self._client.status().get("datapath") or {})
 
-    def attachments(self) -> list[Attachment]:
-        """From the datapath's registry entry and its state directory's endpoint files; empty
-        when there is none (the agent has gone)."""
+    def _entry(self) -> dict[str, Any]:
+        # The registry entry with its state directory's items; empty when there is none (the agent has gone).
         try:
             state = registry.with_items(json.loads(registry.entry_path(self._config.node_name).read_text()))
         except (OSError, ValueError):
-            return []
+            return {}
+        return state if isinstance(state, dict) else {}
+
+    def attachments(self) -> list[Attachment]:
+        """From the datapath's registry entry and its state directory's endpoint files; empty
+        when there is none (the agent has gone)."""
         return [Attachment(str(a.get("program", "")), str(a.get("where", "")))
-                for a in state.get("attachments") or [] if isinstance(a, dict)]
+                for a in self._entry().get("attachments") or [] if isinstance(a, dict)]
+
+    def policies(self) -> dict[str, dict[str, Any]]:
+        """From the datapath's state directory (what ``ciliumlite policy get`` reads)."""
+        return dict(self._entry().get("policies") or {})
 
     def endpoints(self) -> list[dict[str, Any]]:
         """The agent's endpoints (``GET /v1/endpoint``), as rows."""

@@ -390,6 +390,10 @@ class Datapath(RestoreAndReload, Teardown):
                 self._publish(*changes)
             return result
 
+    def enforced_policies(self) -> dict[str, dict[str, Any]]:
+        """The policies the last :meth:`sync_policy` enforced, described (``Policy.describe()``), by key."""
+        return dict(self._policy_rows)
+
     # -- XDP ------------------------------------------------------------------------------------------
     @property
     def prefilter(self) -> PrefilterView:

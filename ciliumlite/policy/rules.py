@@ -18,9 +18,11 @@ A bad manifest raises :class:`ValidationError` naming the field
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
@@ -124,6 +126,9 @@ class Policy:
     namespace: str
     name: str
     specs: tuple[PolicySpec, ...]
+    #: The manifest it was parsed from (JSON-ready), what a store keeps: ``parse_policy(source)``
+    #: gives the same policy back. None for one built in Python.
+    source: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
 
     @property
     def key(self) -> str:
@@ -402,9 +407,12 @@ def parse_policy(manifest: Mapping[str, Any]) -> Policy:
         raise ValidationError(f"kind: {kind!r} is not a policy kind ({', '.join(API_VERSIONS)})")
     if api != API_VERSIONS[kind]:
         raise ValidationError(f"{kind}: apiVersion {api!r} is not {API_VERSIONS[kind]!r}")
-    if kind == NETWORK_POLICY:
-        return parse_network_policy(manifest)
-    return parse_cilium_network_policy(manifest)
+    parsed = parse_network_policy(manifest) if kind == NETWORK_POLICY else parse_cilium_network_policy(manifest)
+    try:
+        source = json.loads(json.dumps(manifest))
+    except (TypeError, ValueError):
+        source = None  # a value YAML can hold and JSON cannot (a date): kept in memory only
+    return dataclasses.replace(parsed, source=source)
 
 
 def parse_policies(manifests: Iterable[Mapping[str, Any]]) -> list[Policy]:

@@ -4,6 +4,7 @@ lease expiry of a killed agent process, SIGSTOP, concurrent identity allocation,
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import os
 import random
@@ -20,6 +21,8 @@ import pytest
 from ciliumlite.bpf import netns as nsmod
 from ciliumlite.bpf.errors import CiliumliteError, ValidationError
 from ciliumlite.cluster import Cluster, EtcdStore, KvstoreError, NodeInfo
+from ciliumlite.cluster.store import EndpointRecord
+from ciliumlite.policy import parse_policy
 from ciliumlite.service import Backend, Frontend, Service
 from ciliumlite.testing.etcd import EtcdServer
 from ciliumlite.testing.resources import unique_name
@@ -230,6 +233,9 @@ def test_cluster_over_etcd(etcd_server_module: EtcdServer, stores: StoreFactory)
         def delete_service(self, name: str) -> None:
             self.services.pop(name, None)
 
+        def sync_policy(self, policies: list[Any], endpoints: list[Any]) -> None:
+            pass
+
     sinks = [Sink(), Sink()]
     clusters = [Cluster(stores(etcd_server_module, cluster=cluster, owner=f"n{i + 1}")) for i in range(2)]
     clusters[0].join(node(1), sinks[0])
@@ -244,6 +250,60 @@ def test_cluster_over_etcd(etcd_server_module: EtcdServer, stores: StoreFactory)
         clusters[1].join(NodeInfo("n3", "192.168.50.1", "10.244.3.0/24"), Sink())
     for c, name in zip(clusters, ("n1", "n2"), strict=True):
         c.leave(name)
+
+
+def test_endpoints_policies_and_namespaces_reach_every_agent(etcd_server_module: EtcdServer,
+                                                            stores: StoreFactory) -> None:
+    """EtcdStore is a PolicyStore: endpoint records (on the owner's lease, readable as ipcache
+    entries too), policies (kept as their manifests) and namespaces; a Cluster member syncs its
+    policy on every change of either."""
+    cluster = cluster_name()
+    agent = stores(etcd_server_module, cluster=cluster, owner="n1", lease_ttl=5)
+    lab = stores(etcd_server_module, cluster=cluster)
+    rec = EndpointRecord("10.244.1.7", "n1", "192.168.50.1", 4242, {"k8s:app": "web"},
+                         {("http", 6): 8080}, "shop/web-1")
+    agent.put_endpoint(rec)
+    [got] = lab.endpoints()
+    assert (got.ip, got.node, got.node_ip, got.identity, dict(got.labels), dict(got.named_ports), got.name) == (
+        rec.ip, rec.node, rec.node_ip, rec.identity, dict(rec.labels), dict(rec.named_ports), rec.name)
+    assert [(e.ip, e.identity, e.namespace, e.pod) for e in lab.ip_identities()] == [
+        ("10.244.1.7", 4242, "shop", "web-1")]
+    assert f"cilium/state/ip/v1/{cluster}/10.244.1.7" in agent.lease_keys()
+    policy = parse_policy({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+                           "metadata": {"name": "web-in", "namespace": "shop"},
+                           "spec": {"podSelector": {"matchLabels": {"app": "web"}},
+                                    "ingress": [{"ports": [{"port": 80}]}]}})
+    lab.put_policy(policy)
+    assert lab.policies() == [policy]  # parsed back from the stored manifest: the same policy
+    with pytest.raises(ValidationError, match="manifest"):
+        lab.put_policy(dataclasses.replace(policy, source=None))
+    with pytest.raises(ValidationError, match="Kind/namespace/name"):
+        lab.delete_policy("web-in")
+    lab.put_namespace("shop", {"team": "blue"})
+    assert lab.namespace_labels("shop") == {"team": "blue"} and lab.namespace_labels("other") == {}
+
+    synced: list[tuple[list[str], list[str]]] = []
+
+    class Sink:
+        def add_remote_node(self, n: NodeInfo) -> None: ...
+        def remove_remote_node(self, n: NodeInfo) -> None: ...
+        def upsert_service(self, s: Any) -> None: ...
+        def validate_service(self, s: Any) -> None: ...
+        def delete_service(self, name: str) -> None: ...
+
+        def sync_policy(self, policies: list[Any], endpoints: list[Any]) -> None:
+            synced.append(([p.key for p in policies], [e.ip for e in endpoints]))
+
+    member = Cluster(stores(etcd_server_module, cluster=cluster, owner="n2"))
+    member.join(NodeInfo("n2", "192.168.50.2", "10.244.2.0/24"), Sink())
+    assert synced[-1] == (["NetworkPolicy/shop/web-in"], ["10.244.1.7"])  # at join
+    lab.delete_policy(policy.key)
+    agent.delete_endpoint(rec.ip)
+    deadline = time.monotonic() + 5
+    while synced[-1] != ([], []) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert synced[-1] == ([], []), synced
+    member.leave("n2")
 
 
 # -- outages -------------------------------------------------------------------------------------
@@ -397,7 +457,9 @@ def test_lease_lost_while_paused_is_renewed(etcd_server: EtcdServer, stores: Sto
     etcd_server.pause()
     time.sleep(3.5)
     etcd_server.resume()
-    seen.wait_for(lambda ev: ev[-2:] == [("delete", "n1"), ("upsert", "n1")], timeout=10)
+    # (the watch also delivers the ip entry's endpoint-delete/upsert: only the node's are looked at)
+    seen.wait_for(lambda ev: [e for e in ev if e[0] in ("delete", "upsert")][-2:] == [("delete", "n1"), ("upsert", "n1")],
+                  timeout=10)
     new_lease = agent.status().lease_id
     assert new_lease != old_lease
     deadline = time.monotonic() + 5

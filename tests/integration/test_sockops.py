@@ -15,6 +15,7 @@ Every transfer is bounded in bytes and time; only the lab's namespaces and addre
 from __future__ import annotations
 
 import json
+import re
 import select
 import subprocess
 import sys
@@ -159,7 +160,7 @@ def test_cli_status_reports_it(lab: Lab, node: Node) -> None:
         return subprocess.run([sys.executable, "-m", "ciliumlite.cli", "status", "--lab", lab.prefix, *args],
                               capture_output=True, text=True, timeout=60)
 
-    header: dict[str, Any] = {"up": 100_000, "down": 100_000, "seed": 5, "server_delay": 2.0}
+    header: dict[str, Any] = {"up": 100_000, "down": 100_000, "seed": 5, "server_delay": 4.0}
     proc = _start(node.pods["a"], node.pods["b"].ip, **header)
     try:
         deadline = time.monotonic() + 10
@@ -173,7 +174,10 @@ def test_cli_status_reports_it(lab: Lab, node: Node) -> None:
         check_bytes(header, _finish(proc), server_line("b"))
     sk = row["sockops"]
     assert sk["enabled"] is True and sk["sockets"] == 2 and sk["messages_redirected"] > 0, sk
-    assert text.returncode == 0 and "Socket acceleration:    Enabled (experimental)   [2 sockets, " in text.stdout
+    # The text is a second process, a moment later: the connection may have ended by then (its
+    # sockets leave the sockhash), so the text's count is only checked to be a count.
+    assert text.returncode == 0 and re.search(r"Socket acceleration: +Enabled \(experimental\) +\[\d+ sockets, "
+                                              r"\d+ messages redirected", text.stdout), text.stdout
 
 
 def test_data_never_crosses_a_veth(lab: Lab, node: Node) -> None:

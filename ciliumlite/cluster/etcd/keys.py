@@ -8,6 +8,9 @@ Keys (``<c>`` is the cluster name; every value is JSON, see ``records.py``):
 - ``cilium/state/identities/v1/labels/<labels>``: ``<id>`` (the reverse index);
 - ``cilium/state/identities/v1/value/<labels>/<node>``: ``<id>``, on that node's lease;
 - ``cilium/state/ip/v1/<c>/<ip>``: ``{ip, identity, host_ip, namespace, pod}``, on the owner's lease;
+  an endpoint record adds ``node``, ``labels`` (its security labels) and ``named_ports``;
+- ``cilium/state/policies/v1/<c>/<Kind>/<namespace>/<name>``: the policy's manifest (JSON);
+- ``cilium/state/namespaces/v1/<c>/<name>``: ``{name, labels}``;
 - ``cilium/.heartbeat``: an RFC 3339 time.
 
 ``<labels>`` is :func:`~ciliumlite.cluster.store.identity_key` percent-encoded (``/`` becomes
@@ -32,6 +35,8 @@ IDENTITY_IDS = STATE + "identities/v1/id/"
 IDENTITY_LABELS = STATE + "identities/v1/labels/"
 IDENTITY_VALUES = STATE + "identities/v1/value/"
 IPS = STATE + "ip/v1/"
+POLICIES = STATE + "policies/v1/"
+NAMESPACES = STATE + "namespaces/v1/"
 HEARTBEAT_KEY = "cilium/.heartbeat"
 
 #: etcd's default ``--max-txn-ops`` is 128; stay below it with room for compares.

@@ -1,4 +1,5 @@
-"""What the keys hold: node records, services and ipcache entries (:class:`IPIdentity`) as JSON."""
+"""What the keys hold: node records, services, ipcache entries (:class:`IPIdentity`, or a whole
+:class:`~ciliumlite.cluster.store.EndpointRecord`), policies and namespaces, as JSON."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from ciliumlite.bpf.errors import ValidationError
-from ciliumlite.cluster.store import NodeInfo
+from ciliumlite.cluster.store import EndpointRecord, NodeInfo
+from ciliumlite.policy.rules import Policy, parse_policy
 from ciliumlite.service import Service
 
 
@@ -91,3 +93,67 @@ def decode_ip(raw: bytes) -> IPIdentity:
         return IPIdentity.from_dict(json.loads(raw))
     except (TypeError, ValueError) as exc:
         raise ValidationError(f"bad ip identity record {raw[:200]!r}: {exc}") from exc
+
+
+def endpoint_json(record: EndpointRecord) -> bytes:
+    """An endpoint record's stored value: its ipcache entry plus ``node``, ``labels`` and
+    ``named_ports`` (``[[name, protocol, port], ...]``), so an ipcache reader reads it too."""
+    namespace, _, pod = record.name.rpartition("/")
+    data = IPIdentity(record.ip, record.identity, record.node_ip, namespace, pod).to_dict()
+    data.update(node=record.node, labels=dict(record.labels),
+                named_ports=[[n, proto, port] for (n, proto), port in sorted(record.named_ports.items())])
+    return json.dumps(data, sort_keys=True).encode()
+
+
+def decode_endpoint(raw: bytes) -> EndpointRecord:
+    """Parse an ipcache key's value as an endpoint record (an entry written without labels has
+    none); raises :class:`ValidationError` on a bad one or an identity no pod can have."""
+    try:
+        data = json.loads(raw)
+        ip = IPIdentity.from_dict(data)
+        labels = {str(k): str(v) for k, v in dict(data.get("labels") or {}).items()}
+        ports = {(str(n), int(proto)): int(port) for n, proto, port in data.get("named_ports") or []}
+        name = f"{ip.namespace}/{ip.pod}" if ip.namespace else ip.pod
+        return EndpointRecord(ip.ip, str(data.get("node", "")), ip.host_ip, ip.identity, labels, ports, name)
+    except (KeyError, TypeError, ValueError) as exc:  # ValidationError is a ValueError
+        raise ValidationError(f"bad endpoint record {raw[:200]!r}: {exc}") from exc
+
+
+def policy_json(policy: Policy) -> bytes:
+    """A policy's stored value: the manifest it was parsed from. Raises :class:`ValidationError`
+    for a policy built in Python (it has no manifest a store could keep)."""
+    if policy.source is None:
+        raise ValidationError(f"{policy.key}: a store keeps a policy as its manifest, and this one has none "
+                              "(parse it from YAML or a mapping: ciliumlite.policy.parse_policy)")
+    return json.dumps(policy.source, sort_keys=True).encode()
+
+
+def decode_policy(raw: bytes) -> Policy:
+    """Parse a stored policy manifest; raises :class:`ValidationError` naming the bad field."""
+    try:
+        return parse_policy(json.loads(raw))
+    except (TypeError, ValueError) as exc:
+        raise ValidationError(f"bad policy record {raw[:200]!r}: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class NamespaceRecord:
+    """A Kubernetes namespace and its labels (what a pod's identity takes from it)."""
+
+    name: str
+    labels: Mapping[str, str]
+
+
+def namespace_json(ns: NamespaceRecord) -> bytes:
+    """A namespace's stored value."""
+    return json.dumps({"name": ns.name, "labels": dict(ns.labels)}, sort_keys=True).encode()
+
+
+def decode_namespace(raw: bytes) -> NamespaceRecord:
+    """Parse a namespace record; raises :class:`ValidationError` on a bad one."""
+    try:
+        data = json.loads(raw)
+        return NamespaceRecord(str(data["name"]), {str(k): str(v) for k, v in dict(data.get("labels") or {}).items()})
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValidationError(f"bad namespace record {raw[:200]!r}: {exc}") from exc
+

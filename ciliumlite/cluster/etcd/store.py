@@ -14,7 +14,9 @@ from ciliumlite.cluster.etcd.client import EtcdClient, KvstoreError, KvstoreStat
 from ciliumlite.cluster.etcd.identities import Identities
 from ciliumlite.cluster.etcd.keys import (
     IPS,
+    NAMESPACES,
     NODES,
+    POLICIES,
     SERVICES,
     TXN_ATTEMPTS,
     TXN_OPS,
@@ -27,15 +29,22 @@ from ciliumlite.cluster.etcd.lease import OwnKeys
 from ciliumlite.cluster.etcd.records import (
     IPIdentity,
     IpWatcher,
+    NamespaceRecord,
+    decode_endpoint,
     decode_ip,
+    decode_namespace,
     decode_node,
+    decode_policy,
     decode_service,
+    endpoint_json,
     ip_json,
+    namespace_json,
     node_json,
+    policy_json,
     service_json,
 )
 from ciliumlite.cluster.etcd.watch import Kind, Watches
-from ciliumlite.cluster.store import NodeInfo, Watcher
+from ciliumlite.cluster.store import EndpointRecord, NodeInfo, Watcher
 from ciliumlite.service import Service
 
 
@@ -84,7 +93,8 @@ class EtcdStore:
         if request_timeout <= 0 or connect_timeout < 0 or sync_interval <= 0 or watch_idle_timeout <= 0:
             raise ValidationError("request_timeout, sync_interval and watch_idle_timeout must be > 0, "
                                   "connect_timeout >= 0")
-        self.endpoints: tuple[str, ...] = tuple(endpoints)
+        #: etcd's client URLs (``--kvstore-opt etcd.config`` endpoints in Cilium).
+        self.etcd_endpoints: tuple[str, ...] = tuple(endpoints)
         self.cluster = cluster
         self.owner = owner
         self.lease_ttl = lease_ttl
@@ -92,7 +102,7 @@ class EtcdStore:
         self.sync_interval = sync_interval
         self.heartbeat_interval = heartbeat_interval
         self.watch_idle_timeout = watch_idle_timeout
-        self._client = EtcdClient(self.endpoints, request_timeout)
+        self._client = EtcdClient(self.etcd_endpoints, request_timeout)
         self._own = OwnKeys(self._client, owner=owner, lease_ttl=lease_ttl, sync_interval=sync_interval,
                             heartbeat_interval=heartbeat_interval)
         self._watches = Watches(self._client, idle_timeout=watch_idle_timeout)
@@ -131,6 +141,18 @@ class EtcdStore:
     def _ip_kind(self) -> Kind:
         return Kind(f"{IPS}{self.cluster}/", "ip-upsert", "ip-delete", decode_ip)
 
+    @property
+    def _endpoint_kind(self) -> Kind:  # the same keys as the ipcache, read as whole endpoint records
+        return Kind(f"{IPS}{self.cluster}/", "endpoint-upsert", "endpoint-delete", decode_endpoint)
+
+    @property
+    def _policy_kind(self) -> Kind:
+        return Kind(f"{POLICIES}{self.cluster}/", "policy-upsert", "policy-delete", decode_policy)
+
+    @property
+    def _namespace_kind(self) -> Kind:
+        return Kind(f"{NAMESPACES}{self.cluster}/", "namespace-upsert", "namespace-delete", decode_namespace)
+
     def put_node(self, node: NodeInfo) -> None:
         """Create or replace a node record. The owner's own node goes on its lease.
 
@@ -165,7 +187,7 @@ class EtcdStore:
             elif self._client.txn(operation, compare, [put_op(key, value)]).get("succeeded"):
                 return
         raise KvstoreError(f"put node {node.name}", f"the node records kept changing ({TXN_ATTEMPTS} attempts)",
-                           endpoints=self.endpoints, hint="retry; many nodes are joining at once")
+                           endpoints=self.etcd_endpoints, hint="retry; many nodes are joining at once")
 
     def delete_node(self, name: str) -> None:
         """Remove a node record (no-op when absent). Deleting another live agent's own node makes
@@ -302,6 +324,100 @@ class EtcdStore:
         """
         return self._start_watch([self._ip_kind], callback, replay=replay, name="kvstore-watch-ip")
 
+    # -- endpoints, policies and namespaces (a PolicyStore) ----------------------------------------------
+
+    def put_endpoint(self, record: EndpointRecord) -> None:
+        """Publish an endpoint: its ipcache entry (every ipcache reader sees it) with its security
+        labels and named ports, for policy. With an owner it is an own key, like the ipcache's.
+
+        Raises:
+            ValidationError: not an EndpointRecord.
+            KvstoreError: etcd is unreachable.
+        """
+        if not isinstance(record, EndpointRecord):
+            raise ValidationError(f"put_endpoint takes an EndpointRecord, not {type(record).__name__}")
+        key, value = self._ip_key(record.ip), endpoint_json(record)
+        if self.owner is not None:
+            self._own.put(f"put endpoint {record.ip}", key, value)
+        else:
+            self._client.post(f"put endpoint {record.ip}", "/kv/put", {"key": b64(key), "value": b64(value)})
+
+    def delete_endpoint(self, ip: str) -> None:
+        """Withdraw the endpoint at ``ip`` (its ipcache entry; no-op when absent).
+
+        Raises:
+            KvstoreError: etcd is unreachable.
+        """
+        self.delete_ip_identity(ip)
+
+    def endpoints(self) -> list[EndpointRecord]:
+        """Every endpoint of the cluster, by IP (ipcache entries that are no pod's are skipped).
+
+        Raises:
+            KvstoreError: etcd is unreachable.
+        """
+        return self._watches.objects(self._endpoint_kind, "list the endpoints",
+                                     key=lambda e: ipaddress.IPv4Address(e.ip))
+
+    def _policy_key(self, key: str) -> str:
+        kind, sep, rest = key.partition("/")
+        if not sep or not kind or "/" not in rest or not rest.rpartition("/")[2]:
+            raise ValidationError(f"policy key {key!r} is not Kind/namespace/name")
+        return f"{POLICIES}{self.cluster}/{key}"
+
+    def put_policy(self, policy: Any) -> None:
+        """Create or replace a network policy (a parsed :class:`~ciliumlite.policy.Policy`,
+        stored as the manifest it came from); every agent enforces it.
+
+        Raises:
+            ValidationError: not a Policy, or one without a manifest (built in Python).
+            KvstoreError: etcd is unreachable.
+        """
+        from ciliumlite.policy.rules import Policy
+
+        if not isinstance(policy, Policy):
+            raise ValidationError(f"put_policy takes a ciliumlite.policy.Policy, not {type(policy).__name__}")
+        key, value = self._policy_key(policy.key), policy_json(policy)
+        self._client.post(f"put policy {policy.key}", "/kv/put", {"key": b64(key), "value": b64(value)})
+
+    def delete_policy(self, key: str) -> None:
+        """Remove the policy ``Kind/namespace/name`` (no-op when absent).
+
+        Raises:
+            ValidationError: a malformed key.
+            KvstoreError: etcd is unreachable.
+        """
+        self._client.post(f"delete policy {key}", "/kv/deleterange", {"key": b64(self._policy_key(key))})
+
+    def policies(self) -> list[Any]:
+        """Every policy, by key (records that do not parse are skipped, with a warning).
+
+        Raises:
+            KvstoreError: etcd is unreachable.
+        """
+        return self._watches.objects(self._policy_kind, "list the policies", key=lambda p: p.key)
+
+    def put_namespace(self, name: str, labels: Mapping[str, str] | None = None) -> None:
+        """Record a Kubernetes namespace's labels (what its pods' identities take from it).
+
+        Raises:
+            ValidationError: a bad name.
+            KvstoreError: etcd is unreachable.
+        """
+        check_name("namespace", name)
+        value = namespace_json(NamespaceRecord(name, dict(labels or {})))
+        self._client.post(f"put namespace {name}", "/kv/put",
+                          {"key": b64(f"{NAMESPACES}{self.cluster}/{name}"), "value": b64(value)})
+
+    def namespace_labels(self, name: str) -> dict[str, str]:
+        """The labels recorded for namespace ``name`` (none recorded: empty).
+
+        Raises:
+            KvstoreError: etcd is unreachable.
+        """
+        found = self._watches.objects(self._namespace_kind, "list the namespaces", key=lambda n: n.name)
+        return next((dict(n.labels) for n in found if n.name == name), {})
+
     # -- identities ----------------------------------------------------------------------------------
 
     def allocate_identity(self, labels: Mapping[str, str]) -> int:
@@ -355,13 +471,13 @@ class EtcdStore:
         Raises:
             KvstoreError: etcd is unreachable when the watch starts.
         """
-        return self._start_watch([self._node_kind, self._service_kind], callback, replay=replay,
-                                 name="kvstore-watch")
+        return self._start_watch([self._node_kind, self._service_kind, self._endpoint_kind, self._policy_kind],
+                                 callback, replay=replay, name="kvstore-watch")
 
     def _start_watch(self, kinds: list[Kind], callback: Callable[[Any, Any], None], *, replay: bool,
                      name: str) -> Callable[[], None]:
         if self._closed:
-            raise KvstoreError("watch", "the store is closed", endpoints=self.endpoints)
+            raise KvstoreError("watch", "the store is closed", endpoints=self.etcd_endpoints)
         return self._watches.start(kinds, callback, replay=replay, name=name)
 
     # -- status and life cycle -----------------------------------------------------------------------
@@ -375,7 +491,7 @@ class EtcdStore:
                 self._client.post("status", "/maintenance/status", {})
         ok, fail, last_error, watch_revision = self._client.health()
         connected = ok is not None and (fail is None or ok >= fail) and not self._closed
-        return KvstoreStatus(connected=connected, endpoints=self.endpoints, last_heartbeat=ok,
+        return KvstoreStatus(connected=connected, endpoints=self.etcd_endpoints, last_heartbeat=ok,
                              lease_id=self._own.lease_id, lease_ttl=self.lease_ttl,
                              last_error=last_error, watch_revision=watch_revision)
 
@@ -407,4 +523,4 @@ class EtcdStore:
         self.close()
 
     def __repr__(self) -> str:
-        return f"EtcdStore({list(self.endpoints)}, cluster={self.cluster!r}, owner={self.owner!r})"
+        return f"EtcdStore({list(self.etcd_endpoints)}, cluster={self.cluster!r}, owner={self.owner!r})"
