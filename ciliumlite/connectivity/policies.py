@@ -42,7 +42,7 @@ def _needs_policy(ctx: ConnectivityContext) -> str | None:
     if not ctx.config.enable_policy:
         return "network policy is off in this lab (enable_policy=False)"
     if not keeps_policy(ctx.cluster.control.store):
-        return "this lab's store keeps no network policies (an etcd lab: not built yet)"
+        return "this lab's store keeps no network policies"
     return None
 
 

@@ -15,7 +15,6 @@ from ciliumlite.connectivity.framework import Scenario, ScenarioResult, select
 from ciliumlite.connectivity.policies import NAMESPACE, POD_LABELS
 from ciliumlite.datapath.config import LB_MODE
 from ciliumlite.lab import Lab, LabCluster, Node, Pod
-from ciliumlite.lab.agents import AgentNode
 from ciliumlite.service import Backend, Frontend, Service
 
 __all__ = ["NODE_NAMES", "ConnectivityTest"]
@@ -70,7 +69,7 @@ class ConnectivityTest:
         if isinstance(self.target, LabCluster):
             return self.target
         config = {"load_balancer_mode": self.lb_mode, "bpf_masquerade": self.masquerade,
-                  **({"enable_policy": True} if self.policy and self.kvstore == "memory" else {}), **self.extra_config}
+                  **({"enable_policy": True} if self.policy else {}), **self.extra_config}
         if isinstance(self.target, Lab):
             lab = self.target
             if not lab.nodes:
@@ -113,9 +112,8 @@ class ConnectivityTest:
     def _add_pod(self, node: Node, name: str) -> Pod:
         if name in node.pods:
             raise ValidationError(f"{node.name} has a pod {name!r} already: the connectivity test deploys its own")
-        # Cilium's labels; an agent's pod (CNI) has no namespace to give yet.
-        pod = node.add_pod(name, labels=POD_LABELS[name]) if isinstance(node, AgentNode) else \
-            node.add_pod(name, namespace=NAMESPACE, labels=POD_LABELS[name])
+        # Cilium's labels, in Cilium's test namespace (an agent's pod gets it through the CNI plugin).
+        pod = node.add_pod(name, namespace=NAMESPACE, labels=POD_LABELS[name])
         self._pods.append(pod)
         return pod
 
