@@ -66,6 +66,9 @@ class AgentBackend(Protocol):
     def endpoint_delete(self, container_id: str) -> None:
         """Remove a container's endpoint; raises NotFound."""
 
+    def endpoint_relabel(self, container_id: str, body: Any) -> dict[str, Any]:
+        """Give a container's endpoint new labels (a new identity, in place); raises NotFound."""
+
     def service_list(self) -> list[dict[str, Any]]:
         """The node's services."""
 
@@ -85,6 +88,13 @@ def json_response(data: Any, status: int = 200) -> web.Response:
 def error_response(status: int, code: str, message: str) -> web.Response:
     """The API's error body with ``status``."""
     return json_response({"error": {"code": code, "message": message}}, status=status)
+
+
+async def _json_body(request: web.Request) -> Any:
+    try:
+        return await request.json()
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValidationError(f"the body is not JSON: {exc}") from None
 
 
 @web.middleware
@@ -133,6 +143,7 @@ class ApiServer:
                         r.match_info["container_id"], check=r.query.get("check", "") in ("1", "true")))),
             web.put("/v1/endpoint/{container_id}", self._put_endpoint),
             web.delete("/v1/endpoint/{container_id}", self._delete_endpoint),
+            web.patch("/v1/endpoint/{container_id}/labels", self._relabel_endpoint),
             web.get("/v1/service", self._call(lambda r: self.backend.service_list())),
             web.post("/v1/datapath/reload", self._call(lambda r: self.backend.datapath_reload())),
         ])
@@ -151,13 +162,15 @@ class ApiServer:
         return json_response(self.backend.healthz())
 
     async def _put_endpoint(self, request: web.Request) -> web.StreamResponse:
-        try:
-            body = await request.json()
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ValidationError(f"the body is not JSON: {exc}") from None
+        body = await _json_body(request)
         cid = request.match_info["container_id"]
         created, result = await self._run(lambda: self.backend.endpoint_put(cid, body))
         return json_response(result, status=201 if created else 200)
+
+    async def _relabel_endpoint(self, request: web.Request) -> web.StreamResponse:
+        body = await _json_body(request)
+        cid = request.match_info["container_id"]
+        return json_response(await self._run(lambda: self.backend.endpoint_relabel(cid, body)))
 
     async def _delete_endpoint(self, request: web.Request) -> web.StreamResponse:
         cid = request.match_info["container_id"]

@@ -148,6 +148,14 @@ class AgentClient:
             body["name"] = name
         return dict(self.request("PUT", f"/v1/endpoint/{quote(container_id, safe='')}", body)[1])
 
+    def relabel_endpoint(self, container_id: str, labels: Mapping[str, str] | None = None) -> dict[str, Any]:
+        """``PATCH /v1/endpoint/{id}/labels``: new labels (None: the same, re-evaluated against the
+        namespace's labels in the store), so a new identity in place; returns the endpoint as
+        :meth:`endpoint` does. Raises :class:`AgentError` (404 unknown container, 400 bad labels,
+        503 no identity could be allocated: nothing changed)."""
+        body = {"labels": dict(labels)} if labels is not None else {}
+        return dict(self.request("PATCH", f"/v1/endpoint/{quote(container_id, safe='')}/labels", body)[1])
+
     def delete_endpoint(self, container_id: str) -> None:
         """``DELETE /v1/endpoint/{id}``. Raises :class:`AgentError` (404) for an unknown container."""
         self.request("DELETE", f"/v1/endpoint/{quote(container_id, safe='')}")

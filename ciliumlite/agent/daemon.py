@@ -25,13 +25,13 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from ciliumlite.agent import endpoint_state
 from ciliumlite.agent.api import ApiServer, claim_socket
 from ciliumlite.agent.config import AgentConfig
-from ciliumlite.agent.endpoints import EndpointRequest, EndpointTable
+from ciliumlite.agent.endpoints import EndpointRequest, EndpointTable, parse_labels
 from ciliumlite.agent.errors import AgentStartError, NotReady
 from ciliumlite.bpf.errors import CiliumliteError, ValidationError
 from ciliumlite.cluster.cluster import Cluster
@@ -437,6 +437,14 @@ class Agent:
         """Make a container's endpoint (or find the one made before). See :meth:`EndpointTable.add`."""
         created, rec = self._ready_table().add(EndpointRequest.parse(container_id, body))
         return created, rec.as_dict()
+
+    def endpoint_relabel(self, container_id: str, body: Any) -> dict[str, Any]:
+        """Relabel a container's endpoint (``{"labels": {...}}``; without ``labels``, the same
+        labels re-evaluated against its namespace's). See :meth:`EndpointTable.relabel`."""
+        if not isinstance(body, Mapping) or set(body) - {"labels"}:
+            raise ValidationError('the body must be {"labels": {...}} (or {} to re-evaluate the namespace\'s labels)')
+        labels = parse_labels(body["labels"]) if body.get("labels") is not None else None
+        return self._ready_table().relabel(container_id, labels).as_dict()
 
     def endpoint_delete(self, container_id: str) -> None:
         """Remove a container's endpoint. Raises :class:`NotFound`."""

@@ -51,6 +51,9 @@ class EndpointDatapath(Protocol):
     def remove_endpoint(self, ep: Endpoint) -> None:
         """Disconnect it."""
 
+    def relabel_endpoint(self, ep: Endpoint, *, identity: int, labels: dict[str, str] | None = ...) -> Endpoint:
+        """Give it a new identity in place."""
+
 
 @dataclass
 class AgentEndpoint:
@@ -111,14 +114,19 @@ class EndpointRequest:
         ifname = body.get("ifname", "eth0")
         if not isinstance(ifname, str) or not IFNAME.fullmatch(ifname):
             raise ValidationError(f"ifname: {ifname!r} is not an interface name (1-15 of A-Z a-z 0-9 _ . -)")
-        labels = body.get("labels") or {}
-        if not isinstance(labels, Mapping) or not all(isinstance(k, str) and k and isinstance(v, str)
-                                                       for k, v in labels.items()):
-            raise ValidationError(f"labels: {labels!r} is not an object of non-empty strings to strings")
+        labels = parse_labels(body.get("labels") or {})
         name = body.get("name") or container_id[:63]
         if not isinstance(name, str) or len(name) > 253:
             raise ValidationError(f"name: {name!r} is not a string of at most 253 characters")
-        return cls(container_id, netns, ifname, dict(labels), name)
+        return cls(container_id, netns, ifname, labels, name)
+
+
+def parse_labels(labels: Any) -> dict[str, str]:
+    """A request's ``labels``: an object of non-empty strings to strings. Raises :class:`ValidationError`."""
+    if not isinstance(labels, Mapping) or not all(isinstance(k, str) and k and isinstance(v, str)
+                                                   for k, v in labels.items()):
+        raise ValidationError(f"labels: {labels!r} is not an object of non-empty strings to strings")
+    return dict(labels)
 
 
 def check_pod_netns(netns: str, forbidden: Mapping[int, str]) -> int:
@@ -302,6 +310,34 @@ class EndpointTable:
         log.info("endpoint %s: %s of container %s removed", rec.endpoint.id, rec.endpoint.ip, container_id)
         return rec
 
+    def relabel(self, container_id: str, labels: Mapping[str, str] | None = None) -> AgentEndpoint:
+        """Give a container's endpoint new labels (``None``: the same ones, its namespace's labels
+        having changed in the store), as ``cilium endpoint labels`` does: the identity of its
+        security labels is allocated and written in place (``Datapath.relabel_endpoint``: no
+        program reloaded, its connections stay), the table saved and the endpoint record
+        published, so every agent's next sync follows. Its Kubernetes namespace cannot change
+        (an ``io.kubernetes.pod.namespace`` label is ignored). Raises :class:`NotFound`,
+        :class:`KvstoreUnavailable` (no identity could be allocated: nothing changed)."""
+        with self._lock:
+            rec = self._by_id.get(container_id)
+            if rec is None:
+                raise NotFound(f"no endpoint for container {container_id!r}")
+            new = {k: v for k, v in (rec.labels if labels is None else labels).items() if k != NAMESPACE_LABEL}
+            if NAMESPACE_LABEL in rec.labels:
+                new[NAMESPACE_LABEL] = rec.labels[NAMESPACE_LABEL]
+            try:
+                identity = self._allocate(new)
+            except Exception as exc:
+                raise KvstoreUnavailable(f"cannot allocate a security identity: {type(exc).__name__}: {exc}") from exc
+            old_identity = rec.endpoint.identity
+            rec.endpoint = self._datapath.relabel_endpoint(rec.endpoint, identity=identity, labels=new)
+            rec.labels = new
+            self._save_quietly()
+        self._publish_ip(rec)
+        log.info("endpoint %s: %s relabelled, identity %d -> %d", rec.endpoint.id, rec.endpoint.ip,
+                 old_identity, identity)
+        return rec
+
     # -- the table on disk --------------------------------------------------------------------------
     def _records(self) -> list[dict[str, Any]]:
         done = [r.record() for r in sorted(self._by_id.values(), key=lambda e: e.endpoint.id)]
@@ -422,4 +458,5 @@ class EndpointTable:
             self._on_error(f"ipcache entry of {rec.endpoint.ip}: {exc}")
 
 
-__all__ = ["AgentEndpoint", "EndpointRequest", "EndpointTable", "check_pod_netns", "forbidden_namespaces"]
+__all__ = ["AgentEndpoint", "EndpointRequest", "EndpointTable", "check_pod_netns", "forbidden_namespaces",
+           "parse_labels"]

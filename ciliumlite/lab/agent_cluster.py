@@ -16,6 +16,7 @@ from ciliumlite.bpf.offloop import public_methods_off_event_loop
 from ciliumlite.cluster import Cluster
 from ciliumlite.lab.cluster import LabCluster
 from ciliumlite.lab.node import Node
+from ciliumlite.node.policy import PolicyMaps
 from ciliumlite.policy import Policy
 from ciliumlite.service import Service
 
@@ -92,6 +93,27 @@ def wait_services(nodes: Sequence[AgentNode], services: Sequence[Service] = (), 
         return True, ""
     names = ", ".join([*want, *gone]) or "nothing"
     return _poll(f"services {names} on {len(nodes)} nodes", check, timeout)
+
+
+def wait_identities(nodes: Sequence[AgentNode], want: Mapping[str, int], timeout: float = CONVERGE_TIMEOUT) -> float:
+    """Wait until every node that enforces policy maps each address of ``want`` to its identity in
+    its pinned ipcache; the seconds it took. An agent's sync writes the ipcache after the policy
+    maps, so a node that shows the identity has the policy that follows from it too."""
+    enforcing = [n for n in nodes if n.view.config.enable_policy]
+
+    def check() -> tuple[bool, str]:
+        for node in enforcing:
+            cfg = node.view.config
+            maps = PolicyMaps(cfg.pin_dir, cfg.policy_map_size)
+            try:
+                have = {str(e.prefix.network_address): e.identity for e in maps.list() if e.prefix.prefixlen == 32}
+            finally:
+                maps.close()
+            wrong = [f"{ip} is {have.get(ip)}, not {ident}" for ip, ident in want.items() if have.get(ip) != ident]
+            if wrong:
+                return False, f"{node.name}'s ipcache: {', '.join(wrong)}{_recent_errors(node)}"
+        return True, ""
+    return _poll(f"identities of {', '.join(want) or 'nothing'} on {len(enforcing)} nodes", check, timeout)
 
 
 def wait_policies(nodes: Sequence[AgentNode], policies: Sequence[Policy] = (), gone: Sequence[str] = (),
@@ -193,22 +215,34 @@ class AgentCluster(LabCluster):
         wait_services(self.agent_nodes(), gone=[name], timeout=timeout)
 
     # -- network policy: through etcd, enforced by each agent (nodes with enable_policy) ---------------
-    def set_namespace(self, name: str, labels: Mapping[str, str] | None = None) -> None:
-        """Record namespace ``name``'s labels in etcd, for its pods made from now on (an agent takes
-        a pod's namespace labels when it makes the endpoint). Raises :class:`ValidationError` if
-        the namespace has pods already: agents do not relabel endpoints yet."""
-        if any(p.namespace == name for n in self.members.values() for p in n.pods.values()):
-            raise ValidationError(f"namespace {name!r} has pods already: in an etcd lab set its labels before "
-                                  "making them (agents do not relabel endpoints yet)")
+    def set_namespace(self, name: str, labels: Mapping[str, str] | None = None,
+                      timeout: float = CONVERGE_TIMEOUT) -> None:
+        """Record namespace ``name``'s labels in etcd; pods made from now on take them. Its
+        existing pods are relabelled by their agents (as a Kubernetes controller would tell
+        them), and this returns once every enforcing node's ipcache has their new identities.
+        Raises :class:`ValidationError` for a store that keeps no namespaces, :class:`LabTimeout`."""
         store = self.control.store
         if not callable(getattr(store, "put_namespace", None)):
             raise ValidationError(f"this cluster's store ({type(store).__name__}) keeps no namespaces")
         store.put_namespace(name, labels)  # type: ignore[attr-defined]
         self._namespaces[name] = dict(labels or {})
+        pods = [(n, p) for n in self.agent_nodes() if n.view.config.enable_policy
+                for p in n.pods.values() if p.namespace == name]
+        for node, pod in pods:
+            node.relabel_pod(pod.name)
+        wait_identities(self.agent_nodes(), {p.ip: p.endpoint.identity for _, p in pods}, timeout=timeout)
 
-    def relabel_pod(self, pod: Pod, labels: Mapping[str, str]) -> Pod:
-        """Not in an etcd lab yet: raises :class:`ValidationError` (agents do not relabel endpoints)."""
-        raise ValidationError(f"pod {pod.name}: agents do not relabel endpoints yet (delete and re-create the pod)")
+    def relabel_pod(self, pod: Pod, labels: Mapping[str, str], timeout: float = CONVERGE_TIMEOUT) -> Pod:
+        """Give ``pod`` new labels through its agent (:meth:`AgentNode.relabel_pod`) and wait until
+        every enforcing node's ipcache maps it to its new identity (that node's policy maps were
+        written in the same sync). Raises :class:`ValidationError` for a pod of another cluster,
+        :class:`AgentError`, :class:`LabTimeout`."""
+        node = pod.node
+        if not isinstance(node, AgentNode) or self.members.get(node.name) is not node:
+            raise ValidationError(f"pod {pod.name} is not on a node of this cluster")
+        node.relabel_pod(pod.name, labels)
+        wait_identities(self.agent_nodes(), {pod.ip: pod.endpoint.identity}, timeout=timeout)
+        return pod
 
     def apply_policy(self, policy: str | Mapping[str, Any] | Policy | Iterable[Mapping[str, Any] | Policy],
                      timeout: float = CONVERGE_TIMEOUT) -> list[Policy]:

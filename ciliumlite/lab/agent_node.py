@@ -9,6 +9,7 @@ import ipaddress
 import json
 import os
 import time
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from ciliumlite.agent.client import SOCKET_NAME, AgentClient
@@ -260,6 +261,21 @@ class AgentNode(Node):
         pod = Pod(self, name, ns, ep, namespace=namespace,
                   labels={k: v for k, v in labels.items() if k != NAMESPACE_LABEL})
         self.pods[name] = pod
+        return pod
+
+    def relabel_pod(self, name: str, labels: Mapping[str, str] | None = None) -> Pod:
+        """Give pod ``name`` new ``labels`` (None: keep them; its namespace's labels changed)
+        through its agent (``PATCH /v1/endpoint/{id}/labels``): a new identity in place, the
+        endpoint record published. Returns when this node has it; the other agents follow through
+        etcd (:meth:`AgentCluster.relabel_pod <ciliumlite.lab.agents.AgentCluster.relabel_pod>`
+        waits for them). Raises ``KeyError`` for a pod this node does not have, :class:`AgentError`."""
+        pod = self.pods[name]
+        own = None if labels is None else {**labels, NAMESPACE_LABEL: pod.namespace}
+        got = self.client().relabel_endpoint(self._container_id(name), own)
+        pod.endpoint.identity = int(got["identity"])
+        pod.endpoint.labels = dict(got["labels"])
+        if labels is not None:
+            pod.labels = dict(labels)
         return pod
 
     def remove_pod(self, name: str) -> None:

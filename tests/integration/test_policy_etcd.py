@@ -18,10 +18,11 @@ from dataclasses import dataclass
 
 import pytest
 
-from ciliumlite.bpf.errors import ValidationError
+from ciliumlite.agent.client import AgentError
 from ciliumlite.lab import Lab
 from ciliumlite.lab.agents import AgentCluster
 from ciliumlite.lab.hosts import Pod
+from ciliumlite.ownership.bpfobjs import pinned_ids
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow,
               pytest.mark.skipif(shutil.which("etcd") is None, reason="etcd is not installed (apt-get install "
@@ -95,8 +96,43 @@ def test_a_policy_in_etcd_is_enforced_by_the_agents_and_removed_again(topo: Topo
     assert reach(t.other, t.web)
 
 
-def test_agents_do_not_relabel_yet(topo: Topo) -> None:
-    with pytest.raises(ValidationError, match="has pods already"):
-        topo.cl.set_namespace("shop", {"team": "red"})
-    with pytest.raises(ValidationError, match="relabel"):
-        topo.cl.relabel_pod(topo.other, {"app": "client"})
+def pinned_programs(t: Topo) -> dict[str, set[int]]:
+    """The ids of the programs each agent's pinned links run."""
+    return {n.name: pinned_ids(n.view.config.pin_dir)[1] for n in t.cl.agent_nodes()}
+
+
+def test_agents_relabel_pods_and_namespaces_in_place(topo: Topo) -> None:
+    t = topo
+    [policy] = t.cl.apply_policy(POLICY)
+    try:
+        programs = pinned_programs(t)
+        old_identity = t.other.endpoint.identity
+        assert not reach(t.other, t.web)
+        # The pod relabelled into the policy (same labels as client: the same identity back).
+        t.cl.relabel_pod(t.other, {"app": "client"})
+        assert t.other.endpoint.identity == t.client.endpoint.identity != old_identity
+        record = next(r for r in t.cl.control.store.endpoints() if r.ip == t.other.ip)  # type: ignore[attr-defined]
+        assert record.identity == t.client.endpoint.identity and record.labels["k8s:app"] == "client"
+        assert reach(t.other, t.web)
+        # ... and out again.
+        t.cl.relabel_pod(t.other, {"app": "other"})
+        assert t.other.endpoint.identity == old_identity
+        assert not reach(t.other, t.web)
+        # A namespace relabelled out of the namespaceSelector: its pod is cut off; back in, it reaches.
+        t.cl.set_namespace("ops", {"team": "red"})
+        assert not reach(t.blue, t.web)
+        t.cl.set_namespace("ops", {"team": "blue"})
+        assert reach(t.blue, t.web)
+        assert pinned_programs(t) == programs and all(programs.values())  # map writes only
+    finally:
+        t.cl.delete_policy(policy.key)
+
+
+def test_a_relabel_of_an_unknown_container_is_refused(topo: Topo) -> None:
+    client = topo.cl.agent_nodes()[0].client()
+    with pytest.raises(AgentError) as err:
+        client.relabel_endpoint("no-such-container", {"app": "x"})
+    assert err.value.status == 404
+    with pytest.raises(AgentError) as err:
+        client.relabel_endpoint(topo.lab.prefix + "-e1-client", {"app": 3})  # type: ignore[dict-item]
+    assert err.value.status == 400

@@ -19,7 +19,7 @@ from ciliumlite.agent import endpoint_state
 from ciliumlite.agent.api import ApiServer, claim_socket
 from ciliumlite.agent.client import AgentClient, AgentError, AgentUnavailable, default_socket
 from ciliumlite.agent.config import AgentConfig, load_file
-from ciliumlite.agent.endpoints import EndpointRequest, EndpointTable
+from ciliumlite.agent.endpoints import EndpointRequest, EndpointTable, parse_labels
 from ciliumlite.agent.errors import AgentStartError, Conflict, KvstoreUnavailable, NotFound, NotReady
 from ciliumlite.bpf.errors import NotSupportedError, ValidationError
 from ciliumlite.cli.agent import kvstore_text
@@ -160,6 +160,13 @@ class FakeBackend:
         if self.eps.pop(container_id, None) is None:
             raise NotFound(f"no endpoint for container {container_id!r}")
 
+    def endpoint_relabel(self, container_id: str, body: Any) -> dict[str, Any]:
+        labels = parse_labels(body.get("labels") or {})
+        if container_id not in self.eps:
+            raise NotFound(f"no endpoint for container {container_id!r}")
+        self.eps[container_id]["labels"] = labels
+        return self.eps[container_id]
+
     def service_list(self) -> list[dict[str, Any]]:
         return []
 
@@ -206,12 +213,16 @@ def test_api_round_trip_and_error_shapes(api: AgentClient) -> None:
     assert api.request("PUT", "/v1/endpoint/c1", {"netns": "n1"})[0] == 200  # it existed
     assert api.endpoint("c1", check=True)["checked"] is True
     assert [e["container_id"] for e in api.endpoints()] == ["c1"]
+    assert api.relabel_endpoint("c1", {"app": "web"})["labels"] == {"app": "web"}
     assert api.request("DELETE", "/v1/endpoint/c1") == (204, None)
     for call, status, code in ((lambda: api.delete_endpoint("c1"), 404, "not-found"),
                                (lambda: api.put_endpoint("c2", netns="busy"), 409, "conflict"),
                                (lambda: api.put_endpoint("c2", netns="kv-down"), 503, "kvstore-unavailable"),
                                (lambda: api.put_endpoint("c2", netns="boom"), 500, "internal"),
                                (lambda: api.request("PUT", "/v1/endpoint/c2", {"netns": ""}), 400, "invalid"),
+                               (lambda: api.relabel_endpoint("c1", {"app": "web"}), 404, "not-found"),
+                               (lambda: api.request("PATCH", "/v1/endpoint/c1/labels", {"labels": ["x"]}), 400,
+                                "invalid"),
                                (lambda: api.request("GET", "/v1/nope"), 404, "not-found"),
                                (lambda: api.request("POST", "/v1/status"), 405, "method-not-allowed")):
         with pytest.raises(AgentError) as err:
