@@ -74,6 +74,7 @@ from benchmarks.suites._netbench import (
     ratio_text,
     require_tools,
     rname,
+    tail_summaries,
     verdict,
 )
 from ciliumlite.cluster.store import EndpointRecord, InMemoryStore
@@ -601,9 +602,4 @@ def summarize(ms: list[Measurement]) -> list[Summary]:
         out.append(Summary("scale", ["measurement", "value", "min", "note"],
                            [[m.name, f"{fmt_value(m.median, m.unit)} {m.unit}", fmt_value(m.min, m.unit), m.note]
                             for m in scale]))
-    counters = [m for m in ms if m.group in ("counters", "setup")]
-    if counters:
-        out.append(Summary("counters and setup", ["counter", "value", "note"],
-                           [[m.name, fmt_value(m.median, m.unit) if m.unit != "count" else f"{m.median:,.0f}", m.note]
-                            for m in counters]))
-    return out
+    return out + tail_summaries(ms, [])
