@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from ciliumlite.agent.client import SOCKET_NAME, AgentClient, AgentError, AgentUnavailable
+from ciliumlite.bpf.errors import ValidationError
 from ciliumlite.datapath.config import RUN_BASE
 
 if TYPE_CHECKING:
@@ -61,6 +62,34 @@ def live(run: Run, dps: list[RegisteredDatapath]) -> list[RegisteredDatapath]:
         rows = [{**e["endpoint"], "container_id": e["container_id"]} for e in endpoints]
         out.append(dataclasses.replace(dp, endpoints=rows, services={s["name"]: s for s in services}))
     return out
+
+
+def relabel(dps: list[RegisteredDatapath], endpoint: str, add: dict[str, str], delete: list[str]) -> Row:
+    """``endpoint labels``: the endpoint (its id, container id or name) found on the agents of
+    ``dps``, given its labels with ``add`` set and ``delete`` removed; returns ``{"node", "id",
+    "container_id", "identity", "labels"}`` as the agent answered. Raises :class:`ValidationError`
+    when no agent has it (or several do), :class:`AgentError` from the agent."""
+    found = []
+    for dp in dps:
+        client = _client(dp)
+        if client is None:
+            continue
+        for e in client.endpoints():
+            ids = {str(e["endpoint"].get("id")), str(e["container_id"]), str(e.get("name"))}
+            if endpoint in ids:
+                found.append((dp, client, e))
+    if not found:
+        raise ValidationError(f"no agent has an endpoint {endpoint!r} (endpoint labels talks to the node's agent: "
+                              "see ciliumlite endpoint list; a Datapath used directly relabels with "
+                              "Datapath.relabel_endpoint)")
+    if len(found) > 1:
+        raise ValidationError(f"endpoint {endpoint!r} is on {', '.join(d.node for d, _, _ in found)}: "
+                              "name the node with --node")
+    dp, client, e = found[0]
+    labels = {k: v for k, v in dict(e["labels"]).items() if k not in delete}
+    got = client.relabel_endpoint(str(e["container_id"]), {**labels, **add})
+    return {"node": dp.node, "id": got["endpoint"]["id"], "container_id": got["container_id"],
+            "identity": got["identity"], "labels": got["labels"]}
 
 
 def with_agent(run: Run, row: Row, dp: RegisteredDatapath) -> Row:
@@ -239,4 +268,4 @@ def agent_command(
     raise typer.Exit(main(cfg))
 
 
-__all__ = ["agent_command", "agent_socket", "kvstore_text", "live", "status_lines", "with_agent"]
+__all__ = ["agent_command", "agent_socket", "kvstore_text", "live", "relabel", "status_lines", "with_agent"]

@@ -26,7 +26,8 @@ from rich.console import Console, RenderableType
 from rich.text import Text
 
 from ciliumlite import inspect as ins
-from ciliumlite.bpf.errors import BpfError, CiliumliteError
+from ciliumlite.agent.client import AgentError, AgentUnavailable
+from ciliumlite.bpf.errors import BpfError, CiliumliteError, ValidationError
 from ciliumlite.cli import agent as agent_cli
 from ciliumlite.cli import format as fmt
 from ciliumlite.datapath import events as ev
@@ -178,6 +179,37 @@ def endpoint_list(lab: LabOpt = None, node: NodeOpt = None, output: OutputOpt = 
     with _run(output) as run:
         rows = fmt.endpoint_rows(agent_cli.live(run, _select(run, lab, node, pins=False)))
         run.emit(rows, fmt.endpoint_table)
+
+
+@endpoint_app.command("labels")
+def endpoint_labels(
+    endpoint: Annotated[str, typer.Argument(help="the endpoint: its id, container id or name")],
+    add: Annotated[list[str] | None, typer.Option("--add", "-a", metavar="KEY=VALUE",
+                                                 help="set a label (repeatable)")] = None,
+    delete: Annotated[list[str] | None, typer.Option("--delete", "-d", metavar="KEY",
+                                                    help="remove a label (repeatable)")] = None,
+    lab: LabOpt = None, node: NodeOpt = None, output: OutputOpt = Output.table,
+) -> None:
+    """Change an endpoint's labels through its node's agent, like cilium endpoint labels: the
+    identity of the new security labels is written in place (no program reloaded) and every
+    node's policy follows. Without --add/--delete its labels are re-evaluated (its namespace's
+    labels changed)."""
+    with _run(output) as run:
+        pairs = {}
+        for item in add or []:
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                raise ValidationError(f"--add {item!r}: use KEY=VALUE")
+            pairs[key] = value
+        try:
+            row = agent_cli.relabel(_select(run, lab, node, pins=False), endpoint, pairs, list(delete or []))
+        except (AgentError, AgentUnavailable) as exc:
+            raise ValidationError(f"endpoint labels {endpoint}: {exc}") from None
+        if run.json:
+            print(fmt.to_json(row))
+            return
+        run.lines([f"endpoint {row['id']} on {row['node']} (container {row['container_id']}): identity "
+                   f"{row['identity']}, labels " + ", ".join(f"{k}={v}" for k, v in sorted(row["labels"].items()))])
 
 
 @bpf_endpoint_app.command("list")

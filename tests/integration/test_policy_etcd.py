@@ -136,3 +136,28 @@ def test_a_relabel_of_an_unknown_container_is_refused(topo: Topo) -> None:
     with pytest.raises(AgentError) as err:
         client.relabel_endpoint(topo.lab.prefix + "-e1-client", {"app": 3})  # type: ignore[dict-item]
     assert err.value.status == 400
+
+
+def test_cli_endpoint_labels_relabels_through_the_agent(topo: Topo) -> None:
+    t = topo
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "ciliumlite.cli", "endpoint", "labels", *args,
+                               "--lab", t.lab.prefix], capture_output=True, text=True, timeout=60)
+
+    first = t.other.endpoint.identity
+    try:
+        res = cli("other", "--add", "app=client", "--add", "tier=cli", "-o", "json")
+        assert res.returncode == 0, res.stderr
+        row = json.loads(res.stdout)
+        assert row["node"].endswith("-e1") and row["labels"]["app"] == "client" and row["labels"]["tier"] == "cli"
+        assert row["identity"] not in (first, t.client.endpoint.identity)  # a label set of its own
+        res = cli("other", "-d", "tier", "--add", "app=other")
+        assert res.returncode == 0, res.stderr
+        assert f"identity {first}," in res.stdout, res.stdout  # the same labels, the same identity back
+        for args, why in ((("other", "--add", "novalue"), "KEY=VALUE"), (("nobody", "--add", "a=b"), "no agent has")):
+            res = cli(*args)
+            assert res.returncode == 1 and why in res.stderr, res.stderr
+    finally:
+        t.cl.relabel_pod(t.other, {"app": "other"})  # and wait until every node has it again
+    assert t.other.endpoint.identity == first
