@@ -207,6 +207,7 @@ class Context:
     warmup: int = 1
     quick: bool = False
     console: Console = field(default_factory=make_console)
+    bpf_stats: bool = False    # --bpf-stats: suites that support it add a separate statistics pass
     params: dict[str, Any] = field(default_factory=dict)
 
     def log(self, msg: str) -> None:

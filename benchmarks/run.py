@@ -5,6 +5,7 @@
     .venv/bin/python benchmarks/run.py run sdk_overhead      # same, as a subcommand
     .venv/bin/python benchmarks/run.py list                  # what exists
     .venv/bin/python benchmarks/run.py --quick               # smaller sizes, 3 repeats (smoke test)
+    .venv/bin/python benchmarks/run.py --only xdp --bpf-stats  # plus a labelled pass: where the time goes
 
 Suites are the modules of ``benchmarks/suites/`` that define ``run(ctx) -> list[Measurement]``.
 """
@@ -68,6 +69,10 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--out", type=Path, default=None,
                         help=f"result directory (default {RESULTS_DIR}; with --quick nothing is written unless --out)")
     common.add_argument("--no-write", action="store_true", help="print only, do not write result files")
+    common.add_argument("--bpf-stats", action="store_true",
+                        help="after the timed rounds, one more pass per arm with BPF run-time statistics on "
+                             "(suites that support it: ns per run and runs per packet of every program that ran); "
+                             "reported separately, never mixed into the timed figures")
 
     p = argparse.ArgumentParser(prog="benchmarks/run.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -141,7 +146,8 @@ def main(argv: list[str] | None = None) -> int:
             repeats = args.repeats
         else:
             repeats = 3 if args.quick else int(getattr(mod, "DEFAULT_REPEATS", 5))
-        ctx = Context(repeats=repeats, warmup=args.warmup, quick=args.quick, console=console)
+        ctx = Context(repeats=repeats, warmup=args.warmup, quick=args.quick, console=console,
+                      bpf_stats=args.bpf_stats)
         ctx.params["cpu_affinity"] = sorted(os.sched_getaffinity(0))
         started = dt.datetime.now(dt.UTC)
         contention = Contention()

@@ -57,6 +57,15 @@ receive path (and the sink's, scheduled from it) runs on a CPU of its own, and t
 offers more than any arm takes (reported: offered and accepted rates). Per arm and round the
 generator runs ``SECONDS`` (in test_run calls of ``CHUNK`` frames, at most ``MAX_CALLS`` calls).
 
+Two rates per arm and round: **Mpps**, the arm's count ÷ the generator's wall time, and **Mpps per
+node core**, the same count ÷ the CPU time n1's NAPI kthread and ``ksoftirqd`` of its CPU ran in
+the window (``/proc/<pid>/schedstat``, exact; this kernel's /proc/stat is tick-sampled). The second is
+what one core of the node sustains: with two CPUs the generator (and veth's 256-frame ring, refilled
+only as fast as the node's kthread is woken) bounds the first, and no arm keeps its CPU busy all the
+time. The node's CPU also runs the wire peer's receive (``n0``'s NAPI is raised from it), the same
+sink work in every NodePort arm. ``--bpf-stats`` adds a separate pass with run-time statistics on:
+ns per run and runs per packet of every program that ran (``_progstats.py``).
+
 Not measured: generic XDP (``best-effort`` on a veth without an XDP peer), NodePort DSR, many
 flows (one UDP flow: after its first packet every arm takes its established-connection path).
 """
@@ -80,6 +89,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.harness import Context, Measurement, Summary, ratio
+from benchmarks.suites import _progstats as progstats
 from benchmarks.suites._netbench import (
     Cells,
     Goal,
@@ -144,10 +154,15 @@ TITLES = {
 PPS = "pps"
 OFFERED = "offered pps"
 ACCEPTED = "accepted pps"
+CORE = "pps per node core"     # packets ÷ the node CPU's busy seconds: the node's capacity on one core
+BUSY = "node CPU busy"          # share of the window the node's CPU worked
+NS_PKT = "node ns per packet"
 
 GOALS: list[Goal] = [
     (PF_XDP, PF_IPT, PPS, ">=", 3.0, "issue 12: prefilter drop at XDP ≥ 3× iptables"),
     (NP_XDP, NP_TC, PPS, ">=", 2.0, "issue 12: NodePort forwarding at XDP ≥ 2× tc"),
+    (PF_XDP, PF_IPT, CORE, ">=", 3.0, "issue 12, per node core: prefilter drop at XDP ≥ 3× iptables"),
+    (NP_XDP, NP_TC, CORE, ">=", 2.0, "issue 12, per node core: NodePort forwarding at XDP ≥ 2× tc"),
     (NP_TC, NP_IPT, PPS, ">=", 1.4, "perf.md S6: tc NodePort ≥ 1.4× iptables (reference)"),
     (NP_XDP, NP_TC, PPS, ">=", 1.5, "perf.md S7: XDP ≥ 1.5× tc, or E3-bound (reference)"),
 ]
@@ -302,6 +317,7 @@ class BenchLab:
     gen_ifindex: int
     n1_mac: str
     napi: str = ""           # "pid comm" of n1 eth0's NAPI kthread
+    node_threads: list[str] = field(default_factory=list)   # pids whose CPU time is the node's
     eth0_link: FdLink | None = None
 
 
@@ -321,32 +337,49 @@ def _napi_threads() -> set[str]:
     return {" ".join(line.split()) for line in out.splitlines() if "napi/" in line}
 
 
-def _threaded_napi(bl: BenchLab, cpu: int | None) -> None:
-    """Threaded NAPI on n1's eth0 and its kthread pinned to ``cpu``.
+def _threaded_napi(key: str, netns: str, dev: str, mac: str, cpu: int | None) -> str:
+    """Threaded NAPI on ``dev`` of ``netns`` and its kthread pinned to ``cpu``; returns the
+    kthread's "pid comm".
 
     sysfs shows the devices of the namespace that mounted it, so the write goes through ``ip netns
-    exec`` (which mounts the node namespace's own sysfs) and only after the shell has checked that
-    the ``eth0`` it sees has n1's MAC: it can never reach another namespace's device.
+    exec`` (which mounts the namespace's own sysfs) and only after the shell has checked that the
+    ``dev`` it sees has ``mac``: it can never reach another namespace's device.
     """
     before = _napi_threads()
-    res = subprocess.run(["ip", "netns", "exec", bl.n1.netns, "sh", "-c",
-                          f'test "$(cat /sys/class/net/eth0/address)" = "{bl.n1_mac}" && '
-                          "echo 1 > /sys/class/net/eth0/threaded"], capture_output=True, text=True, timeout=10,
+    res = subprocess.run(["ip", "netns", "exec", netns, "sh", "-c",
+                          f'test "$(cat /sys/class/net/{dev}/address)" = "{mac}" && '
+                          f"echo 1 > /sys/class/net/{dev}/threaded"], capture_output=True, text=True, timeout=10,
                          check=False)
     if res.returncode != 0:
-        raise RuntimeError(f"{bl.key}: threaded NAPI on n1's eth0 refused: {res.stderr.strip()}")
+        raise RuntimeError(f"{key}: threaded NAPI on {dev} refused: {res.stderr.strip()}")
     new: set[str] = set()
     for _ in range(50):
-        new = {t for t in _napi_threads() - before if t.split()[1].startswith("napi/eth0-")}
+        new = {t for t in _napi_threads() - before if t.split()[1].startswith(f"napi/{dev}-")}
         if new:
             break
         time.sleep(0.02)
     if len(new) != 1:
-        raise RuntimeError(f"{bl.key}: expected one new NAPI thread for n1's eth0, found {sorted(new)}")
-    bl.napi = new.pop()
+        raise RuntimeError(f"{key}: expected one new NAPI thread for {dev}, found {sorted(new)}")
+    thread = new.pop()
     if cpu is not None:
-        check_run(subprocess.run(["taskset", "-pc", str(cpu), bl.napi.split()[0]], capture_output=True, text=True,
-                                 timeout=10, check=False), f"{bl.key}: pin {bl.napi}")
+        check_run(subprocess.run(["taskset", "-pc", str(cpu), thread.split()[0]], capture_output=True, text=True,
+                                 timeout=10, check=False), f"{key}: pin {thread}")
+    return thread
+
+
+def _ksoftirqd(cpu: int | None) -> list[str]:
+    """pid of ``ksoftirqd/<cpu>`` (softirq work the kernel defers there runs on the node's CPU too)."""
+    if cpu is None:
+        return []
+    out = subprocess.run(["ps", "-e", "-o", "pid=,comm="], capture_output=True, text=True, timeout=10,
+                         check=True).stdout
+    return [line.split()[0] for line in out.splitlines() if line.split()[1:] == [f"ksoftirqd/{cpu}"]]
+
+
+def _cpu_seconds(pids: list[str]) -> float:
+    """CPU time the threads ``pids`` have run, in seconds (schedstat: exact, unlike the tick-sampled
+    /proc/stat of this kernel)."""
+    return sum(int(Path(f"/proc/{p}/schedstat").read_text().split()[0]) for p in pids) / 1e9
 
 
 def _build_lab(stack: contextlib.ExitStack, progs: Progs, key: str, name: str, *, legacy: bool,
@@ -509,15 +542,20 @@ def _measure(gen: Generator, arm: PpsArm, secs: float) -> dict[str, float]:
     try:
         port = _ethtool(arm.bl.fabric_ns, "n0")
         c0 = arm.count()
+        cpu0 = _cpu_seconds(arm.bl.node_threads)
         sent, elapsed = gen.run(arm, secs)
         time.sleep(0.02)  # what is left in the 256-frame ring
+        cpu1 = _cpu_seconds(arm.bl.node_threads)
         c1 = arm.count()
         port1 = _ethtool(arm.bl.fabric_ns, "n0")
     finally:
         if arm.teardown is not None:
             arm.teardown()
     xmit = port1.get("tx_queue_0_xdp_xmit", 0) - port.get("tx_queue_0_xdp_xmit", 0)
-    return {PPS: (c1 - c0) / elapsed / 1e6, OFFERED: sent / elapsed / 1e6, ACCEPTED: xmit / elapsed / 1e6}
+    packets = c1 - c0
+    return {PPS: packets / elapsed / 1e6, OFFERED: sent / elapsed / 1e6, ACCEPTED: xmit / elapsed / 1e6,
+            CORE: packets / max(cpu1 - cpu0, 1e-9) / 1e6, BUSY: (cpu1 - cpu0) / elapsed,
+            NS_PKT: (cpu1 - cpu0) * 1e9 / max(packets, 1)}
 
 
 def _build_arms(stack: contextlib.ExitStack, ctx: Context, progs: Progs, gen_cpu: int | None,
@@ -544,7 +582,8 @@ def _build_arms(stack: contextlib.ExitStack, ctx: Context, progs: Progs, gen_cpu
     tl.eth0_link = progs.attach_xdp(progs.passer, "xdp_pass", tl.n1.netns, "eth0")
     ll.eth0_link = progs.attach_xdp(progs.passer, "xdp_pass", ll.n1.netns, "eth0")
     for bl in labs.values():
-        _threaded_napi(bl, node_cpu)
+        bl.napi = _threaded_napi(bl.key, bl.n1.netns, "eth0", bl.n1_mac, node_cpu)
+        bl.node_threads = [bl.napi.split()[0], *_ksoftirqd(node_cpu)]
         setup.append(info(f"{bl.key} lab: n1 eth0 NAPI thread", node_cpu if node_cpu is not None else -1, "cpu",
                           group="setup", note=bl.napi))
     ipt_version = iptables_version()
@@ -689,8 +728,9 @@ def run(ctx: Context) -> list[Measurement]:
         end = _totals(arms, labs)
 
         for key, arm in arms.items():
-            for metric in (PPS, OFFERED, ACCEPTED):
-                ms.append(Measurement.from_samples(f"{key}: {metric}", arm.samples[metric], "Mpps", group=key,
+            for metric, unit in ((PPS, "Mpps"), (OFFERED, "Mpps"), (ACCEPTED, "Mpps"), (CORE, "Mpps"),
+                                 (BUSY, "x"), (NS_PKT, "ns")):
+                ms.append(Measurement.from_samples(f"{key}: {metric}", arm.samples[metric], unit, group=key,
                                                    kind="info", note=TITLES[key] if metric == PPS else ""))
         for num, den, metric, *_ in GOALS:
             if not any(m.name == rname(num, den, metric) for m in ms):
@@ -705,7 +745,31 @@ def run(ctx: Context) -> list[Measurement]:
         ms.append(gate.start_info())
         ms.append(info("background CPU busy before each arm, max", max(gate.in_order) * 100, "%", group="setup",
                        note="in run order: " + ", ".join(f"{b * 100:.0f}" for b in gate.in_order)))
+        if ctx.bpf_stats:
+            ms += _stats_pass(ctx, gen, arms, secs)
     return ms
+
+
+def _stats_pass(ctx: Context, gen: Generator, arms: dict[str, PpsArm], secs: float) -> list[Measurement]:
+    """``--bpf-stats``: each arm once more with run-time statistics on (benchmarks/suites/_progstats.py)."""
+    out: list[Measurement] = []
+    for key, arm in arms.items():
+        if arm.setup is not None:
+            arm.setup()
+        try:
+            with progstats.stats_window() as ran:
+                c0 = arm.count()
+                gen.run(arm, secs)
+                time.sleep(0.02)
+                packets = arm.count() - c0
+                runs = ran()
+        finally:
+            if arm.teardown is not None:
+                arm.teardown()
+        ctx.log(f"bpf stats {key}: " + ", ".join(f"{r.name} {r.per(packets):.2f}/pkt {r.ns_per_run:.0f} ns"
+                                                 for r in runs if r.per(packets) >= progstats.MIN_SHARE))
+        out += progstats.measurements(key, runs, packets)
+    return out
 
 
 # -- tables ------------------------------------------------------------------------------------------
@@ -717,20 +781,27 @@ def summarize(ms: list[Measurement]) -> list[Summary]:
         m = c.by.get(f"{key}: {PPS}")
         if m is None:
             continue
+        busy, ns = c.by.get(f"{key}: {BUSY}"), c.by.get(f"{key}: {NS_PKT}")
         rows.append([f"{key}: {title}", f"{m.median:.2f} ({cv_text(m) or '-'})",
                      c.cell(f"{key}: {OFFERED}"), c.cell(f"{key}: {ACCEPTED}"),
-                     c.rcell(rname(key, FLOOR, PPS)) if key != FLOOR else ""])
+                     f"{busy.median:.2f}" if busy else "", f"{ns.median:,.0f}" if ns else "",
+                     c.cell(f"{key}: {CORE}"), c.rcell(rname(key, FLOOR, PPS)) if key != FLOOR else ""])
     goal_names = {rname(n, d, m) for n, d, m, *_ in GOALS}
     extra = [m for m in ms if m.group == "ratios" and m.name not in goal_names]
     return [
         Summary("per arm: Mpps counted at the node (median of rounds, CV)",
-                ["arm", "Mpps", "offered Mpps", "into n1's ring Mpps", "÷ floor"], rows,
+                ["arm", "Mpps", "offered Mpps", "into n1's ring Mpps", "node CPU busy", "node ns / packet",
+                 "Mpps per node core", "÷ floor"], rows,
                 note="Mpps: the arm's own counter (drops: DROP_PREFILTER, the tc program's, the raw rule's; "
                      "NodePort: frames leaving n1 DNATed and SNATed, counted by the sink on its wire peer) ÷ "
                      "the generator's wall time. offered: frames the generator sent; into n1's ring: those "
-                     "veth accepted (the rest found the 256-frame ring full). 60-byte UDP frames, one flow."),
+                     "veth accepted (the rest found the 256-frame ring full). node CPU: the time n1's NAPI kthread and "
+                     "ksoftirqd ran on the node's CPU (schedstat) ÷ the window, and ÷ the packets counted; Mpps per "
+                     "node core = packets ÷ that time, what one core of the node sustains with the generator and "
+                     "the veth ring's wake-ups out of the picture. 60-byte UDP frames, one flow."),
         goal_summary(c, GOALS, "goals",
                      note="verdict on the median of the per-round ratios; 'CI' says whether the whole bootstrap "
                           "interval is on the right side."),
         *tail_summaries(ms, extra),
+        *progstats.summary(ms),
     ]

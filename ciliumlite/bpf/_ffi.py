@@ -131,6 +131,8 @@ int bpf_link_get_fd_by_id(__u32 id);
 int bpf_prog_get_next_id(__u32 start_id, __u32 *next_id);
 int bpf_map_get_next_id(__u32 start_id, __u32 *next_id);
 int bpf_link_get_next_id(__u32 start_id, __u32 *next_id);
+/* enum bpf_stats_type: BPF_STATS_RUN_TIME = 0 (libbpf 0.0.8+). */
+int bpf_enable_stats(int type);
 /* enum bpf_prog_type, struct bpf_insn * and struct bpf_prog_load_opts * (NULL) in libbpf's header. */
 int bpf_prog_load(int prog_type, const char *prog_name, const char *license, const void *insns,
                   size_t insn_cnt, const void *opts);
