@@ -325,6 +325,7 @@ class NetArm:
     errors: list[str] = field(default_factory=list)
     target_ip: str | None = None         # where clients connect (a service address); None: server_ip
     target_port: int | None = None       # ... and its port for the CRR client; None: CRR_PORT
+    crr_server: tuple[subprocess.Popen[str], str, int] | None = None   # (process, ip, port) of the CRR server
 
     @property
     def crr_target(self) -> tuple[str, int]:
@@ -402,7 +403,19 @@ class Bench:
         crr = arm.server_popen(*self.server_argv([self.crr_bin, "server", ip or arm.server_ip, str(port),
                                               str(SERVER_MAX_SECONDS)]))
         arm.servers.append(crr)
+        arm.crr_server = (crr, ip or arm.server_ip, port)
         wait_listening(arm, port, crr, "CRR server")
+
+    def _crr_server_alive(self, arm: NetArm) -> None:
+        """Restart the arm's CRR server if it has ended: it exits by itself after SERVER_MAX_SECONDS
+        (a bound for when nobody kills it), which a long run (e.g. 30 rounds) outlasts; its clients
+        would then see every connect refused."""
+        if arm.crr_server is None or arm.crr_server[0].poll() is None:
+            return
+        dead, ip, port = arm.crr_server
+        arm.servers.remove(dead)
+        arm.counters["crr server restarts"] = arm.counters.get("crr server restarts", 0) + 1
+        self.start_crr_server(arm, ip, port)
 
     def start_servers(self, arm: NetArm) -> None:
         """sockperf and CRR servers in the server namespace, for the whole run (killed by pid at the end)."""
@@ -428,6 +441,7 @@ class Bench:
     def crr_raw(self, arm: NetArm, secs: float, max_conns: int = CRR_MAX_CONNS) -> dict[str, float]:
         """One CRR client run against ``arm.crr_target``: the tool's JSON (conns, rate, p50_us, …);
         connections and errors are added to the arm's counters."""
+        self._crr_server_alive(arm)
         ip, port = arm.crr_target
         res = arm.client_run(*self.client_argv([self.crr_bin, "client", ip, str(port), f"{secs:g}", str(max_conns)]),
                              timeout=secs + 20)
