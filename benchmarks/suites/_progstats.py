@@ -60,7 +60,7 @@ def summary(ms: Sequence[Measurement]) -> list[Summary]:
         table.append([arm, prog, f"{cells['runs per packet'].median:.2f}", f"{cells['ns per run'].median:,.0f}",
                       f"{cells['ns per packet'].median:,.0f}", cells["ns per run"].note])
     return [Summary("bpf stats pass (separate from the timed rounds): per arm and program",
-                    ["arm", "program", "runs / packet", "ns / run", "ns / packet", "program"], table,
+                    ["arm", "program", "runs / packet", "ns / run", "ns / packet", "verified insns (id)"], table,
                     note="one extra run per arm with BPF run-time statistics on (BPF_ENABLE_STATS; each run then "
                          "pays two clock reads, so these runs are slower and are not part of any figure above). "
                          "ns / packet = runs / packet × ns / run: the time the programs take per packet of the "

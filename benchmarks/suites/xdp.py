@@ -18,6 +18,9 @@ node (10.0.0.11:9):
   own per-CPU counter.
 - ``pf-ipt``: ``iptables -t raw -A PREROUTING -s 198.51.100.0/24 -j DROP`` on the legacy node
   (kube-proxy/iptables style: no BPF); the rule's packet counter.
+- ``floor-read``: ``xdp_read_drop`` (one read of the source address, then XDP_DROP): the cheapest
+  program that looks at the packet. ``floor-read ÷ pf-ipt`` bounds what any XDP prefilter can reach
+  over iptables here.
 - ``floor``: ``xdp_drop`` (XDP_DROP, a counter, no lookup) on the legacy node's ``eth0``: the veth
   pps ceiling of perf.md E3. An arm near it is bound by the veth and the generator, not by its
   program.
@@ -31,6 +34,9 @@ drops) UDP from the node's address to port 8080, i.e. frames DNATed *and* SNATed
   conntrack, SNAT and the FIB lookup and sends the frame back out with ``XDP_TX``.
 - ``np-tc``: ``acceleration="disabled"``: ``cil_from_netdev`` (tcx) does the same, out with
   ``bpf_redirect_neigh``.
+- ``np-floor``: ``xdp_fwd_static`` on the legacy node's ``eth0``: this flow's translation fixed at
+  load time (SNAT + DNAT, TTL, checksums, MACs), no lookup, ``XDP_TX``: the cheapest XDP forwarder.
+  ``np-floor ÷ np-tc`` bounds what any XDP NodePort can reach over tc here.
 - ``np-ipt``: ``host_routing="legacy"`` and kube-proxy's iptables rules for one NodePort service
   (``KUBE-NODEPORTS`` -> ``KUBE-EXT-*`` -> ``KUBE-MARK-MASQ`` + ``KUBE-SVC-*`` -> ``KUBE-SEP-*``
   DNAT, ``MASQUERADE`` in ``KUBE-POSTROUTING``, the filter table's ``KUBE-FORWARD``), conntrack on,
@@ -140,13 +146,15 @@ CLIENT_PORT = 40000
 NODE_IP = node_ip(0)         # n1
 LINK_XDP = "eth0"
 
-ARMS = ("floor", "pf-xdp", "pf-tc", "pf-ipt", "np-xdp", "np-tc", "np-ipt")
-FLOOR, PF_XDP, PF_TC, PF_IPT, NP_XDP, NP_TC, NP_IPT = ARMS
+ARMS = ("floor", "floor-read", "pf-xdp", "pf-tc", "pf-ipt", "np-floor", "np-xdp", "np-tc", "np-ipt")
+FLOOR, FLOOR_READ, PF_XDP, PF_TC, PF_IPT, NP_FLOOR, NP_XDP, NP_TC, NP_IPT = ARMS
 TITLES = {
     FLOOR: "floor: XDP_DROP, no lookup (veth ceiling, E3)",
+    FLOOR_READ: "bound: XDP_DROP after one read of the packet (no prefilter can cost less)",
     PF_XDP: "prefilter at XDP (bpf_xdp, native)",
     PF_TC: "prefilter lookup in tc ingress (tcx)",
     PF_IPT: "iptables -t raw PREROUTING -s CIDR -j DROP",
+    NP_FLOOR: "bound: the NodePort rewrite fixed at load, no lookup, XDP_TX (no XDP NodePort can cost less)",
     NP_XDP: "NodePort at XDP (bpf_xdp, XDP_TX)",
     NP_TC: "NodePort in tc (cil_from_netdev, redirect_neigh)",
     NP_IPT: "NodePort by kube-proxy iptables (DNAT+MASQUERADE)",
@@ -167,6 +175,7 @@ GOALS: list[Goal] = [
     (NP_XDP, NP_TC, PPS, ">=", 1.5, "perf.md S7: XDP ≥ 1.5× tc, or E3-bound (reference)"),
 ]
 EXTRA: list[tuple[str, str]] = [
+    (FLOOR_READ, PF_IPT), (NP_FLOOR, NP_TC), (PF_XDP, FLOOR_READ), (NP_XDP, NP_FLOOR),
     (PF_XDP, PF_TC), (PF_TC, PF_IPT), (PF_XDP, FLOOR), (PF_TC, FLOOR), (PF_IPT, FLOOR),
     (NP_XDP, NP_IPT), (NP_XDP, FLOOR), (NP_TC, FLOOR), (NP_IPT, FLOOR),
 ]
@@ -605,6 +614,18 @@ def _build_arms(stack: contextlib.ExitStack, ctx: Context, progs: Progs, gen_cpu
     def floor_off() -> None:
         ll_link.update(progs.passer.program("xdp_pass"))
 
+    def read_on() -> None:
+        ll_link.update(progs.drop.program("xdp_read_drop"))
+
+    fwd = BpfObject(progs.path)
+    stack.callback(fwd.close)
+    fwd.rodata.update({"fwd_saddr": _be32(NODE_IP), "fwd_daddr": _be32(ll.backend_ip),
+                       "fwd_dport": _be16(BACKEND_PORT)})
+    fwd.load()
+
+    def fwd_on() -> None:
+        ll_link.update(fwd.program("xdp_fwd_static"))
+
     def tc_on() -> None:
         tc_links.append(progs.tcpf.program("tc_prefilter").attach_tc("eth0", "ingress", netns=ll.n1.netns,
                                                                         mode="tcx"))
@@ -620,10 +641,12 @@ def _build_arms(stack: contextlib.ExitStack, ctx: Context, progs: Progs, gen_cpu
 
     arms = {
         FLOOR: PpsArm(FLOOR, ll, pf["legacy"], lambda: _percpu_sum(progs.drop, 0), floor_on, floor_off),
+        FLOOR_READ: PpsArm(FLOOR_READ, ll, pf["legacy"], lambda: _percpu_sum(progs.drop, 0), read_on, floor_off),
         PF_XDP: PpsArm(PF_XDP, xl, pf["xdp"], lambda: xdp_dp.count(Reason.DROP_PREFILTER)),
         PF_TC: PpsArm(PF_TC, ll, pf["legacy"], lambda: _percpu_sum(progs.tcpf, 0), tc_on, tc_off),
         PF_IPT: PpsArm(PF_IPT, ll, pf["legacy"],
                        lambda: _ipt_packets(ll.n1, "raw", "PREROUTING", re.escape(DENIED_CIDR))),
+        NP_FLOOR: PpsArm(NP_FLOOR, ll, np_["legacy"], sink_of(ll), fwd_on, floor_off),
         NP_XDP: PpsArm(NP_XDP, xl, np_["xdp"], sink_of(xl)),
         NP_TC: PpsArm(NP_TC, tl, np_["tc"], sink_of(tl)),
         NP_IPT: PpsArm(NP_IPT, ll, np_["legacy"], sink_of(ll)),

@@ -22,6 +22,10 @@
  *                 XDP program is what switches a veth to it), perf.md
  *                 §7.1: "give the non-XDP arm the same NAPI setting".
  *   xdp_drop      XDP_DROP and count: the veth pps ceiling (perf.md E3).
+ *   xdp_read_drop one read of the packet, XDP_DROP: the floor of any
+ *                 program that looks at the frame (bounds the prefilter).
+ *   xdp_fwd_static the NodePort translation fixed at load time, XDP_TX:
+ *                 the floor of any XDP forwarder (bounds NodePort at XDP).
  *   tc_prefilter  the prefilter as a tc ingress program: the same lookup as
  *                 prefilter.h's prefilter_denied (a /32 hash, then an LPM
  *                 trie, same key, sizes and flags; here unpinned, so it
@@ -146,6 +150,64 @@ int xdp_drop(struct xdp_md *ctx)
 {
 	count(COUNT_HIT);
 	return XDP_DROP;
+}
+
+/* The cheapest program that looks at the packet: one read of the source
+ * address (the frame's first cache line), then XDP_DROP. No prefilter can
+ * cost less, so (this ÷ iptables) bounds what any XDP prefilter can reach
+ * here. */
+SEC("xdp")
+int xdp_read_drop(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	struct iphdr *ip = data + sizeof(struct ethhdr);
+
+	if ((void *)(ip + 1) > end)
+		return XDP_PASS;
+	count(ip->saddr ? COUNT_HIT : COUNT_OTHER);
+	return XDP_DROP;
+}
+
+const volatile __be32 fwd_saddr = 0;	/* the node's address (SNAT) */
+const volatile __be32 fwd_daddr = 0;	/* the backend's (DNAT) */
+const volatile __be16 fwd_dport = 0;	/* the backend's port */
+
+/* The cheapest program that forwards the NodePort flow as bpf_xdp does:
+ * no lookup at all, the translation fixed at load time (SNAT + DNAT, TTL-1,
+ * the header checksum recomputed, UDP checksum 0, MACs swapped) and
+ * XDP_TX. (this ÷ tc NodePort) bounds what any XDP NodePort can reach. */
+SEC("xdp")
+int xdp_fwd_static(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	struct iphdr *ip = data + sizeof(*eth);
+	struct udphdr *udp = (void *)(ip + 1);
+	unsigned char mac[ETH_ALEN];
+	__u16 *w = (__u16 *)ip;
+	__u32 sum = 0;
+
+	if ((void *)(udp + 1) > end || ip->ihl != 5 || ip->protocol != IPPROTO_UDP)
+		return XDP_PASS;
+	__builtin_memcpy(mac, eth->h_dest, ETH_ALEN);
+	__builtin_memcpy(eth->h_dest, eth->h_source, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, mac, ETH_ALEN);
+	ip->saddr = fwd_saddr;
+	ip->daddr = fwd_daddr;
+	ip->ttl--;
+	ip->check = 0;
+#pragma unroll
+	for (int i = 0; i < 10; i++)
+		sum += w[i];
+	sum = (sum & 0xffff) + (sum >> 16);
+	sum = (sum & 0xffff) + (sum >> 16);
+	ip->check = (__u16)~sum;
+	udp->dest = fwd_dport;
+	udp->check = 0;
+	count(COUNT_HIT);
+	return XDP_TX;
 }
 
 SEC("tc")
