@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from benchmarks.harness import Context, Measurement, Summary, fmt_ci, fmt_value, ratio
+from benchmarks.suites import _progstats as progstats
 from ciliumlite.datapath import devices
 from ciliumlite.lab import Node, procs
 
@@ -760,6 +761,28 @@ def run_rounds(ctx: Context, plan: Plan, bench: Bench, arms: Mapping[str, NetArm
     ctx.log(f"measured in {time.perf_counter() - t_start:.0f} s")
 
 
+def bpf_stats_pass(ctx: Context, plan: Plan, bench: Bench, arms: Mapping[str, NetArm]) -> list[Measurement]:
+    """``--bpf-stats`` (nothing otherwise): after the timed rounds, every arm once more with BPF
+    run-time statistics on, one sockperf run ("rr") and one CRR run ("crr") of ``plan.secs`` each,
+    per program: runs and ns per TCP segment the server sent or received (its Tcp.InSegs +
+    Tcp.OutSegs). Reported in their own table (``_progstats``), never in a ratio."""
+    if not ctx.bpf_stats:
+        return []
+    out: list[Measurement] = []
+    for key, arm in arms.items():
+        for work, fn in (("rr", bench.latency), ("crr", bench.crr)):
+            before = netstat(arm.server_run)
+            with progstats.stats_window() as ran:
+                fn(arm, plan.secs)
+                runs = ran()
+            after = netstat(arm.server_run)
+            segs = sum(after.get(k, 0) - before.get(k, 0) for k in ("Tcp.InSegs", "Tcp.OutSegs"))
+            ctx.log(f"bpf stats {key} {work}: " + ", ".join(
+                f"{r.name} {r.per(segs):.2f}/seg {r.ns_per_run:.0f} ns" for r in runs[:6]))
+            out += progstats.measurements(f"{key} {work}", runs, segs)
+    return out
+
+
 def arm_counters(key: str, arm: NetArm, before: Mapping[str, Mapping[str, int]]) -> list[Measurement]:
     """One arm's TCP counters since ``before`` (its :func:`tcp_snapshot`) and what ``Bench`` counted
     (CRR connections and errors, iperf3 retransmits)."""
@@ -926,7 +949,7 @@ def tail_summaries(ms: Sequence[Measurement], extra: Sequence[Measurement]) -> l
         out.append(Summary("counters over the timed and warmup rounds, and setup", ["counter", "value", "note"],
                            [[m.name, fmt_value(m.median, m.unit) if m.unit != "count" else f"{m.median:,.0f}", m.note]
                             for m in counters]))
-    return out
+    return out + progstats.summary(ms)
 
 
 def verdict(m: Measurement, op: str, thr: float) -> str:

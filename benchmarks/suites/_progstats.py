@@ -64,4 +64,5 @@ def summary(ms: Sequence[Measurement]) -> list[Summary]:
                     note="one extra run per arm with BPF run-time statistics on (BPF_ENABLE_STATS; each run then "
                          "pays two clock reads, so these runs are slower and are not part of any figure above). "
                          "ns / packet = runs / packet × ns / run: the time the programs take per packet of the "
-                         "arm's own count.")]
+                         "arm's own count (network suites: per TCP segment the server sent or received, in one "
+                         "sockperf run 'rr' and one CRR run 'crr').")]

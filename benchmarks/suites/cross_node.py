@@ -65,6 +65,7 @@ from benchmarks.suites._netbench import (
     arm_counters,
     arm_measurements,
     arm_summary,
+    bpf_stats_pass,
     check_run,
     conntrack_counters,
     conntrack_stats,
@@ -336,6 +337,7 @@ def run(ctx: Context) -> list[Measurement]:
             setup.append(info(f"{key}: background CPU busy before its measurements, max", max(bs) * 100, "%",
                               group="setup", note="sampled with our servers idle (other work on the machine), "
                                                   "per round incl. warmup: " + ", ".join(f"{b * 100:.0f}" for b in bs)))
+        setup += bpf_stats_pass(ctx, plan, bench, arms)
 
     return arm_measurements(arms, FLOOR, FLOOR_METRICS, [(n, d, m) for n, d, m, *_ in GOALS] + EXTRA_RATIOS) + setup
 

@@ -67,6 +67,7 @@ from benchmarks.suites._netbench import (
     NetArm,
     Plan,
     QuietGate,
+    bpf_stats_pass,
     datapath_counters,
     info,
     mname,
@@ -277,6 +278,7 @@ def _packet(ctx: Context) -> list[Measurement]:
                                      arms[_key("off", p)].samples[metric], group="ratios"))
             for n in {id(p.node): p.node for p in labs[a].pods.values()}.values():
                 out += datapath_counters(f"{a}: {n.name}", n)
+        out += bpf_stats_pass(ctx, plan, bench, arms)
         out.append(gate.start_info())
     return out
 

@@ -48,6 +48,7 @@ from benchmarks.suites._netbench import (
     arm_counters,
     arm_measurements,
     arm_summary,
+    bpf_stats_pass,
     check_run,
     datapath_counters,
     floor_summary,
@@ -221,6 +222,7 @@ def run(ctx: Context) -> list[Measurement]:
         setup.append(info("background CPU busy before each arm, max", max(gate.in_order) * 100, "%", group="setup",
                           note="sampled with our servers idle (other work on the machine), in run order: "
                                + ", ".join(f"{b * 100:.0f}" for b in gate.in_order)))
+        setup += bpf_stats_pass(ctx, plan, bench, arms)
 
     ms = arm_measurements(arms, FLOOR, FLOOR_METRICS, []) + _big_measurements(arms)
     return ms + _ratios(arms, ms) + setup

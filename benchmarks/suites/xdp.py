@@ -826,5 +826,4 @@ def summarize(ms: list[Measurement]) -> list[Summary]:
                      note="verdict on the median of the per-round ratios; 'CI' says whether the whole bootstrap "
                           "interval is on the right side."),
         *tail_summaries(ms, extra),
-        *progstats.summary(ms),
     ]
