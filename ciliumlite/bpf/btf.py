@@ -12,6 +12,7 @@ KIND_INT, KIND_PTR, KIND_ARRAY, KIND_STRUCT, KIND_UNION, KIND_ENUM = 1, 2, 3, 4,
 KIND_TYPEDEF, KIND_VOLATILE, KIND_CONST, KIND_RESTRICT = 8, 9, 10, 11
 KIND_VAR, KIND_DATASEC, KIND_TYPE_TAG, KIND_ENUM64 = 14, 15, 18, 19
 _MODIFIERS = {KIND_TYPEDEF, KIND_VOLATILE, KIND_CONST, KIND_RESTRICT, KIND_TYPE_TAG}
+_BE_TYPEDEFS = {"__be16", "__be32", "__be64"}
 _KIND_NAMES = {
     KIND_INT: "int", KIND_PTR: "ptr", KIND_ARRAY: "array", KIND_STRUCT: "struct", KIND_UNION: "union",
     KIND_ENUM: "enum", KIND_ENUM64: "enum",
@@ -20,7 +21,11 @@ _KIND_NAMES = {
 
 @dataclass(frozen=True, slots=True)
 class TypeInfo:
-    """A resolved BTF type: its kind, C name, byte size and, for integers, signedness and bool-ness."""
+    """A resolved BTF type: its kind, C name, byte size and, for integers, signedness and bool-ness.
+
+    ``big_endian`` is set when the type was reached through a ``__be16``/``__be32``/``__be64`` typedef
+    (the only place BTF records a byte order); ``elem`` is an array's element type.
+    """
 
     kind: str
     name: str
@@ -28,6 +33,8 @@ class TypeInfo:
     signed: bool = False
     is_bool: bool = False
     elem_size: int = 0
+    big_endian: bool = False
+    elem: TypeInfo | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,12 +49,13 @@ class MemberInfo:
 
 @dataclass(frozen=True, slots=True)
 class StructInfo:
-    """A struct (or scalar) type as BTF describes it."""
+    """A struct (or scalar) type as BTF describes it; ``scalar`` is a memberless one's type info."""
 
     name: str
     size: int
     kind: str
     members: tuple[MemberInfo, ...]
+    scalar: TypeInfo | None = None
 
 
 class Btf:
@@ -92,6 +100,16 @@ class Btf:
                 return type_id
             type_id = int(t.size_or_type)
 
+    def _is_be_typedef(self, type_id: int) -> bool:
+        # Follow the modifiers as resolve() does, watching for the kernel's byte-order typedefs.
+        while True:
+            t, kind, _, _ = self._raw(type_id)
+            if kind not in _MODIFIERS:
+                return False
+            if kind == KIND_TYPEDEF and cstr(lib.btf__name_by_offset(self._h, t.name_off)) in _BE_TYPEDEFS:
+                return True
+            type_id = int(t.size_or_type)
+
     def type_info(self, type_id: int) -> TypeInfo:
         """Describe the type behind ``type_id`` (qualifiers removed)."""
         rid = self.resolve(type_id)
@@ -100,11 +118,11 @@ class Btf:
         if kind == KIND_INT:
             enc = int(ffi.cast("__u32 *", t + 1)[0])
             return TypeInfo("int", name, int(t.size_or_type), signed=bool((enc >> 24) & 1),
-                            is_bool=bool((enc >> 24) & 4))
+                            is_bool=bool((enc >> 24) & 4), big_endian=rid != type_id and self._is_be_typedef(type_id))
         if kind == KIND_ARRAY:
             arr = ffi.cast("struct btf_array *", t + 1)
             elem = self.type_info(int(arr.type))
-            return TypeInfo("array", name, elem.size * int(arr.nelems), elem_size=elem.size)
+            return TypeInfo("array", name, elem.size * int(arr.nelems), elem_size=elem.size, elem=elem)
         if kind == KIND_PTR:
             return TypeInfo("ptr", name, 8)
         return TypeInfo(_KIND_NAMES.get(kind, str(kind)), name, int(t.size_or_type))
@@ -113,9 +131,9 @@ class Btf:
         """The members of a struct or union, or a memberless view of a scalar type."""
         rid = self.resolve(type_id)
         t, kind, vlen, kflag = self._raw(rid)
-        info = self.type_info(rid)
+        info = self.type_info(type_id)
         if kind not in (KIND_STRUCT, KIND_UNION):
-            return StructInfo(info.name, info.size, info.kind, ())
+            return StructInfo(info.name, info.size, info.kind, (), scalar=info)
         members = []
         mp = ffi.cast("struct btf_member *", t + 1)
         for i in range(vlen):

@@ -5,9 +5,10 @@ from __future__ import annotations
 import errno
 import os
 import struct
+import sys
 import weakref
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any, Generic, TypeVar, cast, overload
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast, overload
 
 from ciliumlite.bpf import fs
 from ciliumlite.bpf._ffi import ffi, lib, num_possible_cpus
@@ -19,16 +20,26 @@ from ciliumlite.bpf.mapinfo import (
     EXIST,
     NOEXIST,
     PERCPU_TYPES,
+    BatchReader,
     MapInfo,
     MapType,
     RawBytes,
     UpdateFlags,
+    batch_reader,
 )
 from ciliumlite.bpf.record import Codec, check_layout, codec_for
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from ciliumlite.bpf.arrays import Array, MapArrays
 
 K = TypeVar("K")
 V = TypeVar("V")
 _MISSING: Any = object()
+#: What the kernel answers a batch call on a map type without batch operations (524: ENOTSUPP).
+_NO_BATCH = (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, 524)
+Buffer = bytes | bytearray | memoryview
 
 
 class Map(Generic[K, V]):
@@ -65,6 +76,7 @@ class Map(Generic[K, V]):
         self._kbuf = ffi.new("char[]", max(info.key_size, 8))
         self._kbuf2 = ffi.new("char[]", max(info.key_size, 8))
         self._vbuf = ffi.new("char[]", max(self._vstride * self._ncpus, 8))
+        self._np: MapArrays | None = None
 
     def _codec(self, spec: Any, size: int, btf: StructInfo | None, what: str) -> Codec:
         if spec is None:
@@ -134,8 +146,7 @@ class Map(Generic[K, V]):
             ffi.memmove(self._vbuf, raw, len(raw))
         return self._vbuf
 
-    def _decode_value(self, buf: Any) -> Any:
-        mem = ffi.buffer(buf, self._vstride * self._ncpus)
+    def _decode_value(self, mem: Any) -> Any:
         if self._percpu:
             return [self.value_codec.decode(mem[i * self._vstride:i * self._vstride + self.info.value_size])
                     for i in range(self._ncpus)]
@@ -154,7 +165,7 @@ class Map(Generic[K, V]):
             if -rc == errno.ENOENT:
                 return default
             raise error_for("lookup in map", -rc, self.name)
-        return self._decode_value(self._vbuf)
+        return self._decode_value(ffi.buffer(self._vbuf, self._vstride * self._ncpus))
 
     def __getitem__(self, key: K) -> V:
         value = self.get(key, _MISSING)
@@ -225,6 +236,16 @@ class Map(Generic[K, V]):
             ffi.memmove(cur, raw, len(raw))
             prev = cur
 
+    def _raw_items(self) -> Iterator[tuple[bytes, bytes]]:
+        # One lookup per key: the walk of a map (type or kernel) without batch lookups.
+        vbuf = ffi.new("char[]", max(self._vstride * self._ncpus, 8))
+        for raw in self._raw_keys():
+            rc = lib.bpf_map_lookup_elem(self.fd, raw, vbuf)
+            if rc < 0 and -rc != errno.ENOENT:   # ENOENT: deleted since the walk saw it
+                raise error_for("lookup in map", -rc, self.name)
+            if rc == 0:
+                yield raw, bytes(ffi.buffer(vbuf, self._vstride * self._ncpus))
+
     def keys(self) -> Iterator[K]:
         """Every key (a snapshot-free walk: concurrent changes may be seen or missed)."""
         for raw in self._raw_keys():
@@ -238,18 +259,16 @@ class Map(Generic[K, V]):
         try:
             raw_keys, raw_values, n = self.lookup_batch_raw()
         except BpfError as exc:
-            if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, 524):
+            if exc.errno not in _NO_BATCH:
                 raise
-            for k in self.keys():
-                v = self.get(k, _MISSING)
-                if v is not _MISSING:
-                    yield k, v
+            for kb, vb in self._raw_items():
+                yield self.key_codec.decode(kb), self._decode_value(vb)
             return
         ks, vs = self.info.key_size, self._vstride * self._ncpus
-        for i in range(n):
-            kb = raw_keys[i * ks:(i + 1) * ks]
-            vb = ffi.from_buffer(raw_values[i * vs:(i + 1) * vs])
-            yield self.key_codec.decode(kb), self._decode_value(vb)
+        kmem, vmem = memoryview(raw_keys), memoryview(raw_values)
+        kdec, vdec = self.key_codec.decode, self.value_codec.decode if not self._percpu else self._decode_value
+        for i in range(n):   # slices of one memoryview: no copy and no cffi buffer per entry
+            yield kdec(kmem[i * ks:(i + 1) * ks]), vdec(vmem[i * vs:(i + 1) * vs])
 
     def values(self) -> Iterator[V]:
         """Every value."""
@@ -275,8 +294,12 @@ class Map(Generic[K, V]):
                 raise error_for("clear map", -rc, self.name)
 
     # -- batch operations ------------------------------------------------------------------------------
-    def _pack_many(self, items: Sequence[Any] | bytes | bytearray | memoryview, codec: Codec, stride: int,
+    def _pack_many(self, items: Sequence[Any] | Buffer | Array, codec: Codec, stride: int,
                    what: str) -> tuple[Any, int]:
+        numpy = sys.modules.get("numpy")   # an ndarray means numpy is loaded: no import for everyone else
+        if numpy is not None and isinstance(items, numpy.ndarray):
+            arr, n = self._arrays().batch_input(items, what)
+            return ffi.from_buffer(arr), n
         if isinstance(items, (bytes, bytearray, memoryview)):
             buf = memoryview(items).cast("B")
             if len(buf) % stride:
@@ -284,20 +307,23 @@ class Map(Generic[K, V]):
             return ffi.from_buffer(buf), len(buf) // stride
         n = len(items)
         out = bytearray(n * stride)
-        for i, item in enumerate(items):
-            if self._percpu and what == "values":
-                per = item if isinstance(item, list) else [item] * self._ncpus
-                for c, v in enumerate(per):
-                    raw = codec.encode(v)
-                    out[i * stride + c * self._vstride:i * stride + c * self._vstride + len(raw)] = raw
-            else:
-                raw = codec.encode(item)
-                out[i * stride:i * stride + len(raw)] = raw
+        encode_into = codec.encode_into
+        if self._percpu and what == "values":
+            for i, item in enumerate(items):
+                for c, v in enumerate(item if isinstance(item, list) else [item] * self._ncpus):
+                    encode_into(v, out, i * stride + c * self._vstride)
+        else:
+            for i, item in enumerate(items):
+                encode_into(item, out, i * stride)
         return ffi.from_buffer(out), n
 
-    def update_batch(self, keys: Sequence[K] | bytes | bytearray | memoryview,
-                     values: Sequence[V] | bytes | bytearray | memoryview, flags: int = ANY) -> int:
-        """Write many entries in one syscall. ``keys``/``values`` are sequences or packed buffers.
+    def update_batch(self, keys: Sequence[K] | Buffer | Array, values: Sequence[V] | Buffer | Array,
+                     flags: int = ANY) -> int:
+        """Write many entries in one syscall. ``keys``/``values`` are sequences of records, packed
+        buffers, or numpy arrays of :attr:`key_dtype`/:attr:`value_dtype` (per-CPU values: shape
+        ``(n, ncpus)``, or ``(n,)`` for every CPU), which go to the kernel as they are (copied only to zero
+        a dtype's padding). An array of another dtype is a :class:`ValidationError` naming the one expected,
+        before anything is written.
 
         Returns the number written. On failure the error says how many entries were applied first.
         """
@@ -321,36 +347,30 @@ class Map(Generic[K, V]):
             raise cls("update map (batch)", err, target=f"{self.name}: {applied}")
         return int(count[0])
 
+    def _batch_reader(self) -> BatchReader:
+        return batch_reader(self.fd, self.info.key_size, self.name)
+
     def lookup_batch_raw(self, chunk: int = 4096) -> tuple[bytes, bytes, int]:
-        """All entries as packed buffers: (keys, values, count). Zero-copy friendly for numpy users."""
+        """All entries as packed buffers: (keys, values, count), fetched ``chunk`` entries per syscall."""
         ks, vs = self.info.key_size, self._vstride * self._ncpus
         keys_out, vals_out, total = bytearray(), bytearray(), 0
-        kbuf, vbuf = ffi.new("char[]", ks * chunk), ffi.new("char[]", vs * chunk)
-        token_in, token_out = ffi.new("char[]", max(ks, 8)), ffi.new("char[]", max(ks, 8))
-        opts = ffi.new("struct bpf_map_batch_opts *", {"sz": ffi.sizeof("struct bpf_map_batch_opts")})
-        first = True
+        kbuf, vbuf = bytearray(ks * chunk), bytearray(vs * chunk)
+        read = self._batch_reader()
         while True:
-            count = ffi.new("__u32 *", chunk)
-            rc = lib.bpf_map_lookup_batch(self.fd, ffi.NULL if first else token_in, token_out, kbuf, vbuf,
-                                          count, opts)
-            done = rc < 0 and -rc == errno.ENOENT
-            if rc < 0 and not done:
-                raise BpfError("lookup map (batch)", -rc, target=self.name)
-            n = int(count[0])
-            keys_out += ffi.buffer(kbuf, n * ks)
-            vals_out += ffi.buffer(vbuf, n * vs)
+            n, done = read(kbuf, vbuf, chunk)
+            keys_out += memoryview(kbuf)[:n * ks]
+            vals_out += memoryview(vbuf)[:n * vs]
             total += n
             if done:
                 return bytes(keys_out), bytes(vals_out), total
-            ffi.memmove(token_in, token_out, max(ks, 8))
-            first = False
 
     def lookup_batch(self) -> list[tuple[K, V]]:
-        """All entries, decoded, fetched with batch syscalls."""
+        """All entries, decoded to records, fetched with batch syscalls (see :meth:`to_numpy` for arrays)."""
         return list(self.items())
 
-    def delete_batch(self, keys: Sequence[K] | bytes | bytearray | memoryview) -> int:
-        """Delete many keys in one syscall; returns how many were deleted."""
+    def delete_batch(self, keys: Sequence[K] | Buffer | Array) -> int:
+        """Delete many keys in one syscall (records, a packed buffer or a :attr:`key_dtype` array);
+        returns how many were deleted."""
         kptr, nk = self._pack_many(keys, self.key_codec, self.info.key_size, "keys")
         if nk == 0:
             return 0
@@ -360,6 +380,65 @@ class Map(Generic[K, V]):
         if rc < 0:
             raise BpfError("delete from map (batch)", -rc, target=f"{self.name}: {count[0]} of {nk} deleted")
         return int(count[0])
+
+    # -- numpy (ciliumlite.bpf.arrays) --------------------------------------------------------------------
+    def _arrays(self) -> MapArrays:
+        if self._np is None:
+            from ciliumlite.bpf.arrays import MapArrays  # here: numpy loads on first use only
+
+            self._np = MapArrays(self.name, self.key_codec, self.value_codec, self._key_btf, self._value_btf,
+                                 self.info.key_size, self.info.value_size,
+                                 ncpus=self._ncpus if self._percpu else 0, vstride=self._vstride)
+        return self._np
+
+    @property
+    def key_dtype(self) -> np.dtype[Any]:
+        """The numpy dtype of a key: the record's fields by name at their C offsets, a scalar kind's
+        dtype, an untyped map's BTF members (C names), else ``V<key_size>``. Network-order fields and
+        IPv4 addresses are big-endian in it, so they read as host integers."""
+        return self._arrays().key_dtype
+
+    @property
+    def value_dtype(self) -> np.dtype[Any]:
+        """The numpy dtype of a value, as :attr:`key_dtype` (per-CPU value arrays: shape ``(n, ncpus)``)."""
+        return self._arrays().value_dtype
+
+    def lookup_batch_numpy(self, chunk: int = 4096) -> tuple[Array, Array]:
+        """All entries as ``(keys, values)`` arrays of :attr:`key_dtype`/:attr:`value_dtype`, the batch
+        syscalls writing straight into them (no Python object per entry): the array twin of
+        :meth:`lookup_batch_raw`. Without batch lookups (map type or kernel) it raises :class:`BpfError`."""
+        return self._arrays().collect(self._batch_reader(), min(self.max_entries, 1 << 20), chunk)
+
+    def iter_batches(self, chunk: int = 4096) -> Iterator[tuple[Array, Array]]:
+        """``(keys, values)`` arrays of up to ``chunk`` entries at a time (a snapshot-free walk, as
+        :meth:`items`), for maps too big to hold at once; without batch lookups, walked per key."""
+        arrays, started = self._arrays(), False
+        try:
+            for batch in arrays.batches(self._batch_reader(), chunk):
+                started = True
+                yield batch
+        except BpfError as exc:
+            if started or exc.errno not in _NO_BATCH:
+                raise
+            yield from arrays.chunks(self._raw_items(), chunk)
+
+    def to_numpy(self, chunk: int = 4096) -> tuple[Array, Array]:
+        """The whole map as ``(keys, values)`` arrays, as :meth:`lookup_batch_numpy`, on every map: one
+        without batch lookups is walked per key."""
+        try:
+            return self.lookup_batch_numpy(chunk)
+        except BpfError as exc:
+            if exc.errno not in _NO_BATCH:
+                raise
+            return self._arrays().from_pairs(self._raw_items())
+
+    def to_pandas(self, decode: bool = False, chunk: int = 4096) -> Any:
+        """The whole map as a ``pandas.DataFrame``, a column per key field then per value field (a name in
+        both gets ``key.``/``value.``; a scalar is ``key``/``value``); per-CPU maps have a row per key and
+        CPU and a ``cpu`` column. Integers are host order, ports included; ``decode=True`` makes IPV4 and
+        MAC fields text (categoricals in address order). Needs pandas (``pip install
+        'ciliumlite[pandas]'``), else :class:`NotSupportedError`."""
+        return self._arrays().frame(*self.to_numpy(chunk), decode=decode)
 
     # -- pinning and lifetime --------------------------------------------------------------------------
     def pin(self, path: str) -> None:

@@ -6,13 +6,15 @@ about operations only.
 
 from __future__ import annotations
 
+import errno
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum, IntFlag
 from typing import Any
 
 from ciliumlite.bpf._ffi import ffi, lib
-from ciliumlite.bpf.errors import ValidationError, check
+from ciliumlite.bpf.errors import BpfError, ValidationError, check
 
 
 class MapType(IntEnum):
@@ -107,6 +109,40 @@ class RawBytes:
             raise ValidationError(f"expected {self.SIZE} bytes, got {len(raw)}")
         return raw
 
+    def encode_into(self, value: Any, buf: Any, offset: int) -> None:
+        """Write the bytes into ``buf`` at ``offset``."""
+        buf[offset:offset + self.SIZE] = self.encode(value)
+
     def decode(self, raw: bytes | memoryview) -> bytes:
         """Return the bytes as they are."""
         return bytes(raw[: self.SIZE])
+
+
+#: ``read(keys_buf, values_buf, n) -> (count, done)``: see :func:`batch_reader`.
+BatchReader = Callable[[Any, Any, int], tuple[int, bool]]
+
+
+def batch_reader(fd: int, key_size: int, name: str) -> BatchReader:
+    """One walk of a map with BPF_MAP_LOOKUP_BATCH: ``read(keys_buf, values_buf, n)`` writes the next
+    at most ``n`` entries into two writable buffers and returns ``(count, done)``. A failed call leaves
+    the walk where it was (the kernel does not move its cursor), so it can be retried with more room."""
+    ks = max(key_size, 8)
+    token_in, token_out = ffi.new("char[]", ks), ffi.new("char[]", ks)
+    opts = ffi.new("struct bpf_map_batch_opts *", {"sz": ffi.sizeof("struct bpf_map_batch_opts")})
+    started = False
+
+    def read(kbuf: Any, vbuf: Any, n: int) -> tuple[int, bool]:
+        nonlocal started
+        count = ffi.new("__u32 *", n)
+        rc = lib.bpf_map_lookup_batch(fd, token_in if started else ffi.NULL, token_out,
+                                      ffi.from_buffer(kbuf, require_writable=True),
+                                      ffi.from_buffer(vbuf, require_writable=True), count, opts)
+        done = rc < 0 and -rc == errno.ENOENT
+        if rc < 0 and not done:
+            hint = f"a hash bucket holds more than {n} entries: pass a larger chunk" \
+                if -rc == errno.ENOSPC else ""
+            raise BpfError("lookup map (batch)", -rc, target=name, hint=hint)
+        ffi.memmove(token_in, token_out, ks)
+        started = True
+        return int(count[0]), done
+    return read

@@ -73,6 +73,16 @@ EXPECTED: dict[str, list[str]] = {
         r"world 203\.0\.113\.10 -> node-b 10\.0\.0\.12:30080: answered by web-b on node-b, backend saw 203\.0\.113\.10 ",
         r"node-a NAT OUT 203\.0\.113\.10:\d+ -> 10\.244\.1\.\d+:8080 XLATE_SRC 10\.0\.0\.11:\d+",
     ],
+    "map_to_pandas.py": [
+        r"^key dtype: \[\('daddr', '>u4'\), \('saddr', '>u4'\), \('dport', '>u2'\)",
+        r"^update_batch: 50000 entries in \d+\.\d ms$",
+        r"^to_numpy: 50000 entries in \d+\.\d ms, values 56 bytes each$",
+        r"^one entry as records: 10\.244\.0\.1:10000 -> 10\.96\.0\.\d+:(80|443) packets=\d+$",
+        r"^\s*daddr\s+saddr\s+dport\s+sport\s+packets\s+bytes\s+rev_nat_index$",
+        r"^\s*10\.96\.0\.\d+\s+10\.244\.0\.1\s+(80|443)\s+10000\s",
+        r"^top services by bytes:$",
+        r"^delete_batch: removed [1-9]\d* idle flows, \d+ left$",
+    ],
     "endpoint_adopt.py": [
         r"endpoint 2 adopted: 10\.244\.7\.20 on veth-adopt \(.*program attached, adopted True\)",
         r"ping made-by-datapath -> adopted: ok; adopted -> made-by-datapath: ok",

@@ -310,3 +310,44 @@ def test_codec_for_and_encode_type_checks():
         codec_for(int)
     with pytest.raises(ValidationError, match="expected Ints, got Packed"):
         Ints.encode(Packed(a=0, b=0, c=0, d=0))
+
+
+# -- the generated fast paths ------------------------------------------------------------------------
+def test_generated_codecs_agree_with_the_generic_methods():
+    rec = Wire(addr="10.0.0.1", port=8080, proto=17, mac="aa:bb:cc:dd:ee:01", seq=5)  # type: ignore[arg-type]
+    for r in (rec, Ints(1, 2, 3, 4, -5, -6), Packed(a=1, b=2, c=3, d=4), Sized(a=7, tag=b"abc")):
+        cls = type(r)
+        assert cls.pack is not Record.pack and cls.unpack is not Record.unpack
+        raw = Record.pack(r)
+        assert r.pack() == raw and cls.unpack(raw) == Record.unpack.__func__(cls, raw) == r  # type: ignore[attr-defined]
+        buf = bytearray(cls.SIZE + 3)
+        r.pack_into(buf, 3)
+        assert bytes(buf[3:]) == raw and cls.decode(raw) == r
+
+
+def test_constructor_fast_path_keeps_the_checks():
+    import enum
+
+    class Proto(enum.IntEnum):
+        TCP = 6
+
+    class Addr(IPv4Address):
+        pass
+
+    rec = Wire(addr=Addr("10.0.0.2"), port=Proto.TCP, proto=Proto.TCP, mac="AA:BB:CC:DD:EE:FF", seq=0)
+    assert type(rec.addr) is Addr and rec.proto is Proto.TCP and rec.mac == "aa:bb:cc:dd:ee:ff"
+    with pytest.raises(ValidationError, match=r"Wire\.proto: expected an integer, got True"):
+        Wire(addr="10.0.0.2", port=1, proto=True, mac="00:00:00:00:00:00", seq=0)  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match=r"Wire\.port: 65536 does not fit in be16"):
+        Wire(addr="10.0.0.2", port=65536, proto=1, mac="00:00:00:00:00:00", seq=0)  # type: ignore[arg-type]
+
+
+def test_a_record_keeps_a_method_it_writes_itself():
+    @dataclass(frozen=True, slots=True)
+    class Own(Record):
+        a: Annotated[int, U32]
+
+        def pack(self) -> bytes:
+            return b"own!"
+
+    assert Own(a=1).pack() == b"own!" and Own.unpack(b"\x01\0\0\0") == Own(a=1)
