@@ -42,6 +42,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from benchmarks.harness import Context, Measurement, Summary, fmt_ci, fmt_value, ratio
 from benchmarks.suites import _progstats as progstats
@@ -56,6 +57,9 @@ SERVER_MAX_SECONDS = 900       # the CRR server exits by itself after this (it i
 SOCKPERF_PORT = 11111
 CRR_PORT = 12865
 IPERF_PORT = 5201
+ECHO_PORT = 12866              # crr echo: the interleaved RR's servers
+RRMIX_BLOCK = 200              # round trips per target per rotation of the interleaved RR
+RRMIX_SKIP = 10                # first rotations dropped (caches and TCP state warming up)
 IPERF_INTERVAL = 0.25          # s; the median of the intervals shrugs off a stall of less than half the run
 
 QUIET_BUSY = 0.10              # background CPU use above which the machine counts as busy
@@ -480,6 +484,36 @@ class Bench:
             return {TPUT: mean, TPUT_MED: statistics.median(ivals) / 1e9 if ivals else mean}
         finally:
             arm.stop(srv)
+
+    def rr_interleaved(self, arms: Mapping[str, NetArm], secs: float,
+                       block: int = RRMIX_BLOCK) -> dict[str, dict[str, Any]]:
+        """TCP ping-pong against every arm at once, interleaved (``crr rrmix``): one connection per
+        arm from one client process (pinned to the client CPU; each socket made in its arm's client
+        namespace), ``block`` round trips per arm per rotation, arm order rotated every rotation.
+
+        Per arm: ``avg_us``/``p50_us``/``p99_us`` over all round trips, and ``block_avg_us``/
+        ``block_p50_us``, one value per rotation (first ``RRMIX_SKIP`` dropped): paired across
+        arms by rotation, milliseconds apart, so a ratio of two arms sees the same machine state.
+        Latencies are half round trips, like sockperf's. An echo server per arm is started here
+        and stopped when the arm's servers are."""
+        spec: list[str] = []
+        for arm in arms.values():
+            echo = arm.server_popen(*self.server_argv([self.crr_bin, "echo", arm.server_ip, str(ECHO_PORT),
+                                                       str(SERVER_MAX_SECONDS)]))
+            arm.servers.append(echo)
+            wait_listening(arm, ECHO_PORT, echo, "echo server")
+            spec += [arm.client_ns, arm.server_ip, str(ECHO_PORT)]
+        res = subprocess.run(self.client_argv([self.crr_bin, "rrmix", f"{secs:g}", str(block), *spec]),
+                             capture_output=True, text=True, timeout=secs + 60, check=False)
+        doc = json.loads(check_run(res, "crr rrmix").strip().splitlines()[-1])
+        if doc["rotations"] <= RRMIX_SKIP + 2:
+            raise RuntimeError(f"crr rrmix: only {doc['rotations']} rotations in {secs:g} s")
+        out: dict[str, dict[str, Any]] = {}
+        for key, t in zip(arms, doc["targets"], strict=True):
+            t["block_avg_us"] = t["block_avg_us"][RRMIX_SKIP:]
+            t["block_p50_us"] = t["block_p50_us"][RRMIX_SKIP:]
+            out[key] = t
+        return out
 
     def measure(self, arm: NetArm, secs: float) -> dict[str, float]:
         """Latency, CRR and throughput, one after the other."""
