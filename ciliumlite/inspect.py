@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -26,9 +27,12 @@ from ciliumlite.bpf.errors import BpfError, CiliumliteError, LayoutError
 from ciliumlite.datapath import maps, registry
 from ciliumlite.datapath.maps import MetricRow
 from ciliumlite.datapath.records import (
+    FAMILY_IPV4,
+    IPCACHE_STATIC_PREFIX,
     CtEntry,
     EndpointInfo,
     EndpointKey,
+    IpcacheKey,
     Ipv4CtTuple,
     Lb4Backend,
     Lb4Key,
@@ -46,6 +50,7 @@ __all__ = [
     "CtRow", "InspectError", "LbEntry", "MapAbsent", "MapPressure", "PinsGone", "Registry",
     "RegisteredDatapath", "bpf_endpoints", "ct_entries", "lb_entries", "load", "map_pressure", "metrics",
     "monotonic_seconds", "nat_entries", "require_bpffs", "require_root", "revnat_ids", "select", "tunnels",
+    "IdentityLookup",
 ]
 
 LXC_MAP = maps.LXC.name
@@ -363,6 +368,37 @@ def map_pressure(dp: RegisteredDatapath) -> list[MapPressure]:
                 continue
             out.append(MapPressure(name, m.type.name, _count(m), m.max_entries))
     return out
+
+
+class IdentityLookup:
+    """Security identity of an address from a datapath's pinned ``cilium_ipcache`` (longest prefix),
+    as ``cilium bpf ipcache get`` answers; None when the map is absent (no policy) or has no match.
+    Holds the map open until :meth:`close`."""
+
+    def __init__(self, dp: RegisteredDatapath) -> None:
+        self._map: Map[IpcacheKey, Any] | None = None
+        if dp.pin_dir:
+            try:
+                self._map = maps.IPCACHE.from_pins(dp.pin_dir)
+            except (BpfError, LayoutError):
+                self._map = None
+
+    def __call__(self, ip: str) -> int | None:
+        """The identity of ``ip`` (an IPv4 address), or None."""
+        if self._map is None:
+            return None
+        try:
+            key = IpcacheKey(prefixlen=IPCACHE_STATIC_PREFIX + 32, family=FAMILY_IPV4, ip4=IPv4Address(ip))
+            v = self._map.get(key)
+        except (BpfError, ValueError):
+            return None
+        return None if v is None else int(v.sec_identity)
+
+    def close(self) -> None:
+        """Close the map."""
+        if self._map is not None:
+            self._map.close()
+            self._map = None
 
 
 def monotonic_seconds() -> int:

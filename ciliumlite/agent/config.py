@@ -74,6 +74,8 @@ class AgentConfig:
     socket_path: str = ""
     remove_datapath_on_exit: bool = False
     debug: bool = False
+    #: ``--prometheus-serve-addr`` (Cilium's flag): serve ``/metrics`` on ``HOST:PORT`` (empty: no server).
+    prometheus_serve_addr: str = ""
 
     def __post_init__(self) -> None:
         if not isinstance(self.node, str) or not _NODE_NAME.fullmatch(self.node):
@@ -112,6 +114,11 @@ class AgentConfig:
             value = getattr(self, key)
             if value and not os.path.isabs(value):
                 raise ValidationError(f"{key.replace('_', '-')}: {value!r} must be an absolute path")
+        if self.prometheus_serve_addr:
+            _host, sep, port = str(self.prometheus_serve_addr).rpartition(":")
+            if not sep or not port.isdigit() or int(port) > 65535:
+                raise ValidationError(f"prometheus-serve-addr: {self.prometheus_serve_addr!r} is not HOST:PORT "
+                                      "(e.g. 127.0.0.1:9962, or :9962 for every address)")
         try:
             ipaddress.IPv4Address(self.node_ip)
         except ValueError:

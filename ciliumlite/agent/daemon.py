@@ -134,6 +134,9 @@ class Agent:
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="agent-api")
         self._errors: collections.deque[tuple[float, str]] = collections.deque(maxlen=_KEPT_ERRORS)
         self._error_count = 0
+        #: The conntrack GC passes of this agent (``cilium_datapath_conntrack_gc_*``).
+        self.gc_stats: Any = None
+        self._metrics: Any = None  # (registry, KvstoreMetrics, MetricsServer | None) with --prometheus-serve-addr
 
     # -- life -----------------------------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -190,6 +193,7 @@ class Agent:
         cfg = self.config
         claim_socket(cfg.api_socket)  # fail before touching the kernel when another agent runs
         self._claimed = True
+        self._prepare_metrics()
         self.store = self._connect_store()
         if self.store is None:
             return
@@ -256,6 +260,7 @@ class Agent:
             return
         self._api = ApiServer(self, self.config.api_socket, self._executor)
         await self._api.start()
+        self._start_metrics()
         self.state = "ready"
         log.info("agent ready: node %s, API on %s, kvstore %s", self.config.node, self.config.api_socket,
                  self.config.kvstore)
@@ -269,6 +274,40 @@ class Agent:
                 await gc_task
             await self._api.stop()
             self._api = None
+            self._stop_metrics()
+
+    def _prepare_metrics(self) -> None:
+        """``--prometheus-serve-addr``: the registry, and kvstore timing from the first round trip on."""
+        from ciliumlite.prometheus import CollectorRegistry, DatapathCollector, GcStats, KvstoreMetrics
+
+        self.gc_stats = GcStats()
+        if not self.config.prometheus_serve_addr or self._metrics is not None:
+            return
+        registry = CollectorRegistry()
+        registry.register(DatapathCollector(node=self.config.node, gc=self.gc_stats))
+        self._metrics = (registry, KvstoreMetrics(registry).install(), None)
+
+    def _start_metrics(self) -> None:
+        """Serve Cilium's metrics of this node on HTTP, read from the maps at each scrape."""
+        from ciliumlite.prometheus import serve
+
+        if self._metrics is None:
+            return
+        registry, kv, _ = self._metrics
+        try:
+            server = serve(self.config.prometheus_serve_addr, registry)
+        except CiliumliteError as exc:
+            raise AgentStartError(str(exc)) from exc
+        self._metrics = (registry, kv, server)
+        log.info("prometheus metrics on %s", server.url)
+
+    def _stop_metrics(self) -> None:
+        if self._metrics is not None:
+            _, kv, server = self._metrics
+            self._metrics = None
+            kv.uninstall()
+            if server is not None:
+                server.close()
 
     async def _gc_loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -276,7 +315,11 @@ class Agent:
             await asyncio.sleep(CT_GC_INTERVAL)
             if self.datapath is not None:
                 try:
-                    await loop.run_in_executor(self._executor, self.datapath.gc_conntrack)
+                    dp, stats = self.datapath, self.gc_stats
+                    if stats is not None:
+                        await loop.run_in_executor(self._executor, stats.run, self.config.node, dp.gc_conntrack)
+                    else:
+                        await loop.run_in_executor(self._executor, dp.gc_conntrack)
                 except Exception as exc:
                     self._record_error(f"conntrack GC: {exc}")
 
@@ -286,6 +329,7 @@ class Agent:
         self.state = "stopping"
         errors: list[str] = []
         cfg = self.config
+        self._stop_metrics()
         self._executor.shutdown(wait=True)
         if self.cluster is not None:
             try:

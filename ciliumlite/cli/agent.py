@@ -238,6 +238,9 @@ def agent_command(
         "--remove-datapath-on-exit/--keep-datapath-on-exit",
         help="remove the datapath on SIGTERM (default: leave it forwarding, as cilium-agent does)")] = None,
     debug: Annotated[bool | None, typer.Option("--debug/--no-debug", "-D", help="debug logging")] = None,
+    prometheus_serve_addr: Annotated[str | None, typer.Option(
+        "--prometheus-serve-addr", metavar="HOST:PORT",
+        help="serve Prometheus metrics (cilium_*) on HTTP at HOST:PORT/metrics (e.g. 127.0.0.1:9962)")] = None,
 ) -> None:
     """Run the node's agent: its datapath, its kvstore membership and its local API (until SIGTERM).
 
@@ -254,7 +257,8 @@ def agent_command(
                  kvstore_endpoints=kvstore_endpoints, kvstore_connect_timeout=kvstore_connect_timeout,
                  kvstore_lease_ttl=kvstore_lease_ttl, cluster_name=cluster_name, bgp_asn=bgp_asn,
                  bgp_peers=tuple(bgp_peer) if bgp_peer else None, cgroup=cgroup, state_dir=state_dir,
-                 socket_path=socket_path, remove_datapath_on_exit=remove_datapath_on_exit, debug=debug)
+                 socket_path=socket_path, remove_datapath_on_exit=remove_datapath_on_exit, debug=debug,
+                 prometheus_serve_addr=prometheus_serve_addr)
     try:
         cfg = AgentConfig.from_sources(load_file(config) if config else None, flags)
     except ValidationError as exc:

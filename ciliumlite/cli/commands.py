@@ -17,9 +17,10 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 from rich.console import Console, RenderableType
@@ -34,6 +35,9 @@ from ciliumlite.datapath import events as ev
 from ciliumlite.datapath import sockops
 from ciliumlite.datapath.reasons import Reason
 from ciliumlite.inspect import InspectError, MapAbsent, PinsGone, RegisteredDatapath
+
+if TYPE_CHECKING:
+    from ciliumlite.prometheus import MetricsServer
 
 T = TypeVar("T")
 
@@ -296,16 +300,55 @@ def _flows(run: Run, rows: list[fmt.Row], line: Callable[[fmt.Row], str]) -> Non
 # -- metrics ---------------------------------------------------------------------------------------------
 
 
-def metrics(prometheus: Annotated[bool, typer.Option("--prometheus", help="Prometheus text exposition")] = False,
+def metrics(prometheus: Annotated[bool, typer.Option(
+                "--prometheus", help="Prometheus text exposition (Cilium's metric names), as --serve serves it")] = False,
+            serve: Annotated[str | None, typer.Option(
+                "--serve", metavar="HOST:PORT",
+                help="serve the Prometheus metrics on HTTP at HOST:PORT/metrics until Ctrl-C (e.g. 127.0.0.1:9962)")] = None,
+            duration: Annotated[float | None, typer.Option(
+                "--duration", metavar="SECONDS", min=0.0, help="with --serve: stop after SECONDS")] = None,
             lab: LabOpt = None, node: NodeOpt = None, output: OutputOpt = Output.table) -> None:
-    """Packets and bytes forwarded and dropped, by reason and direction, summed over CPUs (cilium_metrics)."""
+    """Packets and bytes forwarded and dropped, by reason and direction, summed over CPUs (cilium_metrics).
+
+    --prometheus prints, and --serve serves over HTTP, Cilium's metrics (cilium_drop_count_total, …) read
+    from the maps at each scrape (docs/observability.md).
+    """
     with _run(output) as run:
-        got = _each(run, _select(run, lab, node, pins=True), ins.metrics)
+        dps = _select(run, lab, node, pins=True)
+        if prometheus or serve is not None:
+            from prometheus_client import generate_latest
+
+            from ciliumlite import prometheus as prom
+
+            registry = prom.CollectorRegistry()
+            registry.register(prom.DatapathCollector(lab=lab, node=node))
+            if serve is None:
+                sys.stdout.write(generate_latest(registry).decode())
+                return
+            _serve_metrics(run, prom.serve(serve, registry), dps, duration)
+            return
+        got = _each(run, dps, ins.metrics)
         rows = [r for dp, ms in got for r in fmt.metric_rows(dp.node, ms)]
-        if prometheus:
-            sys.stdout.write(fmt.prometheus(rows))
-        else:
-            run.emit(rows, fmt.metric_table)
+        run.emit(rows, fmt.metric_table)
+
+
+def _serve_metrics(run: Run, server: MetricsServer, dps: list[RegisteredDatapath], duration: float | None) -> None:
+    stopped = threading.Event()
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, lambda *_: stopped.set())
+    try:
+        # On stderr: a script can wait for it before it scrapes.
+        run.err.print(f"Serving metrics of {len(dps)} datapath{'s' if len(dps) > 1 else ''} on {server.url}"
+                      + ("" if duration is not None else "; press Ctrl-C to quit"), soft_wrap=True)
+        try:
+            stopped.wait(duration)
+        except KeyboardInterrupt:
+            pass
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+        server.close()
 
 
 # -- monitor ---------------------------------------------------------------------------------------------
@@ -356,30 +399,81 @@ def _open_monitors(run: Run, dps: list[RegisteredDatapath], types: set[str]) -> 
     return monitors
 
 
+#: How often ``monitor`` reads the lost-event counters (and the endpoints) while it runs, in seconds.
+LOST_CHECK_SECONDS = 1.0
+_LOST_SOURCES = {Reason.EVENT_LOST_RATE_LIMIT: "BPF_EVENTS_RATE_LIMIT",
+                 Reason.EVENT_LOST_RING_FULL: "PERF_EVENT_RING_BUFFER"}
+
+
+class _Peers:
+    """The endpoints and identities of the watched datapaths, for Hubble's flow fields (refreshed)."""
+
+    def __init__(self, run: Run, dps: list[RegisteredDatapath]) -> None:
+        from ciliumlite.datapath.flow import Peers
+
+        self._run = run
+        self._nodes = [dp.node for dp in dps]
+        self._lookups = {dp.node: ins.IdentityLookup(dp) for dp in dps}
+        self.by_node: dict[str, Peers] = {}
+        self.names: dict[str, dict[int, fmt.Row]] = {}
+        self._fill(dps)
+
+    def _fill(self, dps: list[RegisteredDatapath]) -> None:
+        from ciliumlite.datapath.flow import Peers
+
+        for dp in dps:
+            eps = {str(e.get("ipv4") or e.get("ip")): e for e in dp.endpoints if e.get("ipv4") or e.get("ip")}
+            ifnames = {int(e["ifindex"]): str(e.get("ifname")) for e in dp.endpoints
+                       if isinstance(e.get("ifindex"), int) and e.get("ifname")}
+            self.by_node[dp.node] = Peers(endpoints=eps, identity=self._lookups.get(dp.node), ifnames=ifnames)
+            self.names[dp.node] = fmt.endpoint_names(dp)
+
+    def refresh(self) -> None:
+        """Re-read the registry entries (pods come and go while monitor runs)."""
+        try:
+            reg = ins.load()
+        except InspectError:
+            return
+        self._fill([e for e in reg.entries if e.node in self._lookups])
+
+    def close(self) -> None:
+        """Close the ipcache maps."""
+        for lk in self._lookups.values():
+            lk.close()
+
+
 def monitor(
     event_type: Annotated[list[EventKind] | None, typer.Option(
         "--type", "-t", help="drop, trace or policy-verdict (repeatable; default: all)")] = None,
     lab: LabOpt = None, node: NodeOpt = None, output: OutputOpt = Output.table,
     duration: Annotated[float | None, typer.Option(
         "--duration", metavar="SECONDS", min=0.0, help="stop after SECONDS (default: run until Ctrl-C)")] = None,
+    flows: Annotated[bool, typer.Option(
+        "--flows", help="Hubble flows: hubble observe's compact lines, or with -o json its flow objects")] = False,
 ) -> None:
     """Live datapath events, one line each like cilium monitor (drops by default; traces when the datapath was
     loaded with monitor_trace). Reads the cilium_events ring buffer of every selected datapath (needs root).
 
-    --output json prints one JSON object per event and line (JSON Lines), as they arrive.
+    --output json prints one JSON object per event and line (JSON Lines), as they arrive, with the Hubble
+    flow under "hubble". --flows prints Hubble flows instead. Events the datapath could not send (rate
+    limit, ring buffer full) are counted in cilium_metrics and shown as they happen.
     """
+    from ciliumlite.datapath import flow as flow_mod
+
     with _run(output) as run:
         dps = _select(run, lab, node, pins=True)
         types = {t.value for t in event_type} if event_type else set(ev.EVENT_TYPES)
         monitors = _open_monitors(run, dps, types)
         stopped = threading.Event()
         previous = None
+        peers: _Peers | None = None
         try:
             if not monitors:
                 raise InspectError("no selected datapath has an event ring buffer to read")
             watched = [dp for dp in dps if any(m.node == dp.node for m in monitors)]
             lost_before = _lost_events(run, watched)
-            names = {dp.node: fmt.endpoint_names(dp) for dp in watched}
+            lost_seen = {n: dict(c) for n, c in lost_before.items()}
+            peers = _Peers(run, watched)
             if threading.current_thread() is threading.main_thread():
                 previous = signal.signal(signal.SIGTERM, lambda *_: stopped.set())
             # On stderr in both modes: a script can wait for it before it makes traffic.
@@ -387,10 +481,49 @@ def monitor(
                           f"{'s' if len(monitors) > 1 else ''} ({', '.join(m.node for m in monitors)})"
                           + ("" if duration is not None else "; press Ctrl-C to quit"), soft_wrap=True)
             several = len(monitors) > 1
+
+            def show(event: ev.DropEvent | ev.TraceEvent | ev.PolicyVerdictEvent) -> None:
+                assert peers is not None
+                hubble = flow_mod.to_flow(event, peers.by_node.get(event.node))
+                if flows:
+                    line = json.dumps({"flow": hubble, "node_name": event.node, "time": hubble["time"]}) \
+                        if run.json else (f"[{event.node}] " if several else "") + flow_mod.compact(hubble)
+                else:
+                    row = fmt.monitor_row(event, peers.names.get(event.node))
+                    row["hubble"] = hubble
+                    line = json.dumps(row) if run.json else fmt.monitor_line(row, with_node=several)
+                print(line, flush=True)
+
+            def show_lost() -> None:
+                now = _lost_events(run, watched)
+                for n, counts in now.items():
+                    for r, c in counts.items():
+                        new = c - lost_seen.get(n, {}).get(r, 0)
+                        if new <= 0:
+                            continue
+                        lost_seen.setdefault(n, {})[r] = c
+                        source = _LOST_SOURCES[Reason(r)]
+                        if run.json:
+                            rec = flow_mod.lost_events(source, new, n, time.time())
+                            if not flows:
+                                rec = {"node": n, "type": "lost", "reason": int(r), "reason_text": Reason(r).text,
+                                       "source": source, "count": new, "time": time.time(), "hubble": rec}
+                            print(json.dumps(rec), flush=True)
+                        else:
+                            print((f"[{n}] " if several else "") + f"EVENTS LOST: {source} {new} "
+                                  f"({Reason(r).text})", flush=True)
+
+            deadline = None if duration is None else time.monotonic() + duration
             try:
-                for event in ev.watch(monitors, max_seconds=duration, stop=stopped.is_set):
-                    row = fmt.monitor_row(event, names.get(event.node))
-                    print(json.dumps(row) if run.json else fmt.monitor_line(row, with_node=several), flush=True)
+                while not stopped.is_set():
+                    left = None if deadline is None else deadline - time.monotonic()
+                    if left is not None and left <= 0:
+                        break
+                    chunk = LOST_CHECK_SECONDS if left is None else min(LOST_CHECK_SECONDS, left)
+                    for event in ev.watch(monitors, max_seconds=chunk, stop=stopped.is_set):
+                        show(event)
+                    show_lost()
+                    peers.refresh()
             except KeyboardInterrupt:
                 pass
             except BrokenPipeError:  # `ciliumlite monitor | head`
@@ -406,6 +539,8 @@ def monitor(
         finally:
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
+            if peers is not None:
+                peers.close()
             for m in monitors:
                 m.close()
 

@@ -217,14 +217,74 @@ def test_a_flood_is_rate_limited_and_reported(topo: Topo) -> None:
     assert sent == n
     out, err = mon.finish()
     assert mon.proc.returncode == 0, err
-    shown = [e for e in json_events(out) if e["dport"] == 7105]
+    events = json_events(out)
+    shown = [e for e in events if e.get("dport") == 7105]
     assert dp.count(Reason.DROP_INVALID_SIP) - before[0] == n  # monitoring never changes a verdict
     lost = dp.count(Reason.EVENT_LOST_RATE_LIMIT) - before[1]
     assert 900 <= len(shown) <= 1500, len(shown)  # the burst, plus what refilled while the flood lasted
     assert lost >= n - len(shown), (len(shown), lost)  # (other drops may have lost events too)
+    # Shown while it ran, not only at the end: lost-event records, as many as the datapath counted.
+    records = [e for e in events if e["type"] == "lost"]
+    assert {e["source"] for e in records} == {"BPF_EVENTS_RATE_LIMIT"}, records
+    reported = sum(e["count"] for e in records)
+    assert n - len(shown) <= reported <= lost, (reported, lost, len(shown))
+    assert all(e["hubble"]["lost_events"]["num_events_lost"] == e["count"] for e in records)
     note = re.search(r"(\d+) events were not sent while monitoring \(rate limit: (\d+), ring buffer full: 0\)",
                      err)
     assert note and int(note[2]) >= n - len(shown), err
+
+
+def test_flows_carry_hubble_fields(topo: Topo) -> None:
+    a, b = topo.a, topo.b
+    mon = MonitorProc("--type", "drop", "--lab", topo.prefix, "--node", "drops", "--flows", "-o", "json",
+                      "--duration", "3")
+    mon.wait_listening()
+    send_spoofed_udp(a, SPOOFED, b, 7106)
+    out, err = mon.finish()
+    assert mon.proc.returncode == 0, err
+    recs = [r for r in json_events(out) if "flow" in r]
+    mine = [r["flow"] for r in recs if r["flow"].get("l4", {}).get("UDP", {}).get("destination_port") == 7106]
+    assert len(mine) == 1, recs
+    (f,) = mine
+    assert (f["verdict"], f["drop_reason"], f["drop_reason_desc"]) == ("DROPPED", 132, "INVALID_SOURCE_IP")
+    assert f["IP"] == {"source": SPOOFED, "destination": b.ip, "ipVersion": "IPv4"}
+    assert f["l4"] == {"UDP": {"source_port": 40000, "destination_port": 7106}}
+    # The destination is a known endpoint: its id, pod name and identity (the source is nobody).
+    assert f["destination"]["ID"] == b.endpoint.id and f["destination"]["pod_name"] == "b"
+    assert f["destination"]["identity"] == b.endpoint.identity
+    assert "ID" not in f.get("source", {})
+    assert f["interface"] == {"index": a.endpoint.ifindex, "name": a.endpoint.ifname}
+    assert f["event_type"] == {"type": 1, "sub_type": 132}
+    assert (f["traffic_direction"], f["node_name"], f["Type"]) == ("EGRESS", f"{topo.prefix}-drops", "L3_L4")
+    assert re.fullmatch(r"([0-9a-f]{2}:){5}[0-9a-f]{2}", f["ethernet"]["source"])
+    assert f["ethernet"]["destination"] == a.endpoint.node_mac  # the host side of a's veth
+    assert f["time"].endswith("Z") and f["Summary"].startswith("xx drop (Invalid source ip)")
+
+
+def test_trace_flows_name_both_endpoints_and_the_point(topo: Topo) -> None:
+    c, d = topo.c, topo.d
+    mon = MonitorProc("--type", "trace", "--lab", topo.prefix, "--node", "traces", "--flows", "--duration", "3")
+    mon.wait_listening()
+    pkt = ipv4(c.ip, d.ip, udp(c.ip, d.ip, 40002, 7107, b"honest"), proto=IPPROTO_UDP)
+    assert pod_python(c, f"packets.send_raw_ipv4([bytes.fromhex({pkt.hex()!r})], {d.ip!r})") == 1
+    out, err = mon.finish()
+    assert mon.proc.returncode == 0, err
+    lines = [ln for ln in out.splitlines() if f"{d.ip}:7107" in ln]
+    ids = c.endpoint.identity, d.endpoint.identity
+    src = re.escape(f"{c.ip}:40002 (ID:{ids[0]} c) -> {d.ip}:7107 (ID:{ids[1]} d)")
+    assert len(lines) == 2, out
+    assert re.fullmatch(rf"\w{{3}} [ \d]\d \d\d:\d\d:\d\d\.\d{{3}}: {src} from-endpoint FORWARDED \(UDP\)", lines[0]), lines
+    assert re.fullmatch(rf"\w{{3}} [ \d]\d \d\d:\d\d:\d\d\.\d{{3}}: {src} to-endpoint FORWARDED \(UDP\)", lines[1]), lines
+
+
+def test_monitor_json_rows_carry_the_hubble_flow(topo: Topo) -> None:
+    mon = MonitorProc("--type", "drop", "--lab", topo.prefix, "--node", "drops", "-o", "json", "--duration", "3")
+    mon.wait_listening()
+    send_spoofed_udp(topo.a, SPOOFED, topo.b, 7108)
+    out, err = mon.finish()
+    assert mon.proc.returncode == 0, err
+    (row,) = [e for e in json_events(out) if e.get("dport") == 7108]
+    assert row["hubble"]["verdict"] == "DROPPED" and row["hubble"]["destination"]["pod_name"] == "b"
 
 
 def test_monitor_errors_name_what_is_missing(topo: Topo) -> None:

@@ -26,6 +26,10 @@ BACKOFF_MAX = 5.0
 
 T = TypeVar("T")
 
+#: Called after every etcd round trip as ``observer(path, operation, ok, seconds)`` (``path`` is the
+#: gateway path, ``/kv/put``…): how :class:`ciliumlite.prometheus.KvstoreMetrics` times them.
+OBSERVERS: list[Callable[[str, str, bool, float], None]] = []
+
 
 class KvstoreError(CiliumliteError):
     """A kvstore call failed: etcd was unreachable, timed out, or refused the request.
@@ -224,7 +228,21 @@ class EtcdClient:
         def run(client: Etcd3Client) -> dict[str, Any]:
             result: dict[str, Any] = client.post(client.get_url(path), json=payload)
             return result
-        return self.call(operation, run)
+        return self._timed(path, operation, run)
+
+    def _timed(self, path: str, operation: str, fn: Callable[[Etcd3Client], T]) -> T:
+        if not OBSERVERS:
+            return self.call(operation, fn)
+        t0, ok = time.monotonic(), False
+        try:
+            result = self.call(operation, fn)
+            ok = True
+            return result
+        finally:
+            seconds = time.monotonic() - t0
+            for observe in list(OBSERVERS):
+                with contextlib.suppress(Exception):  # a metric never fails a kvstore call
+                    observe(path, operation, ok, seconds)
 
     def txn(self, operation: str, compare: list[dict[str, Any]], success: list[dict[str, Any]],
             failure: list[dict[str, Any]] | None = None) -> dict[str, Any]:
@@ -233,7 +251,7 @@ class EtcdClient:
 
         def run(client: Etcd3Client) -> dict[str, Any]:
             return dict(client.transaction(txn))
-        return self.call(operation, run)
+        return self._timed("/kv/txn", operation, run)
 
     def range(self, operation: str, key: str, end: bytes | None = None, *, revision: int | None = None,
               keys_only: bool = False) -> tuple[int, list[KV]]:
