@@ -208,7 +208,7 @@ nodeport_lb4(struct __sk_buff *ctx, struct pkt4 *p, struct lb4_key *key,
 		 * identity (ipcache on the source: WORLD from outside). */
 		if (enable_policy) {
 			ret = policy_ingress_from_network(ctx, p->l3_off, p->l4_off - p->l3_off, ep,
-							  ipcache_lookup_identity(p->saddr));
+							  ipcache_lookup_identity(p->saddr), 0);
 			if (ret)
 				return send_drop(ctx, ret, METRIC_INGRESS);
 		}
@@ -268,6 +268,7 @@ static __always_inline int handle_ipv4(struct __sk_buff *ctx)
 	struct iphdr *ip4;
 	__u32 hdr_len = 0;
 	bool snat_hit = false;
+	__u16 ct_seen = 0;
 	__be32 daddr;
 	int ret;
 
@@ -337,20 +338,20 @@ deliver:
 			return send_drop(ctx, ret, METRIC_INGRESS);
 	}
 
+	/* Reply of a service connection this node translated (client pod
+	 * here, backend elsewhere): source back to the frontend. Its
+	 * reply-tuple lookup also tells policy whether this is a reply. */
+	ret = lb4_rev_nat_at_delivery(ctx, l3_off, hdr_len, &ct_seen);
+	if (ret)
+		return send_drop(ctx, ret, METRIC_INGRESS);
 	/* Native routing: the source's identity from the ipcache (Cilium's
 	 * resolve_srcid_ipv4), then the receiving pod's ingress policy. */
-	if (enable_policy) {
+	if (enable_policy && !(ct_seen & CT_F_REPLY_SEEN)) {	/* replies: never checked */
 		ret = policy_ingress_from_network(ctx, l3_off, hdr_len, ep,
-						  ipcache_lookup_identity(p.saddr));
+						  ipcache_lookup_identity(p.saddr), ct_seen);
 		if (ret)
 			return send_drop(ctx, ret, METRIC_INGRESS);
 	}
-
-	/* Reply of a service connection this node translated (client pod
-	 * here, backend elsewhere): source back to the frontend. */
-	ret = lb4_rev_nat_at_delivery(ctx, l3_off, hdr_len);
-	if (ret)
-		return send_drop(ctx, ret, METRIC_INGRESS);
 	return ipv4_local_delivery(ctx, l3_off, ep, METRIC_INGRESS, false);
 }
 

@@ -209,7 +209,9 @@ lxc_policy(struct __sk_buff *ctx, const struct pkt4 *p, __u16 src_ep_id, __u32 s
 	if ((ct_flags & CT_F_REVNAT_DONE) || p->saddr == IPV4_LOOPBACK)
 		return 0;
 	policy_pkt_init(ctx, p, &pk);
-	ct = policy_ct_classify(&pk, &orig);
+	/* lb4_rev_nat_reply looked up this packet's reply tuple already; a
+	 * translated packet is another tuple. */
+	ct = policy_ct_classify(&pk, &orig, translated ? 0 : ct_flags);
 	if (ct == POLICY_CT_REPLY)
 		return 0;
 	if (dst) {
@@ -333,7 +335,7 @@ static __always_inline int handle_ipv4(struct __sk_buff *ctx)
 		ret = lb4_rev_nat_reply(ctx, &p, 0, &ct_flags);
 		if (ret)
 			return send_drop(ctx, ret, METRIC_EGRESS);
-		if (!ct_flags) {
+		if (!(ct_flags & CT_F_REPLY_SEEN)) {
 			__be32 before = p.daddr;
 
 			ret = lxc_svc_xlate(ctx, &p, src_sec_id);

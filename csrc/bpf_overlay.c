@@ -83,6 +83,7 @@ handle_ipv4(struct __sk_buff *ctx, __u32 src_identity)
 	struct endpoint_info *ep;
 	struct iphdr *ip4;
 	__u32 hdr_len = 0;
+	__u16 ct_seen = 0;
 	int ret;
 
 	ret = ipv4_validate(ctx, l3_off, &hdr_len);
@@ -102,19 +103,20 @@ handle_ipv4(struct __sk_buff *ctx, __u32 src_identity)
 		return pass_to_stack(ctx);
 	}
 
+	if (enable_policy && src_identity == HOST_ID)
+		return send_drop(ctx, DROP_INVALID_IDENTITY, METRIC_INGRESS);
+
+	/* Reply of a service connection this node translated: source back to
+	 * the frontend before the client pod sees it. Its reply-tuple lookup
+	 * also tells policy whether the packet is a reply (never checked). */
+	ret = lb4_rev_nat_at_delivery(ctx, l3_off, hdr_len, &ct_seen);
+	if (ret)
+		return send_drop(ctx, ret, METRIC_INGRESS);
 	if (enable_policy) {
-		if (src_identity == HOST_ID)
-			return send_drop(ctx, DROP_INVALID_IDENTITY, METRIC_INGRESS);
-		ret = policy_ingress_from_network(ctx, l3_off, hdr_len, ep, src_identity);
+		ret = policy_ingress_from_network(ctx, l3_off, hdr_len, ep, src_identity, ct_seen);
 		if (ret)
 			return send_drop(ctx, ret, METRIC_INGRESS);
 	}
-
-	/* Reply of a service connection this node translated: source back to
-	 * the frontend before the client pod sees it. */
-	ret = lb4_rev_nat_at_delivery(ctx, l3_off, hdr_len);
-	if (ret)
-		return send_drop(ctx, ret, METRIC_INGRESS);
 	return ipv4_local_delivery(ctx, l3_off, ep, METRIC_INGRESS, true);
 }
 

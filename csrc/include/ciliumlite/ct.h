@@ -58,6 +58,14 @@
 #include "reasons.h"
 
 /* Lifetimes in seconds (Cilium agent defaults, §2.8). */
+/* What a lookup of a packet's reply tuple (ct_tuple_reply, TUPLE_F_OUT)
+ * found, passed on in a flags word (lb.h lb4_rev_nat_reply's output) so the
+ * next classifier of the same, unchanged packet (policy.h
+ * policy_ct_classify) does not look the same key up again. Internal markers,
+ * never stored in an entry. */
+#define CT_F_REPLY_SEEN		0x4000	/* an entry exists */
+#define CT_F_REPLY_NONE		0x2000	/* looked up: no entry */
+
 #define CT_LIFETIME_TCP		8000	/* established */
 #define CT_SYN_TIMEOUT		60	/* until a non-SYN packet was seen */
 #define CT_CLOSE_TIMEOUT	10	/* both directions closed */

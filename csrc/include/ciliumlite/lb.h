@@ -46,7 +46,8 @@
  * IPV4_LOOPBACK. */
 #define IPV4_LOOPBACK		bpf_htonl(0xa9fe2a01)	/* 169.254.42.1 */
 
-/* Internal marker in lb4_rev_nat_reply()'s flags output, never stored. */
+/* Internal marker in lb4_rev_nat_reply()'s flags output, never stored
+ * (with ct.h's CT_F_REPLY_SEEN / CT_F_REPLY_NONE). */
 #define CT_F_REVNAT_DONE	0x8000
 
 /* ---- jhash (Bob Jenkins' lookup3, as the kernel's / Cilium's jhash.h) ---- */
@@ -324,8 +325,10 @@ lb4_ct_untranslated(struct __sk_buff *ctx, const struct pkt4 *p, __u32 src_sec_i
  * to the frontend from cilium_lb4_reverse_nat (and, for a hairpin entry, the
  * destination 169.254.42.1 back to the pod). Entries with any of
  * @skip_flags are left alone (not even accounted).
- * *@flags_out = the entry's flags | CT_F_REVNAT_DONE when translated, the
- * entry's flags when hit but not translated (DSR), 0 on a miss.
+ * *@flags_out = the entry's flags | CT_F_REPLY_SEEN | CT_F_REVNAT_DONE when
+ * translated, the entry's flags | CT_F_REPLY_SEEN when hit but not translated
+ * (DSR, direct connections), CT_F_REPLY_SEEN alone for an entry @skip_flags
+ * left alone, CT_F_REPLY_NONE on a miss, 0 when nothing was looked up.
  * Returns 0 or a DROP_* (DROP_NAT_NO_MAPPING: revNAT entry missing). */
 static __always_inline int
 lb4_rev_nat_reply(struct __ctx_buff *ctx, struct pkt4 *p, __u16 skip_flags,
@@ -345,13 +348,18 @@ lb4_rev_nat_reply(struct __ctx_buff *ctx, struct pkt4 *p, __u16 skip_flags,
 		return 0;
 	ct_tuple_reply(&t, p, TUPLE_F_OUT);
 	e = ct_lookup(&t);
-	if (!e)
+	if (!e) {
+		*flags_out = CT_F_REPLY_NONE;
 		return 0;
+	}
 	flags = e->flags;
-	if (flags & skip_flags)
+	if (flags & skip_flags) {
+		*flags_out = CT_F_REPLY_SEEN;
 		return 0;
+	}
 	idx = e->rev_nat_index;
 	ct_update(e, &t, p, CT_DIR_RX, ctx_full_len(ctx));
+	flags |= CT_F_REPLY_SEEN;
 	*flags_out = flags;
 	if (!idx)
 		return 0;
@@ -380,16 +388,17 @@ lb4_rev_nat_reply(struct __ctx_buff *ctx, struct pkt4 *p, __u16 skip_flags,
  * translated connection whose client is that pod and whose backend is on
  * another node (the connection entry lives here, on the client's node).
  * NodePort entries are not matched here. Malformed L4 is left to the pod's
- * stack. Returns 0 or a DROP_*. */
+ * stack. *@flags: lb4_rev_nat_reply's (0 when nothing was looked up).
+ * Returns 0 or a DROP_*. */
 static __always_inline int
-lb4_rev_nat_at_delivery(struct __ctx_buff *ctx, __u32 l3_off, __u32 hdr_len)
+lb4_rev_nat_at_delivery(struct __ctx_buff *ctx, __u32 l3_off, __u32 hdr_len, __u16 *flags)
 {
 	struct pkt4 p = {};
-	__u16 flags;
 
+	*flags = 0;
 	if (pkt4_extract(ctx, l3_off, hdr_len, &p) || !p.proto)
 		return 0;
-	return lb4_rev_nat_reply(ctx, &p, CT_F_NODE_PORT, &flags);
+	return lb4_rev_nat_reply(ctx, &p, CT_F_NODE_PORT, flags);
 }
 
 #endif /* __CILIUMLITE_LB_H */

@@ -370,8 +370,11 @@ enum policy_ct {
 	POLICY_CT_REPLY		= 2,
 };
 
+/* @seen: what an earlier lookup of this same packet's reply tuple found
+ * (CT_F_REPLY_SEEN / CT_F_REPLY_NONE, 0: not looked up), reused instead of a
+ * second lookup of the same key. */
 static __always_inline enum policy_ct
-policy_ct_classify(const struct policy_pkt *pk, struct ct_entry **orig)
+policy_ct_classify(const struct policy_pkt *pk, struct ct_entry **orig, __u16 seen)
 {
 	struct ipv4_ct_tuple t = {};
 	struct ct_entry *e;
@@ -379,9 +382,13 @@ policy_ct_classify(const struct policy_pkt *pk, struct ct_entry **orig)
 	*orig = NULL;
 	if (!pk->pp.proto)
 		return POLICY_CT_ESTABLISHED;	/* untracked: checked, creates nothing */
-	ct_tuple_reply(&t, &pk->pp, TUPLE_F_OUT);
-	if (ct_lookup(&t))
+	if (seen & CT_F_REPLY_SEEN)
 		return POLICY_CT_REPLY;
+	if (!(seen & CT_F_REPLY_NONE)) {
+		ct_tuple_reply(&t, &pk->pp, TUPLE_F_OUT);
+		if (ct_lookup(&t))
+			return POLICY_CT_REPLY;
+	}
 	ct_tuple_orig(&t, &pk->pp, TUPLE_F_OUT);
 	e = ct_lookup(&t);
 	*orig = e;
@@ -535,10 +542,11 @@ static __always_inline bool policy_encap_prohibited(const struct pkt4 *p)
 /* Ingress of a local endpoint @ep for a packet arriving from the network
  * (bpf_overlay, bpf_host) with source identity @src_id: REPLY passes, a
  * forward packet is checked; an allowed NEW one gets its CT entry here.
- * Returns 0 or a DROP_*. */
+ * @seen: lb4_rev_nat_at_delivery's flags for this packet (the reply-tuple
+ * lookup it made; 0: none). Returns 0 or a DROP_*. */
 static __always_inline int
 policy_ingress_from_network(struct __sk_buff *ctx, __u32 l3_off, __u32 hdr_len,
-			    const struct endpoint_info *ep, __u32 src_id)
+			    const struct endpoint_info *ep, __u32 src_id, __u16 seen)
 {
 	struct policy_pkt pk = {};
 	struct ct_entry *orig;
@@ -547,11 +555,13 @@ policy_ingress_from_network(struct __sk_buff *ctx, __u32 l3_off, __u32 hdr_len,
 	__u16 ep_id = ep->lxc_id;
 	int ret;
 
+	if (seen & CT_F_REPLY_SEEN)
+		return 0;	/* a reply: never checked */
 	ret = pkt4_extract(ctx, l3_off, hdr_len, &p);
 	if (ret)
 		return ret;
 	policy_pkt_init(ctx, &p, &pk);
-	ct = policy_ct_classify(&pk, &orig);
+	ct = policy_ct_classify(&pk, &orig, seen);
 	if (ct == POLICY_CT_REPLY)
 		return 0;
 	ret = policy_check(ctx, ep_id, src_id, 0, &pk, ct == POLICY_CT_NEW);
