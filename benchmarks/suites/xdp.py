@@ -41,8 +41,11 @@ drops) UDP from the node's address to port 8080, i.e. frames DNATed *and* SNATed
   (``KUBE-NODEPORTS`` -> ``KUBE-EXT-*`` -> ``KUBE-MARK-MASQ`` + ``KUBE-SVC-*`` -> ``KUBE-SEP-*``
   DNAT, ``MASQUERADE`` in ``KUBE-POSTROUTING``, the filter table's ``KUBE-FORWARD``), conntrack on,
   kernel forwarding.
+- ``np-nft``: the same with kube-proxy's nftables mode instead (:func:`kube_proxy_nodeport_nft_rules`:
+  ``service-nodeports`` verdict map -> ``external-`` (mark for masquerade) -> ``service-`` ->
+  ``endpoint-`` ``dnat``, ``masquerade`` in ``nat-postrouting``), in a lab of its own.
 
-Topology: three labs (``xdp``, ``tc``, ``legacy``), each ``lab.cluster(["n1", "n2"],
+Topology: four labs (``xdp``, ``tc``, ``legacy``, ``nft``), each ``lab.cluster(["n1", "n2"],
 routing="native", bgp=False)`` with the backend pod on n2; the node under test is n1, whose
 ``eth0`` is a veth into the lab's fabric bridge (port ``n0``). Each lab's fabric is a
 :class:`_BenchFabric`, which attaches an XDP program to every node's port as it is made: on ``n0``
@@ -68,8 +71,9 @@ node core**, the same count ÷ the CPU time n1's NAPI kthread and ``ksoftirqd`` 
 the window (``/proc/<pid>/schedstat``, exact; this kernel's /proc/stat is tick-sampled). The second is
 what one core of the node sustains: with two CPUs the generator (and veth's 256-frame ring, refilled
 only as fast as the node's kthread is woken) bounds the first, and no arm keeps its CPU busy all the
-time. The node's CPU also runs the wire peer's receive (``n0``'s NAPI is raised from it), the same
-sink work in every NodePort arm. ``--bpf-stats`` adds a separate pass with run-time statistics on:
+time. The wire peer ``n0`` runs threaded NAPI too, its kthread on the generator's CPU: the sink's
+receive is the next hop's work, not the node's, and would otherwise run on the node's CPU (n1's
+transmit raises it there) and be billed to every NodePort arm. ``--bpf-stats`` adds a separate pass with run-time statistics on:
 ns per run and runs per packet of every program that ran (``_progstats.py``).
 
 Not measured: generic XDP (``best-effort`` on a veth without an XDP peer), NodePort DSR, many
@@ -146,8 +150,8 @@ CLIENT_PORT = 40000
 NODE_IP = node_ip(0)         # n1
 LINK_XDP = "eth0"
 
-ARMS = ("floor", "floor-read", "pf-xdp", "pf-tc", "pf-ipt", "np-floor", "np-xdp", "np-tc", "np-ipt")
-FLOOR, FLOOR_READ, PF_XDP, PF_TC, PF_IPT, NP_FLOOR, NP_XDP, NP_TC, NP_IPT = ARMS
+ARMS = ("floor", "floor-read", "pf-xdp", "pf-tc", "pf-ipt", "np-floor", "np-xdp", "np-tc", "np-ipt", "np-nft")
+FLOOR, FLOOR_READ, PF_XDP, PF_TC, PF_IPT, NP_FLOOR, NP_XDP, NP_TC, NP_IPT, NP_NFT = ARMS
 TITLES = {
     FLOOR: "floor: XDP_DROP, no lookup (veth ceiling, E3)",
     FLOOR_READ: "bound: XDP_DROP after one read of the packet (no prefilter can cost less)",
@@ -158,6 +162,7 @@ TITLES = {
     NP_XDP: "NodePort at XDP (bpf_xdp, XDP_TX)",
     NP_TC: "NodePort in tc (cil_from_netdev, redirect_neigh)",
     NP_IPT: "NodePort by kube-proxy iptables (DNAT+MASQUERADE)",
+    NP_NFT: "NodePort by kube-proxy nftables (service-nodeports vmap, dnat, masquerade)",
 }
 PPS = "pps"
 OFFERED = "offered pps"
@@ -178,6 +183,7 @@ EXTRA: list[tuple[str, str]] = [
     (FLOOR_READ, PF_IPT), (NP_FLOOR, NP_TC), (PF_XDP, FLOOR_READ), (NP_XDP, NP_FLOOR),
     (PF_XDP, PF_TC), (PF_TC, PF_IPT), (PF_XDP, FLOOR), (PF_TC, FLOOR), (PF_IPT, FLOOR),
     (NP_XDP, NP_IPT), (NP_XDP, FLOOR), (NP_TC, FLOOR), (NP_IPT, FLOOR),
+    (NP_XDP, NP_NFT), (NP_TC, NP_NFT), (NP_NFT, NP_IPT),
 ]
 
 SRC = Path(__file__).resolve().parents[1] / "tools" / "xdp_bench.bpf.c"
@@ -464,6 +470,53 @@ def kube_proxy_nodeport_rules(backend_ip: str) -> str:
     return "\n".join(nat + flt) + "\n"
 
 
+def kube_proxy_nodeport_nft_rules(backend_ip: str) -> str:
+    """kube-proxy's nftables mode (KEP-3866) for the same UDP NodePort service with one endpoint: the
+    ``services`` chain's ``service-ips`` and ``service-nodeports`` verdict maps (the second for local
+    destinations, ``fib daddr type local``), the ``external-`` chain marking for masquerade, the
+    ``service-`` chain's ``numgen`` endpoint pick, the ``endpoint-`` chain's ``dnat``, and
+    ``masquerading`` in ``nat-postrouting``; ``filter-forward`` keeps the conntrack-invalid drop.
+    Chain names shaped like kube-proxy's (``<kind>-<hash>-<namespace>/<name>/<proto>/<port>``)."""
+    t, tag = "kube-proxy", f"XDPBENCH-bench/np/udp/p{SVC_PORT}"
+    svc, ext, ep = f"service-{tag}", f"external-{tag}", f"endpoint-{tag}__{backend_ip}/{BACKEND_PORT}"
+    return "\n".join([
+        f"add table ip {t}",
+        f"flush table ip {t}",
+        f"add chain ip {t} mark-for-masquerade",
+        f"add rule ip {t} mark-for-masquerade mark set mark or 0x4000",
+        f"add chain ip {t} masquerading",
+        f"add rule ip {t} masquerading mark and 0x4000 == 0 return",
+        f"add rule ip {t} masquerading mark set mark xor 0x4000",
+        f"add rule ip {t} masquerading masquerade fully-random",
+        f"add chain ip {t} services",
+        f"add chain ip {t} nat-prerouting {{ type nat hook prerouting priority dstnat ; }}",
+        f"add rule ip {t} nat-prerouting jump services",
+        f"add chain ip {t} nat-output {{ type nat hook output priority -100 ; }}",
+        f"add rule ip {t} nat-output jump services",
+        f"add chain ip {t} nat-postrouting {{ type nat hook postrouting priority srcnat ; }}",
+        f"add rule ip {t} nat-postrouting jump masquerading",
+        f"add chain ip {t} filter-forward {{ type filter hook forward priority -110 ; }}",
+        f"add rule ip {t} filter-forward ct state invalid drop",
+        f"add map ip {t} service-ips {{ type ipv4_addr . inet_proto . inet_service : verdict ; }}",
+        f"add map ip {t} service-nodeports {{ type inet_proto . inet_service : verdict ; }}",
+        f"add chain ip {t} {svc}",
+        f"add chain ip {t} {ext}",
+        f"add chain ip {t} {ep}",
+        f"add rule ip {t} {svc} ip daddr {SVC_IP} udp dport {SVC_PORT} ip saddr != 10.244.0.0/16 "
+        "jump mark-for-masquerade",
+        f"add rule ip {t} {svc} numgen random mod 1 vmap {{ 0 : goto {ep} }}",
+        f"add rule ip {t} {ext} jump mark-for-masquerade",
+        f"add rule ip {t} {ext} goto {svc}",
+        f"add rule ip {t} {ep} ip saddr {backend_ip} jump mark-for-masquerade",
+        f"add rule ip {t} {ep} meta l4proto udp dnat to {backend_ip}:{BACKEND_PORT}",
+        f"add element ip {t} service-ips {{ {SVC_IP} . udp . {SVC_PORT} : goto {svc} }}",
+        f"add element ip {t} service-nodeports {{ udp . {NODE_PORT} : goto {ext} }}",
+        f"add rule ip {t} services ip daddr . meta l4proto . th dport vmap @service-ips",
+        f"add rule ip {t} services fib daddr type local ip daddr != 127.0.0.0/8 "
+        "meta l4proto . th dport vmap @service-nodeports",
+    ]) + "\n"
+
+
 # -- counters --------------------------------------------------------------------------------------
 def _ipt_packets(node: Node, table: str, chain: str, pattern: str) -> int:
     """Packets of the first rule of ``chain`` whose ``iptables -L -v -x -n`` line matches ``pattern``."""
@@ -575,9 +628,10 @@ def _build_arms(stack: contextlib.ExitStack, ctx: Context, progs: Progs, gen_cpu
         "xdp": _build_lab(stack, progs, "xdp", "xbx", legacy=False, accel="native"),
         "tc": _build_lab(stack, progs, "tc", "xbt", legacy=False, accel="disabled"),
         "legacy": _build_lab(stack, progs, "legacy", "xbl", legacy=True, accel=None),
+        "nft": _build_lab(stack, progs, "nft", "xbn", legacy=True, accel=None),
     }
     ctx.log(f"labs built in {time.perf_counter() - t0:.1f} s")
-    xl, tl, ll = labs["xdp"], labs["tc"], labs["legacy"]
+    xl, tl, ll, nl = labs["xdp"], labs["tc"], labs["legacy"], labs["nft"]
     xdp_dp, tc_dp = xl.n1.datapath, tl.n1.datapath
     assert xdp_dp is not None and tc_dp is not None
     st = xdp_dp.status()["xdp"]
@@ -590,16 +644,26 @@ def _build_arms(stack: contextlib.ExitStack, ctx: Context, progs: Progs, gen_cpu
     # NAPI on eth0 for the arms without XDP (perf.md §7.1); the floor swaps in xdp_drop.
     tl.eth0_link = progs.attach_xdp(progs.passer, "xdp_pass", tl.n1.netns, "eth0")
     ll.eth0_link = progs.attach_xdp(progs.passer, "xdp_pass", ll.n1.netns, "eth0")
+    nl.eth0_link = progs.attach_xdp(progs.passer, "xdp_pass", nl.n1.netns, "eth0")
     for bl in labs.values():
         bl.napi = _threaded_napi(bl.key, bl.n1.netns, "eth0", bl.n1_mac, node_cpu)
         bl.node_threads = [bl.napi.split()[0], *_ksoftirqd(node_cpu)]
         setup.append(info(f"{bl.key} lab: n1 eth0 NAPI thread", node_cpu if node_cpu is not None else -1, "cpu",
                           group="setup", note=bl.napi))
+        # The wire peer's receive (the sink, i.e. the next hop) on the generator's CPU: otherwise n0's
+        # NAPI, raised by n1's transmit, runs on the node's CPU and its cost is billed to the node.
+        peer = _threaded_napi(bl.key, bl.fabric_ns, "n0", _mac(bl.fabric_ns, "n0"), gen_cpu)
+        setup.append(info(f"{bl.key} lab: wire peer n0 NAPI thread", gen_cpu if gen_cpu is not None else -1, "cpu",
+                          group="setup", note=peer))
     ipt_version = iptables_version()
     with rules_file(kube_proxy_nodeport_rules(ll.backend_ip), "cl-bench-xdp-") as rules:
         check_run(ll.n1.run("iptables-restore", rules, timeout=60), "iptables-restore")
     check_run(ll.n1.run("iptables", "-t", "raw", "-A", "PREROUTING", "-s", DENIED_CIDR, "-j", "DROP"), "raw rule")
     setup.append(info("legacy lab: iptables", 0, "", group="setup", note=ipt_version))
+    with rules_file(kube_proxy_nodeport_nft_rules(nl.backend_ip), "cl-bench-xdp-nft-") as rules:
+        check_run(nl.n1.run("nft", "-f", rules, timeout=60), "nft -f")
+    setup.append(info("nft lab: nftables", 0, "", group="setup",
+                      note=check_run(nl.n1.run("nft", "--version"), "nft --version").strip()))
 
     pf = {k: udp_frame(bl.n1_mac, LEAF_MAC, DENIED_SRC, NODE_IP, CLIENT_PORT, 9) for k, bl in labs.items()}
     np_ = {k: udp_frame(bl.n1_mac, LEAF_MAC, WORLD_HOST, NODE_IP, CLIENT_PORT, NODE_PORT) for k, bl in labs.items()}
@@ -650,6 +714,7 @@ def _build_arms(stack: contextlib.ExitStack, ctx: Context, progs: Progs, gen_cpu
         NP_XDP: PpsArm(NP_XDP, xl, np_["xdp"], sink_of(xl)),
         NP_TC: PpsArm(NP_TC, tl, np_["tc"], sink_of(tl)),
         NP_IPT: PpsArm(NP_IPT, ll, np_["legacy"], sink_of(ll)),
+        NP_NFT: PpsArm(NP_NFT, nl, np_["nft"], sink_of(nl)),
     }
     return arms, labs, setup
 
@@ -701,6 +766,7 @@ def _totals(arms: dict[str, PpsArm], labs: dict[str, BenchLab]) -> dict[str, int
         # matches: count the FORWARD chain's jump to it (every forwarded packet) instead.
         "legacy node: FORWARD -> KUBE-FORWARD": _ipt_packets(ll.n1, "filter", "FORWARD", "KUBE-FORWARD"),
         "legacy node: conntrack entries": _conntrack_count(ll.n1),
+        "nft node: conntrack entries": _conntrack_count(labs["nft"].n1),
     }
     for key, bl in labs.items():
         t[f"{key} lab sink: UDP to the backend port not from the node"] = _percpu_sum(bl.sink, 1)
@@ -713,7 +779,7 @@ def _totals(arms: dict[str, PpsArm], labs: dict[str, BenchLab]) -> dict[str, int
 # -- the suite ---------------------------------------------------------------------------------------
 def run(ctx: Context) -> list[Measurement]:
     """Build the three labs, check every path, run the arms interleaved, return rates and ratios."""
-    for tool in ("iptables", "iptables-restore", "ethtool", "taskset", "ps", "ip"):
+    for tool in ("iptables", "iptables-restore", "nft", "ethtool", "taskset", "ps", "ip"):
         if shutil.which(tool) is None:
             raise RuntimeError(f"xdp needs {tool} (scripts/install-system-deps.sh)")
     gen_cpu, node_cpu = client_server_cpus()
