@@ -30,8 +30,9 @@
  *        service entry pins it; affinity by client IP; random), DNAT, and
  *        for a hairpin (backend == this pod) source := 169.254.42.1; a
  *        connection CT entry drives the reverse NAT. A frontend hit means
- *        socket LB did not translate the flow (raw socket, socket LB off),
- *        so this happens whatever enable_per_packet_lb says;
+ *        socket LB did not translate the flow (raw socket, socket LB off).
+ *        Only with enable_per_packet_lb: at 0 no frontend is looked up and
+ *        the packet goes on as a direct flow;
  *      - else (no frontend, a direct flow): a TCP SYN or UDP datagram whose
  *        tuple has a connection entry with a rev_nat_index (a service
  *        connection from the same client port to this very backend) starts
@@ -258,14 +259,18 @@ lxc_svc_xlate(struct __sk_buff *ctx, struct pkt4 *p, __u32 src_sec_id)
 	key.address = p->daddr;
 	key.dport = p->dport;
 	key.proto = p->proto;
-	svc = lb4_lookup_service(&key, true);
+	/* enable_per_packet_lb 0 (DatapathConfig.per_packet_lb=False, socket
+	 * LB on): socket LB is the only E-W translation, as in a Cilium build
+	 * without ENABLE_PER_PACKET_LB. The verifier prunes the lookup below;
+	 * a packet still carrying a frontend (raw socket, a socket connected
+	 * before the service) leaves untranslated, like any direct flow. */
+	svc = enable_per_packet_lb ? lb4_lookup_service(&key, true) : NULL;
 	if (!svc)
 		/* Not a service: a direct flow, which must not inherit the
 		 * rev-NAT of a service connection that had its tuple. */
 		return lb4_ct_untranslated(ctx, p, src_sec_id);
 	/* A frontend hit means socket LB did not translate this flow (raw
-	 * socket, socket LB off or not attached): translate it here whatever
-	 * enable_per_packet_lb says. */
+	 * socket, socket LB off or not attached): translate it here. */
 	svc_copy = *svc;
 	if (!svc_copy.count)
 		return DROP_NO_SERVICE;

@@ -25,7 +25,7 @@ from typing import Any
 from ciliumlite.agent.client import SOCKET_NAME
 from ciliumlite.bgp.config import BgpPeer
 from ciliumlite.bpf.errors import ValidationError
-from ciliumlite.datapath.config import RUN_BASE, DatapathConfig
+from ciliumlite.datapath.config import LB_MAP_MAX, RUN_BASE, DatapathConfig
 
 #: ``--routing-mode`` (Cilium's names) -> ``DatapathConfig.routing``. ``none`` is ciliumlite's own:
 #: a single node without an underlay (no tunnel, no routes to other nodes).
@@ -59,6 +59,8 @@ class AgentConfig:
     bpf_lb_mode: str = "snat"
     enable_bpf_masquerade: bool = False
     bpf_lb_sock: bool = True
+    #: ``--bpf-lb-map-max`` (Cilium's flag): entries of each LB map (``DatapathConfig.lb_map_max``).
+    bpf_lb_map_max: int = LB_MAP_MAX
     enable_policy: str = "never"
     kube_proxy_replacement: bool = True
     enable_host_legacy_routing: bool = False
@@ -137,7 +139,7 @@ class AgentConfig:
                 mtu=self.mtu, native_routing_cidr=self.ipv4_native_routing_cidr,
                 load_balancer_mode=self.bpf_lb_mode,  # type: ignore[arg-type]
                 bpf_masquerade=self.enable_bpf_masquerade, kube_proxy_replacement=self.kube_proxy_replacement,
-                socket_lb=self.bpf_lb_sock, enable_policy=self.enable_policy == "default", host_routing="legacy" if self.enable_host_legacy_routing else "bpf",
+                socket_lb=self.bpf_lb_sock, lb_map_max=self.bpf_lb_map_max, enable_policy=self.enable_policy == "default", host_routing="legacy" if self.enable_host_legacy_routing else "bpf",
                 state_dir=self.state_dir, bgp_asn=self.bgp_asn, bgp_peers=self.bgp_peer_list())
         except TypeError as exc:  # a value of the wrong type reached a comparison
             raise ValidationError(f"agent config: {exc}") from None

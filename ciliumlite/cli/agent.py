@@ -208,6 +208,9 @@ def agent_command(
     enable_bpf_masquerade: Annotated[bool | None, typer.Option("--enable-bpf-masquerade/--disable-bpf-masquerade")] = None,
     bpf_lb_sock: Annotated[bool | None, typer.Option(
         "--bpf-lb-sock/--no-bpf-lb-sock", help="socket LB: services translated at connect() (default on)")] = None,
+    bpf_lb_map_max: Annotated[int | None, typer.Option(
+        "--bpf-lb-map-max", metavar="N", help="entries of each LB map (65536); a service that does not fit is "
+        "refused")] = None,
     enable_policy: Annotated[str | None, typer.Option(
         "--enable-policy", metavar="default|never",
         help="network policy: enforce on the endpoints a policy selects (default), or load none (never, the default)")] = None,
@@ -252,7 +255,7 @@ def agent_command(
     flags = dict(node=node, netns=netns, pod_cidr=pod_cidr, node_ip=node_ip, routing_mode=routing_mode,
                  devices=devices, mtu=mtu, ipv4_native_routing_cidr=ipv4_native_routing_cidr, bpf_lb_mode=bpf_lb_mode,
                  enable_bpf_masquerade=enable_bpf_masquerade, bpf_lb_sock=bpf_lb_sock,
-                 enable_policy=enable_policy, kube_proxy_replacement=kube_proxy_replacement,
+                 bpf_lb_map_max=bpf_lb_map_max, enable_policy=enable_policy, kube_proxy_replacement=kube_proxy_replacement,
                  enable_host_legacy_routing=enable_host_legacy_routing, kvstore=kvstore,
                  kvstore_endpoints=kvstore_endpoints, kvstore_connect_timeout=kvstore_connect_timeout,
                  kvstore_lease_ttl=kvstore_lease_ttl, cluster_name=cluster_name, bgp_asn=bgp_asn,

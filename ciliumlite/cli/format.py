@@ -21,6 +21,7 @@ from ciliumlite.datapath.events import DropEvent, PolicyVerdictEvent, TraceEvent
 from ciliumlite.datapath.maps import MetricRow
 from ciliumlite.datapath.reasons import EVENT_LOST, Direction, describe, is_drop
 from ciliumlite.datapath.records import (
+    BE_STATE_TERMINATING,
     ENDPOINT_F_HOST,
     SCOPE_INTERNAL,
     SVC_FLAG2_INT_LOCAL_SCOPE,
@@ -29,6 +30,7 @@ from ciliumlite.datapath.records import (
     SVC_FLAG_AFFINITY,
     SVC_FLAG_EXT_LOCAL_SCOPE,
     SVC_FLAG_EXTERNAL_IP,
+    SVC_FLAG_LOADBALANCER,
     SVC_FLAG_NODEPORT,
     SVC_FLAG_ROUTABLE,
     CtEntry,
@@ -154,6 +156,8 @@ def svc_flags_text(flags: int, flags2: int) -> list[str]:
     """The frontend row's flags in Cilium's words: ``[NodePort, Local, non-routable]``."""
     if flags & SVC_FLAG_NODEPORT:
         kind = "NodePort"
+    elif flags & SVC_FLAG_LOADBALANCER:
+        kind = "LoadBalancer"
     elif flags & SVC_FLAG_EXTERNAL_IP:
         kind = "ExternalIPs"
     else:
@@ -203,7 +207,9 @@ def lb_lines(rows: list[Row]) -> list[tuple[str, str]]:
         if r["slot"] == 0:
             be = f"0.0.0.0:0 ({r['rev_nat']}) (0) [{', '.join(r['flag_names'])}]"
         elif r.get("backend"):
-            be = f"{r['backend']}/{r['backend_proto']} ({r['rev_nat']}) ({r['slot']})"
+            # Cilium prints a non-active backend's state after it (slots past count: never chosen).
+            state = " [terminating]" if r.get("backend_state") == BE_STATE_TERMINATING else ""
+            be = f"{r['backend']}/{r['backend_proto']} ({r['rev_nat']}) ({r['slot']}){state}"
         else:
             be = f"backend {r.get('backend_id')} missing! ({r['rev_nat']}) ({r['slot']})"
         out.append((svc, be))
@@ -227,17 +233,25 @@ def service_rows(dp: RegisteredDatapath, ids: dict[tuple[str, int], int] | None 
     for name, svc in sorted(dp.services.items()):
         fe = svc.get("frontend") or {}
         proto = fe.get("protocol", "TCP")
-        backends = [f"{b['ip']}:{b['port']}" for b in svc.get("backends") or []]
-        frontends = [(str(fe.get("ip")), int(fe.get("port", 0)), "ClusterIP")]
-        if svc.get("type") == "NodePort" and svc.get("node_port"):
+        listed = svc.get("backends") or []
+        backends = [f"{b['ip']}:{b['port']}" for b in listed]
+        states = ["terminating" if b.get("terminating") else "active" for b in listed]
+        port = int(fe.get("port", 0))
+        frontends = [(str(fe.get("ip")), port, "ClusterIP")]
+        if svc.get("type") in ("NodePort", "LoadBalancer") and svc.get("node_port"):
             node_ip = str(dp.config.get("node_ip", "0.0.0.0"))
             for addr in dict.fromkeys((node_ip, "0.0.0.0")):
                 frontends.append((addr, int(svc["node_port"]), "NodePort"))
-        for addr, port, kind in frontends:
-            row: Row = {"node": dp.node, "id": ids.get((addr, port)), "name": name,
-                        "frontend": f"{addr}:{port}/{proto}", "type": kind, "backends": backends}
-            if kind == "NodePort":
+        frontends += [(str(ip), port, "ExternalIPs") for ip in svc.get("external_ips") or []]
+        frontends += [(str(ip), port, "LoadBalancer") for ip in svc.get("load_balancer_ips") or []]
+        for addr, fport, kind in frontends:
+            row: Row = {"node": dp.node, "id": ids.get((addr, fport)), "name": name,
+                        "frontend": f"{addr}:{fport}/{proto}", "type": kind, "backends": backends,
+                        "backend_states": states}
+            if kind != "ClusterIP":
                 row["external_traffic_policy"] = svc.get("external_traffic_policy", "Cluster")
+            if svc.get("internal_traffic_policy", "Cluster") != "Cluster":
+                row["internal_traffic_policy"] = svc["internal_traffic_policy"]
             out.append(row)
     return out
 
@@ -246,7 +260,9 @@ def service_table(rows: list[Row]) -> Table:
     """ID, Frontend, Service Type, Backend (``1 => 10.244.1.2:8080/TCP (active)``), NAME, NODE."""
     def backends(r: Row) -> str:
         proto = r["frontend"].rsplit("/", 1)[-1]
-        return "\n".join(f"{i} => {b}/{proto} (active)" for i, b in enumerate(r["backends"], 1)) or "(none)"
+        states = r.get("backend_states") or ["active"] * len(r["backends"])
+        return "\n".join(f"{i} => {b}/{proto} ({st})" for i, (b, st) in enumerate(zip(r["backends"], states,
+                                                                                      strict=True), 1)) or "(none)"
     return table(["ID", "Frontend", "Service Type", "Backend", "NAME", "NODE"],
                  [(r["id"] if r["id"] is not None else "-", r["frontend"], r["type"], backends(r), r["name"],
                    r["node"]) for r in rows])

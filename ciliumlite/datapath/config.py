@@ -31,6 +31,11 @@ MAGLEV_MAX = 131071
 SNAT_PORT_MIN, SNAT_PORT_MAX = 32768, 65535
 #: Entries of one endpoint's policy map: Cilium's default and bounds (``bpf-policy-map-max``).
 POLICY_MAP_SIZE, POLICY_MAP_MIN, POLICY_MAP_MAX = 16384, 1 << 8, 1 << 16
+#: Cilium's ``bpf-lb-map-max``: default, and the range ciliumlite takes (entries per LB map).
+LB_MAP_MAX, LB_MAP_MIN, LB_MAP_LIMIT = 65536, 16, 1 << 24
+#: The LB maps ``lb_map_max`` sizes (Cilium's flag sizes these and the affinity map); the Maglev map
+#: keeps its build size (maps.h LB_MAGLEV_MAP_SIZE), the socket-LB reverse map Cilium's own flag's.
+LB_SIZED_MAPS = ("cilium_lb4_services_v2", "cilium_lb4_backends_v3", "cilium_lb4_reverse_nat", "cilium_lb4_affinity")
 #: The size of ``cilium_sock_exc`` (sockops.h): ports socket acceleration leaves alone.
 SOCKOPS_EXCLUDE_MAX = 64
 
@@ -60,6 +65,16 @@ class DatapathConfig:
     (:class:`~ciliumlite.node.policy.PolicyOverflowError` in ``Datapath.last_policy_sync``); with
     ``policy_lockdown_on_overflow`` (Cilium's ``--enable-lockdown-endpoint-on-policy-overflow``)
     it is locked down instead: deny-all both ways until its policy fits again.
+
+    Services (``docs/services.md``): ``lb_map_max`` (Cilium's ``bpf-lb-map-max``, 16..16777216) is
+    ``max_entries`` of the service, backend, reverse-NAT and affinity maps, fixed when the node's
+    maps are made; a service that would not fit is refused before anything is written
+    (:class:`~ciliumlite.datapath.lb.LbMapFullError`). ``per_packet_lb`` (.rodata
+    ``enable_per_packet_lb``) lets ``cil_from_container`` DNAT pod packets that still carry a
+    frontend address (raw sockets, sockets connected before the service existed, or every packet
+    when ``socket_lb`` is off); ``False`` leaves pod service traffic to socket LB alone, as Cilium
+    builds ``bpf_lxc`` without ``ENABLE_PER_PACKET_LB`` when socket LB covers every namespace, and
+    needs ``socket_lb``.
 
     ``acceleration`` (Helm's ``loadBalancer.acceleration``) runs NodePort for remote backends in XDP
     on ``underlay_device`` (``bpf_xdp.o``, :mod:`ciliumlite.node.xdp`, ``docs/xdp.md``): ``"native"``
@@ -97,6 +112,8 @@ class DatapathConfig:
     bpf_masquerade: bool = False
     load_balancer_mode: LbMode = "snat"
     maglev_table_size: int = 1021
+    lb_map_max: int = LB_MAP_MAX
+    per_packet_lb: bool = True
     acceleration: Acceleration = "disabled"
     monitor_drops: bool = True
     monitor_trace: bool = False
@@ -138,6 +155,15 @@ class DatapathConfig:
         if isinstance(self.maglev_table_size, bool) or not isinstance(self.maglev_table_size, int) or \
                 not 3 <= self.maglev_table_size <= MAGLEV_MAX or not is_prime(self.maglev_table_size):
             raise ValidationError(f"maglev_table_size {self.maglev_table_size!r} must be a prime in 3..{MAGLEV_MAX}")
+        if isinstance(self.lb_map_max, bool) or not isinstance(self.lb_map_max, int) or \
+                not LB_MAP_MIN <= self.lb_map_max <= LB_MAP_LIMIT:
+            raise ValidationError(f"lb_map_max {self.lb_map_max!r} must be an int in {LB_MAP_MIN}..{LB_MAP_LIMIT} "
+                                  "(entries per LB map, Cilium's bpf-lb-map-max)")
+        if not isinstance(self.per_packet_lb, bool):
+            raise ValidationError(f"per_packet_lb must be a bool, not {self.per_packet_lb!r}")
+        if self.kube_proxy_replacement and not self.per_packet_lb and not self.socket_lb:
+            raise ValidationError("per_packet_lb=False needs socket_lb: with neither, nothing translates a pod's "
+                                  "service traffic")
         if self.routing not in ROUTING_MODE:
             raise ValidationError(f"routing must be none, vxlan or native, not {self.routing!r}")
         if self.acceleration not in ACCELERATION:
@@ -195,6 +221,11 @@ class DatapathConfig:
         return ipaddress.IPv4Network(self.pod_cidr)
 
     @property
+    def lb_map_sizes(self) -> dict[str, int]:
+        """``max_entries`` by map name for the loader (empty at the default: the build's sizes)."""
+        return {} if self.lb_map_max == LB_MAP_MAX else dict.fromkeys(LB_SIZED_MAPS, self.lb_map_max)
+
+    @property
     def gateway(self) -> ipaddress.IPv4Address:
         """The pods' default gateway (the first address of the pod CIDR, like cilium_host's)."""
         return self.network.network_address + 1
@@ -238,7 +269,7 @@ class DatapathConfig:
             pod_cidr=_be32(self.network.network_address),
             pod_cidr_mask=_be32(self.network.netmask),
             enable_socket_lb=int(self.kube_proxy_replacement and self.socket_lb),
-            enable_per_packet_lb=int(self.kube_proxy_replacement),
+            enable_per_packet_lb=int(self.kube_proxy_replacement and self.per_packet_lb),
             lb_mode=LB_MODE[self.load_balancer_mode],
             enable_masquerade=int(self.bpf_masquerade),
             maglev_table_size=self.maglev_table_size,

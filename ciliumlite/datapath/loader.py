@@ -32,6 +32,9 @@ OBJECTS: tuple[str, ...] = ("bpf_lxc", "bpf_host", "bpf_overlay", "bpf_sock", "b
 #: directory, which names one node): set by the node (:func:`use_objects`) so that every later load
 #: of the node (a new endpoint, the first service) takes its objects from the same build.
 _NODE_OBJECTS: dict[str, str] = {}
+#: ``max_entries`` of maps by name, per node (pin directory), set before each of its objects loads:
+#: every object of a node must declare a pinned map the same size, or libbpf refuses to reuse the pin.
+_NODE_MAP_SIZES: dict[str, dict[str, int]] = {}
 #: Called with each object of a node opened while :func:`set_prepare` is in force, before it loads.
 Prepare = Callable[[BpfObject], None]
 _PREPARE: dict[str, Prepare] = {}
@@ -43,6 +46,15 @@ def use_objects(pin_dir: str, objects_dir: str) -> None:
         _NODE_OBJECTS[pin_dir] = objects_dir
     else:
         _NODE_OBJECTS.pop(pin_dir, None)
+
+
+def use_map_sizes(pin_dir: str, sizes: Mapping[str, int]) -> None:
+    """Load every object of the node of ``pin_dir`` with these maps resized (``{}``: the build's
+    sizes). The first object of a node creates the pins at these sizes; later ones must match."""
+    if sizes:
+        _NODE_MAP_SIZES[pin_dir] = dict(sizes)
+    else:
+        _NODE_MAP_SIZES.pop(pin_dir, None)
 
 
 def set_prepare(pin_dir: str, prepare: Prepare | None) -> None:
@@ -103,6 +115,9 @@ def _load(name: str, rodata: NodeRodata, pin_dir: str, knobs: Mapping[str, Any],
     check_overrides(rodata)  # a misspelt knob fails here too, before anything is loaded
     obj = BpfObject(node_object_path(name, pin_dir), pin_root=pin_dir)
     try:
+        for map_name, size in _NODE_MAP_SIZES.get(pin_dir, {}).items():
+            if map_name in obj.map_names:
+                obj.resize(map_name, size)
         if (prepare := _PREPARE.get(pin_dir)) is not None:
             prepare(obj)
         missing = sorted(k for k in rodata.globals() if k not in obj.rodata)

@@ -246,24 +246,31 @@ def build(svc: KubeService, sources: dict[str, str], warnings: list[str]) -> lis
     decoded = [(label, decode_groups(value, f"service {ns}/{name}: label {label}"))
                for label, value in sorted(sources.items())]
     out = []
-    for p in svc.ports:
+    for i, p in enumerate(svc.ports):
         backends: set[tuple[str, int]] = set()
+        dying: set[tuple[str, int]] = set()
         for label, groups in decoded:
             for g in groups:
                 number = g.port_for(p)
                 if number is not None:
                     backends.update((a, number) for a in g.addresses)
+                    dying.update((a, number) for a in g.terminating)
                 elif g.addresses:
                     warnings.append(f"{_source_name(label)}: no port named {p.name or '(unnamed)'!r}/{p.protocol} "
                                     f"(the Service port's name) or matching its targetPort {p.target_port!r}: its "
                                     f"{len(g.addresses)} ready address(es) are not backends of {svc.service_name(p)}")
         labels = {NAMESPACE_LABEL: ns, SERVICE_LABEL: name, PORT_LABEL: p.name, TARGET_PORT_LABEL: str(p.target_port),
                   **sources}
-        ordered = sorted(backends, key=lambda b: (ipaddress.IPv4Address(b[0]), b[1]))
+        dying -= backends  # ready in one slice wins over terminating in another
+        ordered = sorted(backends | dying, key=lambda b: (ipaddress.IPv4Address(b[0]), b[1]))
+        # One health check per Kubernetes Service (its node port is one port): the first port's
+        # service serves it.
+        health = svc.health_check_node_port if i == 0 else None
         out.append(Service(svc.service_name(p), Frontend(svc.cluster_ip, p.port, p.protocol),
-                           tuple(Backend(ip, port) for ip, port in ordered), svc.type, p.node_port,
-                           svc.external_traffic_policy, svc.session_affinity, svc.affinity_timeout, svc.maglev,
-                           labels))
+                           tuple(Backend(ip, port, (ip, port) in dying) for ip, port in ordered), svc.type,
+                           p.node_port, svc.external_traffic_policy, svc.session_affinity, svc.affinity_timeout,
+                           svc.maglev, labels, svc.external_ips, svc.load_balancer_ips, svc.internal_traffic_policy,
+                           health))
     return out
 
 
@@ -275,8 +282,11 @@ def from_store(key: Key, services: list[Service]) -> KubeService:
                               f"spec.ports[{i}]")
                   for i, s in enumerate(sorted(services, key=lambda s: s.labels.get(PORT_LABEL, ""))))
     origin = Origin("the store", None, "Service", f"{key[0]}/{key[1]}")
+    health = next((s.health_check_node_port for s in services if s.health_check_node_port is not None), None)
     return KubeService(ObjectRef("Service", key[0], key[1], origin), first.type, first.frontend.ip, ports,
-                       first.external_traffic_policy, first.session_affinity, first.affinity_timeout, first.maglev)
+                       first.external_traffic_policy, first.session_affinity, first.affinity_timeout, first.maglev,
+                       tuple(first.external_ips), tuple(first.load_balancer_ips), first.internal_traffic_policy,
+                       health)
 
 
 def _target(value: str, port: int) -> int | str:

@@ -62,6 +62,7 @@ def _slice(top: Fields, doc: Doc, namespace: str) -> KubeEndpoints:
                                                              "FQDN": "backends must be IPv4 addresses"})
     ports = _endpoint_ports(top, "ports", names_required=False)
     ready: list[str] = []
+    terminating: list[str] = []
     not_ready = 0
     for ep in top.objs("endpoints", max_items=1000):
         ep.only(("addresses", "conditions"), ignored=ENDPOINT_IGNORED)
@@ -71,18 +72,22 @@ def _slice(top: Fields, doc: Doc, namespace: str) -> KubeEndpoints:
         checked = [_ipv4(ep, f"addresses[{i}]", a, "a backend") for i, (_, a) in enumerate(addresses)]
         if len(addresses) > 1:
             doc.warn(ep.at("addresses"), "only the first address of an endpoint is used (as by kube-proxy)")
-        is_ready = True
+        is_ready, dying = True, False
         conditions = ep.obj("conditions")
         if conditions is not None:
             conditions.only(("ready", "serving", "terminating"))
-            conditions.flag("serving")
-            conditions.flag("terminating")
+            serving = conditions.flag("serving")
             is_ready = conditions.flag("ready") is not False  # null: unknown, which consumers take as ready
+            # Terminating and still serving (null: as ready says): a terminating backend, as Cilium
+            # and kube-proxy read it. Terminating and no longer serving is no backend at all.
+            dying = not is_ready and conditions.flag("terminating") is True and serving is not False
         if is_ready:
             ready.append(checked[0])
+        elif dying:
+            terminating.append(checked[0])
         else:
             not_ready += 1
-    group = EndpointGroup(_sorted_ips(ready), ports)
+    group = EndpointGroup(_sorted_ips(ready), ports, _sorted_ips(terminating))
     return KubeEndpoints(ObjectRef("EndpointSlice", ref.namespace, ref.name, ref.origin, service), (group,), not_ready)
 
 

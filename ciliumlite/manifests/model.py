@@ -114,6 +114,10 @@ class KubeService:
     session_affinity: bool = False
     affinity_timeout: int = 10800
     maglev: bool = False
+    external_ips: tuple[str, ...] = ()
+    load_balancer_ips: tuple[str, ...] = ()
+    internal_traffic_policy: TrafficPolicy = "Cluster"
+    health_check_node_port: int | None = None
 
     def service_name(self, port: ServicePort) -> str:
         """The ciliumlite name of one port: ``<namespace>/<name>`` for an unnamed port (a Service
@@ -134,10 +138,13 @@ class EndpointPort:
 
 @dataclass(frozen=True)
 class EndpointGroup:
-    """Ready addresses that share one set of ports (an EndpointSlice, or one Endpoints subset)."""
+    """Ready addresses that share one set of ports (an EndpointSlice, or one Endpoints subset), and
+    the addresses of endpoints that are terminating but still serving (``terminating``): Cilium's
+    terminating backends, kept for the connections they have."""
 
     addresses: tuple[str, ...]
     ports: tuple[EndpointPort, ...]
+    terminating: tuple[str, ...] = ()
 
     def port_for(self, svc_port: ServicePort) -> int | None:
         """The backend port these addresses serve ``svc_port`` on, or None.
@@ -163,7 +170,8 @@ class KubeEndpoints:
     """An EndpointSlice or an Endpoints object: the ready backends of one Service.
 
     Not-ready endpoints (``conditions.ready: false``, ``notReadyAddresses``) are left out: they are
-    not backends, as in kube-proxy and Cilium.
+    not backends, as in kube-proxy and Cilium; terminating ones that still serve are kept apart
+    (:attr:`EndpointGroup.terminating`).
     """
 
     ref: ObjectRef
@@ -173,7 +181,9 @@ class KubeEndpoints:
     def encode(self) -> str:
         """The groups as compact JSON: the value a ciliumlite service keeps under
         :attr:`ObjectRef.source_label`, so a later apply can merge without the original file."""
-        return json.dumps([{"addresses": list(g.addresses), "ports": [[p.name, p.protocol, p.port] for p in g.ports]}
+        # "terminating" only when there are some: what older builds wrote stays byte-for-byte the same.
+        return json.dumps([{"addresses": list(g.addresses), "ports": [[p.name, p.protocol, p.port] for p in g.ports],
+                            **({"terminating": list(g.terminating)} if g.terminating else {})}
                            for g in self.groups], separators=(",", ":"))
 
 
@@ -181,7 +191,8 @@ def decode_groups(value: str, what: str) -> tuple[EndpointGroup, ...]:
     """The groups :meth:`KubeEndpoints.encode` wrote. Raises :class:`ValidationError` (naming
     ``what``) when the stored value is not that."""
     try:
-        return tuple(EndpointGroup(tuple(g["addresses"]), tuple(EndpointPort(n, pr, po) for n, pr, po in g["ports"]))
+        return tuple(EndpointGroup(tuple(g["addresses"]), tuple(EndpointPort(n, pr, po) for n, pr, po in g["ports"]),
+                                   tuple(g.get("terminating", ())))
                      for g in json.loads(value))
     except (ValueError, TypeError, KeyError) as exc:
         raise ValidationError(f"{what}: not the JSON `ciliumlite apply` writes ({exc}); "

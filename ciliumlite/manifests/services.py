@@ -36,9 +36,7 @@ def _service(top: Fields, doc: Doc, namespace: str) -> KubeService:
     ref, _, annotations = _metadata(top, doc, "Service", namespace, *_NAME_RULES["Service"], "Service name")
     spec = top.obj("spec", required="the Service's spec (clusterIP and ports at least)")
     assert spec is not None
-    svc_type = spec.choice("type", ("ClusterIP", "NodePort"), "ClusterIP", unsupported={
-        "LoadBalancer": "no load-balancer controller assigns an external address here; use NodePort "
-                        "(what a LoadBalancer Service is built on)",
+    svc_type = spec.choice("type", ("ClusterIP", "NodePort", "LoadBalancer"), "ClusterIP", unsupported={
         "ExternalName": "an ExternalName Service is a DNS alias, with no address to load-balance"})
     _refuse_unsupported(spec, svc_type)
     spec.only(("type", "clusterIP", "clusterIPs", "ports", "externalTrafficPolicy", "sessionAffinity",
@@ -46,6 +44,12 @@ def _service(top: Fields, doc: Doc, namespace: str) -> KubeService:
                "loadBalancerSourceRanges", "loadBalancerClass", "healthCheckNodePort"), ignored=SERVICE_SPEC_IGNORED)
     cluster_ip = _cluster_ip(spec, doc)
     ports = _service_ports(spec, svc_type)
+    external_ips = _addresses(spec, spec.strs("externalIPs", max_items=64), {cluster_ip: "spec.clusterIP"},
+                              "an external IP")
+    lb_ips = _ingress_ips(top, doc, svc_type, {cluster_ip: "spec.clusterIP", **{ip: "spec.externalIPs"
+                                                                               for ip in external_ips}})
+    # Kubernetes' "externally accessible": a node port, a LoadBalancer, or external IPs.
+    external = svc_type != "ClusterIP" or bool(external_ips)
 
     etp: TrafficPolicy = "Cluster"
     if spec.has("externalTrafficPolicy"):
@@ -54,10 +58,14 @@ def _service(top: Fields, doc: Doc, namespace: str) -> KubeService:
             spec.fail("externalTrafficPolicy", "unsupported value 'Global': expected 'Cluster' or 'Local' ('Global' "
                       "was a value of the old service.beta.kubernetes.io/external-traffic annotation; the field "
                       "calls it 'Cluster')")
-        if svc_type == "ClusterIP":
+        if not external:
             spec.fail("externalTrafficPolicy", f"{value!r}: may only be set for externally-accessible services "
-                      f"(type NodePort); a ClusterIP Service is reached from inside the cluster only")
+                      f"(type NodePort or LoadBalancer, or with externalIPs); a ClusterIP Service is reached from "
+                      f"inside the cluster only")
         etp = spec.choice("externalTrafficPolicy", ("Cluster", "Local"), "Cluster")  # type: ignore[assignment]
+    itp: TrafficPolicy = spec.choice("internalTrafficPolicy", ("Cluster", "Local"),  # type: ignore[assignment]
+                                     "Cluster")
+    health = _health_check_node_port(spec, svc_type, etp, ports)
 
     affinity = spec.choice("sessionAffinity", ("None", "ClientIP"), "None") == "ClientIP"
     timeout = 10800
@@ -78,9 +86,10 @@ def _service(top: Fields, doc: Doc, namespace: str) -> KubeService:
         if algo not in ("random", "maglev"):
             top.fail(algo_path, f"unsupported value {algo!r}: expected 'random' or 'maglev'")
         maglev = algo == "maglev"
-        if maglev and svc_type != "NodePort":
-            # Cilium uses Maglev for north-south (NodePort) traffic only; socket LB picks at random.
-            doc.warn(top.at(algo_path), "maglev applies to NodePort traffic only: a ClusterIP Service ignores it")
+        if maglev and not external:
+            # Cilium uses Maglev for north-south traffic only; socket LB picks at random.
+            doc.warn(top.at(algo_path), "maglev applies to traffic from outside (NodePort, LoadBalancer, external "
+                     "IPs) only: a ClusterIP Service ignores it")
             maglev = False
     for key in sorted(annotations):
         if key.startswith("service.cilium.io/") and key != LB_ALGORITHM_ANNOTATION:
@@ -89,7 +98,8 @@ def _service(top: Fields, doc: Doc, namespace: str) -> KubeService:
         if key.endswith("kubernetes.io/external-traffic"):
             doc.warn(top.at(key_path("metadata.annotations", key)), "the old external-traffic annotation is ignored (as "
                      "by Kubernetes today): use spec.externalTrafficPolicy")
-    svc = KubeService(ref, svc_type, cluster_ip, ports, etp, affinity, timeout, maglev)  # type: ignore[arg-type]
+    svc = KubeService(ref, svc_type, cluster_ip, ports, etp, affinity, timeout, maglev,  # type: ignore[arg-type]
+                      external_ips, lb_ips, itp, health)
     for p in ports:
         name = svc.service_name(p)
         if len(name) > MAX_SERVICE_NAME:
@@ -98,22 +108,67 @@ def _service(top: Fields, doc: Doc, namespace: str) -> KubeService:
     return svc
 
 
-def _refuse_unsupported(spec: Fields, svc_type: str) -> None:
-    """Fields that would change what the datapath does, which ciliumlite cannot do: errors, not silence."""
-    if spec.items("externalIPs"):
-        spec.fail("externalIPs", "not supported by ciliumlite: traffic to external IPs is not load-balanced here; "
-                  "use type NodePort")
-    if spec.text("externalName"):
-        spec.fail("externalName", "only for type ExternalName, which ciliumlite does not support")
-    spec.choice("internalTrafficPolicy", ("Cluster",), "Cluster", unsupported={
-        "Local": "ciliumlite has no node-local scope for traffic from pods (externalTrafficPolicy: Local is "
-                 "supported)"})
-    for key in ("loadBalancerSourceRanges", "loadBalancerClass"):
-        if spec.has(key) and spec.data[key] not in ([], ""):
-            spec.fail(key, f"may only be used when type is 'LoadBalancer', not {svc_type!r}")
-    if spec.data.get("healthCheckNodePort") not in (None, 0):
+def _addresses(f: Fields, values: list[tuple[str, str]], taken: dict[str, str], what: str) -> tuple[str, ...]:
+    """IPv4 addresses at ``values`` ((path, text) pairs under ``f``), none of them twice nor one of
+    ``taken`` (address -> the field that has it)."""
+    out: list[str] = []
+    for path, text in values:
+        rel = path[len(f.path) + 1:] if path.startswith(f.path + ".") else path
+        ip = _ipv4(f, rel, text, what)
+        if ip in taken:
+            raise f.doc.error(path, f"Duplicate value: {ip!r} ({taken[ip]} has it)")
+        taken[ip] = path
+        out.append(ip)
+    return tuple(out)
+
+
+def _ingress_ips(top: Fields, doc: Doc, svc_type: str, taken: dict[str, str]) -> tuple[str, ...]:
+    """``status.loadBalancer.ingress[].ip`` of a LoadBalancer Service: the addresses the load-balancer
+    controller gave it (written by that controller; here by you). Other status is the API server's."""
+    status = top.obj("status")
+    lb = status.obj("loadBalancer") if status is not None else None
+    entries = lb.objs("ingress", max_items=64) if lb is not None else []
+    if entries and svc_type != "LoadBalancer":
+        doc.warn(top.at("status.loadBalancer.ingress"), f"ignored: a {svc_type} Service has no LoadBalancer IPs")
+        return ()
+    values = []
+    for e in entries:
+        if not e.has("ip"):
+            if e.has("hostname"):
+                doc.warn(e.at("hostname"), "a hostname ingress is not load-balanced here (an address is needed)")
+                continue
+            e.fail("ip", "required: the LoadBalancer IP (or a hostname, which is ignored)")
+        values.append((e.at("ip"), e.text("ip")))
+    return _addresses(status, values, taken, "a LoadBalancer IP") if status is not None else ()
+
+
+def _health_check_node_port(spec: Fields, svc_type: str, etp: str, ports: tuple[ServicePort, ...]) -> int | None:
+    if spec.data.get("healthCheckNodePort") in (None, 0):
+        return None
+    if svc_type != "LoadBalancer" or etp != "Local":
         spec.fail("healthCheckNodePort", "may only be set when type is 'LoadBalancer' and externalTrafficPolicy "
                   "is 'Local'")
+    lo, hi = NODEPORT_RANGE
+    port = spec.integer("healthCheckNodePort", lo, hi, what="a port of the node port range")
+    assert port is not None
+    for p in ports:
+        if p.node_port == port and p.protocol == "TCP":
+            spec.fail("healthCheckNodePort", f"Duplicate value: {port} ({p.path}.nodePort has it)")
+    return port
+
+
+def _refuse_unsupported(spec: Fields, svc_type: str) -> None:
+    """Fields that would change what the datapath does, which ciliumlite cannot do: errors, not silence."""
+    if spec.text("externalName"):
+        spec.fail("externalName", "only for type ExternalName, which ciliumlite does not support")
+    if spec.has("loadBalancerClass") and spec.data["loadBalancerClass"] not in (None, "") and \
+            svc_type != "LoadBalancer":
+        spec.fail("loadBalancerClass", f"may only be used when type is 'LoadBalancer', not {svc_type!r}")
+    if spec.has("loadBalancerSourceRanges") and spec.data["loadBalancerSourceRanges"] not in (None, []):
+        if svc_type != "LoadBalancer":
+            spec.fail("loadBalancerSourceRanges", f"may only be used when type is 'LoadBalancer', not {svc_type!r}")
+        spec.fail("loadBalancerSourceRanges", "not supported by ciliumlite (Cilium's cilium_lb4_source_range): "
+                  "traffic would be accepted from every source")
     for path, family in spec.strs("ipFamilies", max_items=2):
         if family not in ("IPv4", "IPv6"):
             raise spec.doc.error(path, f"unsupported value {family!r}: expected 'IPv4' or 'IPv6'")
@@ -175,11 +230,13 @@ def _service_ports(spec: Fields, svc_type: str) -> tuple[ServicePort, ...]:
         node_port = p.integer("nodePort", 0, 65535) or None
         if svc_type == "ClusterIP" and node_port is not None:
             p.fail("nodePort", "may not be used when type is 'ClusterIP' (set type: NodePort)")
-        if svc_type == "NodePort":
-            lo, hi = NODEPORT_RANGE
-            if node_port is None:
-                p.fail("nodePort", f"required for type NodePort: there is no API server here to allocate one; "
-                       f"pick a free port in {lo}..{hi}")
+        lo, hi = NODEPORT_RANGE
+        if svc_type == "NodePort" and node_port is None:
+            p.fail("nodePort", f"required for type NodePort: there is no API server here to allocate one; "
+                   f"pick a free port in {lo}..{hi}")
+        # A LoadBalancer Service may go without (allocateLoadBalancerNodePorts: false): its
+        # LoadBalancer IPs are served all the same.
+        if node_port is not None:
             if not lo <= node_port <= hi:
                 p.fail("nodePort", f"{node_port} is outside {lo}..{hi} (the node port range)")
             if (node_port, proto) in node_ports:

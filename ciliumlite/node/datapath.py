@@ -94,7 +94,7 @@ class Datapath(RestoreAndReload, Teardown):
         self._routing: routing_mod.Routing = routing_mod.NoRouting()
         self._remote: dict[str, NodeInfo] = {}
         self._endpoints = Endpoints(config, netns, None, None)
-        self._services = Services(config, None, None, cgroup)
+        self._services = Services(config, None, None, cgroup, netns)
         self._sockops = SockAcceleration(config, None, None, cgroup)
         self._state = state_mod.StateWriter(config)
         self._xdp = XdpDevice(config, None, None, netns, 0)
@@ -132,11 +132,12 @@ class Datapath(RestoreAndReload, Teardown):
         os.makedirs(links.link_pin(self._pin_dir, ""), exist_ok=True)
         self._rodata, self._native_ifindex = rodata, native_ifindex
         loader.use_objects(self._pin_dir, cfg.objects_dir)  # every load of this node takes its build
+        loader.use_map_sizes(self._pin_dir, cfg.lb_map_sizes)  # the LB maps' pins are made (and reused) at this size
         self._lxc = loader.load_lxc(rodata, self._pin_dir)
         self._maps = NodeMaps.from_object(self._lxc)
         self._lxc_map_id = self._maps.endpoints.info.id
         self._endpoints = Endpoints(cfg, self._netns, self._lxc, self._maps.endpoints, pin_dir=self._pin_dir)
-        self._services = Services(cfg, rodata, self._pin_dir, self._cgroup)
+        self._services = Services(cfg, rodata, self._pin_dir, self._cgroup, self._netns)
         self._sockops = SockAcceleration(cfg, rodata, self._pin_dir, self._cgroup)
         if cfg.sockops_enable:
             self._sockops.enable()

@@ -137,6 +137,7 @@ class RestoreAndReload(NodeParts):
             raise state_mod.StateError(f"{cfg.node_name}: the pin directory {pin_dir} is missing (or the state "
                                        f"names {pins.get('pin_dir')})", reason="pins", path=pin_dir)
         loader.use_objects(pin_dir, cfg.objects_dir)  # later loads (a new endpoint) take the node's build
+        loader.use_map_sizes(pin_dir, cfg.lb_map_sizes)  # the LB maps' pins are made (and reused) at this size
         recovered = migrate.recover(pin_dir)  # an upgrade killed half-way: its new pins finished or removed
         maps = NodeMaps.from_pins(pin_dir)
         self._maps = maps
@@ -206,7 +207,7 @@ class RestoreAndReload(NodeParts):
         self._endpoints = Endpoints(cfg, netns, None, self._maps.endpoints, pin_dir=self._pin_dir,
                                     load_lxc=self._load_lxc_lazily)
         self._endpoints.adopt(st["endpoints"], int(st["next_endpoint_id"]))
-        self._services = Services(cfg, self._rodata, self._pin_dir, self._cgroup)
+        self._services = Services(cfg, self._rodata, self._pin_dir, self._cgroup, netns)
         self._services.adopt(st["services"], st["sock_links"], netns)
         self._sockops = SockAcceleration(cfg, self._rodata, self._pin_dir, self._cgroup)
         self._sockops.adopt(st.get("sockops"), netns)  # absent from state files written before it

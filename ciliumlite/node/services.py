@@ -4,8 +4,12 @@
 rows for the node's address and for ``0.0.0.0`` (the wildcard that socket LB matches for
 connections to any local address, Cilium's surrogate frontend); ``externalTrafficPolicy=Local``
 gives each NodePort frontend two scopes, external (local backends only) and internal (every
-backend). :class:`Services` checks a service against the others, then writes its rows through
-:class:`~ciliumlite.datapath.lb.LbMaps` (which orders the writes and rolls back on failure).
+backend); external IPs and LoadBalancer IPs are frontends at the service port, treated as the node
+port is; ``internalTrafficPolicy=Local`` narrows the rows traffic from inside reads to local
+backends; terminating backends sit after the selectable slots. :class:`Services` checks a service
+against the others and against the LB maps' sizes, then writes its rows through
+:class:`~ciliumlite.datapath.lb.LbMaps` (which orders the writes and rolls back on failure), and
+runs the ``healthCheckNodePort`` servers (:mod:`ciliumlite.node.healthcheck`).
 """
 
 from __future__ import annotations
@@ -16,57 +20,96 @@ from typing import Any
 from ciliumlite.bpf import BpfObject
 from ciliumlite.bpf.errors import NotSupportedError, ValidationError
 from ciliumlite.bpf.link import Link
+from ciliumlite.bpf.netns import NetnsRef
 from ciliumlite.datapath import loader
 from ciliumlite.datapath.config import DatapathConfig, NodeRodata
-from ciliumlite.datapath.lb import FrontendRow, LbMaps
+from ciliumlite.datapath.lb import FrontendRow, LbCapacity, LbMaps, LbUsage, check_fits
 from ciliumlite.datapath.records import (
     SCOPE_EXTERNAL,
     SCOPE_INTERNAL,
+    SVC_FLAG2_INT_LOCAL_SCOPE,
     SVC_FLAG2_MAGLEV,
     SVC_FLAG2_TWO_SCOPES,
     SVC_FLAG_AFFINITY,
     SVC_FLAG_EXT_LOCAL_SCOPE,
+    SVC_FLAG_EXTERNAL_IP,
+    SVC_FLAG_LOADBALANCER,
     SVC_FLAG_NODEPORT,
     SVC_FLAG_ROUTABLE,
 )
 from ciliumlite.node import links
-from ciliumlite.service import Frontend, Service
+from ciliumlite.node.healthcheck import HealthCheckServer
+from ciliumlite.service import Backend, Frontend, Service
 
 #: The cgroup hooks of ``bpf_sock`` (socket LB at connect time and for unconnected UDP).
 SOCK_PROGRAMS = ("cil_sock4_connect", "cil_sock4_sendmsg", "cil_sock4_recvmsg", "cil_sock4_getpeername")
 #: The address of NodePort rows that socket LB matches for any local address.
 WILDCARD = IPv4Address("0.0.0.0")
+#: max_entries of cilium_lb4_maglev as built (maps.h LB_MAGLEV_MAP_SIZE; lb_map_max leaves it).
+LB_MAGLEV_MAP_SIZE = 65536
+
+
+Addr = tuple[IPv4Address, int]
+
+
+def _split(backends: tuple[Backend, ...]) -> tuple[tuple[Addr, ...], tuple[Addr, ...], frozenset[Addr]]:
+    """(slots new connections pick from, draining slots after them, the addresses in TERMINATING
+    state). Terminating backends are chosen only when a scope has nothing else (Cilium's and
+    kube-proxy's fallback); otherwise they sit after ``count``, where no selection reaches them but
+    the backend entry, and with it every connection pinned to it, stays."""
+    addr = {b: (IPv4Address(b.ip), b.port) for b in backends}
+    active = tuple(addr[b] for b in backends if not b.terminating)
+    dying = tuple(addr[b] for b in backends if b.terminating)
+    if not active:
+        return dying, (), frozenset(dying)
+    return active, dying, frozenset(dying)
+
+
+def _row(addr: IPv4Address, port: int, proto: int, scope: int, flags: int, flags2: int,
+         backends: tuple[Backend, ...], timeout: int, maglev: bool) -> FrontendRow:
+    slots, draining, terminating = _split(backends)
+    return FrontendRow(addr, port, proto, scope, flags, flags2, slots, timeout, maglev, draining, terminating)
 
 
 def lb_rows(svc: Service, node_ip: IPv4Address | str, pod_network: IPv4Network | str) -> list[FrontendRow]:
     """The LB map rows of ``svc`` on a node with address ``node_ip`` whose pods are ``pod_network``.
 
-    Backends inside ``pod_network`` are the node's local ones (``externalTrafficPolicy=Local``).
+    Backends inside ``pod_network`` are the node's local ones (the ``Local`` traffic policies).
+    Every frontend reached from outside (the node port on the node address and the wildcard,
+    each external IP and LoadBalancer IP at the service port) gets the external policy's backends
+    in its external scope; when the internal policy gives another set, an internal-scope row with
+    that set too (``TWO_SCOPES``), which socket LB and per-packet LB switch to.
     """
     node = IPv4Address(node_ip)
     pods = IPv4Network(pod_network)
     proto = svc.frontend.proto_number
-    every = tuple((IPv4Address(b.ip), b.port) for b in svc.backends)
-    local = tuple(b for b in every if b[0] in pods)
+    every = tuple(svc.backends)
+    local = tuple(b for b in every if IPv4Address(b.ip) in pods)
+    internal = local if svc.internal_traffic_policy == "Local" else every
+    external = local if svc.external_traffic_policy == "Local" else every
     aff_flag = SVC_FLAG_AFFINITY if svc.session_affinity else 0
     timeout = svc.affinity_timeout if svc.session_affinity else 0
-    rows = [FrontendRow(IPv4Address(svc.frontend.ip), svc.frontend.port, proto, SCOPE_EXTERNAL, aff_flag, 0,
-                        every, timeout)]
-    if svc.type != "NodePort" or svc.node_port is None:
-        return rows
-    flags = SVC_FLAG_NODEPORT | SVC_FLAG_ROUTABLE | aff_flag
-    flags2 = SVC_FLAG2_MAGLEV if svc.maglev else 0
-    for addr in sorted({node, WILDCARD}):
-        if svc.external_traffic_policy == "Local":
-            two = flags2 | SVC_FLAG2_TWO_SCOPES
-            local_flags = flags | SVC_FLAG_EXT_LOCAL_SCOPE
-            rows.append(FrontendRow(addr, svc.node_port, proto, SCOPE_EXTERNAL, local_flags, two, local, timeout,
-                                    svc.maglev))
-            rows.append(FrontendRow(addr, svc.node_port, proto, SCOPE_INTERNAL, local_flags, two, every, timeout,
-                                    svc.maglev))
+    int_local = SVC_FLAG2_INT_LOCAL_SCOPE if svc.internal_traffic_policy == "Local" else 0
+    rows = [_row(IPv4Address(svc.frontend.ip), svc.frontend.port, proto, SCOPE_EXTERNAL, aff_flag, int_local,
+                 internal, timeout, False)]
+    fronts: list[tuple[IPv4Address, int, int]] = []
+    if svc.type != "ClusterIP" and svc.node_port is not None:
+        fronts += [(addr, svc.node_port, SVC_FLAG_NODEPORT) for addr in sorted({node, WILDCARD})]
+    fronts += [(IPv4Address(ip), svc.frontend.port, SVC_FLAG_EXTERNAL_IP) for ip in svc.external_ips]
+    fronts += [(IPv4Address(ip), svc.frontend.port, SVC_FLAG_LOADBALANCER) for ip in svc.load_balancer_ips]
+    ext_local = SVC_FLAG_EXT_LOCAL_SCOPE if svc.external_traffic_policy == "Local" else 0
+    flags2 = (SVC_FLAG2_MAGLEV if svc.maglev else 0) | int_local
+    # Cilium's rule: two scopes when the policies differ (the same backends would be two equal rows).
+    two = svc.external_traffic_policy != svc.internal_traffic_policy
+    for addr, port, kind in fronts:
+        flags = kind | SVC_FLAG_ROUTABLE | aff_flag | ext_local
+        if two:
+            rows.append(_row(addr, port, proto, SCOPE_EXTERNAL, flags, flags2 | SVC_FLAG2_TWO_SCOPES, external,
+                             timeout, svc.maglev))
+            rows.append(_row(addr, port, proto, SCOPE_INTERNAL, flags, flags2 | SVC_FLAG2_TWO_SCOPES, internal,
+                             timeout, svc.maglev))
         else:
-            rows.append(FrontendRow(addr, svc.node_port, proto, SCOPE_EXTERNAL, flags, flags2, every, timeout,
-                                    svc.maglev))
+            rows.append(_row(addr, port, proto, SCOPE_EXTERNAL, flags, flags2, external, timeout, svc.maglev))
     return rows
 
 
@@ -82,36 +125,56 @@ def check_conflicts(svc: Service, others: dict[str, Service]) -> None:
 
 
 class _Claims:
-    """Which service holds each frontend and each node port (per protocol): conflict checks
-    without a scan of every service (10,000 upserts would otherwise cost 50M comparisons)."""
+    """Which service holds each frontend (ClusterIP, external and LoadBalancer IPs, at the service
+    port and protocol) and each node port (per protocol; a health check node port is a TCP one):
+    conflict checks without a scan of every service (10,000 upserts would otherwise cost 50M
+    comparisons)."""
 
     def __init__(self) -> None:
         self.frontends: dict[Frontend, str] = {}
         self.node_ports: dict[tuple[int, str], str] = {}
 
+    @staticmethod
+    def _frontends(svc: Service) -> list[Frontend]:
+        fe = svc.frontend
+        return [fe, *(Frontend(ip, fe.port, fe.protocol) for ip in svc.external_addresses)]
+
+    @staticmethod
+    def _node_ports(svc: Service) -> list[tuple[int, str]]:
+        out: list[tuple[int, str]] = [(svc.node_port, svc.frontend.protocol)] if svc.node_port is not None else []
+        if svc.health_check_node_port is not None:
+            out.append((svc.health_check_node_port, "TCP"))
+        return out
+
     def check(self, svc: Service) -> None:
         if not isinstance(svc, Service):
             raise ValidationError(f"expected a Service, got {type(svc).__name__}")
-        other = self.frontends.get(svc.frontend)
-        if other is not None and other != svc.name:
-            raise ValidationError(f"service {svc.name}: frontend {svc.frontend.ip}:{svc.frontend.port}/"
-                                  f"{svc.frontend.protocol} is already used by {other}")
-        if svc.node_port is not None:
-            other = self.node_ports.get((svc.node_port, svc.frontend.protocol))
+        for fe in self._frontends(svc):
+            other = self.frontends.get(fe)
             if other is not None and other != svc.name:
-                raise ValidationError(f"service {svc.name}: node port {svc.node_port}/{svc.frontend.protocol} "
-                                      f"is already taken by {other}")
+                raise ValidationError(f"service {svc.name}: frontend {fe.ip}:{fe.port}/{fe.protocol} is already "
+                                      f"used by {other}")
+        for port, proto in self._node_ports(svc):
+            other = self.node_ports.get((port, proto))
+            if other is not None and other != svc.name:
+                raise ValidationError(f"service {svc.name}: node port {port}/{proto} is already taken by {other}")
+        if svc.health_check_node_port is not None and svc.node_port == svc.health_check_node_port \
+                and svc.frontend.protocol == "TCP":
+            raise ValidationError(f"service {svc.name}: health_check_node_port {svc.node_port} is its own node port")
 
     def add(self, svc: Service) -> None:
-        self.frontends.setdefault(svc.frontend, svc.name)
-        if svc.node_port is not None:
-            self.node_ports.setdefault((svc.node_port, svc.frontend.protocol), svc.name)
+        for fe in self._frontends(svc):
+            self.frontends.setdefault(fe, svc.name)
+        for key in self._node_ports(svc):
+            self.node_ports.setdefault(key, svc.name)
 
     def remove(self, svc: Service) -> None:
-        if self.frontends.get(svc.frontend) == svc.name:
-            del self.frontends[svc.frontend]
-        if svc.node_port is not None and self.node_ports.get((svc.node_port, svc.frontend.protocol)) == svc.name:
-            del self.node_ports[(svc.node_port, svc.frontend.protocol)]
+        for fe in self._frontends(svc):
+            if self.frontends.get(fe) == svc.name:
+                del self.frontends[fe]
+        for key in self._node_ports(svc):
+            if self.node_ports.get(key) == svc.name:
+                del self.node_ports[key]
 
 
 class Services:
@@ -121,11 +184,13 @@ class Services:
     """
 
     def __init__(self, config: DatapathConfig, rodata: NodeRodata | None, pin_dir: str | None,
-                 cgroup: str | None) -> None:
+                 cgroup: str | None, netns: NetnsRef = None) -> None:
         self.config = config
         self._rodata = rodata
         self._pin_dir = pin_dir
         self._cgroup = cgroup
+        self._netns = netns
+        self._health: dict[str, HealthCheckServer] = {}  # by service name
         self._by_name: dict[str, Service] = {}
         self._claims = _Claims()
         self._lb: LbMaps | None = None
@@ -165,16 +230,67 @@ class Services:
         self._sock = sock
         return self._lb
 
+    def _rows(self, svc: Service) -> list[FrontendRow]:
+        return lb_rows(svc, self.config.node_ip, self.config.network)
+
     def validate(self, svc: Service) -> None:
-        """Raise :class:`ValidationError` if ``svc`` clashes with another service here."""
+        """Raise :class:`ValidationError` if ``svc`` clashes with another service here, and
+        :class:`~ciliumlite.datapath.lb.LbMapFullError` (one) if its rows do not fit the LB maps."""
         self._claims.check(svc)
+        rows = self._rows(svc)
+        if self._lb is not None:
+            self._lb.check_fits(svc.name, rows)
+        else:  # no map yet: they will be made at the configured size
+            size = self.config.lb_map_max
+            check_fits(svc.name, rows, LbUsage.empty(), LbCapacity(size, size, size, LB_MAGLEV_MAP_SIZE),
+                       self.config.maglev_table_size)
 
     def upsert(self, svc: Service) -> None:
         """Validate, then write ``svc``'s rows; a map failure keeps the previous state. O(size of
-        ``svc``), whatever the number of services."""
-        self._claims.check(svc)
-        self._ensure_lb().program(svc.name, lb_rows(svc, self.config.node_ip, self.config.network))
+        ``svc``), whatever the number of services. A service that does not fit raises
+        :class:`~ciliumlite.datapath.lb.LbMapFullError` with nothing written. Its health check
+        server (``health_check_node_port``) starts, moves or stops with it."""
+        self.validate(svc)
+        old = self._by_name.get(svc.name)
+        self._health_for(svc)  # before the maps: a port that cannot be bound changes nothing
+        try:
+            self._ensure_lb().program(svc.name, self._rows(svc))
+        except BaseException:
+            self._health_back(svc, old)
+            raise
         self._set(svc)
+
+    def _health_for(self, svc: Service) -> None:
+        server = self._health.get(svc.name)
+        port = svc.health_check_node_port
+        if server is not None and server.port == port:
+            server.update(svc)
+            return
+        if port is not None:
+            self._health[svc.name] = HealthCheckServer(svc, port, self._netns, self.config.network)
+        elif server is not None:
+            del self._health[svc.name]
+        if server is not None:
+            server.close()
+
+    def _health_back(self, svc: Service, old: Service | None) -> None:
+        # The upsert failed: the health check answers as before (the old port, the old count).
+        server = self._health.pop(svc.name, None)
+        if server is not None and (old is None or old.health_check_node_port != server.port):
+            server.close()
+            server = None
+        if old is not None and old.health_check_node_port is not None:
+            if server is None:
+                try:
+                    server = HealthCheckServer(old, old.health_check_node_port, self._netns, self.config.network)
+                except ValidationError:
+                    return  # the port went meanwhile; the service's rows are what matters here
+            server.update(old)
+            self._health[svc.name] = server
+
+    def health_checks(self) -> dict[str, HealthCheckServer]:
+        """The running health check servers, by service name."""
+        return dict(self._health)
 
     def _set(self, svc: Service) -> None:
         old = self._by_name.get(svc.name)
@@ -190,6 +306,9 @@ class Services:
         if self._lb is not None:
             self._lb.remove(name)
         self._claims.remove(self._by_name.pop(name))
+        server = self._health.pop(name, None)
+        if server is not None:
+            server.close()
 
     def get(self, name: str) -> Service:
         """A programmed service by name. Raises :class:`ValidationError` when there is none."""
@@ -232,6 +351,9 @@ class Services:
             self._by_name, self._claims = {}, _Claims()
             for s in svcs:
                 self._set(s)
+            # The servers were the previous process's threads: this one answers from now on.
+            for s in svcs:
+                self._health_for(s)
         except BaseException:
             self.release()
             raise
@@ -278,6 +400,10 @@ class Services:
         self._shut(keep=False)
 
     def _shut(self, *, keep: bool) -> None:
+        # Health check servers are this process's threads, whether the datapath stays or goes.
+        for server in self._health.values():
+            server.close()
+        self._health.clear()
         self._by_name.clear()
         self._claims = _Claims()
         if self._lb is not None:

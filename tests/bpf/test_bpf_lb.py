@@ -9,6 +9,11 @@
   backend carries the DSR IPv4 option (IHL 7, tot_len+8, bytes = ``DsrOption(node_ip,
   node_port).encode()``) on TCP SYN and on every UDP datagram only; a frame that would exceed
   ``native_mtu`` with the option gets ICMP fragmentation-needed with ``mtu = native_mtu - 8``.
+* ``enable_per_packet_lb=0`` (``per_packet_lb=False``): ``cil_from_container`` leaves a packet to a
+  ClusterIP untranslated, with no conntrack service entry.
+* Terminating backends (``BE_STATE_TERMINATING``, after slot ``count``): a connection pinned to one
+  keeps it for its next segments, a new SYN never gets it; external IPs and LoadBalancer IPs are
+  NodePort-like frontends in ``cil_from_netdev``.
 * ``bpf_host.o`` on the backend node: an option naming a cluster node (``cilium_node_map``) and a
   NodePort frontend installs the CT (``CT_F_DSR_INTERNAL``) and SNAT entries, and ``cil_to_netdev``
   rewrites the pod's reply source to the frontend; an option naming anything else is ignored.
@@ -116,11 +121,12 @@ def eth0(ns: DatapathFactory) -> int:
     return ns.ifindex("eth0")
 
 
-def load(ns: DatapathFactory, *, lb_mode: LbMode = "snat", mtu: int = 1500) -> DatapathObjects:
+def load(ns: DatapathFactory, *, lb_mode: LbMode = "snat", mtu: int = 1500,
+         per_packet_lb: bool = True) -> DatapathObjects:
     """bpf_lxc.o and bpf_host.o of one node (native routing), sharing its pinned maps; endpoints
     client, backend and HOST; every node of the cluster in ``cilium_node_map``."""
     cfg = DatapathConfig(node_name="worker1", pod_cidr=POD_CIDR, node_ip=NODE_IP, routing="native",
-                         load_balancer_mode=lb_mode, mtu=mtu)
+                         load_balancer_mode=lb_mode, mtu=mtu, per_packet_lb=per_packet_lb)
     dp = ns(cfg, ("lxc", "host"), native_ifindex=ns.ifindex("eth0"))
     dp.add_endpoints(client_row(ns), backend_row(ns), HOST)
     for node in (NODE_IP, LB_NODE_IP, REMOTE_IP):
@@ -690,3 +696,76 @@ def test_option_in_snat_mode_is_ignored(node: DatapathObjects, backend: Endpoint
     frame = _dsr_arrival(backend, DsrOption(LB_NODE_IP, NODE_PORT), sport=40900)
     assert node.run(frame, "cil_from_netdev", ifindex=eth0).verdict == TcAction.REDIRECT
     assert node.maps.get(SNAT).get(nat_key(backend.ip, BACKEND_PORT, OUTSIDE, 40900)) is None
+
+
+# == enable_per_packet_lb, terminating backends, external frontends ========================================
+def test_per_packet_lb_off_leaves_a_cluster_ip_packet_untranslated(ns: DatapathFactory, client: EndpointRow,
+                                                                    backend: EndpointRow) -> None:
+    node = load(ns, per_packet_lb=False)
+    assert node.objects["lxc"].rodata["enable_per_packet_lb"] == 0
+    program(node.lb, service("web", [(backend.ip, BACKEND_PORT)]))
+    c = client
+    run = node.run(tcp_frame(c.ip, CLUSTER_IP, 40700, SVC_PORT, SYN, smac=c.mac, dmac=c.node_mac), ifindex=c.ifindex)
+    assert parse_ipv4(run.data).dst == CLUSTER_IP and parse_l4(run.data).dport == SVC_PORT, "not DNATed"
+    assert run.verdict != TcAction.REDIRECT, "a ClusterIP is no local pod: it goes to the stack like any direct flow"
+    assert node.maps.get(CT_TCP).get(ct_service_key(c.ip, 40700, CLUSTER_IP, SVC_PORT)) is None
+
+
+def test_terminating_backend_keeps_its_connections_and_gets_no_new_ones(node: DatapathObjects, client: EndpointRow,
+                                                                        backend: EndpointRow) -> None:
+    other = REMOTE_BACKEND
+    program(node.lb, service("web", [(backend.ip, BACKEND_PORT)]))
+    c = client
+    syn = tcp_frame(c.ip, CLUSTER_IP, 40800, SVC_PORT, SYN, smac=c.mac, dmac=c.node_mac)
+    assert parse_ipv4(node.run(syn, ifindex=c.ifindex).data).dst == backend.ip
+    dying = Service("web", Frontend(CLUSTER_IP, SVC_PORT), [Backend(backend.ip, BACKEND_PORT, terminating=True),
+                                                           Backend(other, BACKEND_PORT)])
+    program(node.lb, dying)
+    [front] = [e for e in node.lb.dump() if e["slot"] == 0]
+    assert front["backend"] == "0.0.0.0:0 (1 backends)", "count covers the active backend only"
+    bid = backend_id(node.lb, backend.ip, BACKEND_PORT)
+    assert node.lb.backends[bid].flags == 1, "BE_STATE_TERMINATING, same id as when it was active"
+    for _ in range(3):   # the established connection's segments still reach the terminating backend
+        ack = tcp_frame(c.ip, CLUSTER_IP, 40800, SVC_PORT, ACK, smac=c.mac, dmac=c.node_mac, options=b"")
+        assert parse_ipv4(node.run(ack, ifindex=c.ifindex).data).dst == backend.ip
+    for sport in range(40801, 40817):   # every new connection goes to the active one
+        syn = tcp_frame(c.ip, CLUSTER_IP, sport, SVC_PORT, SYN, smac=c.mac, dmac=c.node_mac)
+        assert parse_ipv4(node.run(syn, ifindex=c.ifindex).data).dst == other
+    # A SYN reusing the pinned tuple picks again rather than reopening on the terminating backend
+    assert parse_ipv4(node.run(tcp_frame(c.ip, CLUSTER_IP, 40800, SVC_PORT, SYN, smac=c.mac, dmac=c.node_mac),
+                               ifindex=c.ifindex).data).dst == other
+
+
+def test_only_terminating_backends_still_serve_new_connections(node: DatapathObjects, client: EndpointRow,
+                                                               backend: EndpointRow) -> None:
+    program(node.lb, Service("web", Frontend(CLUSTER_IP, SVC_PORT),
+                             [Backend(backend.ip, BACKEND_PORT, terminating=True)]))
+    c = client
+    run = node.run(tcp_frame(c.ip, CLUSTER_IP, 40900, SVC_PORT, SYN, smac=c.mac, dmac=c.node_mac), ifindex=c.ifindex)
+    assert run.verdict == TcAction.REDIRECT and parse_ipv4(run.data).dst == backend.ip
+
+
+@pytest.mark.parametrize("kind", ["external_ips", "load_balancer_ips"])
+def test_external_and_load_balancer_ips_are_served_from_the_network(node: DatapathObjects, backend: EndpointRow,
+                                                                    eth0: int, kind: str) -> None:
+    addr = "198.51.100.7" if kind == "external_ips" else "192.0.2.80"
+    svc = Service("ext", Frontend(CLUSTER_IP, SVC_PORT), [Backend(backend.ip, BACKEND_PORT)],
+                  type="LoadBalancer" if kind == "load_balancer_ips" else "ClusterIP", **{kind: [addr]})
+    program(node.lb, svc)
+    frame = tcp_frame(OUTSIDE, addr, 41000, SVC_PORT, SYN, smac=CLIENT_MAC, dmac=UNDERLAY_MAC)
+    run = node.run(frame, "cil_from_netdev", ifindex=eth0)
+    assert run.verdict == TcAction.REDIRECT
+    same_but_checksums(run.data, rewritten(frame, dmac=backend.mac, smac=backend.node_mac, dst=backend.ip,
+                                           dport=BACKEND_PORT))
+    # The ClusterIP itself stays unreachable from outside
+    cip = tcp_frame(OUTSIDE, CLUSTER_IP, 41001, SVC_PORT, SYN, smac=CLIENT_MAC, dmac=UNDERLAY_MAC)
+    assert node.run(cip, "cil_from_netdev", ifindex=eth0).by_direction == \
+        by_direction(Reason.DROP_IS_CLUSTER_IP, Direction.INGRESS)
+
+
+def test_external_ip_with_local_policy_and_no_local_backend_drops(node: DatapathObjects, eth0: int) -> None:
+    program(node.lb, Service("ext", Frontend(CLUSTER_IP, SVC_PORT), [Backend(REMOTE_BACKEND, BACKEND_PORT)],
+                             external_ips=["198.51.100.7"], external_traffic_policy="Local"))
+    frame = tcp_frame(OUTSIDE, "198.51.100.7", 41100, SVC_PORT, SYN, smac=CLIENT_MAC, dmac=UNDERLAY_MAC)
+    run = node.run(frame, "cil_from_netdev", ifindex=eth0)
+    assert run.by_direction == by_direction(Reason.DROP_NO_SERVICE, Direction.INGRESS)

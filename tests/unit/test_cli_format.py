@@ -21,8 +21,11 @@ from ciliumlite.datapath.reasons import Direction, Reason
 from ciliumlite.datapath.records import (
     ENDPOINT_F_HOST,
     SCOPE_INTERNAL,
+    SVC_FLAG2_INT_LOCAL_SCOPE,
     SVC_FLAG2_TWO_SCOPES,
     SVC_FLAG_EXT_LOCAL_SCOPE,
+    SVC_FLAG_EXTERNAL_IP,
+    SVC_FLAG_LOADBALANCER,
     SVC_FLAG_NODEPORT,
     SVC_FLAG_ROUTABLE,
     CtEntry,
@@ -161,6 +164,40 @@ def test_service_rows_list_every_frontend_with_ids():
     assert rows[0]["backends"] == ["10.244.0.3:8080", "10.244.1.2:8080"]
     text = render(fmt.service_table(rows))
     assert "1 => 10.244.0.3:8080/TCP (active)" in text and "2 => 10.244.1.2:8080/TCP (active)" in text
+
+
+def test_new_frontends_and_terminating_backends_in_bpf_lb_list():
+    assert fmt.svc_flags_text(SVC_FLAG_LOADBALANCER | SVC_FLAG_ROUTABLE, SVC_FLAG2_INT_LOCAL_SCOPE) == \
+        ["LoadBalancer", "InternalLocal"]
+    assert fmt.svc_flags_text(SVC_FLAG_EXTERNAL_IP | SVC_FLAG_ROUTABLE | SVC_FLAG_EXT_LOCAL_SCOPE, 0) == \
+        ["ExternalIPs", "Local"]
+    fe = dict(address=IPv4Address("198.51.100.7"), dport=80, proto=6)
+    entries = [
+        LbEntry(Lb4Key(**fe, backend_slot=0), Lb4Service(count=1, rev_nat_index=3,
+                                                         flags=SVC_FLAG_EXTERNAL_IP | SVC_FLAG_ROUTABLE)),
+        LbEntry(Lb4Key(**fe, backend_slot=1), Lb4Service(backend_id=2, rev_nat_index=3),
+                Lb4Backend(address=IPv4Address("10.244.0.4"), port=8080)),
+        LbEntry(Lb4Key(**fe, backend_slot=2), Lb4Service(backend_id=1, rev_nat_index=3),
+                Lb4Backend(address=IPv4Address("10.244.0.3"), port=8080, flags=1)),
+    ]
+    assert fmt.lb_lines(fmt.lb_rows(NODE, entries)) == [
+        ("198.51.100.7:80/TCP", "0.0.0.0:0 (3) (0) [ExternalIPs]"),
+        ("198.51.100.7:80/TCP", "10.244.0.4:8080/TCP (3) (1)"),
+        ("198.51.100.7:80/TCP", "10.244.0.3:8080/TCP (3) (2) [terminating]"),
+    ]
+
+
+def test_service_rows_list_external_and_load_balancer_ips_and_backend_states():
+    svc = {"name": "lb", "frontend": {"ip": "10.96.0.30", "port": 80, "protocol": "TCP"},
+           "backends": [{"ip": "10.244.0.3", "port": 8080, "terminating": True}, {"ip": "10.244.1.2", "port": 8080}],
+           "type": "LoadBalancer", "node_port": None, "external_ips": ["198.51.100.7"],
+           "load_balancer_ips": ["192.0.2.80"], "external_traffic_policy": "Local", "internal_traffic_policy": "Local"}
+    rows = fmt.service_rows(dp(services={"lb": svc}))
+    assert [(r["frontend"], r["type"]) for r in rows] == [
+        ("10.96.0.30:80/TCP", "ClusterIP"), ("198.51.100.7:80/TCP", "ExternalIPs"), ("192.0.2.80:80/TCP", "LoadBalancer")]
+    assert rows[2]["external_traffic_policy"] == "Local" and rows[0]["internal_traffic_policy"] == "Local"
+    text = render(fmt.service_table(rows))
+    assert "1 => 10.244.0.3:8080/TCP (terminating)" in text and "2 => 10.244.1.2:8080/TCP (active)" in text
 
 
 # -- conntrack and NAT -----------------------------------------------------------------------------------

@@ -231,7 +231,7 @@ def test_not_ready_endpoints_are_not_backends():
           - addresses: [10.244.1.5]
             conditions: {ready: true}
           - addresses: [10.244.1.6]
-            conditions: {ready: false, serving: true, terminating: true}
+            conditions: {ready: false, serving: false, terminating: false}
           - addresses: [10.244.1.7]
             conditions: {}          # ready unknown: taken as ready, as Kubernetes says consumers should
           - addresses: [10.244.1.8]
@@ -372,7 +372,7 @@ def test_maglev_annotation_and_its_limits():
     assert isinstance(svc, KubeService) and not svc.maglev
     docs = parse(service(meta="annotations: {service.cilium.io/lb-algorithm: maglev}"))
     assert not docs.items[0].maglev  # type: ignore[union-attr]
-    assert "maglev applies to NodePort traffic only" in docs.warnings[0]
+    assert "maglev applies to traffic from outside" in docs.warnings[0]
     assert "metadata.annotations[service.cilium.io/lb-algorithm]" in docs.warnings[0]
     docs = parse(service(meta="annotations: {service.cilium.io/forwarding-mode: dsr}"))
     assert "does not implement: ignored" in docs.warnings[0]
@@ -401,8 +401,8 @@ CASES = [
     (service() + "extra: 1\n", "extra", "unknown field"),
     (service("clusterIP: 10.96.0.20\nports: [{port: 80, nodeport: 30080}]\n"), "spec.ports[0].nodeport",
      "did you mean 'nodePort'?"),
-    (service("type: LoadBalancer\nclusterIP: 10.96.0.20\nports: [{port: 80}]\n"), "spec.type",
-     "'LoadBalancer' is not supported by ciliumlite"),
+    (service("type: LoadBalancer\nclusterIP: 10.96.0.20\nports: [{port: 80, nodePort: 80}]\n"),
+     "spec.ports[0].nodePort", "80 is outside 30000..32767"),
     (service("type: ExternalName\nexternalName: db.example.com\n"), "spec.type", "'ExternalName' is not supported"),
     (service("type: Headless\nclusterIP: 10.96.0.20\nports: [{port: 80}]\n"), "spec.type",
      "unsupported value 'Headless': expected 'ClusterIP', 'NodePort'"),
@@ -462,10 +462,32 @@ CASES = [
              "\nports: [{port: 80}]\n"), "spec.sessionAffinityConfig.clientIP.timeout", "did you mean 'timeoutSeconds'"),
     (service(meta="annotations: {service.cilium.io/lb-algorithm: roundrobin}"),
      "metadata.annotations[service.cilium.io/lb-algorithm]", "expected 'random' or 'maglev'"),
-    (service("clusterIP: 10.96.0.20\nexternalIPs: [198.51.100.7]\nports: [{port: 80}]\n"), "spec.externalIPs",
-     "not supported by ciliumlite"),
-    (service("clusterIP: 10.96.0.20\ninternalTrafficPolicy: Local\nports: [{port: 80}]\n"),
-     "spec.internalTrafficPolicy", "'Local' is not supported by ciliumlite"),
+    (service("clusterIP: 10.96.0.20\nexternalIPs: [198.51.100.7, 198.51.100.7]\nports: [{port: 80}]\n"),
+     "spec.externalIPs[1]", "Duplicate value: '198.51.100.7' (spec.externalIPs[0] has it)"),
+    (service("clusterIP: 10.96.0.20\nexternalIPs: [10.96.0.20]\nports: [{port: 80}]\n"),
+     "spec.externalIPs[0]", "Duplicate value: '10.96.0.20' (spec.clusterIP has it)"),
+    (service("clusterIP: 10.96.0.20\nexternalIPs: [198.51.100.300]\nports: [{port: 80}]\n"),
+     "spec.externalIPs[0]", "'198.51.100.300' is not an IP address"),
+    (service("clusterIP: 10.96.0.20\nexternalIPs: [224.0.0.1]\nports: [{port: 80}]\n"),
+     "spec.externalIPs[0]", "224.0.0.1 cannot be an external IP"),
+    (service("clusterIP: 10.96.0.20\ninternalTrafficPolicy: Nearby\nports: [{port: 80}]\n"),
+     "spec.internalTrafficPolicy", "unsupported value 'Nearby'"),
+    (service("type: LoadBalancer\nclusterIP: 10.96.0.20\nports: [{port: 80, nodePort: 30080}]\n") +
+     "status: {loadBalancer: {ingress: [{ip: 203.0.113.80}, {ip: 203.0.113.80}]}}\n",
+     "status.loadBalancer.ingress[1].ip", "Duplicate value: '203.0.113.80'"),
+    (service("type: LoadBalancer\nclusterIP: 10.96.0.20\nports: [{port: 80, nodePort: 30080}]\n") +
+     "status: {loadBalancer: {ingress: [{ip: 203.0.113.999}]}}\n",
+     "status.loadBalancer.ingress[0].ip", "is not an IP address"),
+    (service("type: LoadBalancer\nclusterIP: 10.96.0.20\nexternalTrafficPolicy: Local\nhealthCheckNodePort: 30080\n"
+             "ports: [{port: 80, nodePort: 30080}]\n"), "spec.healthCheckNodePort",
+     "Duplicate value: 30080 (spec.ports[0].nodePort has it)"),
+    (service("type: LoadBalancer\nclusterIP: 10.96.0.20\nexternalTrafficPolicy: Local\nhealthCheckNodePort: 8080\n"
+             "ports: [{port: 80, nodePort: 30080}]\n"), "spec.healthCheckNodePort", "outside 30000..32767"),
+    (service("type: LoadBalancer\nclusterIP: 10.96.0.20\nhealthCheckNodePort: 30081\n"
+             "ports: [{port: 80, nodePort: 30080}]\n"), "spec.healthCheckNodePort",
+     "only be set when type is 'LoadBalancer' and externalTrafficPolicy is 'Local'"),
+    (service("type: LoadBalancer\nclusterIP: 10.96.0.20\nloadBalancerSourceRanges: [198.51.100.0/24]\n"
+             "ports: [{port: 80}]\n"), "spec.loadBalancerSourceRanges", "not supported by ciliumlite"),
     (service(NODEPORT + "loadBalancerSourceRanges: [10.0.0.0/8]\nports: [{port: 80, nodePort: 30080}]\n"),
      "spec.loadBalancerSourceRanges", "may only be used when type is 'LoadBalancer'"),
     (service("clusterIP: 10.96.0.20\nipFamilies: [IPv6]\nports: [{port: 80}]\n"), "spec.ipFamilies",
@@ -729,3 +751,68 @@ def test_watchers_see_the_applied_services():
     applied(service(), endpoint_slice(), store=store)
     assert [(s.name, s.backends) for s in seen] == [("demo/web", (Backend("10.244.1.5", 8080),))]
     assert seen[0].labels["k8s.ciliumlite.io/namespace"] == "demo"
+
+
+# ---------------------------------------------------------------------------------------------
+# LoadBalancer, externalIPs, internalTrafficPolicy, healthCheckNodePort, terminating endpoints
+
+LB_SERVICE = """\
+apiVersion: v1
+kind: Service
+metadata: {name: shop, namespace: demo}
+spec:
+  type: LoadBalancer
+  clusterIP: 10.96.0.40
+  externalIPs: [198.51.100.7]
+  externalTrafficPolicy: Local
+  internalTrafficPolicy: Local
+  healthCheckNodePort: 30400
+  loadBalancerClass: example.com/lb
+  ports:
+    - {name: http, port: 80, targetPort: 8080, nodePort: 30401}
+    - {name: admin, port: 81, targetPort: 8081, nodePort: 30402}
+status:
+  loadBalancer:
+    ingress: [{ip: 203.0.113.80}, {hostname: lb.example.com}]
+"""
+
+
+def test_load_balancer_service_becomes_external_frontends():
+    docs = parse(LB_SERVICE, source="lb.yaml")
+    assert any("a hostname ingress is not load-balanced here" in w for w in docs.warnings)
+    store, lines = applied(LB_SERVICE)
+    assert lines == ["service/shop created"]
+    http, admin = by_name(store)["demo/shop:http"], by_name(store)["demo/shop:admin"]
+    assert (http.type, http.node_port, http.external_ips, http.load_balancer_ips) == \
+        ("LoadBalancer", 30401, ("198.51.100.7",), ("203.0.113.80",))
+    assert (http.external_traffic_policy, http.internal_traffic_policy) == ("Local", "Local")
+    # one health check per Kubernetes Service: on its first port's service
+    assert (http.health_check_node_port, admin.health_check_node_port) == (30400, None)
+    assert applied(LB_SERVICE, store=store)[1] == ["service/shop unchanged"]
+
+
+def test_load_balancer_without_node_ports_and_external_ips_on_a_cluster_ip():
+    store, _ = applied(service("type: LoadBalancer\nclusterIP: 10.96.0.41\nports: [{port: 80}]\n") +
+                       "status: {loadBalancer: {ingress: [{ip: 203.0.113.81}]}}\n",
+                       service("clusterIP: 10.96.0.42\nexternalIPs: [198.51.100.8]\nexternalTrafficPolicy: Local\n"
+                               "ports: [{port: 80}]\n", name="ext"))
+    lb, ext = by_name(store)["demo/web"], by_name(store)["demo/ext"]
+    assert (lb.node_port, lb.load_balancer_ips) == (None, ("203.0.113.81",))
+    assert (ext.type, ext.external_ips, ext.external_traffic_policy) == ("ClusterIP", ("198.51.100.8",), "Local")
+
+
+def test_terminating_endpoints_are_terminating_backends():
+    sl = endpoint_slice("""\
+        addressType: IPv4
+        ports: [{port: 8080}]
+        endpoints:
+          - addresses: [10.244.1.5]
+            conditions: {ready: true}
+          - addresses: [10.244.1.6]
+            conditions: {ready: false, serving: true, terminating: true}
+          - addresses: [10.244.1.7]
+            conditions: {ready: false, serving: false, terminating: true}   # no longer serving: not a backend
+        """)
+    store, _ = applied(service(), sl)
+    svc = by_name(store)["demo/web"]
+    assert [(b.ip, b.terminating) for b in svc.backends] == [("10.244.1.5", False), ("10.244.1.6", True)]

@@ -119,13 +119,15 @@ def test_too_many_backends_are_refused() -> None:
 
 
 def test_maglev_on_cluster_ip_is_refused() -> None:
-    refused(r"maglev applies to NodePort services only", Service, "web", FE, [BE], maglev=True)
+    refused(r"maglev applies to traffic from outside", Service, "web", FE, [BE], maglev=True)
     assert Service("web", FE, [BE], type="NodePort", node_port=30080, maglev=True).maglev
+    assert Service("web", FE, [BE], external_ips=["198.51.100.7"], maglev=True).maglev  # reached from outside
 
 
-@pytest.mark.parametrize("svc_type", ["LoadBalancer", "ExternalName", "clusterip", ""])
+@pytest.mark.parametrize("svc_type", ["ExternalName", "clusterip", ""])
 def test_unknown_service_type_is_refused(svc_type: str) -> None:
-    refused(rf"type {re.escape(repr(svc_type))} is not ClusterIP or NodePort", Service, "web", FE, [BE], type=svc_type)
+    refused(rf"type {re.escape(repr(svc_type))} is not ClusterIP, NodePort or LoadBalancer", Service, "web", FE, [BE],
+            type=svc_type)
 
 
 @pytest.mark.parametrize("name", ["", "x" * 64])
@@ -177,3 +179,54 @@ def test_service_round_trips_through_json() -> None:
 def test_service_from_bad_dicts(data: Any, match: str) -> None:
     with pytest.raises(ValidationError, match=match):
         Service.from_dict(data)
+
+
+# -- LoadBalancer, externalIPs, internalTrafficPolicy, healthCheckNodePort, terminating backends ----------
+LB_IP, EXT_IP = "203.0.113.80", "198.51.100.7"
+
+
+def test_load_balancer_service_is_accepted_with_and_without_node_port() -> None:
+    svc = Service("web", FE, [BE], type="LoadBalancer", node_port=30080, load_balancer_ips=[LB_IP],
+                  external_traffic_policy="Local", health_check_node_port=30081)
+    assert svc.load_balancer_ips == (LB_IP,) and svc.external_addresses == (LB_IP,)
+    # allocateLoadBalancerNodePorts: false -- only the LoadBalancer IPs are served
+    assert Service("web", FE, [BE], type="LoadBalancer", load_balancer_ips=[LB_IP]).node_port is None
+
+
+def test_external_addresses_are_normalised_and_round_trip() -> None:
+    svc = Service("web", FE, [BE, Backend("10.244.0.6", 8080, terminating=True)], external_ips=[EXT_IP],
+                  internal_traffic_policy="Local")
+    assert svc.external_ips == (EXT_IP,)
+    assert Service.from_dict(svc.to_dict()) == svc
+
+
+@pytest.mark.parametrize(("kw", "match"), [
+    ({"external_ips": ["198.51.100.300"]}, r"external_ips: '198\.51\.100\.300' is not an IPv4 address"),
+    ({"external_ips": ["0.0.0.0"]}, r"external_ips: 0\.0\.0\.0 cannot be used"),
+    ({"external_ips": "198.51.100.7"}, r"external_ips must be a list"),
+    ({"external_ips": [EXT_IP, EXT_IP]}, r"external_ips 198\.51\.100\.7 is already in external_ips"),
+    ({"external_ips": ["10.96.0.10"]}, r"external_ips 10\.96\.0\.10 is already the ClusterIP"),
+    ({"external_ips": [EXT_IP], "type": "LoadBalancer", "load_balancer_ips": [EXT_IP]},
+     r"load_balancer_ips 198\.51\.100\.7 is already in external_ips"),
+    ({"load_balancer_ips": [LB_IP]}, r"load_balancer_ips are only for type LoadBalancer"),
+    ({"external_ips": [f"198.51.100.{i}" for i in range(1, 66)]}, r"65 external addresses, at most 64"),
+    ({"internal_traffic_policy": "Global"}, r"internal_traffic_policy must be Cluster or Local"),
+    ({"type": "NodePort", "node_port": 30080, "external_traffic_policy": "Local", "health_check_node_port": 30081},
+     r"health_check_node_port is only for a LoadBalancer service with external_traffic_policy Local"),
+    ({"type": "LoadBalancer", "health_check_node_port": 30081}, r"only for a LoadBalancer service with"),
+    ({"type": "LoadBalancer", "external_traffic_policy": "Local", "health_check_node_port": 0},
+     r"health_check_node_port 0 is outside 30000\.\.32767"),
+    ({"type": "LoadBalancer", "external_traffic_policy": "Local", "node_port": 30080,
+      "health_check_node_port": 30080}, r"health_check_node_port 30080 is also its node_port"),
+    ({"type": "LoadBalancer", "node_port": 0}, r"node_port 0 is outside 30000\.\.32767"),
+])
+def test_bad_external_input_is_refused(kw: dict[str, Any], match: str) -> None:
+    refused(match, Service, "web", FE, [BE], **kw)
+
+
+def test_terminating_backends_are_chosen_only_without_active_ones() -> None:
+    dying = Backend("10.244.0.6", 8080, terminating=True)
+    assert Service("web", FE, [BE, dying]).active_backends == (BE,)
+    assert Service("web", FE, [dying]).active_backends == (dying,)  # kube-proxy's and Cilium's fallback
+    refused(r"terminating must be a bool", Backend, "10.244.0.6", 8080, "yes")
+    refused(r"duplicate backend 10\.244\.0\.5:8080", Service, "web", FE, [BE, Backend(BE.ip, BE.port, True)])

@@ -47,12 +47,12 @@
  *   Load balancing / NAT (lb.h ct.h nat.h dsr.h):
  *   enable_socket_lb    __u8    1              bpf_sock translates at connect/
  *                                              sendmsg (only bpf_sock reads it)
- *   enable_per_packet_lb __u8   0              cil_from_container: 1 = per-packet
- *                                              LB is the primary E-W mechanism.
- *                                              A packet whose daddr:dport IS a
- *                                              frontend is translated either way
- *                                              (socket LB did not see it: raw
- *                                              socket, pre-existing socket, ...)
+ *   enable_per_packet_lb __u8   0              cil_from_container: 1 = DNAT pod
+ *                                              packets whose daddr:dport is a
+ *                                              frontend (socket LB did not see
+ *                                              them: raw socket, pre-existing
+ *                                              socket, socket LB off); 0 = no
+ *                                              frontend lookup, socket LB only
  *   lb_mode             __u8    0 (SNAT)       NodePort to a remote backend:
  *                                              LB_MODE_SNAT 0, LB_MODE_DSR 1,
  *                                              LB_MODE_HYBRID 2 (DSR for TCP,
