@@ -14,7 +14,9 @@ used; every process is the lab's and goes with it.
 from __future__ import annotations
 
 import json
+import os
 import select
+import subprocess
 import sys
 from collections import Counter
 from collections.abc import Iterator
@@ -379,3 +381,75 @@ class TestLbMapSize:
             assert answers(ext.c2, "10.96.41.2", 80, n=2) == Counter({"be1": 2})
         finally:
             drop(ext.cl, "fill", "more")
+
+
+class TestUserLayers:
+    """The same features through what users touch: ``ciliumlite apply -f``'s manifests and the CLI."""
+
+    def test_manifest_with_load_balancer_external_ips_and_a_terminating_endpoint(self, ext: ExtLab) -> None:
+        manifest = f"""
+apiVersion: v1
+kind: Service
+metadata: {{name: shop, namespace: demo}}
+spec:
+  type: LoadBalancer
+  clusterIP: 10.96.42.1
+  externalIPs: [{EXT_IP}]
+  externalTrafficPolicy: Local
+  healthCheckNodePort: 30530
+  ports: [{{port: 80, targetPort: {ECHO}, nodePort: 30531}}]
+status:
+  loadBalancer:
+    ingress: [{{ip: {LB_IP}}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: shop-1
+  namespace: demo
+  labels: {{kubernetes.io/service-name: shop}}
+addressType: IPv4
+ports: [{{port: {ECHO}}}]
+endpoints:
+  - addresses: [{ext.be1.ip}]
+    conditions: {{ready: true}}
+  - addresses: [{ext.be2.ip}]
+    conditions: {{ready: false, serving: true, terminating: true}}
+"""
+        try:
+            ext.lab.apply(manifest)
+            assert ext.w2.datapath is not None
+            svc = ext.w2.datapath.service("demo/shop")
+            assert [(b.ip, b.terminating) for b in svc.backends] == [(ext.be1.ip, False), (ext.be2.ip, True)]
+            # w2's only local backend is terminating: its external scope falls back to it, and its
+            # health check says 503 so that a balancer would not pick w2
+            assert probe(ext.outside, ext.w2.ip, 30530)["status"] == 503
+            assert probe(ext.outside, ext.w1.ip, 30530)["body"]["service"] == {"namespace": "demo", "name": "shop"}
+            for ip, via in ((LB_IP, ext.w1), (EXT_IP, ext.w1)):
+                ext.route(ip, via)
+                assert answers(ext.outside, ip, 80, n=3) == Counter({"be1": 3}), ip
+        finally:
+            drop(ext.cl, "demo/shop")
+
+    def test_bpf_lb_list_and_service_list_show_the_new_frontends_and_states(self, ext: ExtLab) -> None:
+        svc = Service("shown", Frontend("10.96.42.2", 80), [Backend(ext.be1.ip, ECHO, terminating=True),
+                                                           Backend(ext.be2.ip, ECHO)],
+                      type="LoadBalancer", load_balancer_ips=[LB_IP], external_ips=[EXT_IP])
+        try:
+            ext.cl.upsert_service(svc)
+
+            def cli(*args: str) -> str:
+                res = subprocess.run([sys.executable, "-m", "ciliumlite.cli", *args, "--lab", ext.lab.prefix,
+                                      "--node", "w1"], capture_output=True, text=True, timeout=120, env=dict(os.environ))
+                assert res.returncode == 0, res.stderr
+                return res.stdout
+
+            lines = [" ".join(line.split()) for line in cli("bpf", "lb", "list").splitlines()]
+            for addr, kind in ((EXT_IP, "ExternalIPs"), (LB_IP, "LoadBalancer")):
+                assert any(line.startswith(f"{addr}:80/TCP 0.0.0.0:0") and f"[{kind}]" in line for line in lines), lines
+                assert any(line.startswith(f"{addr}:80/TCP {ext.be1.ip}:{ECHO}/TCP") and "(2) [terminating]" in line
+                           for line in lines), lines
+            listed = cli("service", "list")
+            assert "LoadBalancer" in listed and "ExternalIPs" in listed and "(terminating)" in listed
+        finally:
+            drop(ext.cl, "shown")
