@@ -4,24 +4,21 @@
 pinned maps of the datapaths it is given (through :mod:`ciliumlite.inspect`, so any process can
 serve them) and answers with Cilium's metric names (``Documentation/observability/metrics.rst``):
 
-=====================================================  =============================================
-``cilium_forward_count_total{direction}``              packets forwarded (``cilium_metrics``)
-``cilium_forward_bytes_total{direction}``              bytes forwarded
-``cilium_drop_count_total{reason,direction}``          packets dropped, ``reason`` in Cilium's words
-                                                       (``"Policy denied"``, ``"Invalid source ip"``)
-``cilium_drop_bytes_total{reason,direction}``          bytes dropped
-``hubble_lost_events_total{source}``                   events ``monitor`` never got: ``source`` is
-                                                       ``perf_event_ring_buffer`` (ring full) or
-                                                       ``bpf_events_rate_limit``
-``cilium_bpf_map_pressure{map_name}``                  entries / max_entries of every pinned map
-``cilium_datapath_conntrack_gc_entries{family,protocol,status}``   alive entries now; deleted by the last run
-``cilium_datapath_conntrack_gc_runs_total{status}``    GC passes (where this process runs GC)
-``cilium_datapath_conntrack_gc_deleted_total{kind}``   entries GC deleted (``ct``, ``nat``)
-``cilium_datapath_conntrack_gc_duration_seconds``      time of the last GC pass
-``cilium_endpoint`` / ``cilium_endpoint_state``        endpoints of the node (all ``ready``)
-``cilium_services`` / ``cilium_policy``                services programmed / policies enforced
-``cilium_kvstore_operations_duration_seconds``         etcd round trips (:class:`KvstoreMetrics`)
-=====================================================  =============================================
+| metric | what |
+|---|---|
+| ``cilium_forward_count_total{direction}`` | packets forwarded (``cilium_metrics``) |
+| ``cilium_forward_bytes_total{direction}`` | bytes forwarded |
+| ``cilium_drop_count_total{reason,direction}`` | packets dropped, ``reason`` in Cilium's words (``"Policy denied"``) |
+| ``cilium_drop_bytes_total{reason,direction}`` | bytes dropped |
+| ``hubble_lost_events_total{source}`` | events ``monitor`` never got: ``perf_event_ring_buffer`` (ring full), ``bpf_events_rate_limit`` |
+| ``cilium_bpf_map_pressure{map_name}`` | entries / max_entries of every pinned hash/LPM map |
+| ``cilium_datapath_conntrack_gc_entries{family,protocol,status}`` | alive entries now; deleted by the last run |
+| ``cilium_datapath_conntrack_gc_runs_total{status}`` | GC passes (where this process runs GC) |
+| ``cilium_datapath_conntrack_gc_deleted_total{kind}`` | entries GC deleted (``ct``, ``nat``) |
+| ``cilium_datapath_conntrack_gc_duration_seconds`` | time of the last GC pass |
+| ``cilium_endpoint`` / ``cilium_endpoint_state`` | endpoints of the node (all ``ready``) |
+| ``cilium_services`` / ``cilium_policy`` | services programmed / policies enforced |
+| ``cilium_kvstore_operations_duration_seconds`` | etcd round trips (:class:`KvstoreMetrics`) |
 
 Every datapath series has a ``node`` label, so one endpoint can serve a whole lab. Packets never
 pass through Python: counters are summed over CPUs and source lines at scrape time, nothing polls.
@@ -277,7 +274,7 @@ class DatapathCollector(Collector):
             for src in LOST_EVENT_SOURCES.values():
                 fam["lost"].add_metric([src, node], lost.get(src, 0))
             for p in ins.map_pressure(dp):
-                if p.max_entries and p.type not in ("RINGBUF", "SK_STORAGE", "PROG_ARRAY"):
+                if p.max_entries and ("HASH" in p.type or p.type == "LPM_TRIE"):  # arrays are always full
                     fam["mp"].add_metric([p.name, node], p.ratio)
                 if p.name in _CT_PROTOCOLS:
                     fam["ct"].add_metric(["ipv4", _CT_PROTOCOLS[p.name], "alive", node], p.entries)

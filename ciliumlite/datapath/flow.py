@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from ciliumlite.datapath.events import DropEvent, PolicyVerdictEvent, TraceEvent, TracePoint
+from ciliumlite.datapath.events import MATCH_TYPES, DropEvent, PolicyVerdictEvent, TraceEvent, TracePoint
 from ciliumlite.datapath.reasons import Reason, describe
 
 __all__ = ["DROP_REASON_DESC", "EVENT_TYPE", "OBSERVATION_POINTS", "Peers", "compact", "drop_reason_desc",
@@ -61,6 +61,9 @@ _POINT_TEXT: Final[Mapping[str, str]] = {
     "FROM_ENDPOINT": "from-endpoint", "FROM_OVERLAY": "from-overlay", "FROM_NETWORK": "from-network",
     "TO_NETWORK": "to-network",
 }
+
+_ICMP_TYPES: Final[Mapping[int | None, str]] = {0: "EchoReply", 3: "DestinationUnreachable", 5: "Redirect",
+                                                8: "EchoRequest", 11: "TimeExceeded"}
 
 Event = DropEvent | TraceEvent | PolicyVerdictEvent
 
@@ -217,7 +220,8 @@ def compact(flow: Mapping[str, Any]) -> str:
     if verdict == "DROPPED" and etype == EVENT_TYPE["drop"]:
         what = f"{_drop_text(flow)} DROPPED"
     elif etype == EVENT_TYPE["policy-verdict"]:
-        what = (f"policy-verdict:{flow.get('policy_match_type', 0)} {flow.get('traffic_direction')} "
+        match = MATCH_TYPES.get(int(flow.get("policy_match_type", 0)), "none")
+        what = (f"policy-verdict:{match} {flow.get('traffic_direction')} "
                 f"{'ALLOWED' if verdict == 'FORWARDED' else 'DENIED'}")
     else:
         point = str(flow.get("trace_observation_point", ""))
@@ -228,7 +232,8 @@ def compact(flow: Mapping[str, Any]) -> str:
     if proto == "TCP" and l4["TCP"].get("flags"):
         detail = "TCP Flags: " + ", ".join(sorted(l4["TCP"]["flags"]))
     elif proto == "ICMPv4":
-        detail = f"ICMPv4 type {l4['ICMPv4'].get('type')}"
+        icmp_type = l4["ICMPv4"].get("type")
+        detail = f"ICMPv4 {_ICMP_TYPES.get(icmp_type, f'type {icmp_type}')}"
     return f"{when}: {_peer_text(flow, 'source')} -> {_peer_text(flow, 'destination')} {what}" + (
         f" ({detail})" if detail else "")
 

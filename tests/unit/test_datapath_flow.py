@@ -69,7 +69,7 @@ def test_a_policy_verdict_names_the_remote_identity() -> None:
                             endpoint=9, remote_identity=4242, verdict=-133, match=2, dst_port=80, l4_proto=6)
     f = to_flow(ev, Peers())
     assert f["verdict"] == "DROPPED" and f["source"] == {"identity": 4242} and f["destination"] == {"ID": 9}
-    assert "policy-verdict:2 INGRESS DENIED" in compact(f)
+    assert "policy-verdict:L3-L4 INGRESS DENIED" in compact(f)
 
 
 def test_reason_names_and_tcp_flags() -> None:
