@@ -201,6 +201,20 @@ class Service:
         """``external_ips`` then ``load_balancer_ips``: the addresses served like a NodePort frontend."""
         return tuple(self.external_ips) + tuple(self.load_balancer_ips)
 
+    def frontends(self) -> list[Frontend]:
+        """Every address:port/protocol the service claims: the ClusterIP and each external address.
+        No two services may share one (the datapath has one row per address, port and protocol)."""
+        fe = self.frontend
+        return [fe, *(Frontend(ip, fe.port, fe.protocol) for ip in self.external_addresses)]
+
+    def node_ports(self) -> list[tuple[int, str]]:
+        """Every (port, protocol) the service takes on the nodes: its node port, and its health check
+        node port (TCP, an HTTP server)."""
+        out: list[tuple[int, str]] = [(self.node_port, self.frontend.protocol)] if self.node_port is not None else []
+        if self.health_check_node_port is not None:
+            out.append((self.health_check_node_port, "TCP"))
+        return out
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (the kvstore value and the agent API's body); :meth:`from_dict` reads it."""
         return dataclasses.asdict(self)

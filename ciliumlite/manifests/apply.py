@@ -368,16 +368,22 @@ def _service_clashes(by_name: dict[str, Service], removes: list[str], puts: dict
             pair = frozenset((name, other.name))
             if other.name == name or pair in reported:
                 continue
-            fe = svc.frontend
-            if other.frontend == fe:
+            # The ClusterIP and each external/LoadBalancer IP at the port; the node port and the
+            # health check port: the same claims the datapath checks.
+            shared_fe = [fe for fe in svc.frontends() if fe in other.frontends()]
+            shared_np = [np for np in svc.node_ports() if np in other.node_ports()]
+            if shared_fe:
+                fe = shared_fe[0]
                 reported.add(pair)
                 errors.append(origin.error(f"{port.path}.port", f"frontend {fe.ip}:{fe.port}/{fe.protocol} is "
                                            f"already used by service {other.name}"))
-            elif svc.node_port is not None and other.node_port == svc.node_port and \
-                    other.frontend.protocol == fe.protocol:
+            elif shared_np:
+                number, proto = shared_np[0]
+                field = "nodePort" if number == svc.node_port else "healthCheckNodePort"
+                where = f"{port.path}.nodePort" if field == "nodePort" else "spec.healthCheckNodePort"
                 reported.add(pair)
-                errors.append(origin.error(f"{port.path}.nodePort", f"node port {svc.node_port}/{fe.protocol} is "
-                                           f"already used by service {other.name}"))
+                errors.append(origin.error(where, f"node port {number}/{proto} is already used by service "
+                                           f"{other.name}"))
     return errors
 
 

@@ -134,45 +134,30 @@ class _Claims:
         self.frontends: dict[Frontend, str] = {}
         self.node_ports: dict[tuple[int, str], str] = {}
 
-    @staticmethod
-    def _frontends(svc: Service) -> list[Frontend]:
-        fe = svc.frontend
-        return [fe, *(Frontend(ip, fe.port, fe.protocol) for ip in svc.external_addresses)]
-
-    @staticmethod
-    def _node_ports(svc: Service) -> list[tuple[int, str]]:
-        out: list[tuple[int, str]] = [(svc.node_port, svc.frontend.protocol)] if svc.node_port is not None else []
-        if svc.health_check_node_port is not None:
-            out.append((svc.health_check_node_port, "TCP"))
-        return out
-
     def check(self, svc: Service) -> None:
         if not isinstance(svc, Service):
             raise ValidationError(f"expected a Service, got {type(svc).__name__}")
-        for fe in self._frontends(svc):
+        for fe in svc.frontends():
             other = self.frontends.get(fe)
             if other is not None and other != svc.name:
                 raise ValidationError(f"service {svc.name}: frontend {fe.ip}:{fe.port}/{fe.protocol} is already "
                                       f"used by {other}")
-        for port, proto in self._node_ports(svc):
+        for port, proto in svc.node_ports():
             other = self.node_ports.get((port, proto))
             if other is not None and other != svc.name:
                 raise ValidationError(f"service {svc.name}: node port {port}/{proto} is already taken by {other}")
-        if svc.health_check_node_port is not None and svc.node_port == svc.health_check_node_port \
-                and svc.frontend.protocol == "TCP":
-            raise ValidationError(f"service {svc.name}: health_check_node_port {svc.node_port} is its own node port")
 
     def add(self, svc: Service) -> None:
-        for fe in self._frontends(svc):
+        for fe in svc.frontends():
             self.frontends.setdefault(fe, svc.name)
-        for key in self._node_ports(svc):
+        for key in svc.node_ports():
             self.node_ports.setdefault(key, svc.name)
 
     def remove(self, svc: Service) -> None:
-        for fe in self._frontends(svc):
+        for fe in svc.frontends():
             if self.frontends.get(fe) == svc.name:
                 del self.frontends[fe]
-        for key in self._node_ports(svc):
+        for key in svc.node_ports():
             if self.node_ports.get(key) == svc.name:
                 del self.node_ports[key]
 

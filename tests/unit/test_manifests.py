@@ -816,3 +816,14 @@ def test_terminating_endpoints_are_terminating_backends():
     store, _ = applied(service(), sl)
     svc = by_name(store)["demo/web"]
     assert [(b.ip, b.terminating) for b in svc.backends] == [("10.244.1.5", False), ("10.244.1.6", True)]
+
+
+def test_external_addresses_and_health_check_ports_clash_with_other_services():
+    store, _ = applied(LB_SERVICE)
+    with pytest.raises(ManifestError, match=r"frontend 198\.51\.100\.7:80/TCP is already used by service demo/shop:http"):
+        apply(store, parse(service("clusterIP: 198.51.100.7\nports: [{port: 80}]\n", name="other"), source="o.yaml"))
+    with pytest.raises(ManifestError, match=r"spec.ports\[0\].nodePort: node port 30400/TCP is already used by service "
+                                            r"demo/shop:http"):
+        apply(store, parse(service("type: NodePort\nclusterIP: 10.96.0.50\nports: [{port: 80, nodePort: 30400}]\n",
+                                   name="other"), source="o.yaml"))
+    assert sorted(by_name(store)) == ["demo/shop:admin", "demo/shop:http"]
