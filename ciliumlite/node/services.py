@@ -14,6 +14,7 @@ runs the ``healthCheckNodePort`` servers (:mod:`ciliumlite.node.healthcheck`).
 
 from __future__ import annotations
 
+import logging
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
@@ -40,6 +41,8 @@ from ciliumlite.datapath.records import (
 from ciliumlite.node import links
 from ciliumlite.node.healthcheck import HealthCheckServer
 from ciliumlite.service import Backend, Frontend, Service
+
+log = logging.getLogger(__name__)
 
 #: The cgroup hooks of ``bpf_sock`` (socket LB at connect time and for unconnected UDP).
 SOCK_PROGRAMS = ("cil_sock4_connect", "cil_sock4_sendmsg", "cil_sock4_recvmsg", "cil_sock4_getpeername")
@@ -336,9 +339,14 @@ class Services:
             self._by_name, self._claims = {}, _Claims()
             for s in svcs:
                 self._set(s)
-            # The servers were the previous process's threads: this one answers from now on.
+            # The servers were the previous process's threads: this one answers from now on. A
+            # port still held (the previous process lingering) must not fail the restore of the
+            # datapath itself: the service's rows are what forwards traffic.
             for s in svcs:
-                self._health_for(s)
+                try:
+                    self._health_for(s)
+                except ValidationError as exc:
+                    log.warning("%s: %s", self.config.node_name, exc)
         except BaseException:
             self.release()
             raise
