@@ -9,6 +9,10 @@ that a few hundred backends overflow ``cilium_lb4_services_v2``. The outside hos
 reaches external and LoadBalancer IPs through the leaf router, which routes each such /32 to one
 node, as an external balancer (or BGP) would. Only lab namespaces and documentation addresses are
 used; every process is the lab's and goes with it.
+
+``TestThroughAgents`` has a lab of its own with etcd and an agent process per node: a LoadBalancer
+manifest applied to etcd, each agent's health check server answering for its own node, and the
+endpoint going terminating.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ from typing import Any
 
 import pytest
 from pyroute2 import IPRoute
+
+from ciliumlite.lab.agent_cluster import AgentCluster
 
 from ciliumlite.datapath.lb import LbMapFullError
 from ciliumlite.datapath.reasons import Reason
@@ -131,8 +137,13 @@ class ExtLab:
 
     def route(self, ip: str, via: Node) -> None:
         """The leaf routes ``ip`` to ``via`` (what an external balancer or BGP would arrange)."""
-        with IPRoute(netns=self.lab.fabric_or_create().netns) as ipr:
-            ipr.route("replace", dst=f"{ip}/32", gateway=via.ip)
+        route(self.lab, ip, via.ip)
+
+
+def route(lab: Lab, ip: str, node_ip: str) -> None:
+    """The leaf router of ``lab`` sends ``ip`` to the node at ``node_ip``."""
+    with IPRoute(netns=lab.fabric_or_create().netns) as ipr:
+        ipr.route("replace", dst=f"{ip}/32", gateway=node_ip)
 
 
 def _start(pod: Pod, script: str, *args: str) -> None:
@@ -453,3 +464,58 @@ endpoints:
             assert "LoadBalancer" in listed and "ExternalIPs" in listed and "(terminating)" in listed
         finally:
             drop(ext.cl, "shown")
+
+
+# == through the agents: services from etcd, health checks served by the agent processes =============
+@pytest.fixture(scope="class")
+def agents() -> Iterator[tuple[Lab, AgentCluster, Pod]]:
+    with Lab("svc-agents", store="etcd", lease_ttl=15) as lab:
+        cluster = lab.cluster(["a", "b"], routing="vxlan")
+        assert isinstance(cluster, AgentCluster)
+        web = cluster.node("a").add_pod("web")
+        web.ensure_echo_server(ECHO)
+        lab.outside()
+        yield lab, cluster, web
+
+
+def _lb_manifest(web_ip: str, conditions: str) -> str:
+    return f"""
+apiVersion: v1
+kind: Service
+metadata: {{name: web, namespace: default}}
+spec:
+  type: LoadBalancer
+  clusterIP: 10.96.43.1
+  externalTrafficPolicy: Local
+  healthCheckNodePort: 30540
+  ports: [{{port: 80, targetPort: {ECHO}, nodePort: 30541}}]
+status: {{loadBalancer: {{ingress: [{{ip: {LB_IP}}}]}}}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: web-1, namespace: default, labels: {{kubernetes.io/service-name: web}}}}
+addressType: IPv4
+ports: [{{port: {ECHO}}}]
+endpoints:
+  - addresses: [{web_ip}]
+    conditions: {conditions}
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/usr/bin/etcd") and not os.path.exists("/usr/local/bin/etcd"),
+                    reason="etcd is not installed")
+@pytest.mark.no_leak_check  # the agents' socket LB lives as long as the lab; the lab's teardown removes it
+class TestThroughAgents:
+    def test_health_check_served_by_each_agent_follows_the_endpoints(self, agents: tuple[Lab, AgentCluster,
+                                                                                             Pod]) -> None:
+        lab, cluster, web = agents
+        a, b = cluster.node("a"), cluster.node("b")
+        outside = lab.outside()
+        lab.apply(_lb_manifest(web.ip, "{ready: true}"))
+        assert [(p["status"], p["body"]["localEndpoints"]) for p in (probe(outside, n.ip, 30540) for n in (a, b))] \
+            == [(200, 1), (503, 0)], "each node's agent answers for its own backends"
+        route(lab, LB_IP, a.ip)
+        assert answers(outside, LB_IP, 80, n=3) == Counter({"web": 3})
+        lab.apply(_lb_manifest(web.ip, "{ready: false, serving: true, terminating: true}"))
+        assert probe(outside, a.ip, 30540)["status"] == 503, "the only local endpoint is terminating"
+        assert answers(outside, LB_IP, 80, n=2) == Counter({"web": 2}), "still served: only terminating is left"
