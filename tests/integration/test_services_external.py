@@ -31,12 +31,11 @@ from typing import Any
 import pytest
 from pyroute2 import IPRoute
 
-from ciliumlite.lab.agent_cluster import AgentCluster
-
 from ciliumlite.datapath.lb import LbMapFullError
 from ciliumlite.datapath.reasons import Reason
 from ciliumlite.datapath.records import SVC_FLAG_EXTERNAL_IP, SVC_FLAG_LOADBALANCER
 from ciliumlite.lab import Host, Lab, LabCluster, Node, Pod
+from ciliumlite.lab.agent_cluster import AgentCluster
 from ciliumlite.service import Backend, Frontend, Service
 
 pytestmark = pytest.mark.integration
