@@ -9,6 +9,8 @@
 #   make lint        ruff + mypy (strict)
 #   make demo        bootstrap, then the demo
 #   make bench       bootstrap, then the benchmarks
+#   make fuzz        bootstrap, then fuzz every datapath program in every configuration
+#                    (FRAMES per program per configuration, default 1,000,000; FUZZ_TIME s bound)
 #   make clean       remove build outputs (keeps .venv; `make distclean` removes it too)
 
 SHELL := /bin/bash
@@ -17,10 +19,13 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
+FRAMES ?= 1000000
+FUZZ_TIME ?= 2400
+FUZZ_OUT ?= benchmarks/results/fuzz.md
 LINT_PATHS = $(wildcard ciliumlite tests benchmarks examples)
 
 .DEFAULT_GOAL := build
-.PHONY: bootstrap sysdeps build test lint demo bench clean distclean
+.PHONY: bootstrap sysdeps build test lint demo bench fuzz clean distclean
 
 bootstrap:
 	@bash scripts/bootstrap.sh
@@ -64,6 +69,11 @@ bench: bootstrap
 	else \
 		echo "make bench: benchmarks/run.py does not exist yet" >&2; exit 1; \
 	fi
+
+# ciliumlite.testing.fuzz: BPF_PROG_TEST_RUN only (no traffic); writes $(FUZZ_OUT) and .json.
+# Exit 1 if an invariant failed (docs/testing.md, Fuzzing).
+fuzz: bootstrap
+	$(PY) -m ciliumlite.testing.fuzz --frames $(FRAMES) --time-limit $(FUZZ_TIME) --out $(FUZZ_OUT)
 
 clean:
 	rm -rf build tests/bpf/objects ciliumlite/objects/*.o *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -372,6 +372,13 @@ static __always_inline bool masq_wanted(const struct pkt4 *p)
 		return false;
 	if (native_cidr_mask && (daddr & native_cidr_mask) == native_cidr)
 		return false;
+	/* An ICMP echo reply (pkt4_extract_icmp_echo: sport 0, the id in
+	 * dport) answers a ping that reached the pod itself: it leaves
+	 * untouched, as Cilium's snat_v4_nat punts it to the stack. A mapping
+	 * would rewrite the id as a source port with the checksum updated
+	 * from sport 0, not from the id (found by the fuzzer). */
+	if (p->proto == IPPROTO_ICMP && !p->sport)
+		return false;
 	return !bpf_map_lookup_elem(&cilium_node_map, &daddr);
 }
 

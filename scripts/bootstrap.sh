@@ -29,7 +29,7 @@ if [ ! -x "$VENV/bin/python" ]; then
   rm -f "$STAMP"
 fi
 
-# 3. ciliumlite installed editable from this checkout, with the dev extras. Reinstall when the
+# 3. ciliumlite installed editable from this checkout, with the dev extras (scapy among them). Reinstall when the
 #    packaging files change (stamp = their hash) or when `ciliumlite` does not resolve to this tree
 #    (found without importing it, so a broken import in the package does not trigger a reinstall).
 want=$(cat pyproject.toml setup.py | sha256sum | cut -d' ' -f1)
@@ -42,7 +42,9 @@ origin = getattr(spec, "origin", None) or ""
 sys.exit(0 if origin and os.path.realpath(origin).startswith(os.path.realpath(sys.argv[1]) + os.sep) else 1)
 EOF
 }
-if [ "$want" != "$have" ] || ! resolves_here; then
+# scapy (the fuzzer's decoder, [dev]) is checked by import too: a venv made before it was a
+# dependency gets it even when the stamp matches.
+if [ "$want" != "$have" ] || ! resolves_here || ! "$VENV/bin/python" -c "import scapy" 2>/dev/null; then
   say "installing ciliumlite into $VENV (pip install -e '.[dev]')"
   log=$(mktemp /tmp/ciliumlite-pip.XXXXXX)
   if ! "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e '.[dev]' >"$log" 2>&1; then
