@@ -234,6 +234,30 @@ def test_a_flood_is_rate_limited_and_reported(topo: Topo) -> None:
     assert note and int(note[2]) >= n - len(shown), err
 
 
+def test_lost_events_are_shown_as_they_happen() -> None:
+    # A node that may send 5 events a second per CPU: 50 drops at once, at most 10 events; the rest
+    # is shown as lost in the stream itself, as many as the datapath counted.
+    with Lab("monlost") as lab:
+        node = lab.add_node("n", events_per_sec=5)
+        a, b = node.add_pod("a"), node.add_pod("b")
+        assert a.ping(b, count=1).ok
+        dp = node.datapath
+        assert dp is not None
+        before = dp.count(Reason.EVENT_LOST_RATE_LIMIT)
+        mon = MonitorProc("--type", "drop", "--lab", lab.prefix, "--duration", "3")
+        mon.wait_listening()
+        send_spoofed_udp(a, "10.244.0.99", b, 7109, n=50)
+        out, err = mon.finish()
+        assert mon.proc.returncode == 0, err
+        lost = dp.count(Reason.EVENT_LOST_RATE_LIMIT) - before
+    shown = [ln for ln in out.splitlines() if ":7109 UDP" in ln]
+    reported = [int(m[1]) for m in re.finditer(r"^EVENTS LOST: BPF_EVENTS_RATE_LIMIT (\d+) \(Event lost \(rate limit\)\)$",
+                                               out, re.MULTILINE)]
+    assert 1 <= len(shown) <= 10 and reported, out
+    assert sum(reported) == lost and len(shown) + sum(reported) >= 50, (len(shown), reported, lost)
+    assert f"{lost} events were not sent while monitoring (rate limit: {lost}" in err
+
+
 def test_flows_carry_hubble_fields(topo: Topo) -> None:
     a, b = topo.a, topo.b
     mon = MonitorProc("--type", "drop", "--lab", topo.prefix, "--node", "drops", "--flows", "-o", "json",
