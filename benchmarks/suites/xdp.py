@@ -71,9 +71,9 @@ node core**, the same count ÷ the CPU time n1's NAPI kthread and ``ksoftirqd`` 
 the window (``/proc/<pid>/schedstat``, exact; this kernel's /proc/stat is tick-sampled). The second is
 what one core of the node sustains: with two CPUs the generator (and veth's 256-frame ring, refilled
 only as fast as the node's kthread is woken) bounds the first, and no arm keeps its CPU busy all the
-time. The wire peer ``n0`` runs threaded NAPI too, its kthread on the generator's CPU: the sink's
-receive is the next hop's work, not the node's, and would otherwise run on the node's CPU (n1's
-transmit raises it there) and be billed to every NodePort arm. ``--bpf-stats`` adds a separate pass with run-time statistics on:
+time. The wire peer ``n0`` runs threaded NAPI too, in a kthread of its own on the node's CPU that is not
+counted as the node's: the sink's receive is the next hop's work, and as a softirq raised by n1's
+transmit it would run inside n1's kthread and be billed to every NodePort arm. ``--bpf-stats`` adds a separate pass with run-time statistics on:
 ns per run and runs per packet of every program that ran (``_progstats.py``).
 
 Not measured: generic XDP (``best-effort`` on a veth without an XDP peer), NodePort DSR, many
@@ -139,6 +139,11 @@ BATCH = 64                   # live-frames batch size (the kernel's default)
 QUIET_WAIT_ARM_S = 5.0
 QUIET_WAIT_TOTAL_S = 30.0
 PROBE_FRAMES = 2_000         # setup check of each arm's path
+# The loss-free rate (RFC 2544 throughput): a binary search of the paced generator's rate
+LOSS_TOLERANCE = 0.001       # a trial passes when the arm counted ≥ 99.9 % of the frames sent
+SEARCH_TRIALS = 7            # halvings of [0, the generator's unpaced rate]: ~1 % resolution
+TRIAL_SECONDS, QUICK_TRIAL_SECONDS = 0.25, 0.1
+PACED_CALL_SECONDS = 0.03    # frames per paced test_run call: this long at the paced rate
 
 DENIED_CIDR = "198.51.100.0/24"
 DENIED_SRC = "198.51.100.7"
@@ -170,12 +175,19 @@ ACCEPTED = "accepted pps"
 CORE = "pps per node core"     # packets ÷ the node CPU's busy seconds: the node's capacity on one core
 BUSY = "node CPU busy"          # share of the window the node's CPU worked
 NS_PKT = "node ns per packet"
+LF = "loss-free pps"             # the highest paced rate the arm counted without loss (RFC 2544)
+LF_CORE = "loss-free pps per node core"   # at that rate: packets ÷ node CPU seconds
+LF_NS_PKT = "loss-free node ns per packet"
 
 GOALS: list[Goal] = [
     (PF_XDP, PF_IPT, PPS, ">=", 3.0, "issue 12: prefilter drop at XDP ≥ 3× iptables"),
     (NP_XDP, NP_TC, PPS, ">=", 2.0, "issue 12: NodePort forwarding at XDP ≥ 2× tc"),
     (PF_XDP, PF_IPT, CORE, ">=", 3.0, "issue 12, per node core: prefilter drop at XDP ≥ 3× iptables"),
     (NP_XDP, NP_TC, CORE, ">=", 2.0, "issue 12, per node core: NodePort forwarding at XDP ≥ 2× tc"),
+    (PF_XDP, PF_IPT, LF, ">=", 3.0, "issue 12, loss-free rate (RFC 2544): prefilter drop at XDP ≥ 3× iptables"),
+    (NP_XDP, NP_TC, LF, ">=", 2.0, "issue 12, loss-free rate (RFC 2544): NodePort at XDP ≥ 2× tc"),
+    (PF_XDP, PF_IPT, LF_CORE, ">=", 3.0, "issue 12, per node core at the loss-free rate: prefilter ≥ 3× iptables"),
+    (NP_XDP, NP_TC, LF_CORE, ">=", 2.0, "issue 12, per node core at the loss-free rate: NodePort ≥ 2× tc"),
     (NP_TC, NP_IPT, PPS, ">=", 1.4, "perf.md S6: tc NodePort ≥ 1.4× iptables (reference)"),
     (NP_XDP, NP_TC, PPS, ">=", 1.5, "perf.md S7: XDP ≥ 1.5× tc, or E3-bound (reference)"),
 ]
@@ -564,13 +576,18 @@ class Generator:
         self.obj = progs.gen
         self.prog = progs.gen.program("xdp_gen")
         self.frame_map = progs.gen.map("gen_frame", key=U32)
+        self.pace_map = progs.gen.map("gen_pace", key=U32)
         self.cpu = cpu
 
-    def run(self, arm: PpsArm, secs: float) -> tuple[int, float]:
-        """(frames sent, seconds) of one bounded run: ``secs`` of test_run calls of ``CHUNK`` frames."""
+    def run(self, arm: PpsArm, secs: float, rate: float | None = None) -> tuple[int, float]:
+        """(frames sent, seconds) of one bounded run: ``secs`` of test_run calls of ``CHUNK`` frames,
+        or with ``rate`` (frames/s) paced in the kernel (``xdp_gen``'s ``gen_pace``) in calls of
+        ``PACED_CALL_SECONDS`` worth of frames."""
         self.frame_map.set(0, arm.frame)
         ctx = XdpContext(ingress_ifindex=arm.bl.gen_ifindex)
-        max_calls = max(1, math.ceil(secs * MAX_PPS / CHUNK))
+        chunk = CHUNK if rate is None else max(BATCH, int(rate * PACED_CALL_SECONDS) // BATCH * BATCH)
+        max_calls = max(1, math.ceil(secs * MAX_PPS / chunk))
+        self.pace_map.set(0, struct.pack("<QQ", 0 if rate is None else max(1, round(1e9 / rate)), 0))
         old = os.sched_getaffinity(0)
         if self.cpu is not None:
             os.sched_setaffinity(0, {self.cpu})
@@ -579,13 +596,14 @@ class Generator:
                 sent, calls = 0, 0
                 t0 = time.perf_counter()
                 while calls < max_calls and time.perf_counter() - t0 < secs:
-                    self.prog.run(arm.frame, repeat=CHUNK, ctx=ctx, flags=BPF_F_TEST_XDP_LIVE_FRAMES,
+                    self.prog.run(arm.frame, repeat=chunk, ctx=ctx, flags=BPF_F_TEST_XDP_LIVE_FRAMES,
                                   batch_size=BATCH)
-                    sent += CHUNK
+                    sent += chunk
                     calls += 1
                 elapsed = time.perf_counter() - t0
         finally:
             os.sched_setaffinity(0, old)
+            self.pace_map.set(0, struct.pack("<QQ", 0, 0))
         return sent, elapsed
 
     def probe(self, arm: PpsArm, frames: int) -> None:
@@ -598,26 +616,56 @@ class Generator:
         time.sleep(0.05)
 
 
-def _measure(gen: Generator, arm: PpsArm, secs: float) -> dict[str, float]:
+def _window(gen: Generator, arm: PpsArm, secs: float, rate: float | None) -> dict[str, float]:
+    """One generator run (the arm set up): frames sent, counted, accepted into n1's ring, node CPU."""
+    port = _ethtool(arm.bl.fabric_ns, "n0")
+    c0 = arm.count()
+    cpu0 = _cpu_seconds(arm.bl.node_threads)
+    sent, elapsed = gen.run(arm, secs, rate)
+    time.sleep(0.02)  # what is left in the 256-frame ring
+    cpu1 = _cpu_seconds(arm.bl.node_threads)
+    c1 = arm.count()
+    port1 = _ethtool(arm.bl.fabric_ns, "n0")
+    return {"sent": sent, "elapsed": elapsed, "packets": c1 - c0, "cpu": cpu1 - cpu0,
+            "xmit": port1.get("tx_queue_0_xdp_xmit", 0) - port.get("tx_queue_0_xdp_xmit", 0)}
+
+
+def _lossless(gen: Generator, arm: PpsArm, hi: float, trial_secs: float) -> float:
+    """The highest paced rate (frames/s, ≤ ``hi``) at which the arm counts ≥ 1 − LOSS_TOLERANCE of
+    what was sent: a binary search of ``SEARCH_TRIALS`` trials (RFC 2544 throughput)."""
+    lo = 0.0
+    for _ in range(SEARCH_TRIALS):
+        mid = (lo + hi) / 2
+        w = _window(gen, arm, trial_secs, mid)
+        if w["packets"] >= (1 - LOSS_TOLERANCE) * w["sent"]:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+def _measure(gen: Generator, arm: PpsArm, secs: float, trial_secs: float) -> dict[str, float]:
+    """Overload (the generator unpaced) for ``secs``, then the loss-free rate and, paced at it for
+    ``secs``, the node's CPU per packet."""
     if arm.setup is not None:
         arm.setup()
     try:
-        port = _ethtool(arm.bl.fabric_ns, "n0")
-        c0 = arm.count()
-        cpu0 = _cpu_seconds(arm.bl.node_threads)
-        sent, elapsed = gen.run(arm, secs)
-        time.sleep(0.02)  # what is left in the 256-frame ring
-        cpu1 = _cpu_seconds(arm.bl.node_threads)
-        c1 = arm.count()
-        port1 = _ethtool(arm.bl.fabric_ns, "n0")
+        w = _window(gen, arm, secs, None)
+        el, packets, cpu = w["elapsed"], w["packets"], w["cpu"]
+        out = {PPS: packets / el / 1e6, OFFERED: w["sent"] / el / 1e6, ACCEPTED: w["xmit"] / el / 1e6,
+               CORE: packets / max(cpu, 1e-9) / 1e6, BUSY: cpu / el, NS_PKT: cpu * 1e9 / max(packets, 1)}
+        rate = _lossless(gen, arm, w["sent"] / el, trial_secs)
+        out[LF] = rate / 1e6
+        if rate > 0:
+            p = _window(gen, arm, secs, rate)
+            out[LF_CORE] = p["packets"] / max(p["cpu"], 1e-9) / 1e6
+            out[LF_NS_PKT] = p["cpu"] * 1e9 / max(p["packets"], 1)
+        else:
+            out[LF_CORE], out[LF_NS_PKT] = 0.0, 0.0
     finally:
         if arm.teardown is not None:
             arm.teardown()
-    xmit = port1.get("tx_queue_0_xdp_xmit", 0) - port.get("tx_queue_0_xdp_xmit", 0)
-    packets = c1 - c0
-    return {PPS: packets / elapsed / 1e6, OFFERED: sent / elapsed / 1e6, ACCEPTED: xmit / elapsed / 1e6,
-            CORE: packets / max(cpu1 - cpu0, 1e-9) / 1e6, BUSY: (cpu1 - cpu0) / elapsed,
-            NS_PKT: (cpu1 - cpu0) * 1e9 / max(packets, 1)}
+    return out
 
 
 def _build_arms(stack: contextlib.ExitStack, ctx: Context, progs: Progs, gen_cpu: int | None,
@@ -650,11 +698,13 @@ def _build_arms(stack: contextlib.ExitStack, ctx: Context, progs: Progs, gen_cpu
         bl.node_threads = [bl.napi.split()[0], *_ksoftirqd(node_cpu)]
         setup.append(info(f"{bl.key} lab: n1 eth0 NAPI thread", node_cpu if node_cpu is not None else -1, "cpu",
                           group="setup", note=bl.napi))
-        # The wire peer's receive (the sink, i.e. the next hop) on the generator's CPU: otherwise n0's
-        # NAPI, raised by n1's transmit, runs on the node's CPU and its cost is billed to the node.
-        peer = _threaded_napi(bl.key, bl.fabric_ns, "n0", _mac(bl.fabric_ns, "n0"), gen_cpu)
-        setup.append(info(f"{bl.key} lab: wire peer n0 NAPI thread", gen_cpu if gen_cpu is not None else -1, "cpu",
-                          group="setup", note=peer))
+        # The wire peer's receive (the sink: the next hop's work) in a NAPI thread of its own on the
+        # node's CPU: otherwise n1's transmit raises n0's NAPI as a softirq inside n1's thread and
+        # its cost is billed to the node. Same CPU as before (the generator's stays the
+        # generator's), only accounted apart: it is not in node_threads.
+        peer = _threaded_napi(bl.key, bl.fabric_ns, "n0", _mac(bl.fabric_ns, "n0"), node_cpu)
+        setup.append(info(f"{bl.key} lab: wire peer n0 NAPI thread", node_cpu if node_cpu is not None else -1,
+                          "cpu", group="setup", note=peer))
     ipt_version = iptables_version()
     with rules_file(kube_proxy_nodeport_rules(ll.backend_ip), "cl-bench-xdp-") as rules:
         check_run(ll.n1.run("iptables-restore", rules, timeout=60), "iptables-restore")
@@ -778,15 +828,17 @@ def _totals(arms: dict[str, PpsArm], labs: dict[str, BenchLab]) -> dict[str, int
 
 # -- the suite ---------------------------------------------------------------------------------------
 def run(ctx: Context) -> list[Measurement]:
-    """Build the three labs, check every path, run the arms interleaved, return rates and ratios."""
+    """Build the four labs, check every path, run the arms interleaved, return rates and ratios."""
     for tool in ("iptables", "iptables-restore", "nft", "ethtool", "taskset", "ps", "ip"):
         if shutil.which(tool) is None:
             raise RuntimeError(f"xdp needs {tool} (scripts/install-system-deps.sh)")
     gen_cpu, node_cpu = client_server_cpus()
     secs = QUICK_SECONDS if ctx.quick else SECONDS
+    trial_secs = QUICK_TRIAL_SECONDS if ctx.quick else TRIAL_SECONDS
     rounds = max(1, ctx.repeats)
     ctx.params.update(arms=",".join(ARMS), rounds=rounds, warmup_rounds=ctx.warmup, seconds=secs,
-                      warmup_seconds=WARMUP_SECONDS, chunk=CHUNK, batch=BATCH, generator_cpu=gen_cpu,
+                      warmup_seconds=WARMUP_SECONDS, chunk=CHUNK, batch=BATCH, loss_tolerance=LOSS_TOLERANCE,
+                      search_trials=SEARCH_TRIALS, trial_seconds=trial_secs, generator_cpu=gen_cpu,
                       node_napi_cpu=node_cpu, frame_bytes=60, denied_cidr=DENIED_CIDR, node_port=NODE_PORT)
     ms: list[Measurement] = []
     with contextlib.ExitStack() as stack:
@@ -807,9 +859,10 @@ def run(ctx: Context) -> list[Measurement]:
             for i, key in enumerate(order[shift:] + order[:shift]):
                 arm = arms[key]
                 gate.before(key, first=rnd == 0 and i == 0)
-                got = _measure(gen, arm, WARMUP_SECONDS if warm else secs)
+                got = _measure(gen, arm, WARMUP_SECONDS if warm else secs, trial_secs)
                 ctx.log(f"round {rnd + 1}/{ctx.warmup + rounds}{' (warmup)' if warm else ''} {key}: "
-                        f"{got[PPS]:.2f} Mpps (offered {got[OFFERED]:.2f}, into the ring {got[ACCEPTED]:.2f})")
+                        f"{got[PPS]:.2f} Mpps (offered {got[OFFERED]:.2f}, into the ring {got[ACCEPTED]:.2f}); "
+                        f"loss-free {got[LF]:.2f} Mpps, {got[LF_NS_PKT]:.0f} node ns/pkt there")
                 if not warm:
                     for m, v in got.items():
                         arm.samples.setdefault(m, []).append(v)
@@ -818,7 +871,7 @@ def run(ctx: Context) -> list[Measurement]:
 
         for key, arm in arms.items():
             for metric, unit in ((PPS, "Mpps"), (OFFERED, "Mpps"), (ACCEPTED, "Mpps"), (CORE, "Mpps"),
-                                 (BUSY, "x"), (NS_PKT, "ns")):
+                                 (BUSY, "x"), (NS_PKT, "ns"), (LF, "Mpps"), (LF_CORE, "Mpps"), (LF_NS_PKT, "ns")):
                 ms.append(Measurement.from_samples(f"{key}: {metric}", arm.samples[metric], unit, group=key,
                                                    kind="info", note=TITLES[key] if metric == PPS else ""))
         for num, den, metric, *_ in GOALS:
@@ -826,7 +879,9 @@ def run(ctx: Context) -> list[Measurement]:
                 ms.append(ratio(rname(num, den, metric), arms[num].samples[metric], arms[den].samples[metric],
                                 group="ratios"))
         for num, den in EXTRA:
-            ms.append(ratio(rname(num, den, PPS), arms[num].samples[PPS], arms[den].samples[PPS], group="ratios"))
+            for metric in (PPS, LF):
+                ms.append(ratio(rname(num, den, metric), arms[num].samples[metric], arms[den].samples[metric],
+                                group="ratios"))
         for k, v in end.items():
             ms.append(info(k, v - start[k] if "conntrack entries" not in k else v,
                            note="over the timed and warmup rounds" if "conntrack" not in k else "at the end"))
@@ -875,10 +930,20 @@ def summarize(ms: list[Measurement]) -> list[Summary]:
                      c.cell(f"{key}: {OFFERED}"), c.cell(f"{key}: {ACCEPTED}"),
                      f"{busy.median:.2f}" if busy else "", f"{ns.median:,.0f}" if ns else "",
                      c.cell(f"{key}: {CORE}"), c.rcell(rname(key, FLOOR, PPS)) if key != FLOOR else ""])
+    lf_rows = [[f"{key}: {title}", c.cell(f"{key}: {LF}"), c.cell(f"{key}: {LF_NS_PKT}"),
+                c.cell(f"{key}: {LF_CORE}"), c.rcell(rname(key, FLOOR, LF)) if key != FLOOR else ""]
+               for key, title in TITLES.items() if f"{key}: {LF}" in c]
     goal_names = {rname(n, d, m) for n, d, m, *_ in GOALS}
     extra = [m for m in ms if m.group == "ratios" and m.name not in goal_names]
     return [
-        Summary("per arm: Mpps counted at the node (median of rounds, CV)",
+        Summary("per arm at the loss-free rate (RFC 2544 throughput: the generator paced, binary search)",
+                ["arm", "loss-free Mpps", "node ns / packet there", "Mpps per node core there", "÷ floor"], lf_rows,
+                note=f"The highest paced rate at which the arm's counter saw ≥ {(1 - LOSS_TOLERANCE) * 100:g} % "
+                     f"of the frames sent ({SEARCH_TRIALS} halvings of [0, the unpaced offered rate], trials of "
+                     "TRIAL_SECONDS), then the node's CPU per packet in a window paced at that rate: below "
+                     "overload no frame fails to enter n1's ring, so the node's time is its own work, not the "
+                     "cost of a generator fighting a full ring (page-pool frees across CPUs)."),
+        Summary("per arm, overload: Mpps counted at the node with the generator unpaced (median of rounds, CV)",
                 ["arm", "Mpps", "offered Mpps", "into n1's ring Mpps", "node CPU busy", "node ns / packet",
                  "Mpps per node core", "÷ floor"], rows,
                 note="Mpps: the arm's own counter (drops: DROP_PREFILTER, the tc program's, the raw rule's; "

@@ -11,6 +11,12 @@
  *                 contents, it has to be prepared to see either the
  *                 original or the modified packet contents", bpf_prog_run
  *                 docs), and the node under test rewrites them (NodePort).
+ *                 Paced when gen_pace's interval_ns is set: each frame
+ *                 waits (a bounded bpf_loop on the clock) until its due
+ *                 time, one interval after the previous frame's, so the
+ *                 node sees a steady rate instead of 64-frame bursts at
+ *                 the generator's full speed; a generator that fell behind
+ *                 restarts from now rather than bursting to catch up.
  *   xdp_sink      on the wire peer: counts and drops the frames the node
  *                 forwarded (UDP to port sink_dport from sink_saddr: after
  *                 DNAT and SNAT), passes everything else (ARP, pings)
@@ -61,6 +67,20 @@ struct {
 	__type(value, struct frame);
 } gen_frame SEC(".maps");
 
+struct pace {
+	__u64 interval_ns;	/* 0: not paced */
+	__u64 next_ns;		/* due time of the next frame (0: the first) */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct pace);
+} gen_pace SEC(".maps");
+
+#define PACE_MAX_SPINS	(1 << 20)	/* bounds one wait (~25 ns a spin) */
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, COUNT_MAX);
@@ -105,6 +125,30 @@ static __always_inline void count(__u32 slot)
 		*c += 1;
 }
 
+static long pace_due(__u64 i, void *ctx)
+{
+	const __u64 *due = ctx;
+
+	return bpf_ktime_get_ns() >= *due;	/* 1 ends the loop */
+}
+
+static __always_inline void pace(void)
+{
+	__u32 k = 0;
+	struct pace *p = bpf_map_lookup_elem(&gen_pace, &k);
+	__u64 now, due;
+
+	if (!p || !p->interval_ns)
+		return;
+	now = bpf_ktime_get_ns();
+	due = p->next_ns;
+	if (due + p->interval_ns < now)
+		p->next_ns = now;	/* behind (or the first frame): no catch-up burst */
+	else if (now < due)
+		bpf_loop(PACE_MAX_SPINS, pace_due, &due, 0);	/* the callback's ctx must be on the stack */
+	p->next_ns += p->interval_ns;
+}
+
 SEC("xdp")
 int xdp_gen(struct xdp_md *ctx)
 {
@@ -115,6 +159,7 @@ int xdp_gen(struct xdp_md *ctx)
 
 	if (!f || data + FRAME_LEN > end)
 		return XDP_ABORTED;
+	pace();
 	__builtin_memcpy(data, f->bytes, FRAME_LEN);
 	return XDP_TX;
 }
