@@ -16,10 +16,20 @@ Issue 17's benchmarks, three parts, all on lab clusters (``routing="vxlan"``, ``
      holds one entry per peer identity (the counter table says how many) and every ipcache the
      peers' /32s.
 
+   - ``off2``: a control, a second lab exactly like ``off``: ``off2 ÷ off`` is how far two
+     identical labs differ (lab placement: memory, cache, which namespaces), the floor under
+     every other ratio; no goal.
+
    Per arm and round: sockperf TCP ping-pong latency (RR, half round trip) and the connect /
    request / response / close rate of ``benchmarks/tools/crr.c`` (CRR), ``_netbench.Bench``;
    rounds interleaved over all arms (start rotated), ratios vs ``off`` of the same path paired
-   per round with bootstrap 95 % CIs. Goal (issue 17): RR latency ≤ 1.05 × no policy.
+   per round with bootstrap 95 % CIs. Then the **interleaved RR** (``Bench.rr_interleaved``,
+   ``crr rrmix``): one client process with one TCP connection per arm, 200 ping-pongs of 64 B
+   per arm per rotation, the arm order rotated, for ``RRMIX_SECONDS``; each arm's per-rotation
+   block mean and median paired with ``off``'s of the same rotation. Separate sockperf runs
+   seconds apart carry this VM's drift (a CV of 6-15 % between rounds) and cannot resolve a
+   5 % goal; rotations milliseconds apart share it, and their ratios have CIs of about ±0.5 %.
+   Goal (issue 17): RR latency ≤ 1.05 × no policy, on the interleaved RR.
 
 2. **Policy change -> enforced on every node**, for 1, 10 and 30 nodes (one pod per node, one
    client record). Each round applies a new version of one policy (its port changes) through
@@ -116,8 +126,11 @@ SCALE_ROUNDS, QUICK_SCALE_ROUNDS = 5, 2
 SCALE_PODS = 4
 POLICY_MAP_10K = 16_384      # DatapathConfig.policy_map_size of the 10k lab (the default, ≥ 10k + a few)
 
-ARMS = ("off", "on", "allow", "1k")
-TITLES = {"off": "no policy (enable_policy off)", "on": "enable_policy on, no policy selects the pods",
+ARMS = ("off", "on", "allow", "1k", "off2")
+NO_POLICY = ("off", "off2")
+CONTROL = "off2"   # a second no-policy lab: how far two identical labs differ (no goal)
+TITLES = {"off2": "control: a second no-policy lab (the spread between identical labs)",
+          "off": "no policy (enable_policy off)", "on": "enable_policy on, no policy selects the pods",
           "allow": "allow-all policy (fromEntities: all)", "1k": "1,000 rules over 1,000 identities"}
 PATHS = ("same", "cross")
 PATH_TITLES = {"same": "same node", "cross": "cross node (VXLAN)"}
@@ -211,13 +224,13 @@ def _packet_lab(stack: contextlib.ExitStack, arm: str, n_peers: int) -> _PacketL
             store.put_endpoint(r)   # before any node watches: one sync at join, not one per record
     lab = Lab(f"pol-pk-{arm}")
     stack.callback(lab.close)
-    cl = lab.cluster(["n1", "n2"], routing="vxlan", bgp=False, store=store, enable_policy=arm != "off")
+    cl = lab.cluster(["n1", "n2"], routing="vxlan", bgp=False, store=store, enable_policy=arm not in NO_POLICY)
     n1, n2 = cl.node("n1"), cl.node("n2")
-    if arm != "off":
+    if arm not in NO_POLICY:
         cl.set_namespace(NS)
     pl = _PacketLab(arm, lab)
     for node, name, app in ((n1, "c", "client"), (n1, "s", "server"), (n2, "t", "server")):
-        pl.pods[name] = node.add_pod(name) if arm == "off" else \
+        pl.pods[name] = node.add_pod(name) if arm in NO_POLICY else \
             node.add_pod(name, namespace=NS, labels={"app": app})
     if arm == "allow":
         cl.apply_policy(ALLOW_ALL)
@@ -246,7 +259,7 @@ def _packet(ctx: Context) -> list[Measurement]:
         labs = {a: _packet_lab(stack, a, n_peers) for a in plan.arms}
         ctx.log(f"built {len(labs)} labs in {time.perf_counter() - t0:.1f} s")
         for a, pl in labs.items():
-            if a != "off":
+            if a not in NO_POLICY:
                 for p in ("s", "t"):
                     out.append(info(f"{a}: policy map entries of server {p}", map_entries(pl.pods[p]),
                                     group="setup", note="read back from the pinned map"))
@@ -631,6 +644,8 @@ def summarize(ms: list[Measurement]) -> list[Summary]:
         grows = []
         goal_metrics = (IRR_AVG, IRR_P50) if irows else (LAT_AVG, LAT_P50)
         for a in ARMS[1:]:
+            if a == CONTROL:
+                continue
             for p in PATHS:
                 for metric in goal_metrics:
                     m = c.by.get(rname(_key(a, p), _key("off", p), metric))
