@@ -199,7 +199,8 @@ lxc_policy(struct __sk_buff *ctx, const struct pkt4 *p, __u16 src_ep_id, __u32 s
 	struct policy_pkt pk = {};
 	struct ct_entry *orig;
 	enum policy_ct ct;
-	__u32 peer;
+	__u32 peer = WORLD_ID;
+	void *inner;
 	int ret;
 
 	if (policy_encap_prohibited(p))
@@ -224,14 +225,17 @@ lxc_policy(struct __sk_buff *ctx, const struct pkt4 *p, __u16 src_ep_id, __u32 s
 		if ((dst->flags & ENDPOINT_F_HOST) && !orig && pk.pp.proto == IPPROTO_TCP &&
 		    !pkt4_is_tcp_syn(&pk.pp))
 			return 0;
-	} else {
-		peer = ipcache_lookup_identity(p->daddr);
 	}
-	ret = policy_check(ctx, src_ep_id, peer, 1, &pk, ct == POLICY_CT_NEW);
+	inner = policy_map_of(src_ep_id);
+	/* The peer's identity matters only to an enforced egress. */
+	if (!dst && inner)
+		peer = ipcache_lookup_identity(p->daddr);
+	ret = policy_check(ctx, inner, src_ep_id, peer, 1, &pk, ct == POLICY_CT_NEW);
 	if (ret)
 		return ret;
 	if (dst && !(dst->flags & ENDPOINT_F_HOST)) {
-		ret = policy_check(ctx, dst->lxc_id, src_sec_id, 0, &pk, ct == POLICY_CT_NEW);
+		ret = policy_check(ctx, policy_map_of(dst->lxc_id), dst->lxc_id, src_sec_id, 0, &pk,
+				   ct == POLICY_CT_NEW);
 		if (ret)
 			return ret;
 	}

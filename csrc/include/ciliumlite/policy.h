@@ -447,24 +447,30 @@ policy_account(__u16 ep_id, __u32 label, __u8 egress, __u8 proto, __be16 dport, 
 	}
 }
 
-/* The verdict of endpoint @ep_id's policy for a packet to (egress) or from
- * (ingress) @peer: 0 allow, DROP_POLICY, DROP_POLICY_DENY, or -1 when the
- * endpoint has no policy map (not enforced). *@match = POLICY_MATCH_*. */
+/* Endpoint @ep_id's policy map (the inner LPM trie), NULL when the endpoint
+ * is not enforced. Callers look it up first so that an endpoint without one
+ * skips everything else policy would compute (e.g. the peer's ipcache
+ * lookup). */
+static __always_inline void *policy_map_of(__u16 ep_id)
+{
+	__u32 ep = ep_id;
+
+	return bpf_map_lookup_elem(&cilium_policy, &ep);
+}
+
+/* The verdict of endpoint @ep_id's policy map @inner (policy_map_of) for a
+ * packet to (egress) or from (ingress) @peer: 0 allow, DROP_POLICY,
+ * DROP_POLICY_DENY. *@match = POLICY_MATCH_*. */
 static __always_inline int
-policy_can_access(struct __ctx_buff *ctx, __u16 ep_id, __u32 peer, __u8 egress, __u8 proto,
-		  __be16 dport, __u8 *match)
+policy_can_access(struct __ctx_buff *ctx, void *inner, __u16 ep_id, __u32 peer, __u8 egress,
+		  __u8 proto, __be16 dport, __u8 *match)
 {
 	struct policy_entry *a, *b, *chosen;
 	struct policy_key key = {};
-	__u32 ep = ep_id;
 	__u32 label;
 	__u8 len;
-	void *inner;
 
 	*match = POLICY_MATCH_NONE;
-	inner = bpf_map_lookup_elem(&cilium_policy, &ep);
-	if (!inner)
-		return -1;
 
 	key.prefixlen = POLICY_FULL_PREFIX;
 	key.sec_label = peer;
@@ -502,25 +508,26 @@ policy_can_access(struct __ctx_buff *ctx, __u16 ep_id, __u32 peer, __u8 egress, 
 	return 0;
 }
 
-/* Enforce endpoint @ep_id's policy in direction @egress for @pk (peer
- * @peer), sending the verdict event Cilium sends (every deny; an allow of a
- * NEW packet). Returns 0 (allowed, or not enforced) or the DROP_* the caller
- * passes to send_drop(). A macro so the event names the caller's line. */
-#define policy_check(ctx, ep_id, peer, egress, pk, is_new)			\
-	__policy_check((ctx), (ep_id), (peer), (egress), (pk), (is_new),	\
+/* Enforce endpoint @ep_id's policy map @inner (policy_map_of; NULL: not
+ * enforced, allowed) in direction @egress for @pk (peer @peer), sending the
+ * verdict event Cilium sends (every deny; an allow of a NEW packet). Returns
+ * 0 (allowed, or not enforced) or the DROP_* the caller passes to
+ * send_drop(). A macro so the event names the caller's line. */
+#define policy_check(ctx, inner, ep_id, peer, egress, pk, is_new)			\
+	__policy_check((ctx), (inner), (ep_id), (peer), (egress), (pk), (is_new),	\
 		       __MAGIC_LINE__, __MAGIC_FILE__)
 
 static __always_inline int
-__policy_check(struct __sk_buff *ctx, __u16 ep_id, __u32 peer, __u8 egress,
+__policy_check(struct __sk_buff *ctx, void *inner, __u16 ep_id, __u32 peer, __u8 egress,
 	       const struct policy_pkt *pk, bool is_new, __u16 line, __u8 file)
 {
 	__u8 match = POLICY_MATCH_NONE;
 	__u8 flags;
 	int ret;
 
-	ret = policy_can_access(ctx, ep_id, peer, egress, pk->proto, pk->dport, &match);
-	if (ret < 0)
+	if (!inner)
 		return 0;	/* no policy map: not enforced */
+	ret = policy_can_access(ctx, inner, ep_id, peer, egress, pk->proto, pk->dport, &match);
 	if (ret || is_new) {
 		flags = (egress ? PV_F_EGRESS : PV_F_INGRESS) | (match << PV_F_MATCH_SHIFT);
 		cl_policy_verdict_skb(ctx, (__u32)ep_id | (__u32)flags << 16 | (__u32)pk->proto << 24,
@@ -564,7 +571,7 @@ policy_ingress_from_network(struct __sk_buff *ctx, __u32 l3_off, __u32 hdr_len,
 	ct = policy_ct_classify(&pk, &orig, seen);
 	if (ct == POLICY_CT_REPLY)
 		return 0;
-	ret = policy_check(ctx, ep_id, src_id, 0, &pk, ct == POLICY_CT_NEW);
+	ret = policy_check(ctx, policy_map_of(ep_id), ep_id, src_id, 0, &pk, ct == POLICY_CT_NEW);
 	if (ret)
 		return ret;
 	return policy_ct_commit(ctx, &pk, orig, src_id, true);
