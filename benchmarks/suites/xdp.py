@@ -139,10 +139,11 @@ BATCH = 64                   # live-frames batch size (the kernel's default)
 QUIET_WAIT_ARM_S = 5.0
 QUIET_WAIT_TOTAL_S = 30.0
 PROBE_FRAMES = 2_000         # setup check of each arm's path
-# The loss-free rate (RFC 2544 throughput): a binary search of the paced generator's rate
-LOSS_TOLERANCE = 0.001       # a trial passes when the arm counted ≥ 99.9 % of the frames sent
-SEARCH_TRIALS = 7            # halvings of [0, the generator's unpaced rate]: ~1 % resolution
-TRIAL_SECONDS, QUICK_TRIAL_SECONDS = 0.25, 0.1
+# Below saturation: the generator paced at this share of the rate the arm counted under overload.
+# Not a loss-free search (RFC 2544): veth's 256-frame ring holds ~85 µs at 3 Mpps, less than the
+# NAPI thread's wake-up jitter on this VM, so "zero loss" measured scheduling, not the datapath
+# (the first runs found floor "loss-free" at 1 of its 6 Mpps).
+LOAD_SHARE = 0.7
 PACED_CALL_SECONDS = 0.03    # frames per paced test_run call: this long at the paced rate
 
 DENIED_CIDR = "198.51.100.0/24"
@@ -175,19 +176,16 @@ ACCEPTED = "accepted pps"
 CORE = "pps per node core"     # packets ÷ the node CPU's busy seconds: the node's capacity on one core
 BUSY = "node CPU busy"          # share of the window the node's CPU worked
 NS_PKT = "node ns per packet"
-LF = "loss-free pps"             # the highest paced rate the arm counted without loss (RFC 2544)
-LF_CORE = "loss-free pps per node core"   # at that rate: packets ÷ node CPU seconds
-LF_NS_PKT = "loss-free node ns per packet"
+LF = "paced pps"                 # counted with the generator paced at LOAD_SHARE of the overload rate
+LF_CORE = "paced pps per node core"   # there: packets ÷ node CPU seconds
+LF_NS_PKT = "paced node ns per packet"
+LF_LOSS = "paced loss"               # share of the paced frames not counted
 
 GOALS: list[Goal] = [
     (PF_XDP, PF_IPT, PPS, ">=", 3.0, "issue 12: prefilter drop at XDP ≥ 3× iptables"),
     (NP_XDP, NP_TC, PPS, ">=", 2.0, "issue 12: NodePort forwarding at XDP ≥ 2× tc"),
     (PF_XDP, PF_IPT, CORE, ">=", 3.0, "issue 12, per node core: prefilter drop at XDP ≥ 3× iptables"),
     (NP_XDP, NP_TC, CORE, ">=", 2.0, "issue 12, per node core: NodePort forwarding at XDP ≥ 2× tc"),
-    (PF_XDP, PF_IPT, LF, ">=", 3.0, "issue 12, loss-free rate (RFC 2544): prefilter drop at XDP ≥ 3× iptables"),
-    (NP_XDP, NP_TC, LF, ">=", 2.0, "issue 12, loss-free rate (RFC 2544): NodePort at XDP ≥ 2× tc"),
-    (PF_XDP, PF_IPT, LF_CORE, ">=", 3.0, "issue 12, per node core at the loss-free rate: prefilter ≥ 3× iptables"),
-    (NP_XDP, NP_TC, LF_CORE, ">=", 2.0, "issue 12, per node core at the loss-free rate: NodePort ≥ 2× tc"),
     (NP_TC, NP_IPT, PPS, ">=", 1.4, "perf.md S6: tc NodePort ≥ 1.4× iptables (reference)"),
     (NP_XDP, NP_TC, PPS, ">=", 1.5, "perf.md S7: XDP ≥ 1.5× tc, or E3-bound (reference)"),
 ]
@@ -630,23 +628,10 @@ def _window(gen: Generator, arm: PpsArm, secs: float, rate: float | None) -> dic
             "xmit": port1.get("tx_queue_0_xdp_xmit", 0) - port.get("tx_queue_0_xdp_xmit", 0)}
 
 
-def _lossless(gen: Generator, arm: PpsArm, hi: float, trial_secs: float) -> float:
-    """The highest paced rate (frames/s, ≤ ``hi``) at which the arm counts ≥ 1 − LOSS_TOLERANCE of
-    what was sent: a binary search of ``SEARCH_TRIALS`` trials (RFC 2544 throughput)."""
-    lo = 0.0
-    for _ in range(SEARCH_TRIALS):
-        mid = (lo + hi) / 2
-        w = _window(gen, arm, trial_secs, mid)
-        if w["packets"] >= (1 - LOSS_TOLERANCE) * w["sent"]:
-            lo = mid
-        else:
-            hi = mid
-    return lo
-
-
-def _measure(gen: Generator, arm: PpsArm, secs: float, trial_secs: float) -> dict[str, float]:
-    """Overload (the generator unpaced) for ``secs``, then the loss-free rate and, paced at it for
-    ``secs``, the node's CPU per packet."""
+def _measure(gen: Generator, arm: PpsArm, secs: float) -> dict[str, float]:
+    """Overload (the generator unpaced) for ``secs``, then ``secs`` paced at ``LOAD_SHARE`` of the
+    rate counted there: the node's CPU per packet when it is not saturated (no frame fails to enter
+    n1's ring, so no page-pool frees across CPUs from the generator's side)."""
     if arm.setup is not None:
         arm.setup()
     try:
@@ -654,14 +639,11 @@ def _measure(gen: Generator, arm: PpsArm, secs: float, trial_secs: float) -> dic
         el, packets, cpu = w["elapsed"], w["packets"], w["cpu"]
         out = {PPS: packets / el / 1e6, OFFERED: w["sent"] / el / 1e6, ACCEPTED: w["xmit"] / el / 1e6,
                CORE: packets / max(cpu, 1e-9) / 1e6, BUSY: cpu / el, NS_PKT: cpu * 1e9 / max(packets, 1)}
-        rate = _lossless(gen, arm, w["sent"] / el, trial_secs)
-        out[LF] = rate / 1e6
-        if rate > 0:
-            p = _window(gen, arm, secs, rate)
-            out[LF_CORE] = p["packets"] / max(p["cpu"], 1e-9) / 1e6
-            out[LF_NS_PKT] = p["cpu"] * 1e9 / max(p["packets"], 1)
-        else:
-            out[LF_CORE], out[LF_NS_PKT] = 0.0, 0.0
+        p = _window(gen, arm, secs, max(1.0, LOAD_SHARE * packets / el))
+        out[LF] = p["packets"] / p["elapsed"] / 1e6
+        out[LF_CORE] = p["packets"] / max(p["cpu"], 1e-9) / 1e6
+        out[LF_NS_PKT] = p["cpu"] * 1e9 / max(p["packets"], 1)
+        out[LF_LOSS] = 1 - p["packets"] / max(p["sent"], 1)
     finally:
         if arm.teardown is not None:
             arm.teardown()
@@ -834,11 +816,9 @@ def run(ctx: Context) -> list[Measurement]:
             raise RuntimeError(f"xdp needs {tool} (scripts/install-system-deps.sh)")
     gen_cpu, node_cpu = client_server_cpus()
     secs = QUICK_SECONDS if ctx.quick else SECONDS
-    trial_secs = QUICK_TRIAL_SECONDS if ctx.quick else TRIAL_SECONDS
     rounds = max(1, ctx.repeats)
     ctx.params.update(arms=",".join(ARMS), rounds=rounds, warmup_rounds=ctx.warmup, seconds=secs,
-                      warmup_seconds=WARMUP_SECONDS, chunk=CHUNK, batch=BATCH, loss_tolerance=LOSS_TOLERANCE,
-                      search_trials=SEARCH_TRIALS, trial_seconds=trial_secs, generator_cpu=gen_cpu,
+                      warmup_seconds=WARMUP_SECONDS, chunk=CHUNK, batch=BATCH, load_share=LOAD_SHARE, generator_cpu=gen_cpu,
                       node_napi_cpu=node_cpu, frame_bytes=60, denied_cidr=DENIED_CIDR, node_port=NODE_PORT)
     ms: list[Measurement] = []
     with contextlib.ExitStack() as stack:
@@ -859,10 +839,10 @@ def run(ctx: Context) -> list[Measurement]:
             for i, key in enumerate(order[shift:] + order[:shift]):
                 arm = arms[key]
                 gate.before(key, first=rnd == 0 and i == 0)
-                got = _measure(gen, arm, WARMUP_SECONDS if warm else secs, trial_secs)
+                got = _measure(gen, arm, WARMUP_SECONDS if warm else secs)
                 ctx.log(f"round {rnd + 1}/{ctx.warmup + rounds}{' (warmup)' if warm else ''} {key}: "
                         f"{got[PPS]:.2f} Mpps (offered {got[OFFERED]:.2f}, into the ring {got[ACCEPTED]:.2f}); "
-                        f"loss-free {got[LF]:.2f} Mpps, {got[LF_NS_PKT]:.0f} node ns/pkt there")
+                        f"paced {got[LF]:.2f} Mpps, {got[LF_NS_PKT]:.0f} node ns/pkt, loss {got[LF_LOSS]:.2%}")
                 if not warm:
                     for m, v in got.items():
                         arm.samples.setdefault(m, []).append(v)
@@ -871,17 +851,20 @@ def run(ctx: Context) -> list[Measurement]:
 
         for key, arm in arms.items():
             for metric, unit in ((PPS, "Mpps"), (OFFERED, "Mpps"), (ACCEPTED, "Mpps"), (CORE, "Mpps"),
-                                 (BUSY, "x"), (NS_PKT, "ns"), (LF, "Mpps"), (LF_CORE, "Mpps"), (LF_NS_PKT, "ns")):
+                                 (BUSY, "x"), (NS_PKT, "ns"), (LF, "Mpps"), (LF_CORE, "Mpps"), (LF_NS_PKT, "ns"),
+                                 (LF_LOSS, "x")):
                 ms.append(Measurement.from_samples(f"{key}: {metric}", arm.samples[metric], unit, group=key,
                                                    kind="info", note=TITLES[key] if metric == PPS else ""))
         for num, den, metric, *_ in GOALS:
             if not any(m.name == rname(num, den, metric) for m in ms):
                 ms.append(ratio(rname(num, den, metric), arms[num].samples[metric], arms[den].samples[metric],
                                 group="ratios"))
-        for num, den in EXTRA:
-            for metric in (PPS, LF):
-                ms.append(ratio(rname(num, den, metric), arms[num].samples[metric], arms[den].samples[metric],
-                                group="ratios"))
+        # the goal pairs' pps ratios are made above; below saturation every pair is information only
+        pairs = [(n, d, PPS) for n, d in EXTRA] + [(n, d, LF_CORE) for n, d in [(PF_XDP, PF_IPT), (NP_XDP, NP_TC),
+                                                                                 *EXTRA]]
+        for num, den, metric in pairs:
+            ms.append(ratio(rname(num, den, metric), arms[num].samples[metric], arms[den].samples[metric],
+                            group="ratios"))
         for k, v in end.items():
             ms.append(info(k, v - start[k] if "conntrack entries" not in k else v,
                            note="over the timed and warmup rounds" if "conntrack" not in k else "at the end"))
@@ -930,19 +913,23 @@ def summarize(ms: list[Measurement]) -> list[Summary]:
                      c.cell(f"{key}: {OFFERED}"), c.cell(f"{key}: {ACCEPTED}"),
                      f"{busy.median:.2f}" if busy else "", f"{ns.median:,.0f}" if ns else "",
                      c.cell(f"{key}: {CORE}"), c.rcell(rname(key, FLOOR, PPS)) if key != FLOOR else ""])
-    lf_rows = [[f"{key}: {title}", c.cell(f"{key}: {LF}"), c.cell(f"{key}: {LF_NS_PKT}"),
-                c.cell(f"{key}: {LF_CORE}"), c.rcell(rname(key, FLOOR, LF)) if key != FLOOR else ""]
+    lf_rows = [[f"{key}: {title}", c.cell(f"{key}: {LF}"),
+                f"{c.by[f'{key}: {LF_LOSS}'].median:.2%}" if f"{key}: {LF_LOSS}" in c else "",
+                c.cell(f"{key}: {LF_NS_PKT}"), c.cell(f"{key}: {LF_CORE}")]
                for key, title in TITLES.items() if f"{key}: {LF}" in c]
     goal_names = {rname(n, d, m) for n, d, m, *_ in GOALS}
     extra = [m for m in ms if m.group == "ratios" and m.name not in goal_names]
     return [
-        Summary("per arm at the loss-free rate (RFC 2544 throughput: the generator paced, binary search)",
-                ["arm", "loss-free Mpps", "node ns / packet there", "Mpps per node core there", "÷ floor"], lf_rows,
-                note=f"The highest paced rate at which the arm's counter saw ≥ {(1 - LOSS_TOLERANCE) * 100:g} % "
-                     f"of the frames sent ({SEARCH_TRIALS} halvings of [0, the unpaced offered rate], trials of "
-                     "TRIAL_SECONDS), then the node's CPU per packet in a window paced at that rate: below "
-                     "overload no frame fails to enter n1's ring, so the node's time is its own work, not the "
-                     "cost of a generator fighting a full ring (page-pool frees across CPUs)."),
+        Summary(f"per arm below saturation (information, no goal): the generator paced, aiming at "
+                f"{LOAD_SHARE:.0%} of the arm's overload rate",
+                ["arm", "Mpps", "loss", "node ns / packet", "Mpps per node core"], lf_rows,
+                note="The node's CPU per packet when it keeps up: no frame fails to enter n1's ring, so the "
+                     "node's time is its own work, not that of a generator fighting a full ring (page-pool "
+                     "frees across CPUs). Not a loss-free (RFC 2544) rate: veth's 256-frame ring holds less "
+                     "than the NAPI thread's wake-up jitter here, so some loss remains (the loss column). Read "
+                     "with care: the paced generator reaches only about 60 % of the rate it aims at (not yet "
+                     "explained), and at these rates each NAPI wake-up serves few frames, so per-packet times "
+                     "carry wake-up costs the saturated runs spread over a full budget of 64."),
         Summary("per arm, overload: Mpps counted at the node with the generator unpaced (median of rounds, CV)",
                 ["arm", "Mpps", "offered Mpps", "into n1's ring Mpps", "node CPU busy", "node ns / packet",
                  "Mpps per node core", "÷ floor"], rows,
