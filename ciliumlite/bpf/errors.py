@@ -19,8 +19,21 @@ _HINTS: dict[int, str] = {
 }
 
 
+def _unpickle(cls: type[CiliumliteError], args: tuple[object, ...], state: dict[str, object]) -> CiliumliteError:
+    err = cls.__new__(cls)
+    Exception.__init__(err, *args)
+    err.__dict__.update(state)
+    return err
+
+
 class CiliumliteError(Exception):
     """Base of every error ciliumlite raises."""
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # Pickle by message and attributes, not by re-calling __init__: subclasses take keyword-only
+        # and required arguments that Exception's default (cls(*args)) cannot supply, which broke
+        # errors sent back from multiprocessing workers (the fuzzer's).
+        return (_unpickle, (type(self), self.args, dict(self.__dict__)))
 
 
 class ValidationError(CiliumliteError, ValueError):

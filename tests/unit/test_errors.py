@@ -109,3 +109,17 @@ def test_check_returns_non_negative_and_raises_typed_errors():
     assert str(info.value).startswith("get map info fd 3: ")
     with pytest.raises(MapFullError):
         check(-errno.E2BIG, "update map", "m")
+
+
+def test_errors_survive_pickling_as_multiprocessing_sends_them():
+    import pickle
+
+    from ciliumlite.bpf.errors import NotSupportedError, VerifierError
+
+    errs = [VerifierError("load BPF object", -13, target="x.o", verifier_log="R3 type=map_value expected=fp"),
+            NotSupportedError("attach netkit", feature="netkit", hint="use veth"), BpfError("map update", 7)]
+    for err in errs:
+        back = pickle.loads(pickle.dumps(err))
+        assert type(back) is type(err)
+        assert str(back) == str(err)
+        assert back.__dict__ == err.__dict__
