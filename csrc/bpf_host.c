@@ -16,6 +16,9 @@
  *
  * cil_from_netdev decisions, in order (IPv4 frames addressed to this host
  * at L2, pkt_type PACKET_HOST, valid header; everything else -> stack):
+ *   0. an ICMP error (type 3 / 11) to node_ipv4 -> tail_icmp_err_from_netdev
+ *      (about a connection we translated: translated and sent to its
+ *      owner; anything else -> stack, as before);
  *   1. reverse SNAT: daddr == node_ipv4, TCP/UDP, dport in snat_port_min..max
  *      and a TUPLE_F_IN entry in cilium_snat_v4_external -> daddr:dport :=
  *      the original source (nat.h). Then
@@ -101,6 +104,7 @@
 #include "ciliumlite/lb.h"
 #include "ciliumlite/nat.h"
 #include "ciliumlite/dsr.h"
+#include "ciliumlite/icmp_err.h"
 #include "ciliumlite/tailcall.h"
 #include "ciliumlite/policy.h"	/* also WORLD_ID, Cilium's identity of the outside */
 
@@ -258,6 +262,125 @@ int tail_nodeport_fwd(struct __sk_buff *ctx)
 	return nodeport_fwd(ctx, &p);
 }
 
+/* ICMP errors to node_ipv4 about connections this node translated (Cilium
+ * snat_v4_rev_nat with the inner tuple of ICMP_DEST_UNREACH /
+ * ICMP_TIME_EXCEEDED, and the related CT lookup). The quote is a packet
+ * this node sent with its own address as source, so it is one of:
+ *
+ *   a. a request this node source-NATed (masquerade, NodePort SNAT to a
+ *      remote backend): quoted node_ipv4:P -> server. The reply tuple of the
+ *      quote has a TUPLE_F_IN entry -> the original source; the quoted
+ *      source and the outer destination := it. NodePort (connection entry
+ *      CT_F_NODE_PORT): the quoted destination (the backend) := the
+ *      frontend, an outer source that is the backend := the frontend, and
+ *      the error is routed to the outside client; masquerade: delivered to
+ *      the pod. E.g. the request was too big between this node and the
+ *      remote backend.
+ *   b. a reply this node reverse-DNATed (NodePort to a local or remote
+ *      backend, SNAT or DSR): quoted frontend -> client. The CT service
+ *      entry of the client's connection (keyed client -> frontend, the
+ *      quote's reply) names the backend: quoted source and outer
+ *      destination := the backend; a NodePort SNAT mapping of the request
+ *      (TUPLE_F_OUT entry of client -> backend) also restores the quoted
+ *      destination to node_ipv4:P, as the backend sent its reply. The error
+ *      goes to the backend pod: delivered here or forwarded like the
+ *      connection's requests. E.g. a router between this node and the client
+ *      cannot take the reply's size: the backend's TCP must see the
+ *      frag-needed to lower its MSS (path MTU discovery through NodePort).
+ *
+ * Tail call CL_CALL_HOST_ICMP_ERR of cil_from_netdev, for every ICMP error
+ * to node_ipv4 (a program of its own: its stack and paths are apart from
+ * the NodePort ones). Anything else - not such an error after all, a quote
+ * of no translated connection - goes to the stack unchanged, where
+ * cil_from_netdev would have sent it (an ICMP message to a host IP). */
+SEC("tc")
+int tail_icmp_err_from_netdev(struct __sk_buff *ctx)
+{
+	struct icmp_err4 e = {};
+	struct ipv4_ct_tuple t = {};
+	struct ipv4_nat_entry *ne;
+	struct endpoint_info *ep;
+	struct ct_entry *ce;
+	struct lb4_backend *be;
+	__be32 to_addr, peer;
+	__be16 to_port;
+	int ret;
+
+	if (!node_ipv4 || icmp4_err_parse(ctx, ETH_HLEN, &e))
+		return pass_to_stack(ctx);
+	if (e.out.daddr != node_ipv4 || e.in.saddr != node_ipv4)
+		return pass_to_stack(ctx);
+
+	/* a. The reply of the quote would be reverse-SNATed. */
+	if (snat_port_in_range(e.in.sport)) {
+		nat_tuple(&t, e.in.daddr, e.in.saddr, e.in.dport, e.in.sport, e.in.proto, TUPLE_F_IN);
+		ne = snat_lookup(&t);
+		if (ne) {
+			struct lb4_reverse_nat *rn = NULL;
+			__be16 idx = 0;
+
+			to_addr = ne->to_addr;
+			to_port = ne->to_port;
+			peer = e.in.daddr;
+			ret = icmp4_err_in_snat(ctx, &e, to_addr, to_port);
+			if (!ret)
+				ret = pkt4_set_daddr(ctx, &e.out, to_addr);
+			if (ret)
+				return send_drop(ctx, ret, METRIC_INGRESS);
+			/* The quote is now the request as the client sent it
+			 * after DNAT: client -> backend. */
+			ct_tuple_orig(&t, &e.in, TUPLE_F_OUT);
+			ce = ct_lookup(&t);
+			if (ce && (ce->flags & CT_F_NODE_PORT) && ce->rev_nat_index) {
+				idx = ce->rev_nat_index;
+				rn = bpf_map_lookup_elem(&cilium_lb4_reverse_nat, &idx);
+				if (!rn)
+					return send_drop(ctx, DROP_NAT_NO_MAPPING, METRIC_INGRESS);
+				to_addr = rn->address;
+				to_port = rn->port;
+				ret = icmp4_err_in_dnat(ctx, &e, to_addr, to_port);
+				if (!ret && e.out.saddr == peer)
+					ret = pkt4_set_saddr(ctx, &e.out, to_addr);
+				if (ret)
+					return send_drop(ctx, ret, METRIC_INGRESS);
+				return nodeport_fwd(ctx, &e.out);
+			}
+			goto deliver;
+		}
+	}
+
+	/* b. The quote is a NodePort reply: the client's service entry. */
+	ct_tuple_reply(&t, &e.in, TUPLE_F_SERVICE);
+	ce = ct_lookup(&t);
+	if (!ce)
+		return pass_to_stack(ctx);
+	be = lb4_lookup_backend((__u32)ce->backend_id);
+	if (!be)
+		return pass_to_stack(ctx);
+	to_addr = be->address;
+	to_port = be->port;
+	/* The request as the backend received it: client -> backend, maybe
+	 * source-NATed to node_ipv4:P (NodePort SNAT, remote backend). */
+	nat_tuple(&t, e.in.daddr, to_addr, e.in.dport, to_port, e.in.proto, TUPLE_F_OUT);
+	ne = snat_lookup(&t);
+	ret = icmp4_err_in_snat(ctx, &e, to_addr, to_port);
+	if (!ret && ne)
+		ret = icmp4_err_in_dnat(ctx, &e, ne->to_addr, ne->to_port);
+	if (!ret)
+		ret = pkt4_set_daddr(ctx, &e.out, to_addr);
+	if (ret)
+		return send_drop(ctx, ret, METRIC_INGRESS);
+	ep = lookup_ip4_endpoint(to_addr);
+	if (!ep)
+		return nodeport_fwd(ctx, &e.out);
+
+deliver:
+	ep = lookup_ip4_endpoint(e.out.daddr);
+	if (!ep || (ep->flags & ENDPOINT_F_HOST))
+		return pass_to_stack(ctx);
+	return ipv4_local_delivery(ctx, ETH_HLEN, ep, METRIC_INGRESS, false);
+}
+
 static __always_inline int handle_ipv4(struct __sk_buff *ctx)
 {
 	const __u32 l3_off = ETH_HLEN;
@@ -284,6 +407,11 @@ static __always_inline int handle_ipv4(struct __sk_buff *ctx)
 		return pass_to_stack(ctx);
 	if (!p.proto && enable_masquerade)
 		pkt4_extract_icmp_echo(ctx, &p);
+
+	/* 0. ICMP errors to us, maybe about connections we translated
+	 * (tail_icmp_err_from_netdev). */
+	if (!p.proto && node_ipv4 && p.daddr == node_ipv4 && icmp4_is_err(ctx, l3_off, hdr_len))
+		return tail_call_or_drop(ctx, cilium_calls_host, CL_CALL_HOST_ICMP_ERR, METRIC_INGRESS);
 
 	if (p.proto) {
 		/* 1. Replies to connections we source-NATed. */
@@ -341,7 +469,7 @@ deliver:
 	/* Reply of a service connection this node translated (client pod
 	 * here, backend elsewhere): source back to the frontend. Its
 	 * reply-tuple lookup also tells policy whether this is a reply. */
-	ret = lb4_rev_nat_at_delivery(ctx, l3_off, hdr_len, &ct_seen);
+	ret = lb4_rev_nat_related_at_delivery(ctx, l3_off, hdr_len, &ct_seen);
 	if (ret)
 		return send_drop(ctx, ret, METRIC_INGRESS);
 	/* Native routing: the source's identity from the ipcache (Cilium's
@@ -395,8 +523,44 @@ static __always_inline bool masq_wanted(const struct pkt4 *p)
  *      0, rev_nat_index 0) for Python's NAT GC; exhaustion ->
  *      DROP_NAT_NO_MAPPING;
  *   4. everything else leaves untouched (REASON_TO_NETDEV).
- * Translated packets count REASON_NAT_EGRESS. ICMP errors about masqueraded
- * flows are not translated (no RELATED tracking). */
+ * Translated packets count REASON_NAT_EGRESS. ICMP errors a pod sends about
+ * DSR and masqueraded connections: icmp4_err_to_netdev. */
+/* An ICMP error leaving the underlay from a pod of this node about a
+ * connection whose replies leave source-NATed (Cilium snat_v4_nat with the
+ * inner tuple): the quote is a packet the pod received, server -> pod, and
+ * the quote's reply (pod -> server, packet order) has a TUPLE_F_OUT entry:
+ * a DSR connection on the backend node (-> the frontend the client used)
+ * or a masqueraded one (-> node_ipv4:P). Quoted destination := to_addr:
+ * to_port, and the outer source, which is the pod, := to_addr. Then the
+ * server (the DSR client, the masqueraded flow's peer) matches it to its
+ * socket. E.g. a backend pod's port unreachable for a DSR UDP flow.
+ * Returns a tc verdict or CL_ICMP_ERR_PASS. A global function. */
+__attribute__((noinline)) int icmp4_err_to_netdev(struct __sk_buff *ctx)
+{
+	struct icmp_err4 e = {};
+	struct ipv4_ct_tuple t = {};
+	struct ipv4_nat_entry *ne;
+	__be32 to_addr, pod;
+	__be16 to_port;
+	int ret;
+
+	if (!ctx || icmp4_err_parse(ctx, ETH_HLEN, &e))
+		return CL_ICMP_ERR_PASS;
+	nat_tuple(&t, e.in.daddr, e.in.saddr, e.in.dport, e.in.sport, e.in.proto, TUPLE_F_OUT);
+	ne = snat_lookup(&t);
+	if (!ne)
+		return CL_ICMP_ERR_PASS;
+	to_addr = ne->to_addr;
+	to_port = ne->to_port;
+	pod = e.in.daddr;
+	ret = icmp4_err_in_dnat(ctx, &e, to_addr, to_port);
+	if (!ret && e.out.saddr == pod)
+		ret = pkt4_set_saddr(ctx, &e.out, to_addr);
+	if (ret)
+		return send_drop(ctx, ret, METRIC_EGRESS);
+	return send_nat_egress(ctx);
+}
+
 static __always_inline int to_netdev_ipv4(struct __sk_buff *ctx)
 {
 	struct ipv4_nat_entry *e;
@@ -407,8 +571,12 @@ static __always_inline int to_netdev_ipv4(struct __sk_buff *ctx)
 	__be16 port;
 	int ret;
 
-	if (host_parse4(ctx, &p, &hdr_len) || !p.proto)
+	if (host_parse4(ctx, &p, &hdr_len))
 		return send_to_stack_egress(ctx);
+	if (!p.proto) {
+		ret = icmp4_err_to_netdev(ctx);
+		return ret != CL_ICMP_ERR_PASS ? ret : send_to_stack_egress(ctx);
+	}
 
 	nat_tuple(&t, p.saddr, p.daddr, p.sport, p.dport, p.proto, TUPLE_F_OUT);
 	e = snat_lookup(&t);

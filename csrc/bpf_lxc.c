@@ -37,6 +37,10 @@
  *        tuple has a connection entry with a rev_nat_index (a service
  *        connection from the same client port to this very backend) starts
  *        a fresh entry without it, so its replies are not reverse-NATed;
+ *      - an ICMP error from a backend about a connection translated to it
+ *        (icmp_err.h icmp4_err_rev_nat_orig): quoted destination (and an
+ *        outer source that is the backend) := the frontend; a NodePort one
+ *        is FIB-routed back to the client like a reply;
  *      then the steps below run on the translated destination;
  *   1c. policy (enable_policy; policy.h): UDP to the VXLAN port ->
  *      DROP_ENCAP_PROHIBITED; replies (CT) pass; every forward packet is
@@ -107,6 +111,7 @@
 #include "ciliumlite/ct.h"
 #include "ciliumlite/lb.h"
 #include "ciliumlite/icmp.h"
+#include "ciliumlite/icmp_err.h"
 #include "ciliumlite/policy.h"
 
 /* See the table above. */
@@ -362,6 +367,15 @@ static __always_inline int handle_ipv4(struct __sk_buff *ctx)
 		daddr = p.daddr;
 	} else {
 		daddr = ip4->daddr;
+		/* An ICMP error from a backend (or a router behind it) about a
+		 * connection translated to it: the quote's destination back to
+		 * the frontend, so the client's socket matches it; a NodePort
+		 * one is then routed back to the outside client below, like
+		 * the connection's replies (icmp_err.h). */
+		ret = icmp4_err_rev_nat_orig(ctx, 0);
+		if (ret < 0)
+			return send_drop(ctx, -ret, METRIC_EGRESS);
+		ct_flags = (__u16)ret;
 	}
 	/* A NodePort reply goes back to an outside client: route it with the
 	 * FIB rather than the stack when nothing below claims it. */

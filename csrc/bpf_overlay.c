@@ -72,6 +72,7 @@
 #include "ciliumlite/l3.h"
 #include "ciliumlite/encap.h"
 #include "ciliumlite/lb.h"
+#include "ciliumlite/icmp_err.h"
 #include "ciliumlite/policy.h"
 
 #define pass_to_stack(ctx)	send_to_stack((ctx), METRIC_INGRESS)
@@ -107,9 +108,11 @@ handle_ipv4(struct __sk_buff *ctx, __u32 src_identity)
 		return send_drop(ctx, DROP_INVALID_IDENTITY, METRIC_INGRESS);
 
 	/* Reply of a service connection this node translated: source back to
-	 * the frontend before the client pod sees it. Its reply-tuple lookup
-	 * also tells policy whether the packet is a reply (never checked). */
-	ret = lb4_rev_nat_at_delivery(ctx, l3_off, hdr_len, &ct_seen);
+	 * the frontend before the client pod sees it; an ICMP error about one
+	 * (the backend's port unreachable, a frag-needed from behind it): its
+	 * quote back to the frontend (icmp_err.h). The lookup also tells
+	 * policy whether the packet is a reply or related (never checked). */
+	ret = lb4_rev_nat_related_at_delivery(ctx, l3_off, hdr_len, &ct_seen);
 	if (ret)
 		return send_drop(ctx, ret, METRIC_INGRESS);
 	if (enable_policy) {

@@ -71,6 +71,7 @@ CALLS: Final[Mapping[str, CallsMap]] = MappingProxyType({
         1: "tail_masq_rewrite",    # CL_CALL_HOST_MASQ_REWRITE
         2: "tail_nodeport_snat",   # CL_CALL_HOST_NODEPORT_SNAT
         3: "tail_nodeport_fwd",    # CL_CALL_HOST_NODEPORT_FWD
+        4: "tail_icmp_err_from_netdev",  # CL_CALL_HOST_ICMP_ERR
     })),
 })
 

@@ -45,7 +45,8 @@
 #define CL_CALL_HOST_MASQ_REWRITE	1	/* tail_masq_rewrite: egress, source rewrite */
 #define CL_CALL_HOST_NODEPORT_SNAT	2	/* tail_nodeport_snat: ingress, NodePort SNAT mapping */
 #define CL_CALL_HOST_NODEPORT_FWD	3	/* tail_nodeport_fwd: ingress, rewrite + forward */
-#define CL_CALLS_HOST_SIZE		4
+#define CL_CALL_HOST_ICMP_ERR		4	/* tail_icmp_err_from_netdev: ingress, ICMP errors to the node */
+#define CL_CALLS_HOST_SIZE		5
 
 /* A per-object prog array of @size slots (key: slot, value: program fd). */
 #define CL_CALLS_MAP(name, size)					\
