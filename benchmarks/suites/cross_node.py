@@ -1,4 +1,4 @@
-"""cross_node: pod on node n1 to pod on node n2 over seven datapaths, arms interleaved in one run.
+"""cross_node: pod on node n1 to pod on node n2 over nine datapaths, arms interleaved in one run.
 
 perf.md §1.1 (eBPF vs legacy host routing, node-to-node baseline), §7.1–7.3 (D1–D3, D5, D7);
 feasibility.md §3 (BPF VXLAN vs kernel VXLAN routing, the kernel-VXLAN recipe).
@@ -26,6 +26,11 @@ fabric bridge) with one pod each; the client runs in n1's pod, the servers in n2
    conntrack entries too (the VXLAN source port follows the inner flow): each node walks the chain
    for the inner SYN and the peer's outer UDP in PREROUTING and for its own outer UDP in OUTPUT,
    so ~6 walks per connection against (6)'s 2.
+8. ``8-legacy-native-knft``: (4) plus kube-proxy in nftables mode (``_netbench.kube_proxy_nft_rules``:
+   the same 10k services, 2 endpoints each, as one ``service-ips`` verdict map; one ``nft -f``) in
+   both node namespaces: conntrack is on as in (6), but a new connection costs one map lookup per
+   node instead of a walk of ``KUBE-SERVICES``. This is what a cluster would run in place of (6) today.
+9. ``9-legacy-vxlan-knft``: (5) plus the same nftables rules in both nodes (as (7) is to (5)).
 
 Per arm and round, the three measurements of ``host_routing`` (``_netbench.Bench``): sockperf TCP
 ping-pong latency (half round trip), the connect/request/response/close rate of
@@ -36,7 +41,9 @@ the rounds run the arms round-robin (start arm rotated each round); the first ``
 the machine to pass. Ratios are paired per round.
 
 Goals (the brief): (2) within 10 % of (1) on latency and throughput; (3) no slower than (5);
-(2) and (3) at least 2× the connection rate of the kube-proxy arms (6) and (7).
+(2) and (3) at least 2× the connection rate of the kube-proxy arms (6) and (7). The nftables arms
+(8), (9) are reported against the bpf arms and against iptables (issue 16: nftables next to
+iptables in every services comparison).
 """
 
 from __future__ import annotations
@@ -75,6 +82,7 @@ from benchmarks.suites._netbench import (
     goal_summary,
     info,
     iptables_version,
+    kube_proxy_nft_rules,
     kube_proxy_rules,
     prepare_arm,
     require_tools,
@@ -90,7 +98,7 @@ from ciliumlite.lab import Lab, Node, procs
 DESCRIPTION = ("cross-node pod-to-pod: node-to-node floor vs bpf native / bpf VXLAN vs legacy native / kernel "
                "VXLAN, with and without kube-proxy (10k services) + conntrack; latency, connection rate, throughput")
 NEEDS_ROOT = True
-DEFAULT_REPEATS = 3          # timed rounds; 3 × 7 arms × ~8.3 s + warmup + setup ≈ 4 min (sockperf sleeps 2 s)
+DEFAULT_REPEATS = 3          # timed rounds; 3 × 9 arms × ~8.3 s + warmup + setup ≈ 5 min (sockperf sleeps 2 s)
 
 # -- parameters ------------------------------------------------------------------------------------
 ARMS_ENV = "CILIUMLITE_BENCH_XN_ARMS"   # comma-separated subset of the arms (the floor always runs)
@@ -108,8 +116,8 @@ KVX_VNI = 1
 RESTORE_TIMEOUT_S = 300
 
 ARMS = ("1-floor", "2-bpf-native", "3-bpf-vxlan", "4-legacy-native", "5-legacy-vxlan",
-        "6-legacy-native-kproxy", "7-legacy-vxlan-kproxy")
-FLOOR, BPF_NAT, BPF_VX, LEG_NAT, LEG_VX, KP_NAT, KP_VX = ARMS
+        "6-legacy-native-kproxy", "7-legacy-vxlan-kproxy", "8-legacy-native-knft", "9-legacy-vxlan-knft")
+FLOOR, BPF_NAT, BPF_VX, LEG_NAT, LEG_VX, KP_NAT, KP_VX, KN_NAT, KN_VX = ARMS
 TITLES = {
     FLOOR: "(1) floor: node to node over the underlay",
     BPF_NAT: "(2) bpf host routing, native routing",
@@ -118,6 +126,8 @@ TITLES = {
     LEG_VX: "(5) legacy host routing, kernel VXLAN",
     KP_NAT: f"(6) = (4) + kube-proxy {N_SERVICES // 1000}k services + conntrack",
     KP_VX: f"(7) = (5) + kube-proxy {N_SERVICES // 1000}k services + conntrack",
+    KN_NAT: f"(8) = (4) + kube-proxy nftables {N_SERVICES // 1000}k services + conntrack",
+    KN_VX: f"(9) = (5) + kube-proxy nftables {N_SERVICES // 1000}k services + conntrack",
 }
 
 
@@ -130,8 +140,14 @@ class _Spec:
     routing: str             # lab.cluster(routing=...)
     mtu: int                 # DatapathConfig.mtu: the pods get pod_mtu (mtu - 50 with routing="vxlan")
     kernel_vxlan: bool = False
-    kube_proxy: bool = False
+    kube_proxy: bool = False     # kube-proxy iptables mode in both nodes
+    kube_proxy_nft: bool = False  # kube-proxy nftables mode in both nodes
     pods: bool = True
+
+    @property
+    def conntrack(self) -> bool:
+        """Whether netfilter conntrack is on in the nodes (either kube-proxy mode's NAT rules)."""
+        return self.kube_proxy or self.kube_proxy_nft
 
 
 SPECS: dict[str, _Spec] = {
@@ -143,6 +159,9 @@ SPECS: dict[str, _Spec] = {
     KP_NAT: _Spec("xn-kp-nat", "legacy", "native", UNDERLAY_MTU, kube_proxy=True),
     KP_VX: _Spec("xn-kp-vx", "legacy", "native", UNDERLAY_MTU - VXLAN_OVERHEAD, kernel_vxlan=True,
                  kube_proxy=True),
+    KN_NAT: _Spec("xn-kn-nat", "legacy", "native", UNDERLAY_MTU, kube_proxy_nft=True),
+    KN_VX: _Spec("xn-kn-vx", "legacy", "native", UNDERLAY_MTU - VXLAN_OVERHEAD, kernel_vxlan=True,
+                 kube_proxy_nft=True),
 }
 
 # What every arm is compared with the floor on (the ratio table).
@@ -173,6 +192,10 @@ EXTRA_RATIOS: list[tuple[str, str, str]] = [
     (BPF_VX, KP_VX, LAT_AVG), (BPF_VX, KP_VX, TPUT),
     (LEG_VX, LEG_NAT, TPUT), (LEG_VX, LEG_NAT, CRR),
     (KP_NAT, LEG_NAT, CRR), (KP_VX, LEG_VX, CRR),
+    # kube-proxy nftables (issue 16): against the bpf arms, legacy without rules, and iptables
+    (BPF_NAT, KN_NAT, CRR), (BPF_NAT, KN_NAT, LAT_AVG), (BPF_NAT, KN_NAT, TPUT),
+    (BPF_VX, KN_VX, CRR), (BPF_VX, KN_VX, LAT_AVG), (BPF_VX, KN_VX, TPUT),
+    (KN_NAT, LEG_NAT, CRR), (KN_VX, LEG_VX, CRR), (KP_NAT, KN_NAT, CRR), (KP_VX, KN_VX, CRR),
 ]
 
 
@@ -247,32 +270,36 @@ def _tx_packets(node: Node, dev: str) -> int:
 
 
 def _load_kube_proxy(ctx: Context, built: list[_Built]) -> list[Measurement]:
-    """kube-proxy's rules (one ``iptables-restore``) into every node namespace of the kube-proxy arms."""
-    targets = [(b.arm.key, n) for b in built if b.spec.kube_proxy for n in b.nodes]
-    if not targets:
-        return []
-    text = kube_proxy_rules(N_SERVICES)
-    n_rules = count_rules(text)
+    """kube-proxy's rules into every node namespace of the kube-proxy arms: one ``iptables-restore``
+    per node of the iptables arms, then one ``nft -f`` per node of the nftables arms."""
     out: list[Measurement] = []
-    with rules_file(text, "cl-bench-xn-kp-") as rules:
-        group = procs.ProcessGroup()  # setup only: one iptables-restore per node, all at once
-        t_all = time.perf_counter()
-        times: list[float] = []
-        try:
-            started = [group.popen(n.netns, ["iptables-restore", rules], n.cgroup) for _, n in targets]
-            for (_, node), proc in zip(targets, started, strict=True):
-                _, err = proc.communicate(timeout=max(1.0, RESTORE_TIMEOUT_S - (time.perf_counter() - t_all)))
-                if proc.returncode != 0:
-                    raise RuntimeError(f"{node.netns}: iptables-restore failed (rc {proc.returncode}): {err[-800:]}")
-                times.append(time.perf_counter() - t_all)
-        finally:
-            group.stop_all()
-        ctx.log(f"{n_rules} kube-proxy rules for {N_SERVICES} services into {len(targets)} node namespaces "
-                f"(in parallel) in {time.perf_counter() - t_all:.1f} s")
-    for (key, node), load_s in zip(targets, times, strict=True):
-        out.append(info(f"{key}: iptables-restore of {N_SERVICES} services on {node.name}", load_s, "s",
-                        group="setup", note=f"{n_rules} rules; {len(targets)} restores in parallel, "
-                                            "time until this one was done"))
+    for mode, argv, text, what in (
+            ("iptables", ["iptables-restore"], kube_proxy_rules(N_SERVICES), "rules"),
+            ("nftables", ["nft", "-f"], kube_proxy_nft_rules(N_SERVICES), "nft commands")):
+        targets = [(b.arm.key, n) for b in built
+                   if (b.spec.kube_proxy if mode == "iptables" else b.spec.kube_proxy_nft) for n in b.nodes]
+        if not targets:
+            continue
+        n_rules = count_rules(text) if mode == "iptables" else text.count("\n")
+        with rules_file(text, "cl-bench-xn-kp-") as rules:
+            group = procs.ProcessGroup()  # setup only: one load per node, all at once
+            t_all = time.perf_counter()
+            times: list[float] = []
+            try:
+                started = [group.popen(n.netns, [*argv, rules], n.cgroup) for _, n in targets]
+                for (_, node), proc in zip(targets, started, strict=True):
+                    _, err = proc.communicate(timeout=max(1.0, RESTORE_TIMEOUT_S - (time.perf_counter() - t_all)))
+                    if proc.returncode != 0:
+                        raise RuntimeError(f"{node.netns}: {argv[0]} failed (rc {proc.returncode}): {err[-800:]}")
+                    times.append(time.perf_counter() - t_all)
+            finally:
+                group.stop_all()
+            ctx.log(f"{n_rules} kube-proxy {mode} {what} for {N_SERVICES} services into {len(targets)} node "
+                    f"namespaces (in parallel) in {time.perf_counter() - t_all:.1f} s")
+        for (key, node), load_s in zip(targets, times, strict=True):
+            out.append(info(f"{key}: {' '.join(argv)} of {N_SERVICES} services on {node.name}", load_s, "s",
+                            group="setup", note=f"{n_rules} {what}; {len(targets)} loads in parallel, "
+                                                "time until this one was done"))
     return out
 
 
@@ -290,7 +317,7 @@ def _counters(built: dict[str, _Built], before: dict[str, dict[str, dict[str, in
                 out.append(info(f"{key}: {dev} tx packets on {name}", v - dev_before[key].get(name, 0),
                                 note="the path really is encapsulated"))
         for n in b.nodes:
-            if b.spec.kube_proxy:
+            if b.spec.conntrack:
                 out += conntrack_counters(f"{key}: {n.name}", n, ct_before.get((key, n.name), {}))
             if b.spec.host_routing == "bpf":
                 out += datapath_counters(f"{key}: {n.name}", n)
@@ -299,8 +326,9 @@ def _counters(built: dict[str, _Built], before: dict[str, dict[str, dict[str, in
 
 # -- the suite ---------------------------------------------------------------------------------------
 def run(ctx: Context) -> list[Measurement]:
-    """Build the seven labs, run them interleaved, return per-arm medians, paired ratios and counters."""
-    require_tools("cross_node", ("sockperf", "iperf3", "iptables-restore", "iptables", "taskset", "ss", "ping", "ip"))
+    """Build the nine labs, run them interleaved, return per-arm medians, paired ratios and counters."""
+    require_tools("cross_node", ("sockperf", "iperf3", "iptables-restore", "iptables", "nft", "taskset", "ss", "ping",
+                                 "ip"))
     plan = Plan.make(ctx, ARMS, arms_env=ARMS_ENV, nice_env=NICE_ENV, secs=SECONDS, quick_secs=QUICK_SECONDS,
                      warmup_secs=WARMUP_SECONDS)
     ctx.params.update(plan.params(ctx), services=N_SERVICES, iptables=iptables_version(), underlay_mtu=UNDERLAY_MTU,
@@ -323,7 +351,7 @@ def run(ctx: Context) -> list[Measurement]:
         gate = QuietGate(ctx, QUIET_WAIT_ARM_S, QUIET_WAIT_TOTAL_S)
         gate.begin(QUIET_WAIT_START_S)
         before = {k: tcp_snapshot(a) for k, a in arms.items()}
-        ct_before = {(k, n.name): conntrack_stats(n) for k, b in built.items() if b.spec.kube_proxy
+        ct_before = {(k, n.name): conntrack_stats(n) for k, b in built.items() if b.spec.conntrack
                      for n in b.nodes}
         dev_before = {k: b.device_packets() if b.device_packets else {} for k, b in built.items()}
         run_rounds(ctx, plan, bench, arms, gate)

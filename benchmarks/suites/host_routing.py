@@ -12,6 +12,10 @@ Arms (one client namespace, one server namespace each; client pinned to one CPU,
   conntrack. Pod-to-pod traffic hits no service, but the first packet of every connection walks
   ``KUBE-SERVICES`` linearly (perf.md §2.1).
 - ``d-bpf``: ``Lab()`` default: ciliumlite ``bpf`` host routing (``redirect_peer`` between the pods).
+- ``e-legacy-knft``: (b) plus kube-proxy in nftables mode instead of (c)'s iptables
+  (``_netbench.kube_proxy_nft_rules``: the same 10k services, 2 endpoints each, one ``nft -f``):
+  conntrack is on, but a new connection costs one ``service-ips`` verdict-map lookup, not a walk of
+  10k rules (issue 16: nftables next to iptables in every services comparison).
 
 Per arm and round: sockperf TCP ping-pong latency (``sockperf pp``; sockperf reports half the round
 trip), TCP connect/request/response/close rate (``benchmarks/tools/crr.c``, compiled with
@@ -58,6 +62,7 @@ from benchmarks.suites._netbench import (
     goal_summary,
     info,
     iptables_version,
+    kube_proxy_nft_rules,
     kube_proxy_rules,
     ns_run,
     prepare_arm,
@@ -75,7 +80,7 @@ from ciliumlite.testing import VethPair
 DESCRIPTION = ("same-node pod-to-pod: veth floor vs legacy routing vs legacy + kube-proxy (10k services) + "
                "conntrack vs bpf host routing; latency, connection rate, throughput")
 NEEDS_ROOT = True
-DEFAULT_REPEATS = 3          # timed rounds: 3 rounds × 4 arms × (3 + 3 + 3 s) keeps the run under ~3 min
+DEFAULT_REPEATS = 3          # timed rounds: 3 rounds × 5 arms × (3 + 3 + 3 s) keeps the run under ~3.5 min
 
 # -- parameters ------------------------------------------------------------------------------------
 ARMS_ENV = "CILIUMLITE_BENCH_HR_ARMS"   # comma-separated subset of the arms (the floor always runs)
@@ -88,13 +93,14 @@ ENDPOINTS_PER_SERVICE = 2
 
 QUIET_WAIT_ARM_S = 15.0      # wait at most this long for a quiet machine before each further arm's measurements
 
-ARMS = ("a-floor", "b-legacy", "c-legacy-kproxy", "d-bpf")
-FLOOR, LEGACY, KPROXY, BPF = ARMS
+ARMS = ("a-floor", "b-legacy", "c-legacy-kproxy", "d-bpf", "e-legacy-knft")
+FLOOR, LEGACY, KPROXY, BPF, KNFT = ARMS
 TITLES = {
     FLOOR: "(a) floor: one veth between two namespaces",
     LEGACY: "(b) legacy host routing (kernel, proxy ARP)",
     KPROXY: f"(c) legacy + conntrack + kube-proxy iptables, {N_SERVICES // 1000}k services",
     BPF: "(d) ciliumlite bpf host routing",
+    KNFT: f"(e) legacy + conntrack + kube-proxy nftables, {N_SERVICES // 1000}k services",
 }
 
 # What every arm is compared with the floor on (the ratio table).
@@ -116,6 +122,9 @@ GOALS: list[Goal] = [
 EXTRA_RATIOS: list[tuple[str, str, str]] = [
     (BPF, KPROXY, CRR), (KPROXY, BPF, CRR_P50), (BPF, LEGACY, LAT_AVG), (BPF, LEGACY, LAT_P50),
     (BPF, LEGACY, CRR), (LEGACY, BPF, CRR_P50), (KPROXY, LEGACY, CRR),
+    # kube-proxy nftables (issue 16): against bpf, against no rules, and iptables ÷ nftables
+    (BPF, KNFT, CRR), (KNFT, BPF, CRR_P50), (BPF, KNFT, LAT_AVG), (BPF, KNFT, TPUT), (KNFT, LEGACY, CRR),
+    (KPROXY, KNFT, CRR), (KPROXY, KNFT, CRR_P50),
 ]
 
 
@@ -156,15 +165,28 @@ def _load_kube_proxy(ctx: Context, node: Node, ipt_version: str) -> Measurement:
                 note=f"{n_rules} rules; {ipt_version}")
 
 
+def _load_kube_proxy_nft(ctx: Context, node: Node) -> Measurement:
+    """kube-proxy's nftables rules (the same services) into (e)'s node namespace with one ``nft -f``."""
+    text = kube_proxy_nft_rules(N_SERVICES, ENDPOINTS_PER_SERVICE)
+    n_cmds = text.count("\n")
+    with rules_file(text, "cl-bench-kn-") as rules:
+        t0 = time.perf_counter()
+        check_run(node.run("nft", "-f", rules, timeout=300), "nft -f")
+        load_s = time.perf_counter() - t0
+    ctx.log(f"kube-proxy nftables: {n_cmds} nft commands for {N_SERVICES} services loaded in {load_s:.1f} s")
+    return info(f"{KNFT}: nft -f of {N_SERVICES} services", load_s, "s", group="setup", note=f"{n_cmds} nft commands")
+
+
 def _counters(arms: dict[str, NetArm], before: dict[str, dict[str, dict[str, int]]],
-              ct_before: dict[str, int] | None) -> list[Measurement]:
+              ct_before: dict[str, dict[str, int]]) -> list[Measurement]:
     """Drop counters and sanity checks over the whole run (perf.md §7.7)."""
     out: list[Measurement] = []
     for key, arm in arms.items():
         out += arm_counters(key, arm, before[key])
-    kp = arms.get(KPROXY)
-    if kp is not None and kp.node is not None and ct_before is not None:
-        out += conntrack_counters(f"{KPROXY}:", kp.node, ct_before)
+    for key in (KPROXY, KNFT):
+        kp = arms.get(key)
+        if kp is not None and kp.node is not None and key in ct_before:
+            out += conntrack_counters(f"{key}:", kp.node, ct_before[key])
     bpf = arms.get(BPF)
     if bpf is not None and bpf.node is not None:
         out += datapath_counters(f"{BPF}:", bpf.node)
@@ -173,7 +195,8 @@ def _counters(arms: dict[str, NetArm], before: dict[str, dict[str, dict[str, int
 
 def run(ctx: Context) -> list[Measurement]:
     """Build the arms, run them interleaved, return per-arm medians, paired ratios and counters."""
-    require_tools("host_routing", ("sockperf", "iperf3", "iptables-restore", "iptables", "taskset", "ss", "ping"))
+    require_tools("host_routing", ("sockperf", "iperf3", "iptables-restore", "iptables", "nft", "taskset", "ss",
+                                   "ping"))
     plan = Plan.make(ctx, ARMS, arms_env=ARMS_ENV, nice_env=NICE_ENV, secs=SECONDS, quick_secs=QUICK_SECONDS,
                      warmup_secs=WARMUP_SECONDS)
     ipt_version = iptables_version()
@@ -186,12 +209,15 @@ def run(ctx: Context) -> list[Measurement]:
         ctx.log(f"building arms: {', '.join(plan.arms)}")
         arms = {FLOOR: _veth_arm(stack)}
         for key, lab_name, mode in ((LEGACY, "hr-legacy", "legacy"), (KPROXY, "hr-kproxy", "legacy"),
-                                    (BPF, "hr-bpf", "bpf")):
+                                    (BPF, "hr-bpf", "bpf"), (KNFT, "hr-knft", "legacy")):
             if key in plan.arms:
                 arms[key] = _lab_arm(stack, key, lab_name, mode)
         kp_node = arms[KPROXY].node if KPROXY in arms else None
         if kp_node is not None:
             setup.append(_load_kube_proxy(ctx, kp_node, ipt_version))
+        kn_node = arms[KNFT].node if KNFT in arms else None
+        if kn_node is not None:
+            setup.append(_load_kube_proxy_nft(ctx, kn_node))
         for arm in arms.values():
             prepare_arm(stack, bench, arm)
 
@@ -199,7 +225,7 @@ def run(ctx: Context) -> list[Measurement]:
         gate.begin()
         before = {k: tcp_snapshot(a) for k, a in arms.items()}
         softnet_before = softnet_drops()
-        ct_before = conntrack_stats(kp_node) if kp_node is not None else None
+        ct_before = {k: conntrack_stats(n) for k, n in ((KPROXY, kp_node), (KNFT, kn_node)) if n is not None}
         run_rounds(ctx, plan, bench, arms, gate)
         setup += _counters(arms, before, ct_before)
         setup.append(info("host: softnet backlog drops (all arms, and anything else running)",
