@@ -11,6 +11,7 @@
 #   make bench       bootstrap, then the benchmarks
 #   make fuzz        bootstrap, then fuzz every datapath program in every configuration
 #                    (FRAMES per program per configuration, default 1,000,000; FUZZ_TIME s bound)
+#   make soak        bootstrap, then a 3-node lab under traffic and churn for SOAK_SECONDS (default 600)
 #   make clean       remove build outputs (keeps .venv; `make distclean` removes it too)
 
 SHELL := /bin/bash
@@ -22,10 +23,12 @@ BENCH_ARGS ?=
 FRAMES ?= 1000000
 FUZZ_TIME ?= 2400
 FUZZ_OUT ?= benchmarks/results/fuzz.md
+SOAK_SECONDS ?= 600
+SOAK_OUT ?= benchmarks/results/soak.md
 LINT_PATHS = $(wildcard ciliumlite tests benchmarks examples)
 
 .DEFAULT_GOAL := build
-.PHONY: bootstrap sysdeps build test lint demo bench fuzz clean distclean
+.PHONY: bootstrap sysdeps build test lint demo bench fuzz soak clean distclean
 
 bootstrap:
 	@bash scripts/bootstrap.sh
@@ -74,6 +77,11 @@ bench: bootstrap
 # Exit 1 if an invariant failed (docs/testing.md, Fuzzing).
 fuzz: bootstrap
 	$(PY) -m ciliumlite.testing.fuzz --frames $(FRAMES) --time-limit $(FUZZ_TIME) --out $(FUZZ_OUT)
+
+# ciliumlite.testing.soak: churn under traffic, sampled every 10 s; writes $(SOAK_OUT) and .json.
+# Exit 1 if a rule failed (docs/testing.md, Soak).
+soak: bootstrap
+	$(PY) -m ciliumlite.testing.soak --seconds $(SOAK_SECONDS) --out $(SOAK_OUT)
 
 clean:
 	rm -rf build tests/bpf/objects ciliumlite/objects/*.o *.egg-info .pytest_cache .mypy_cache .ruff_cache
