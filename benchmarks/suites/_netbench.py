@@ -231,6 +231,32 @@ def _nft_chain(prefix: str, text: str) -> str:
     return prefix + base64.b32encode(hashlib.sha256(text.encode()).digest()).decode()[:8].lower()
 
 
+def kube_proxy_nft_base(t: str = NFT_TABLE) -> list[str]:
+    """The part of kube-proxy's nftables table every service shares: the table, masquerade marking,
+    the ``services`` chain and its hooks, ``filter-forward``'s conntrack-invalid drop, and the
+    ``service-ips`` verdict map (``nft -f`` lines)."""
+    return [
+        f"add table ip {t}",
+        f"flush table ip {t}",
+        f"add chain ip {t} mark-for-masquerade",
+        f"add rule ip {t} mark-for-masquerade mark set mark or 0x4000",
+        f"add chain ip {t} masquerading",
+        f"add rule ip {t} masquerading mark and 0x4000 == 0 return",
+        f"add rule ip {t} masquerading mark set mark xor 0x4000",
+        f"add rule ip {t} masquerading masquerade fully-random",
+        f"add chain ip {t} services",
+        f"add chain ip {t} nat-prerouting {{ type nat hook prerouting priority dstnat ; }}",
+        f"add rule ip {t} nat-prerouting jump services",
+        f"add chain ip {t} nat-output {{ type nat hook output priority -100 ; }}",
+        f"add rule ip {t} nat-output jump services",
+        f"add chain ip {t} nat-postrouting {{ type nat hook postrouting priority srcnat ; }}",
+        f"add rule ip {t} nat-postrouting jump masquerading",
+        f"add chain ip {t} filter-forward {{ type filter hook forward priority -110 ; }}",
+        f"add rule ip {t} filter-forward ct state invalid drop",
+        f"add map ip {t} service-ips {{ type ipv4_addr . inet_proto . inet_service : verdict ; }}",
+    ]
+
+
 def kube_proxy_nft_rules(n_services: int = KUBE_PROXY_SERVICES, endpoints: int = KUBE_PROXY_ENDPOINTS, *,
                          real: Endpoints | None = None, port: int = 80, exact: bool = False) -> str:
     """An ``nft -f`` input shaped like kube-proxy's nftables mode (KEP-3866), table ``ip kube-proxy``.
@@ -276,26 +302,7 @@ def kube_proxy_nft_rules(n_services: int = KUBE_PROXY_SERVICES, endpoints: int =
             rules.append(f"add rule ip {NFT_TABLE} {c} meta l4proto tcp dnat to {ip}:{p}")
         elements.append(f"{cip} . tcp . {port} : goto {svc}")
     t = NFT_TABLE
-    head = [
-        f"add table ip {t}",
-        f"flush table ip {t}",
-        f"add chain ip {t} mark-for-masquerade",
-        f"add rule ip {t} mark-for-masquerade mark set mark or 0x4000",
-        f"add chain ip {t} masquerading",
-        f"add rule ip {t} masquerading mark and 0x4000 == 0 return",
-        f"add rule ip {t} masquerading mark set mark xor 0x4000",
-        f"add rule ip {t} masquerading masquerade fully-random",
-        f"add chain ip {t} services",
-        f"add chain ip {t} nat-prerouting {{ type nat hook prerouting priority dstnat ; }}",
-        f"add rule ip {t} nat-prerouting jump services",
-        f"add chain ip {t} nat-output {{ type nat hook output priority -100 ; }}",
-        f"add rule ip {t} nat-output jump services",
-        f"add chain ip {t} nat-postrouting {{ type nat hook postrouting priority srcnat ; }}",
-        f"add rule ip {t} nat-postrouting jump masquerading",
-        f"add chain ip {t} filter-forward {{ type filter hook forward priority -110 ; }}",
-        f"add rule ip {t} filter-forward ct state invalid drop",
-        f"add map ip {t} service-ips {{ type ipv4_addr . inet_proto . inet_service : verdict ; }}",
-    ]
+    head = kube_proxy_nft_base(t)
     # elements in chunks: one huge "add element" line makes nft's parser slow
     elem = [f"add element ip {t} service-ips {{ {', '.join(elements[k:k + 1000])} }}"
             for k in range(0, len(elements), 1000)]
