@@ -81,25 +81,36 @@ static int read_full(int fd, char *buf, size_t n)
 	return 0;
 }
 
-static int server(const char *ip, const char *port, int max_seconds)
+/* A listening socket on ip:port, the process bounded to @max_seconds, "ready" printed;
+ * -2 for a bad address, -1 for a socket error. */
+static int listen_on(const char *ip, const char *port, int backlog, int max_seconds)
 {
 	struct sockaddr_in sa;
-	char buf[64] = {0};
 	int one = 1, ls;
 
 	if (parse_addr(ip, port, &sa) < 0) {
 		fprintf(stderr, "bad address %s\n", ip);
-		return 2;
+		return -2;
 	}
 	ls = socket(AF_INET, SOCK_STREAM, 0);
 	if (ls < 0 || setsockopt(ls, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0 ||
-	    bind(ls, (struct sockaddr *)&sa, sizeof(sa)) < 0 || listen(ls, 1024) < 0) {
+	    bind(ls, (struct sockaddr *)&sa, sizeof(sa)) < 0 || listen(ls, backlog) < 0) {
 		perror("listen");
-		return 1;
+		return -1;
 	}
 	alarm((unsigned)max_seconds); /* bounded even if nobody kills us */
 	printf("ready\n");
 	fflush(stdout);
+	return ls;
+}
+
+static int server(const char *ip, const char *port, int max_seconds)
+{
+	char buf[64] = {0};
+	int one = 1, ls = listen_on(ip, port, 1024, max_seconds);
+
+	if (ls < 0)
+		return -ls;
 	for (;;) {
 		int c = accept(ls, NULL, NULL);
 
@@ -179,23 +190,11 @@ static int client(const char *ip, const char *port, double seconds, long max_con
 
 static int echo_server(const char *ip, const char *port, int max_seconds)
 {
-	struct sockaddr_in sa;
 	char buf[RR_SIZE];
-	int one = 1, ls;
+	int one = 1, ls = listen_on(ip, port, 16, max_seconds);
 
-	if (parse_addr(ip, port, &sa) < 0) {
-		fprintf(stderr, "bad address %s\n", ip);
-		return 2;
-	}
-	ls = socket(AF_INET, SOCK_STREAM, 0);
-	if (ls < 0 || setsockopt(ls, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0 ||
-	    bind(ls, (struct sockaddr *)&sa, sizeof(sa)) < 0 || listen(ls, 16) < 0) {
-		perror("listen");
-		return 1;
-	}
-	alarm((unsigned)max_seconds);
-	printf("ready\n");
-	fflush(stdout);
+	if (ls < 0)
+		return -ls;
 	for (;;) {
 		int c = accept(ls, NULL, NULL);
 
