@@ -50,7 +50,8 @@ the dashed line 1.0 (a log scale when the ratios span more than 20×).
 
 def suites() -> list[str]:
     """Names of the suites that have a markdown result, in page order."""
-    found = sorted(p.stem for p in RESULTS.glob("*.md"))
+    found = sorted(p.stem for p in RESULTS.glob("*.md")
+                   if (RESULTS.parent / "suites" / f"{p.stem}.py").exists())   # not fuzz/soak: no suite
     return [s for s in ORDER if s in found] + [s for s in found if s not in ORDER]
 
 
